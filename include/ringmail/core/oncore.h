@@ -1,0 +1,36 @@
+// Shard ownership checks, as Redpanda's `oncore`.
+//
+// Every shard thread records its id in a thread-local at start-up. Objects that belong to a
+// shard keep an `oncore` member and call `check()` on entry points; debug builds abort when
+// another thread touches them (an invariant broken), release builds compile the check away.
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace ringmail::core {
+
+inline constexpr unsigned no_shard = ~0u;
+
+// The calling thread's shard id, or no_shard on threads that are not shards (main, tests).
+unsigned& this_shard_id() noexcept;
+
+class oncore {
+public:
+    oncore() noexcept : _owner(this_shard_id()) {}
+    void check() const noexcept {
+#ifndef NDEBUG
+        if (_owner != this_shard_id()) {
+            std::fprintf(stderr, "ringmail: invariant broken: object of shard %u used on shard %u\n",
+                         _owner, this_shard_id());
+            std::abort();
+        }
+#endif
+    }
+    unsigned owner() const noexcept { return _owner; }
+
+private:
+    unsigned _owner;
+};
+
+}  // namespace ringmail::core

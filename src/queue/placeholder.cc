@@ -1,0 +1,1 @@
+// Removed once the part has real sources (meson needs one source per library).
