@@ -1,0 +1,32 @@
+// The envelope of one message: what MAIL/RCPT said, plus the reception facts that the
+// Received header and the delivery log need.
+//
+// Plain data, shared by the server session (which fills it), the spool (which stores it with
+// the body) and the queue (which delivers it). Owned by one shard at a time; copied, never
+// shared, when it crosses shards.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ringmail::smtp {
+
+// MAIL FROM BODY= (RFC 6152, RFC 3030).
+enum class body_type : std::uint8_t { unspecified = 0, seven_bit = 1, eight_bit_mime = 2, binary_mime = 3 };
+
+struct envelope {
+    std::string mail_from;             // reverse-path without <>; empty for the null sender
+    std::vector<std::string> rcpt_to;  // forward-paths without <>, in RCPT order
+    body_type body = body_type::unspecified;
+    bool smtputf8 = false;           // MAIL FROM ... SMTPUTF8
+    std::uint64_t declared_size = 0;  // MAIL FROM ... SIZE=, 0 when absent
+
+    // Reception facts.
+    std::string helo_name;       // argument of EHLO/HELO
+    std::string client_address;  // textual IP of the client
+    std::string protocol;        // RFC 3848 "with" value: SMTP, ESMTP, UTF8SMTP, ...
+    std::int64_t arrival_time = 0;  // unix seconds
+};
+
+}  // namespace ringmail::smtp
