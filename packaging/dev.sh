@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Developer entry point for a fresh Debian 12 machine.
+#
+#   ./packaging/dev.sh run  [ringmaild args]  install what is missing, build, run ringmaild
+#   ./packaging/dev.sh test                   install what is missing, build, run every test
+#   ./packaging/dev.sh deps | build           the individual steps
+#
+# `test` builds three trees: build (debugoptimized), build-asan (ASan+UBSan) and, when
+# clang++ exists, build-fuzz (libFuzzer). Its last line is always
+# "tests: N passed, N failed"; it exits non-zero if anything failed or no test ran.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+PACKAGES=(meson ninja-build pkg-config g++ liburing-dev libwolfssl-dev libc-ares-dev
+  libmimalloc-dev libtomlplusplus-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
+  libbenchmark-dev cmake python3 postfix swaks dnsmasq-base clang libclang-rt-14-dev)
+
+JOBS=${JOBS:-2}
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  else
+    sudo "$@"
+  fi
+}
+
+missing_packages() {
+  local p status
+  for p in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    [ "$status" = installed ] || printf '%s\n' "$p"
+  done
+}
+
+install_deps() {
+  local missing
+  mapfile -t missing < <(missing_packages)
+  if [ "${#missing[@]}" -eq 0 ]; then
+    return 0
+  fi
+  log "installing: ${missing[*]}"
+  # Postfix is only here for its smtp-source/smtp-sink tools and for side-by-side
+  # benchmarks: no configuration, and no system daemon left running.
+  echo 'postfix postfix/main_mailer_type select No configuration' | as_root debconf-set-selections
+  local policy=/usr/sbin/policy-rc.d made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    made_policy=1
+  fi
+  local rc=0
+  as_root apt-get update || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      "${missing[@]}" || rc=$?
+  fi
+  if [ "$made_policy" -eq 1 ]; then
+    as_root rm -f "$policy"
+  fi
+  [ "$rc" -eq 0 ] || { log "package installation failed"; return "$rc"; }
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now postfix.service >/dev/null 2>&1 || true
+  fi
+  if [ -f /etc/postfix/main.cf ] && as_root postfix status >/dev/null 2>&1; then
+    as_root postfix stop >/dev/null 2>&1 || true
+  fi
+}
+
+# setup_dir DIR [meson options...]: configure DIR, reusing it when it exists.
+setup_dir() {
+  local dir=$1
+  shift
+  if [ -f "$dir/meson-private/coredata.dat" ]; then
+    meson setup --reconfigure "$dir" "$@" >/dev/null ||
+      meson setup --wipe "$dir" "$@"
+  else
+    rm -rf "$dir"
+    meson setup "$dir" "$@"
+  fi
+}
+
+build_main() {
+  setup_dir build --buildtype=debugoptimized
+  meson compile -C build -j "$JOBS"
+}
+
+cmd_run() {
+  install_deps
+  build_main
+  local daemon="$ROOT/build/src/ringmaild"
+  if [ ! -x "$daemon" ]; then
+    log "build/src/ringmaild was not built (the daemon is not part of this tree yet)"
+    exit 1
+  fi
+  # Without --config ringmaild uses its embedded default (127.0.0.1:2525, spool under ./var).
+  mkdir -p var
+  exec "$daemon" "$@"
+}
+
+# Counts one build dir's results into PASSED/FAILED/SKIPPED from meson-logs/testlog.json.
+PASSED=0
+FAILED=0
+SKIPPED=0
+count_results() {
+  local dir=$1 meson_rc=$2 counts p f s
+  local json="$dir/meson-logs/testlog.json"
+  if [ ! -f "$json" ]; then
+    if [ "$meson_rc" -ne 0 ]; then
+      log "$dir: meson test failed without a test log"
+      FAILED=$((FAILED + 1))
+    fi
+    return 0
+  fi
+  counts=$(python3 - "$json" <<'EOF'
+import json, sys
+passed = failed = skipped = 0
+with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
+    for line in f:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            result = json.loads(line).get("result", "")
+        except ValueError:
+            failed += 1
+            continue
+        if result in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif result == "SKIP":
+            skipped += 1
+        else:  # FAIL, TIMEOUT, ERROR, UNEXPECTEDPASS, anything unknown
+            failed += 1
+print(passed, failed, skipped)
+EOF
+  )
+  read -r p f s <<<"$counts"
+  # meson failing although no test did (crash, interrupted run) still counts as a failure.
+  if [ "$meson_rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    f=1
+  fi
+  log "$dir: $p passed, $f failed, $s skipped"
+  PASSED=$((PASSED + p))
+  FAILED=$((FAILED + f))
+  SKIPPED=$((SKIPPED + s))
+}
+
+# run_suite DIR [meson test args...]: compile DIR, run its tests, count them.
+run_suite() {
+  local dir=$1
+  shift
+  rm -f "$dir/meson-logs/testlog.json"
+  if ! meson compile -C "$dir" -j "$JOBS"; then
+    log "$dir: build failed"
+    FAILED=$((FAILED + 1))
+    return 0
+  fi
+  local rc=0
+  meson test -C "$dir" --no-rebuild --print-errorlogs "$@" || rc=$?
+  count_results "$dir" "$rc"
+}
+
+cmd_test() {
+  install_deps
+  export MESON_TESTTHREADS=${MESON_TESTTHREADS:-2}
+
+  if setup_dir build --buildtype=debugoptimized; then
+    run_suite build
+  else
+    log "build: configure failed"
+    FAILED=$((FAILED + 1))
+  fi
+
+  if setup_dir build-asan --buildtype=debugoptimized -Db_sanitize=address,undefined \
+    -Db_lundef=false -Dmimalloc=disabled -Dbenchmarks=false; then
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+      run_suite build-asan --no-suite fuzz
+  else
+    log "build-asan: configure failed"
+    FAILED=$((FAILED + 1))
+  fi
+
+  if command -v clang++ >/dev/null 2>&1; then
+    if CXX=clang++ setup_dir build-fuzz --buildtype=debugoptimized -Dfuzz=true \
+      -Dbenchmarks=false -Dmimalloc=disabled; then
+      run_suite build-fuzz --suite fuzz
+    else
+      log "build-fuzz: configure failed"
+      FAILED=$((FAILED + 1))
+    fi
+  else
+    log "clang++ not found: skipping the fuzz build"
+  fi
+
+  [ "$SKIPPED" -eq 0 ] || log "$SKIPPED skipped"
+  echo "tests: $PASSED passed, $FAILED failed"
+  if [ "$FAILED" -ne 0 ] || [ "$PASSED" -eq 0 ]; then
+    exit 1
+  fi
+}
+
+case "${1:-}" in
+run)
+  shift
+  cmd_run "$@"
+  ;;
+test)
+  shift
+  cmd_test "$@"
+  ;;
+deps)
+  install_deps
+  ;;
+build)
+  install_deps
+  build_main
+  ;;
+*)
+  echo "usage: $0 run [ringmaild args] | test | deps | build" >&2
+  exit 2
+  ;;
+esac
