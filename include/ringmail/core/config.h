@@ -1,0 +1,130 @@
+// The daemon's configuration: TOML text in, a plain struct out (keys and meanings: the contract
+// in DESIGN.md, every key annotated in packaging/ringmail.toml).
+//
+// Parsed once at start-up on the main thread, then read-only: shards may share one `config`.
+// Parsing is strict. Unknown tables and keys, wrong types and bad values are all errors, and
+// every message names the file, line and key ("ringmail.toml:7:11: listen[1].address: expected
+// \"ip:port\", got \"foo\""); all errors of a file are reported at once, one per line.
+#pragma once
+
+#include "ringmail/core/cidr.h"
+#include "ringmail/core/log.h"
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ringmail::core {
+
+enum class listener_role {
+    relay,       // port 25 style: anyone may send to relay.domains, trusted networks anywhere
+    submission,  // AUTH required before MAIL
+    smtps,       // implicit TLS, then as submission
+};
+std::string_view role_name(listener_role r) noexcept;
+
+struct server_config {
+    std::string hostname;  // default: gethostname()
+    unsigned shards = 0;   // 0 = one per online CPU (see effective_shards)
+    std::string spool_dir = "/var/spool/ringmail";
+    std::uint64_t max_message_size = 52428800;
+    std::uint32_t max_recipients = 1000;
+    std::uint32_t max_line_length = 1000;
+    std::uint32_t max_errors = 10;
+    std::uint32_t max_connections = 10000;  // per shard
+    std::chrono::seconds command_timeout{5 * 60};
+    std::chrono::seconds data_timeout{3 * 60};
+    log::level log_level = log::level::info;
+};
+
+struct listener_config {
+    // Canonical "ip:port" / "[v6]:port" (inet_ntop form), validated; core::parse_endpoint turns
+    // it into a socket address.
+    std::string address;
+    listener_role role = listener_role::relay;
+    bool proxy_protocol = false;
+    // Sources allowed to send a PROXY header; only consulted when proxy_protocol is on.
+    cidr_set trusted_proxies;
+};
+
+struct relay_config {
+    cidr_set allow_networks;           // default 127.0.0.0/8, ::1/128
+    std::vector<std::string> domains;  // lower case, no trailing dot
+};
+
+struct host_port {
+    std::string host;  // a name, or an IP literal (IPv6 without brackets)
+    std::uint16_t port = 0;
+
+    friend bool operator==(const host_port&, const host_port&) = default;
+};
+
+struct delivery_config {
+    std::optional<host_port> smarthost;  // empty = MX routing
+    std::uint16_t mx_port = 25;
+    std::vector<std::chrono::seconds> retry_schedule;  // non-empty; the last interval repeats
+    std::chrono::seconds max_lifetime{5 * 86400};
+    std::chrono::seconds connect_timeout{30};
+    std::uint32_t max_connections = 32;  // per shard, to the smarthost
+    std::uint32_t max_messages_per_connection = 1000;
+    std::chrono::seconds idle_timeout{60};
+    std::string helo_name;  // default: server.hostname
+};
+
+struct dns_config {
+    std::vector<std::string> servers;  // canonical "ip:port"; empty = /etc/resolv.conf
+};
+
+struct admin_config {
+    std::string address = "127.0.0.1:8025";  // canonical "ip:port"; empty = disabled
+    bool enabled() const noexcept { return !address.empty(); }
+};
+
+struct config {
+    server_config server;
+    std::vector<listener_config> listen;  // at least one, addresses distinct
+    relay_config relay;
+    delivery_config delivery;
+    dns_config dns;
+    admin_config admin;
+};
+
+// The number of shards to start: server.shards, or the online CPUs when it is 0.
+unsigned effective_shards(const server_config& s) noexcept;
+
+struct config_error {
+    std::string message;  // "source:line:col: key: what is wrong"
+};
+
+// Either a configuration or every error found in the text (one per line in `error`).
+struct parsed_config {
+    std::optional<config> cfg;
+    std::string error;
+
+    bool ok() const noexcept { return cfg.has_value(); }
+    explicit operator bool() const noexcept { return ok(); }
+    const config& operator*() const { return *cfg; }
+    const config* operator->() const { return &*cfg; }
+};
+
+parsed_config parse_config(std::string_view toml_text, std::string_view source_name);
+// Unreadable files are errors naming the path and the reason.
+parsed_config load_config_file(const std::filesystem::path& path);
+
+// The configuration the daemon runs with when no --config is given: listen on 127.0.0.1:2525
+// (relay), spool in ./var/spool, admin on 127.0.0.1:8025, one shard per CPU, MX routing.
+std::string_view default_config_toml() noexcept;
+
+// Syntax checks shared with the other parts (IP literals only, via inet_pton). On success they
+// return the canonical form: "127.0.0.1:25", "[::1]:25". nullopt when malformed; port 0 is
+// malformed.
+std::optional<std::string> canonical_ip_port(std::string_view text);
+// A DNS name (letters, digits, hyphens; labels 1..63, total <= 253, one trailing dot allowed),
+// returned lower-cased without the trailing dot; nullopt when malformed or an IPv4 literal.
+std::optional<std::string> canonical_domain(std::string_view text);
+
+}  // namespace ringmail::core

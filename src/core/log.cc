@@ -1,0 +1,190 @@
+#include "ringmail/core/log.h"
+
+#include "ringmail/core/oncore.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <unistd.h>
+
+namespace ringmail::core::log {
+
+namespace {
+
+// Written once at start-up, read by every shard: relaxed is enough and costs a plain load.
+std::atomic<level> g_level{level::info};
+
+constexpr char hex_digits[] = "0123456789abcdef";
+
+struct line_state {
+    char message[max_line];  // the caller's text, formatted (cut at max_line)
+    char line[max_line];     // the finished line, escaped, with prefix and newline
+    std::time_t stamp_second = -1;
+    char stamp[24];  // "YYYY-MM-DDTHH:MM:SS", rebuilt only when the second changes
+};
+
+thread_local line_state tl;
+
+bool is_control(unsigned char c) {
+    return c < 0x20 || c == 0x7f;
+}
+
+// Appends to a fixed buffer, remembering whether anything did not fit.
+struct appender {
+    char* data;
+    std::size_t cap;
+    std::size_t len = 0;
+    bool cut = false;
+
+    void put(std::string_view s) {
+        const std::size_t n = std::min(s.size(), cap - len);
+        std::memcpy(data + len, s.data(), n);
+        len += n;
+        if (n < s.size())
+            cut = true;
+    }
+    void put_escaped(unsigned char c) {
+        if (cap - len < 4) {
+            cut = true;
+            return;
+        }
+        data[len++] = '\\';
+        data[len++] = 'x';
+        data[len++] = hex_digits[c >> 4];
+        data[len++] = hex_digits[c & 0xf];
+    }
+};
+
+void write_all(const char* p, std::size_t n) noexcept {
+    while (n > 0) {
+        const ssize_t w = ::write(STDERR_FILENO, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return;  // nowhere left to report it
+        }
+        p += w;
+        n -= static_cast<std::size_t>(w);
+    }
+}
+
+}  // namespace
+
+void set_level(level l) noexcept {
+    g_level.store(l, std::memory_order_relaxed);
+}
+level current_level() noexcept {
+    return g_level.load(std::memory_order_relaxed);
+}
+
+std::optional<level> parse_level(std::string_view name) noexcept {
+    if (name == "debug")
+        return level::debug;
+    if (name == "info")
+        return level::info;
+    if (name == "warn")
+        return level::warn;
+    if (name == "error")
+        return level::error;
+    return std::nullopt;
+}
+
+std::string_view level_name(level l) noexcept {
+    switch (l) {
+        case level::debug:
+            return "debug";
+        case level::info:
+            return "info";
+        case level::warn:
+            return "warn";
+        case level::error:
+            return "error";
+    }
+    return "?";
+}
+
+void write_line(level l, fmt::string_view format, fmt::format_args args) noexcept {
+    line_state& st = tl;
+
+    std::size_t msg_len = 0;
+    bool msg_cut = false;
+    try {
+        const auto r = fmt::vformat_to_n(st.message, sizeof st.message, format, args);
+        msg_len = std::min(r.size, sizeof st.message);
+        msg_cut = r.size > sizeof st.message;
+    } catch (...) {
+        // A formatter threw (a bug in a custom formatter, or bad_alloc inside one): keep the
+        // line, say so, and do not take the caller down with it.
+        constexpr std::string_view failed = "<log formatting failed>";
+        std::memcpy(st.message, failed.data(), failed.size());
+        msg_len = failed.size();
+    }
+
+    timespec now{};
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    if (now.tv_sec != st.stamp_second) {
+        std::tm tm{};
+        ::gmtime_r(&now.tv_sec, &tm);
+        std::strftime(st.stamp, sizeof st.stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+        st.stamp_second = now.tv_sec;
+    }
+
+    // One byte is kept back for the newline.
+    appender out{st.line, sizeof st.line - 1};
+    char head[96];
+    const unsigned shard = this_shard_id();
+    const auto millis = static_cast<unsigned>(now.tv_nsec / 1000000);
+    const auto h = shard == no_shard
+                       ? fmt::format_to_n(head, sizeof head, "{}.{:03}Z shard=main {}: ", st.stamp,
+                                          millis, level_name(l))
+                       : fmt::format_to_n(head, sizeof head, "{}.{:03}Z shard={} {}: ", st.stamp,
+                                          millis, shard, level_name(l));
+    out.put(std::string_view(head, std::min(h.size, sizeof head)));
+
+    for (std::size_t i = 0; i < msg_len && !out.cut; ++i) {
+        const auto c = static_cast<unsigned char>(st.message[i]);
+        if (is_control(c)) {
+            out.put_escaped(c);
+        } else {
+            out.put(std::string_view(&st.message[i], 1));
+        }
+    }
+    if (out.cut || msg_cut) {
+        // The marker replaces the last bytes, so the line still fits in max_line.
+        const std::size_t keep = std::min(out.len, out.cap - 3);
+        out.len = keep;
+        out.cut = false;
+        out.put("...");
+    }
+    st.line[out.len++] = '\n';
+    write_all(st.line, out.len);
+}
+
+std::string sanitize(std::string_view peer_text, std::size_t max_len) {
+    std::string out;
+    out.reserve(std::min(peer_text.size() * 4, max_len) + 3);
+    for (const char ch : peer_text) {
+        const auto c = static_cast<unsigned char>(ch);
+        const bool plain = c >= 0x20 && c < 0x7f && c != '\\';
+        const std::size_t need = plain ? 1 : 4;
+        if (out.size() + need > max_len) {
+            out += "...";
+            return out;
+        }
+        if (plain) {
+            out += ch;
+        } else {
+            out += '\\';
+            out += 'x';
+            out += hex_digits[c >> 4];
+            out += hex_digits[c & 0xf];
+        }
+    }
+    return out;
+}
+
+}  // namespace ringmail::core::log
