@@ -1,0 +1,874 @@
+"""Integration test harness: real processes on loopback, Python 3.11 stdlib only.
+
+What it gives a test:
+  - free_port(), temp_dir(): loopback ports and temporary directories (removed at exit);
+  - Ringmaild: writes a TOML config (contract keys, DESIGN.md), starts build/src/ringmaild
+    (path from $RINGMAILD), waits until it greets, stops it with SIGTERM or kill -9;
+  - SmtpSink: an SMTP server written here, independent of ringmail's code, that records
+    every transaction exactly (envelope, raw DATA bytes as on the wire, un-stuffed content);
+  - PostfixSink / smtp_source(): Postfix's smtp-sink (counting by dump files) and
+    smtp-source (load).
+
+Every process started here is killed and every temp dir removed at interpreter exit, on
+SIGTERM (meson's timeout) and when this process dies (PR_SET_PDEATHSIG in the children).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+LOOPBACK = "127.0.0.1"
+
+SMTP_SINK = os.environ.get("SMTP_SINK", "/usr/sbin/smtp-sink")
+SMTP_SOURCE = os.environ.get("SMTP_SOURCE", "/usr/sbin/smtp-source")
+SWAKS = os.environ.get("SWAKS", shutil.which("swaks") or "/usr/bin/swaks")
+
+# Sanitizer builds are several times slower; scale every bounded wait.
+TIME_SCALE = float(os.environ.get("RINGMAIL_TEST_TIME_SCALE", "1"))
+if "sanitize" in os.environ.get("RINGMAILD", "") or "asan" in os.environ.get("RINGMAILD", ""):
+    TIME_SCALE = max(TIME_SCALE, 3.0)
+
+
+def scaled(seconds: float) -> float:
+    return seconds * TIME_SCALE
+
+
+# ---------------------------------------------------------------------------------------
+# Clean-up: processes and directories registered here never outlive the test.
+
+_children: list[subprocess.Popen] = []
+_dirs: list[str] = []
+_cleanup_lock = threading.Lock()
+
+
+def _cleanup() -> None:
+    with _cleanup_lock:
+        for p in _children:
+            if p.poll() is None:
+                try:
+                    p.kill()
+                except OSError:
+                    pass
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        _children.clear()
+        for d in _dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        _dirs.clear()
+
+
+atexit.register(_cleanup)
+
+
+def _on_sigterm(signum, frame):  # meson test timeout -> run atexit handlers
+    raise SystemExit(128 + signum)
+
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _libc = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the test process dies (even by SIGKILL),
+    # the kernel kills the child too.
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(args: list[str], **kwargs) -> subprocess.Popen:
+    """Popen that is registered for clean-up and dies with this process."""
+    p = subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs)
+    _children.append(p)
+    return p
+
+
+def temp_dir(prefix: str = "ringmail-it-") -> str:
+    d = tempfile.mkdtemp(prefix=prefix)
+    _dirs.append(d)
+    return d
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------
+# TOML output (the subset the contract needs: tables, arrays of tables, scalars, arrays).
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        out = ['"']
+        for ch in v:
+            if ch == '"':
+                out.append('\\"')
+            elif ch == "\\":
+                out.append("\\\\")
+            elif ord(ch) < 0x20 or ch == "\x7f":
+                out.append(f"\\u{ord(ch):04x}")
+            else:
+                out.append(ch)
+        out.append('"')
+        return "".join(out)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def to_toml(config: dict[str, Any]) -> str:
+    """{"server": {...}, "listen": [{...}], ...} -> TOML text."""
+    lines: list[str] = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            lines.append(f"[{key}]")
+            for k, v in value.items():
+                lines.append(f"{k} = {_toml_value(v)}")
+            lines.append("")
+        elif isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+            for item in value:
+                lines.append(f"[[{key}]]")
+                for k, v in item.items():
+                    lines.append(f"{k} = {_toml_value(v)}")
+                lines.append("")
+        else:
+            # Top-level scalars must precede tables in TOML.
+            lines.insert(0, f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def make_config(
+    spool_dir: str,
+    port: int,
+    smarthost: str | None = None,
+    *,
+    shards: int = 2,
+    allow_networks: Iterable[str] = ("127.0.0.0/8", "::1/128"),
+    domains: Iterable[str] = (),
+    retry_schedule: Iterable[str] = ("1s", "2s"),
+    max_lifetime: str = "1h",
+    max_message_size: int | None = None,
+    hostname: str = "ringmail.test",
+    extra_listen: Iterable[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """A config dict with the contract keys; admin is disabled ("")."""
+    server: dict[str, Any] = {"hostname": hostname, "shards": shards, "spool_dir": spool_dir}
+    if max_message_size is not None:
+        server["max_message_size"] = max_message_size
+    delivery: dict[str, Any] = {
+        "retry_schedule": list(retry_schedule),
+        "max_lifetime": max_lifetime,
+    }
+    if smarthost is not None:
+        delivery["smarthost"] = smarthost
+    return {
+        "server": server,
+        "listen": [{"address": f"{LOOPBACK}:{port}", "role": "relay"}, *extra_listen],
+        "relay": {"allow_networks": list(allow_networks), "domains": list(domains)},
+        "delivery": delivery,
+        "admin": {"address": ""},
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# ringmaild
+
+
+def ringmaild_path() -> str:
+    path = os.environ.get("RINGMAILD")
+    if not path:
+        raise RuntimeError("RINGMAILD is not set (run through meson test)")
+    return path
+
+
+class DaemonError(AssertionError):
+    pass
+
+
+class Ringmaild:
+    """One ringmaild process on a generated config; restartable on the same spool."""
+
+    def __init__(
+        self,
+        config: dict[str, Any] | str | None = None,
+        *,
+        smarthost: str | None = None,
+        workdir: str | None = None,
+        **config_kwargs: Any,
+    ) -> None:
+        self.workdir = workdir or temp_dir()
+        self.spool_dir = os.path.join(self.workdir, "spool")
+        os.makedirs(self.spool_dir, exist_ok=True)
+        if config is None:
+            self.port = free_port()
+            config = make_config(self.spool_dir, self.port, smarthost, **config_kwargs)
+        if isinstance(config, dict):
+            self.port = int(config["listen"][0]["address"].rsplit(":", 1)[1])
+            text = to_toml(config)
+        else:
+            text = config
+            m = re.search(r'address\s*=\s*"[^"]*:(\d+)"', text)
+            if not m:
+                raise ValueError("config text has no listen address with a port")
+            self.port = int(m.group(1))
+        self.config = config
+        self.config_path = os.path.join(self.workdir, "ringmail.toml")
+        with open(self.config_path, "w", encoding="utf-8") as f:
+            f.write(text)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._log_path = ""
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (LOOPBACK, self.port)
+
+    def log_text(self) -> str:
+        try:
+            with open(self._log_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return ""
+        tail = data[-20000:]
+        return tail.decode("utf-8", "replace")
+
+    def start(self, timeout: float = 20.0) -> "Ringmaild":
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        self._log_path = os.path.join(self.workdir, f"ringmaild.{self.starts}.log")
+        log = open(self._log_path, "wb")
+        try:
+            self.proc = spawn(
+                [ringmaild_path(), "--config", self.config_path],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        finally:
+            log.close()
+        self.wait_ready(scaled(timeout))
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise DaemonError(
+                    f"ringmaild exited with {self.proc.returncode} during start-up:\n"
+                    + self.log_text()
+                )
+            try:
+                with socket.create_connection(self.address, timeout=2) as s:
+                    s.settimeout(max(1.0, deadline - time.monotonic()))
+                    greeting = s.recv(512)
+                    if greeting.startswith(b"220"):
+                        s.sendall(b"QUIT\r\n")
+                        try:
+                            s.recv(512)
+                        except OSError:
+                            pass
+                        return
+                    last_error = f"greeting {greeting!r}"
+            except OSError as e:
+                last_error = str(e)
+            time.sleep(0.05)
+        self.kill()
+        raise DaemonError(
+            f"ringmaild did not greet on {self.address} within {timeout:.0f}s "
+            f"({last_error}):\n" + self.log_text()
+        )
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 30.0, expect_code: int | None = 0) -> int:
+        """SIGTERM, wait bounded; on timeout SIGKILL and fail."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.wait_exit(scaled(timeout))
+        if code is None:
+            self.kill()
+            raise DaemonError(
+                f"ringmaild did not exit within {scaled(timeout):.0f}s of SIGTERM:\n"
+                + self.log_text()
+            )
+        if expect_code is not None and code != expect_code:
+            raise DaemonError(
+                f"ringmaild exited with {code} after SIGTERM (expected {expect_code}):\n"
+                + self.log_text()
+            )
+        return code
+
+    def kill(self) -> None:
+        """kill -9 and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def check_config(self, path: str | None = None, timeout: float = 20.0):
+        return subprocess.run(
+            [ringmaild_path(), "--check-config", path or self.config_path],
+            capture_output=True,
+            timeout=scaled(timeout),
+            preexec_fn=_die_with_parent,
+        )
+
+    def __enter__(self) -> "Ringmaild":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+# ---------------------------------------------------------------------------------------
+# Python SMTP sink
+
+
+def unstuff(raw: bytes) -> bytes:
+    """Undo SMTP dot-stuffing (RFC 5321 4.5.2) on complete CRLF lines."""
+    lines = raw.split(b"\r\n")
+    return b"\r\n".join(l[1:] if l.startswith(b".") else l for l in lines)
+
+
+def stuff(content: bytes) -> bytes:
+    lines = content.split(b"\r\n")
+    return b"\r\n".join(b"." + l if l.startswith(b".") else l for l in lines)
+
+
+@dataclasses.dataclass
+class Transaction:
+    mail_from: str
+    mail_params: list[str]
+    rcpts: list[str]
+    raw: bytes  # DATA bytes as on the wire, up to and including the CRLF before "."
+    content: bytes  # raw, un-stuffed
+    helo: str
+    peer: tuple
+    accepted: bool  # False if the sink answered the end of data with 4xx/5xx
+
+
+_PATH_RE = re.compile(rb"^(?:MAIL FROM|RCPT TO):\s*<([^>]*)>\s*(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def _split_path(line: bytes) -> tuple[str, list[str]] | None:
+    m = _PATH_RE.match(line)
+    if not m:
+        return None
+    addr = m.group(1).decode("utf-8", "surrogateescape")
+    params = [p.decode("utf-8", "surrogateescape") for p in m.group(2).split()]
+    return addr, params
+
+
+class SmtpSink:
+    """Threaded SMTP server on loopback that records each transaction exactly.
+
+    reject_rcpts: {address: "550 5.1.1 no such user"} answers for given recipients.
+    tempfail_first: answer the first N ends of data with 451 (nothing recorded as delivered).
+    All public reads are thread-safe; wait_for() blocks on a condition.
+    """
+
+    def __init__(
+        self,
+        host: str = LOOPBACK,
+        port: int = 0,
+        *,
+        hostname: str = "sink.test",
+        size_limit: int = 100 * 1024 * 1024,
+        smtputf8: bool = True,
+        eightbitmime: bool = True,
+        pipelining: bool = True,
+        reject_rcpts: dict[str, str] | None = None,
+        tempfail_first: int = 0,
+        max_line: int = 1 << 20,
+    ) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, port))
+        self._listener.listen(256)
+        self.host = host
+        self.port = self._listener.getsockname()[1]
+        self.hostname = hostname
+        self.size_limit = size_limit
+        self.smtputf8 = smtputf8
+        self.eightbitmime = eightbitmime
+        self.pipelining = pipelining
+        self.reject_rcpts = dict(reject_rcpts or {})
+        self.tempfail_first = tempfail_first
+        self.max_line = max_line
+
+        self._cond = threading.Condition()
+        self._transactions: list[Transaction] = []
+        self._attempts = 0
+        self._connections = 0
+        self._errors: list[str] = []
+        self._stopping = False
+        self._conns: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._accept_thread.start()
+
+    # -- results ---------------------------------------------------------------------
+
+    @property
+    def smarthost(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def transactions(self) -> list[Transaction]:
+        with self._cond:
+            return [t for t in self._transactions if t.accepted]
+
+    def all_attempts(self) -> list[Transaction]:
+        with self._cond:
+            return list(self._transactions)
+
+    def count(self) -> int:
+        with self._cond:
+            return sum(1 for t in self._transactions if t.accepted)
+
+    @property
+    def connections(self) -> int:
+        with self._cond:
+            return self._connections
+
+    def errors(self) -> list[str]:
+        with self._cond:
+            return list(self._errors)
+
+    def wait_for(self, n: int, timeout: float) -> bool:
+        """Wait until at least n accepted transactions arrived."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while sum(1 for t in self._transactions if t.accepted) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+            return True
+
+    def wait_until(self, predicate: Callable[[list[Transaction]], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate([t for t in self._transactions if t.accepted]):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+            return True
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            conns = list(self._conns)
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._accept_thread.join(timeout=5)
+        for t in list(self._threads):
+            t.join(timeout=5)
+
+    def __enter__(self) -> "SmtpSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- server ----------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, peer = self._listener.accept()
+            except OSError:
+                return
+            with self._cond:
+                if self._stopping:
+                    conn.close()
+                    return
+                self._connections += 1
+                self._conns.add(conn)
+                t = threading.Thread(target=self._serve, args=(conn, peer), daemon=True)
+                self._threads = [x for x in self._threads if x.is_alive()]
+                self._threads.append(t)
+            t.start()
+
+    def _ehlo_reply(self) -> bytes:
+        caps = [self.hostname]
+        if self.pipelining:
+            caps.append("PIPELINING")
+        if self.eightbitmime:
+            caps.append("8BITMIME")
+        if self.smtputf8:
+            caps.append("SMTPUTF8")
+        caps.append(f"SIZE {self.size_limit}")
+        caps.append("ENHANCEDSTATUSCODES")
+        lines = [f"250-{c}" for c in caps[:-1]] + [f"250 {caps[-1]}"]
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+    def _serve(self, conn: socket.socket, peer) -> None:
+        conn.settimeout(300)
+        buf = bytearray()
+        helo = ""
+        mail: tuple[str, list[str]] | None = None
+        rcpts: list[str] = []
+        try:
+            conn.sendall(f"220 {self.hostname} ESMTP test sink\r\n".encode())
+            while True:
+                out = bytearray()
+                # Commands: answer every complete line in the buffer, then flush once
+                # (a pipelining client gets its replies in order).
+                while True:
+                    end = buf.find(b"\r\n")
+                    if end < 0:
+                        if len(buf) > self.max_line:
+                            out += b"500 5.5.2 line too long\r\n"
+                            conn.sendall(out)
+                            return
+                        break
+                    line = bytes(buf[:end])
+                    del buf[: end + 2]
+                    verb = line[:4].upper()
+                    if verb in (b"EHLO", b"HELO"):
+                        helo = line[5:].decode("utf-8", "replace")
+                        mail, rcpts = None, []
+                        out += self._ehlo_reply() if verb == b"EHLO" else (
+                            f"250 {self.hostname}\r\n".encode())
+                    elif verb == b"MAIL":
+                        parsed = _split_path(line)
+                        if parsed is None:
+                            out += b"501 5.5.4 syntax\r\n"
+                        elif mail is not None:
+                            out += b"503 5.5.1 nested MAIL\r\n"
+                        else:
+                            size = 0
+                            for p in parsed[1]:
+                                if p.upper().startswith("SIZE="):
+                                    try:
+                                        size = int(p[5:])
+                                    except ValueError:
+                                        size = -1
+                            if size < 0:
+                                out += b"501 5.5.4 bad SIZE\r\n"
+                            elif size > self.size_limit:
+                                out += b"552 5.3.4 message too big\r\n"
+                            else:
+                                mail, rcpts = parsed, []
+                                out += b"250 2.1.0 ok\r\n"
+                    elif verb == b"RCPT":
+                        parsed = _split_path(line)
+                        if mail is None:
+                            out += b"503 5.5.1 need MAIL\r\n"
+                        elif parsed is None:
+                            out += b"501 5.5.4 syntax\r\n"
+                        elif parsed[0] in self.reject_rcpts:
+                            out += self.reject_rcpts[parsed[0]].encode() + b"\r\n"
+                        else:
+                            rcpts.append(parsed[0])
+                            out += b"250 2.1.5 ok\r\n"
+                    elif verb == b"DATA":
+                        if mail is None or not rcpts:
+                            out += b"503 5.5.1 need RCPT\r\n"
+                            continue
+                        out += b"354 go ahead\r\n"
+                        conn.sendall(out)
+                        out = bytearray()
+                        raw = self._read_data(conn, buf)
+                        if raw is None:
+                            return
+                        out += self._finish(mail, rcpts, raw, helo, peer)
+                        mail, rcpts = None, []
+                    elif verb == b"RSET":
+                        mail, rcpts = None, []
+                        out += b"250 2.0.0 ok\r\n"
+                    elif verb == b"NOOP":
+                        out += b"250 2.0.0 ok\r\n"
+                    elif verb == b"QUIT":
+                        out += b"221 2.0.0 bye\r\n"
+                        conn.sendall(out)
+                        return
+                    else:
+                        out += b"502 5.5.2 unknown command\r\n"
+                if out:
+                    conn.sendall(out)
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+        except OSError:
+            return
+        except Exception as e:  # a bug here must be visible to the test
+            with self._cond:
+                self._errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            with self._cond:
+                self._conns.discard(conn)
+            conn.close()
+
+    @staticmethod
+    def _read_data(conn: socket.socket, buf: bytearray) -> bytes | None:
+        """Read until CRLF.CRLF; returns the raw bytes before the final '.' line, leaves
+        whatever follows in buf. None if the connection ended first (nothing recorded)."""
+        # The terminator is "\r\n.\r\n", where the leading CRLF ends the last content line;
+        # an empty message is just ".\r\n" right after the 354.
+        scan = 0
+        while True:
+            if buf.startswith(b".\r\n"):
+                del buf[:3]
+                return b""
+            i = buf.find(b"\r\n.\r\n", scan)
+            if i >= 0:
+                raw = bytes(buf[: i + 2])
+                del buf[: i + 5]
+                return raw
+            scan = max(0, len(buf) - 4)
+            chunk = conn.recv(262144)
+            if not chunk:
+                return None
+            buf += chunk
+
+    def _finish(self, mail, rcpts, raw: bytes, helo: str, peer) -> bytes:
+        with self._cond:
+            self._attempts += 1
+            accepted = self._attempts > self.tempfail_first
+            self._transactions.append(
+                Transaction(
+                    mail_from=mail[0],
+                    mail_params=list(mail[1]),
+                    rcpts=list(rcpts),
+                    raw=raw,
+                    content=unstuff(raw),
+                    helo=helo,
+                    peer=peer,
+                    accepted=accepted,
+                )
+            )
+            self._cond.notify_all()
+        if accepted:
+            return b"250 2.0.0 queued\r\n"
+        return b"451 4.3.0 try again later\r\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Postfix smtp-sink / smtp-source
+
+
+def _root_args() -> list[str]:
+    # smtp-sink refuses to run as root without -u; "nobody" exists on every Debian.
+    return ["-u", "nobody"] if os.geteuid() == 0 else []
+
+
+class PostfixSink:
+    """Postfix's smtp-sink on loopback, one dump file per delivered message.
+
+    Dump files (-d) are counted instead of the -c counters: those go through a buffered
+    stream and lag behind by hundreds of messages.
+    """
+
+    def __init__(self, port: int | None = None, *, backlog: int = 1000) -> None:
+        self.port = port or free_port()
+        self.workdir = temp_dir("ringmail-smtp-sink-")
+        self.dump_dir = os.path.join(self.workdir, "dump")
+        os.makedirs(self.dump_dir)
+        os.chmod(self.workdir, 0o755)
+        os.chmod(self.dump_dir, 0o777)  # smtp-sink writes after dropping to -u nobody
+        self._log = open(os.path.join(self.workdir, "smtp-sink.log"), "wb")
+        # %H%M%S. prefix: names are a strftime expansion plus a 32-bit random number; the
+        # time prefix keeps collisions between 10^4 files out of reach.
+        self.proc = spawn(
+            [SMTP_SINK, *_root_args(), "-d", os.path.join(self.dump_dir, "%H%M%S."),
+             f"{LOOPBACK}:{self.port}", str(backlog)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        if not wait_until(self._listening, 10):
+            self.close()
+            raise RuntimeError("smtp-sink did not start")
+
+    @property
+    def smarthost(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def _listening(self) -> bool:
+        if self.proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=1) as s:
+                s.settimeout(2)
+                ok = s.recv(512).startswith(b"220")
+                s.sendall(b"QUIT\r\n")
+                return ok
+        except OSError:
+            return False
+
+    def messages(self) -> list[str]:
+        return sorted(os.listdir(self.dump_dir))
+
+    def count(self) -> int:
+        return len(os.listdir(self.dump_dir))
+
+    def message_ids(self) -> list[str]:
+        ids = []
+        for name in os.listdir(self.dump_dir):
+            with open(os.path.join(self.dump_dir, name), "rb") as f:
+                m = re.search(rb"^Message-Id:\s*(\S+)", f.read(8192), re.IGNORECASE | re.MULTILINE)
+            ids.append(m.group(1).decode() if m else "")
+        return ids
+
+    def wait_for(self, n: int, timeout: float) -> bool:
+        return wait_until(lambda: self.count() >= n, timeout, interval=0.2)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+    def __enter__(self) -> "PostfixSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def smtp_source(
+    port: int,
+    messages: int,
+    *,
+    sessions: int = 20,
+    length: int = 1024,
+    sender: str = "from@x.test",
+    recipient: str = "to@y.test",
+    reuse_connections: bool = True,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
+    """Run smtp-source to completion (bounded); returns the completed process."""
+    args = [SMTP_SOURCE]
+    if reuse_connections:
+        args.append("-d")
+    args += ["-s", str(sessions), "-m", str(messages), "-l", str(length),
+             "-f", sender, "-t", recipient, f"{LOOPBACK}:{port}"]
+    p = spawn(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"smtp-source did not finish within {timeout:.0f}s: {err!r}")
+    return subprocess.CompletedProcess(args, p.returncode, out, err)
+
+
+# ---------------------------------------------------------------------------------------
+# Small SMTP client on a raw socket, for protocol-level checks smtplib hides.
+
+
+class RawSmtp:
+    def __init__(self, host: str, port: int, timeout: float = 10) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+
+    def read_reply(self) -> tuple[int, str]:
+        """One (possibly multi-line) reply: (code, text of all lines)."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("connection closed: " + repr(self.buf))
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line.decode("utf-8", "replace"))
+            if len(line) < 4 or line[3:4] != b"-":
+                code = int(line[:3]) if line[:3].isdigit() else -1
+                return code, "\n".join(lines)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def cmd(self, line: str | bytes) -> tuple[int, str]:
+        if isinstance(line, str):
+            line = line.encode()
+        self.sock.sendall(line + b"\r\n")
+        return self.read_reply()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "RawSmtp":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
