@@ -1,0 +1,196 @@
+// The durable spool of one shard: append-only segment files plus a journal, in
+// `<spool_dir>/shard-<N>/`.
+//
+// Owned by one shard (checked with core::oncore). The spool never writes or syncs on the
+// per-message path: finished messages and journal entries join a pending commit_batch that the
+// reactor submits to io_uring (linked writes, then fdatasync) and reports with complete_batch().
+// At most one batch is in flight; everything finished meanwhile waits for the next (group
+// commit). Plain synchronous syscalls are used only off the per-message path: open/recover,
+// creating a segment (open + mmap + fsync of the directory, once per segment_size bytes),
+// unlinking reclaimed segments, and journal compaction at recovery.
+//
+// Failures are values: a failed batch fails every message in it (the daemon answers 451/452
+// 4.3.x), seals the segment it touched and puts its journal entries back in the queue; the spool
+// keeps serving and the next batch goes to a fresh segment.
+//
+// How the reactor drives it:
+//   if (auto* b = sp.prepare_batch()) { submit b->writes linked, then fdatasync each b->sync_fds;
+//                                       on the last completion: for (c : sp.complete_batch(res)) }
+// A batch may hold no writes when every record in it failed before reaching the disk (segment
+// creation failed): submit nothing and call complete_batch(0) at once.
+#pragma once
+
+#include "ringmail/core/oncore.h"
+#include "ringmail/core/result.h"
+#include "ringmail/smtp/envelope.h"
+#include "ringmail/spool/errc.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <sys/uio.h>
+#include <unordered_map>
+#include <vector>
+
+namespace ringmail::spool {
+
+// shard (12 bits) | id block (32 bits, a segment sequence number) | index in the block (20 bits).
+// Blocks are segment sequence numbers, which are persisted (segment names and the journal's
+// floor entry), so ids never repeat within a spool_dir across shards and restarts.
+using queue_id = std::uint64_t;
+inline constexpr unsigned queue_id_shard_bits = 12;
+inline constexpr unsigned queue_id_index_bits = 20;
+inline constexpr unsigned max_shards = 1u << queue_id_shard_bits;
+
+// 16 uppercase hex digits.
+std::string format_queue_id(queue_id);
+inline unsigned queue_id_shard(queue_id id) {
+    return unsigned(id >> 52);
+}
+
+struct options {
+    std::uint64_t segment_size = 64 << 20;
+    std::uint64_t max_message_size = 52428800;  // body bytes (transmission form) per message
+};
+
+struct write_op {
+    int fd;
+    std::uint64_t offset;
+    std::vector<iovec> iov;  // at most IOV_MAX entries
+};
+
+// Writes (to different fds, or to consecutive ranges of one fd) then the fds to fdatasync after
+// all writes completed. The memory behind the iovecs lives until complete_batch().
+struct commit_batch {
+    std::vector<write_op> writes;
+    std::vector<int> sync_fds;
+};
+
+// pwritev loop + fdatasync, for tests and start-up. Returns 0 or -errno.
+int execute_batch_sync(const commit_batch&);
+
+enum class outcome : std::uint8_t { delivered = 1, bounced = 2, expired = 3 };
+
+// Views point into the segment's mapping and stay valid until the message is marked done (and
+// that record committed) or the spool is destroyed.
+struct stored_message {
+    queue_id id = 0;
+    smtp::envelope env;
+    std::string_view added_headers;
+    std::string_view body;
+};
+
+struct recovered_message {
+    stored_message msg;
+    std::vector<bool> rcpt_done;        // per RCPT: a final outcome was journaled
+    std::vector<outcome> rcpt_outcome;  // meaningful where rcpt_done
+    std::uint32_t attempts = 0;
+    std::int64_t next_attempt = 0;  // unix seconds, 0 = none journaled
+};
+
+struct spool_metrics {
+    std::uint64_t pending_bytes = 0;   // record + journal bytes waiting for the next batch
+    std::uint64_t inflight_bytes = 0;  // bytes of the batch in flight
+    std::uint64_t segments_live = 0;   // segment files held open
+    std::uint64_t messages_live = 0;   // committed, not yet done
+    std::uint64_t journal_bytes = 0;   // committed size of the journal file
+    std::uint64_t batches_committed = 0;
+    std::uint64_t batches_failed = 0;
+    std::uint64_t segments_reclaimed = 0;
+};
+
+class spool {
+  public:
+    using writer_id = std::uint32_t;
+
+    // Creates the directory, takes an exclusive lock on it (errc::locked when another process
+    // holds it). Call recover() next, before anything else.
+    static result<std::unique_ptr<spool>> open(const std::filesystem::path& shard_dir,
+                                               unsigned shard, const options&);
+    ~spool();
+    spool(const spool&) = delete;
+    spool& operator=(const spool&) = delete;
+
+    // Once, right after open: every committed message not fully done, with its journaled
+    // per-recipient outcomes. Torn tails are dropped, the journal is compacted and segments
+    // without live messages are deleted. Synchronous.
+    result<std::vector<recovered_message>> recover();
+
+    // Reception: one message per session at a time, many sessions in parallel.
+    result<writer_id> begin(const smtp::envelope&);
+    result<void> append(writer_id, std::string_view transmission_form_bytes);
+    // Joins the pending batch; `token` comes back from complete_batch(). The writer is closed
+    // whatever the result.
+    result<queue_id> finish(writer_id, std::string_view added_headers, std::uint64_t token);
+    void abort(writer_id);
+
+    // Delivery outcomes, journaled with the next batch. Unknown ids are ignored.
+    void record_rcpt(queue_id, std::uint32_t rcpt_index, outcome);
+    void record_attempt(queue_id, std::uint32_t attempts, std::int64_t next_attempt_unix);
+    // Every recipient final: once this entry is committed the message is gone and its segment
+    // is reclaimed when all its messages are.
+    void record_done(queue_id);
+
+    // Group commit.
+    bool has_pending() const;
+    const commit_batch* prepare_batch();  // nullptr if nothing pending or a batch is in flight
+    struct committed {
+        std::uint64_t token;
+        result<queue_id> id;
+    };
+    // res = 0 if every write was complete and every fdatasync succeeded, else -errno.
+    std::vector<committed> complete_batch(int res);
+    bool in_flight() const { return _inflight != nullptr; }
+
+    result<stored_message> read(queue_id) const;
+
+    spool_metrics metrics() const;
+    const std::filesystem::path& dir() const { return _dir; }
+
+    // Opaque, defined in spool.cc.
+    struct segment;
+    struct record;
+    struct batch;
+    struct writer;
+    struct location;
+
+  private:
+    spool(std::filesystem::path dir, unsigned shard, const options& opt, int dir_fd, int lock_fd);
+
+    result<segment*> create_segment(std::uint64_t capacity);
+    result<void> rotate(std::uint64_t min_capacity);
+    void maybe_reclaim(segment*);
+    void journal_entry(std::uint8_t type, queue_id id, std::uint64_t a, std::uint64_t b);
+    result<void> compact_journal(const std::vector<std::pair<queue_id, recovered_message*>>& live);
+    result<stored_message> decode_at(const location&) const;
+
+    core::oncore _oncore;
+    std::filesystem::path _dir;
+    unsigned _shard;
+    options _opt;
+    int _dir_fd;
+    int _lock_fd;
+    int _journal_fd = -1;
+    std::uint64_t _journal_offset = 0;
+    bool _recovered = false;
+
+    std::uint64_t _next_seq = 1;  // next segment sequence number
+    std::uint64_t _id_block = 0;  // sequence number whose id block finish() draws from
+    std::uint64_t _id_index = 0;
+
+    std::unordered_map<std::uint64_t, std::unique_ptr<segment>> _segments;  // by sequence
+    segment* _current = nullptr;  // where the next batch appends; nullptr when sealed by a failure
+    std::unordered_map<queue_id, std::unique_ptr<location>> _live;
+
+    std::vector<std::unique_ptr<writer>> _writers;  // slot index = low bits of writer_id
+    std::vector<std::uint32_t> _free_writers;
+
+    std::unique_ptr<batch> _pending;
+    std::unique_ptr<batch> _inflight;
+    spool_metrics _m;
+};
+
+}  // namespace ringmail::spool

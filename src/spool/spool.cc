@@ -1,0 +1,876 @@
+#include "ringmail/spool/spool.h"
+
+#include "ringmail/spool/crc32c.h"
+
+#include "format.h"
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace ringmail::spool {
+
+namespace {
+
+constexpr std::size_t first_chunk = 4096;
+constexpr std::size_t max_chunk = 256 << 10;
+constexpr std::uint64_t index_limit = 1ull << queue_id_index_bits;
+constexpr std::uint64_t seq_limit = 1ull << 32;
+constexpr std::size_t iov_max = IOV_MAX;
+constexpr std::uint32_t slot_bits = 20;
+constexpr std::uint32_t slot_mask = (1u << slot_bits) - 1;
+constexpr const char* journal_name = "journal";
+constexpr const char* journal_tmp_name = "journal.tmp";
+constexpr const char* segment_prefix = "segment-";
+
+[[noreturn]] void invariant(const char* what) {
+    std::fprintf(stderr, "ringmail: invariant broken: spool: %s\n", what);
+    std::abort();
+}
+
+std::string segment_name(std::uint64_t seq) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%s%016llX", segment_prefix,
+                  static_cast<unsigned long long>(seq));
+    return buf;
+}
+
+bool parse_segment_name(std::string_view name, std::uint64_t& seq) {
+    const std::string_view p = segment_prefix;
+    if (name.size() != p.size() + 16 || name.substr(0, p.size()) != p)
+        return false;
+    seq = 0;
+    for (char c : name.substr(p.size())) {
+        int v;
+        if (c >= '0' && c <= '9') {
+            v = c - '0';
+        } else if (c >= 'A' && c <= 'F') {
+            v = c - 'A' + 10;
+        } else {
+            return false;
+        }
+        seq = seq << 4 | unsigned(v);
+    }
+    return seq > 0 && seq < seq_limit;
+}
+
+failure errno_failure(int err) {
+    return failure(from_errno(err));
+}
+
+// Synchronous write of a whole buffer (start-up only).
+int write_all(int fd, const char* p, std::size_t n, std::uint64_t off) {
+    while (n > 0) {
+        const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        if (w == 0)
+            return EIO;
+        p += w;
+        n -= std::size_t(w);
+        off += std::uint64_t(w);
+    }
+    return 0;
+}
+
+struct chunk {
+    std::unique_ptr<char[]> data;
+    std::size_t size = 0;
+    std::size_t used = 0;
+};
+
+}  // namespace
+
+std::string format_queue_id(queue_id id) {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llX", static_cast<unsigned long long>(id));
+    return buf;
+}
+
+struct spool::segment {
+    std::uint64_t seq = 0;
+    int fd = -1;
+    char* map = nullptr;
+    std::uint64_t capacity = 0;       // mapped length; records are placed below it
+    std::uint64_t append_offset = 0;  // next placement
+    std::uint64_t live = 0;           // committed messages not done
+    std::uint64_t inflight = 0;       // records placed here whose batch has not completed
+    bool sealed = false;              // never appended to again
+};
+
+struct spool::location {
+    segment* seg = nullptr;
+    std::uint64_t offset = 0;
+    format::record_header h;
+    std::uint32_t rcpt_count = 0;
+};
+
+struct spool::writer {
+    std::uint32_t generation = 0;
+    bool open = false;
+    std::string envelope;  // encoded at begin()
+    std::uint32_t rcpt_count = 0;
+    std::vector<chunk> body;
+    std::uint64_t body_length = 0;
+    std::uint32_t body_crc = 0;
+};
+
+struct spool::record {
+    queue_id id = 0;
+    std::uint64_t token = 0;
+    std::unique_ptr<char[]> meta;  // header + envelope + added headers, then the trailer
+    std::size_t meta_length = 0;   // without the trailer
+    std::vector<chunk> body;
+    format::record_header h;
+    std::uint32_t rcpt_count = 0;
+    segment* seg = nullptr;
+    std::uint64_t offset = 0;
+    std::error_code error;  // set when placement failed
+};
+
+struct spool::batch {
+    std::vector<record> records;
+    std::vector<char> journal;    // encoded journal entries
+    std::vector<queue_id> dones;  // applied in memory once the journal write commits
+    std::vector<segment*> touched;
+    std::uint64_t record_bytes = 0;
+    commit_batch cb;
+};
+
+spool::spool(std::filesystem::path dir, unsigned shard, const options& opt, int dir_fd, int lock_fd)
+    : _dir(std::move(dir)),
+      _shard(shard),
+      _opt(opt),
+      _dir_fd(dir_fd),
+      _lock_fd(lock_fd),
+      _pending(std::make_unique<batch>()) {}
+
+spool::~spool() {
+    for (auto& [seq, s] : _segments) {
+        if (s->map)
+            ::munmap(s->map, s->capacity);
+        if (s->fd >= 0)
+            ::close(s->fd);
+    }
+    if (_journal_fd >= 0)
+        ::close(_journal_fd);
+    ::close(_dir_fd);
+    ::close(_lock_fd);
+}
+
+result<std::unique_ptr<spool>> spool::open(const std::filesystem::path& shard_dir, unsigned shard,
+                                           const options& opt) {
+    if (shard >= max_shards)
+        invariant("shard number past queue id space");
+    if (opt.segment_size == 0 || opt.max_message_size == 0)
+        invariant("zero spool option");
+    std::error_code ec;
+    std::filesystem::create_directories(shard_dir, ec);
+    if (ec)
+        return errno_failure(ec.value());
+    const int dir_fd = ::open(shard_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0)
+        return errno_failure(errno);
+    const int lock_fd = ::openat(dir_fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (lock_fd < 0) {
+        const int err = errno;
+        ::close(dir_fd);
+        return errno_failure(err);
+    }
+    if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        const int err = errno;
+        ::close(lock_fd);
+        ::close(dir_fd);
+        return err == EWOULDBLOCK ? failure(errc::locked) : errno_failure(err);
+    }
+    return std::unique_ptr<spool>(new spool(shard_dir, shard, opt, dir_fd, lock_fd));
+}
+
+// ---------------------------------------------------------------- segments
+
+result<spool::segment*> spool::create_segment(std::uint64_t capacity) {
+    if (_next_seq >= seq_limit)
+        return errc::ids_exhausted;
+    // The sequence number is consumed only once its file exists: a failed creation is retried
+    // with the same name, so the newest file always carries the highest number handed out.
+    const std::uint64_t seq = _next_seq;
+    const std::string name = segment_name(seq);
+    const int fd = ::openat(_dir_fd, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return errno_failure(errno);
+    void* map = ::mmap(nullptr, capacity, PROT_READ, MAP_SHARED, fd, 0);
+    int err = map == MAP_FAILED ? errno : 0;
+    // The directory entry must be durable before any record in the file is acknowledged, and
+    // it persists the highest sequence number (queue ids never repeat).
+    if (!err && ::fsync(_dir_fd) != 0)
+        err = errno;
+    if (err) {
+        if (map != MAP_FAILED)
+            ::munmap(map, capacity);
+        ::close(fd);
+        ::unlinkat(_dir_fd, name.c_str(), 0);
+        return errno_failure(err);
+    }
+    ++_next_seq;
+    auto s = std::make_unique<segment>();
+    s->seq = seq;
+    s->fd = fd;
+    s->map = static_cast<char*>(map);
+    s->capacity = capacity;
+    segment* raw = s.get();
+    _segments.emplace(seq, std::move(s));
+    return raw;
+}
+
+result<void> spool::rotate(std::uint64_t min_capacity) {
+    auto s = create_segment(std::max(min_capacity, _opt.segment_size));
+    if (!s)
+        return failure(s.error());
+    segment* old = _current;
+    _current = *s;
+    _id_block = _current->seq;
+    _id_index = 0;
+    if (old) {
+        old->sealed = true;
+        maybe_reclaim(old);
+    }
+    return {};
+}
+
+void spool::maybe_reclaim(segment* s) {
+    // The newest segment file stays on disk: its name is the persisted high-water mark of the
+    // sequence (and so of queue ids) until a newer one exists.
+    if (!s->sealed || s->live != 0 || s->inflight != 0 || s->seq + 1 == _next_seq)
+        return;
+    if (s->map)
+        ::munmap(s->map, s->capacity);
+    ::close(s->fd);
+    // A failed unlink leaves a file whose messages are all journaled done: recovery deletes it.
+    ::unlinkat(_dir_fd, segment_name(s->seq).c_str(), 0);
+    ++_m.segments_reclaimed;
+    _segments.erase(s->seq);
+}
+
+// ---------------------------------------------------------------- reception
+
+result<spool::writer_id> spool::begin(const smtp::envelope& env) {
+    _oncore.check();
+    if (!_recovered)
+        invariant("begin() before recover()");
+    std::uint32_t slot;
+    if (!_free_writers.empty()) {
+        slot = _free_writers.back();
+        _free_writers.pop_back();
+    } else {
+        if (_writers.size() > slot_mask)
+            invariant("more than 2^20 open spool writers");
+        slot = static_cast<std::uint32_t>(_writers.size());
+        _writers.push_back(std::make_unique<writer>());
+    }
+    writer& w = *_writers[slot];
+    w.open = true;
+    w.generation = (w.generation + 1) & (UINT32_MAX >> slot_bits);
+    w.envelope = format::encode_envelope(env);
+    w.rcpt_count = static_cast<std::uint32_t>(env.rcpt_to.size());
+    w.body.clear();
+    w.body_length = 0;
+    w.body_crc = 0;
+    return (w.generation << slot_bits) | slot;
+}
+
+result<void> spool::append(writer_id id, std::string_view bytes) {
+    _oncore.check();
+    const std::uint32_t slot = id & slot_mask;
+    if (slot >= _writers.size() || !_writers[slot]->open ||
+        _writers[slot]->generation != id >> slot_bits) {
+        return errc::unknown_writer;
+    }
+    writer& w = *_writers[slot];
+    if (bytes.size() > _opt.max_message_size - w.body_length)
+        return errc::message_too_large;
+    w.body_crc = crc32c(bytes, w.body_crc);
+    w.body_length += bytes.size();
+    while (!bytes.empty()) {
+        if (w.body.empty() || w.body.back().used == w.body.back().size) {
+            // Geometric chunks: few iovecs for big bodies, little waste for small ones, and
+            // never a reallocating copy.
+            const std::size_t size =
+                w.body.empty() ? first_chunk : std::min(max_chunk, w.body.back().size * 2);
+            w.body.push_back(chunk{std::make_unique<char[]>(size), size, 0});
+        }
+        chunk& c = w.body.back();
+        const std::size_t n = std::min(bytes.size(), c.size - c.used);
+        std::memcpy(c.data.get() + c.used, bytes.data(), n);
+        c.used += n;
+        bytes.remove_prefix(n);
+    }
+    return {};
+}
+
+void spool::abort(writer_id id) {
+    _oncore.check();
+    const std::uint32_t slot = id & slot_mask;
+    if (slot >= _writers.size() || !_writers[slot]->open ||
+        _writers[slot]->generation != id >> slot_bits) {
+        return;
+    }
+    writer& w = *_writers[slot];
+    w.open = false;
+    w.body.clear();
+    w.envelope.clear();
+    _free_writers.push_back(slot);
+}
+
+result<queue_id> spool::finish(writer_id wid, std::string_view added_headers, std::uint64_t token) {
+    _oncore.check();
+    const std::uint32_t slot = wid & slot_mask;
+    if (slot >= _writers.size() || !_writers[slot]->open ||
+        _writers[slot]->generation != wid >> slot_bits) {
+        return errc::unknown_writer;
+    }
+    writer& w = *_writers[slot];
+    struct closer {
+        spool* sp;
+        writer_id id;
+        ~closer() { sp->abort(id); }
+    } close_writer{this, wid};
+
+    if (added_headers.size() > _opt.max_message_size || added_headers.size() > UINT32_MAX ||
+        w.envelope.size() > UINT32_MAX) {
+        return errc::message_too_large;
+    }
+    if (_id_index == index_limit) {
+        // The id block is used up: a new segment brings a new block.
+        auto r = rotate(_opt.segment_size);
+        if (!r)
+            return failure(r.error());
+    }
+    const queue_id id =
+        std::uint64_t(_shard) << 52 | _id_block << queue_id_index_bits | _id_index++;
+
+    record rec;
+    rec.id = id;
+    rec.token = token;
+    rec.rcpt_count = w.rcpt_count;
+    rec.h.id = id;
+    rec.h.envelope_length = static_cast<std::uint32_t>(w.envelope.size());
+    rec.h.added_headers_length = static_cast<std::uint32_t>(added_headers.size());
+    rec.h.body_length = w.body_length;
+    rec.h.body_crc = w.body_crc;
+    rec.h.record_length = format::header_size + w.envelope.size() + added_headers.size() +
+                          w.body_length + format::trailer_size;
+    rec.meta_length = format::header_size + w.envelope.size() + added_headers.size();
+    rec.meta = std::make_unique<char[]>(rec.meta_length + format::trailer_size);
+    char* m = rec.meta.get();
+    format::encode_header(m, rec.h);
+    std::memcpy(m + format::header_size, w.envelope.data(), w.envelope.size());
+    std::memcpy(m + format::header_size + w.envelope.size(), added_headers.data(),
+                added_headers.size());
+    format::put32(m + rec.meta_length, crc32c(m, rec.meta_length));
+    format::put32(m + rec.meta_length + 4, format::trailer_magic);
+    rec.body = std::move(w.body);
+    _pending->record_bytes += rec.h.record_length;
+    _pending->records.push_back(std::move(rec));
+    return id;
+}
+
+// ---------------------------------------------------------------- journal
+
+void spool::journal_entry(std::uint8_t type, queue_id id, std::uint64_t a, std::uint64_t b) {
+    char e[format::journal_entry_size];
+    format::encode_journal(e, {format::journal_type(type), id, a, b});
+    _pending->journal.insert(_pending->journal.end(), e, e + sizeof e);
+}
+
+void spool::record_rcpt(queue_id id, std::uint32_t rcpt_index, outcome o) {
+    _oncore.check();
+    auto it = _live.find(id);
+    if (it == _live.end() || rcpt_index >= it->second->rcpt_count)
+        return;
+    journal_entry(std::uint8_t(format::journal_type::rcpt), id,
+                  std::uint64_t(rcpt_index) << 8 | std::uint8_t(o), 0);
+}
+
+void spool::record_attempt(queue_id id, std::uint32_t attempts, std::int64_t next_attempt_unix) {
+    _oncore.check();
+    if (!_live.count(id))
+        return;
+    journal_entry(std::uint8_t(format::journal_type::attempt), id, attempts,
+                  static_cast<std::uint64_t>(next_attempt_unix));
+}
+
+void spool::record_done(queue_id id) {
+    _oncore.check();
+    if (!_live.count(id))
+        return;
+    journal_entry(std::uint8_t(format::journal_type::done), id, 0, 0);
+    _pending->dones.push_back(id);
+}
+
+// ---------------------------------------------------------------- group commit
+
+bool spool::has_pending() const {
+    _oncore.check();
+    return !_pending->records.empty() || !_pending->journal.empty();
+}
+
+const commit_batch* spool::prepare_batch() {
+    _oncore.check();
+    if (_inflight || !has_pending())
+        return nullptr;
+    _inflight = std::move(_pending);
+    _pending = std::make_unique<batch>();
+    batch& b = *_inflight;
+
+    std::uint64_t op_end = 0;  // file offset just past the last write_op's bytes
+    auto add = [&](int fd, std::uint64_t off, const void* p, std::size_t n) {
+        if (n == 0)
+            return;
+        if (b.cb.writes.empty() || b.cb.writes.back().fd != fd || op_end != off ||
+            b.cb.writes.back().iov.size() == iov_max) {
+            b.cb.writes.push_back(write_op{fd, off, {}});
+        }
+        b.cb.writes.back().iov.push_back(iovec{const_cast<void*>(p), n});
+        op_end = off + n;
+    };
+
+    std::error_code place_error;
+    for (record& r : b.records) {
+        const std::uint64_t len = r.h.record_length;
+        if (!place_error && (!_current || _current->append_offset + len > _current->capacity)) {
+            // A record that does not fit starts a new segment; a huge one gets its own.
+            auto rr = rotate(len);
+            if (!rr)
+                place_error = rr.error();
+        }
+        if (place_error) {
+            // Later records would need the segment that could not be created either; fail them
+            // now rather than retrying the syscall per record.
+            r.error = place_error;
+            continue;
+        }
+        segment* s = _current;
+        r.seg = s;
+        r.offset = s->append_offset;
+        s->append_offset += len;
+        ++s->inflight;
+        if (std::find(b.touched.begin(), b.touched.end(), s) == b.touched.end()) {
+            b.touched.push_back(s);
+        }
+        std::uint64_t off = r.offset;
+        add(s->fd, off, r.meta.get(), r.meta_length);
+        off += r.meta_length;
+        for (const chunk& c : r.body) {
+            add(s->fd, off, c.data.get(), c.used);
+            off += c.used;
+        }
+        add(s->fd, off, r.meta.get() + r.meta_length, format::trailer_size);
+    }
+    for (segment* s : b.touched)
+        b.cb.sync_fds.push_back(s->fd);
+    if (!b.journal.empty()) {
+        add(_journal_fd, _journal_offset, b.journal.data(), b.journal.size());
+        b.cb.sync_fds.push_back(_journal_fd);
+    }
+    return &b.cb;
+}
+
+std::vector<spool::committed> spool::complete_batch(int res) {
+    _oncore.check();
+    if (!_inflight)
+        invariant("complete_batch() without a batch in flight");
+    std::unique_ptr<batch> b = std::move(_inflight);
+    std::vector<committed> out;
+    out.reserve(b->records.size());
+
+    if (res == 0) {
+        ++_m.batches_committed;
+        for (record& r : b->records) {
+            if (r.error) {
+                out.push_back({r.token, failure(r.error)});
+                continue;
+            }
+            --r.seg->inflight;
+            ++r.seg->live;
+            auto loc = std::make_unique<location>();
+            loc->seg = r.seg;
+            loc->offset = r.offset;
+            loc->h = r.h;
+            loc->rcpt_count = r.rcpt_count;
+            _live.emplace(r.id, std::move(loc));
+            out.push_back({r.token, r.id});
+        }
+        _journal_offset += b->journal.size();
+        for (queue_id id : b->dones) {
+            auto it = _live.find(id);
+            if (it == _live.end())
+                continue;
+            segment* s = it->second->seg;
+            _live.erase(it);
+            --s->live;
+            maybe_reclaim(s);
+        }
+        return out;
+    }
+
+    ++_m.batches_failed;
+    const failure err = errno_failure(-res);
+    // The journal entries are facts that still have to reach the disk: they go first in the next
+    // batch, rewritten at the same offset, so whatever this batch tore is overwritten by the
+    // same bytes and recovery never stops in front of later entries. (A new journal file per
+    // failure would work too, but needs a directory fsync and a file list at recovery.)
+    std::vector<char> journal = std::move(b->journal);
+    journal.insert(journal.end(), _pending->journal.begin(), _pending->journal.end());
+    _pending->journal = std::move(journal);
+    b->dones.insert(b->dones.end(), _pending->dones.begin(), _pending->dones.end());
+    _pending->dones = std::move(b->dones);
+
+    for (record& r : b->records) {
+        out.push_back({r.token, r.error ? failure(r.error) : err});
+        if (!r.seg)
+            continue;
+        --r.seg->inflight;
+        // The record may have reached the disk intact although the batch failed (the client
+        // was told 4xx): a done entry keeps recovery from delivering it.
+        journal_entry(std::uint8_t(format::journal_type::done), r.id, 0, 0);
+    }
+    // Nothing may follow a possibly torn region: the touched segments take no more records.
+    for (segment* s : b->touched) {
+        s->sealed = true;
+        if (s == _current)
+            _current = nullptr;
+    }
+    for (segment* s : b->touched)
+        maybe_reclaim(s);
+    return out;
+}
+
+// ---------------------------------------------------------------- reading
+
+result<stored_message> spool::decode_at(const location& loc) const {
+    const char* p = loc.seg->map + loc.offset + format::header_size;
+    auto env = format::decode_envelope({p, loc.h.envelope_length});
+    if (!env)
+        return failure(env.error());
+    p += loc.h.envelope_length;
+    stored_message m;
+    m.id = loc.h.id;
+    m.env = std::move(*env);
+    m.added_headers = {p, loc.h.added_headers_length};
+    p += loc.h.added_headers_length;
+    m.body = {p, loc.h.body_length};
+    return m;
+}
+
+result<stored_message> spool::read(queue_id id) const {
+    _oncore.check();
+    auto it = _live.find(id);
+    if (it == _live.end())
+        return errc::unknown_queue_id;
+    return decode_at(*it->second);
+}
+
+spool_metrics spool::metrics() const {
+    _oncore.check();
+    spool_metrics m = _m;
+    m.pending_bytes = _pending->record_bytes + _pending->journal.size();
+    if (_inflight)
+        m.inflight_bytes = _inflight->record_bytes + _inflight->journal.size();
+    m.segments_live = _segments.size();
+    m.messages_live = _live.size();
+    m.journal_bytes = _journal_offset;
+    return m;
+}
+
+// ---------------------------------------------------------------- recovery
+
+namespace {
+
+struct scanned {
+    recovered_message m;
+    std::uint64_t offset;
+    format::record_header h;
+    std::uint64_t seq;
+    bool done = false;
+};
+
+result<std::vector<char>> read_file(int dir_fd, const char* name) {
+    const int fd = ::openat(dir_fd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return std::vector<char>{};
+        return errno_failure(errno);
+    }
+    std::vector<char> data;
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+        const int err = errno;
+        ::close(fd);
+        return errno_failure(err);
+    }
+    data.resize(std::size_t(st.st_size));
+    std::size_t got = 0;
+    while (got < data.size()) {
+        const ssize_t n = ::pread(fd, data.data() + got, data.size() - got, off_t(got));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += std::size_t(n);
+    }
+    ::close(fd);
+    data.resize(got);
+    return data;
+}
+
+}  // namespace
+
+result<std::vector<recovered_message>> spool::recover() {
+    _oncore.check();
+    if (_recovered)
+        invariant("recover() called twice");
+
+    ::unlinkat(_dir_fd, journal_tmp_name, 0);
+    std::vector<std::uint64_t> seqs;
+    {
+        DIR* d = ::opendir(_dir.c_str());
+        if (!d)
+            return errno_failure(errno);
+        while (dirent* e = ::readdir(d)) {
+            std::uint64_t seq;
+            if (parse_segment_name(e->d_name, seq))
+                seqs.push_back(seq);
+        }
+        ::closedir(d);
+    }
+    std::sort(seqs.begin(), seqs.end());
+
+    // Segments: every record whose checksums verify, up to the first that does not.
+    std::vector<scanned> found;
+    std::unordered_map<queue_id, std::size_t> by_id;
+    for (std::uint64_t seq : seqs) {
+        _next_seq = std::max(_next_seq, seq + 1);
+        const int fd = ::openat(_dir_fd, segment_name(seq).c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return errno_failure(errno);
+        struct stat st;
+        if (::fstat(fd, &st) != 0) {
+            const int err = errno;
+            ::close(fd);
+            return errno_failure(err);
+        }
+        auto s = std::make_unique<segment>();
+        s->seq = seq;
+        s->fd = fd;
+        s->sealed = true;
+        s->capacity = std::uint64_t(st.st_size);
+        if (s->capacity > 0) {
+            void* map = ::mmap(nullptr, s->capacity, PROT_READ, MAP_SHARED, fd, 0);
+            if (map == MAP_FAILED) {
+                const int err = errno;
+                ::close(fd);
+                return errno_failure(err);
+            }
+            s->map = static_cast<char*>(map);
+        }
+        std::uint64_t off = 0;
+        while (off < s->capacity) {
+            auto h = format::check_record({s->map + off, s->capacity - off});
+            if (!h || by_id.count(h->id))
+                break;
+            auto env =
+                format::decode_envelope({s->map + off + format::header_size, h->envelope_length});
+            if (!env)
+                break;
+            scanned sc;
+            sc.offset = off;
+            sc.h = *h;
+            sc.seq = seq;
+            sc.m.msg.id = h->id;
+            sc.m.msg.env = std::move(*env);
+            const std::size_t n = sc.m.msg.env.rcpt_to.size();
+            sc.m.rcpt_done.assign(n, false);
+            sc.m.rcpt_outcome.assign(n, outcome::delivered);
+            by_id.emplace(h->id, found.size());
+            found.push_back(std::move(sc));
+            off += h->record_length;
+        }
+        _segments.emplace(seq, std::move(s));
+    }
+
+    // Journal: apply entries up to the first torn one.
+    auto jr = read_file(_dir_fd, journal_name);
+    if (!jr)
+        return failure(jr.error());
+    const std::vector<char>& jbytes = *jr;
+    for (std::size_t off = 0; off + format::journal_entry_size <= jbytes.size();
+         off += format::journal_entry_size) {
+        auto e = format::decode_journal({jbytes.data() + off, format::journal_entry_size});
+        if (!e)
+            break;
+        if (e->type == format::journal_type::seq_floor) {
+            if (e->a < seq_limit)
+                _next_seq = std::max(_next_seq, e->a + 1);
+            continue;
+        }
+        auto it = by_id.find(e->id);
+        if (it == by_id.end())
+            continue;
+        scanned& sc = found[it->second];
+        switch (e->type) {
+            case format::journal_type::rcpt: {
+                const std::uint64_t idx = e->a >> 8;
+                const auto o = std::uint8_t(e->a & 0xFF);
+                if (idx < sc.m.rcpt_done.size() && o >= 1 && o <= 3) {
+                    sc.m.rcpt_done[idx] = true;
+                    sc.m.rcpt_outcome[idx] = outcome(o);
+                }
+                break;
+            }
+            case format::journal_type::attempt:
+                sc.m.attempts = static_cast<std::uint32_t>(e->a);
+                sc.m.next_attempt = static_cast<std::int64_t>(e->b);
+                break;
+            case format::journal_type::done:
+                sc.done = true;
+                break;
+            case format::journal_type::seq_floor:
+                break;
+        }
+    }
+
+    // Compaction: the live state, done entries for every message still in a segment file (so a
+    // crash before the unlinks below cannot resurrect them), and the sequence high-water mark.
+    std::vector<char> compact;
+    auto put = [&](format::journal_type t, queue_id id, std::uint64_t a, std::uint64_t b) {
+        char e[format::journal_entry_size];
+        format::encode_journal(e, {t, id, a, b});
+        compact.insert(compact.end(), e, e + sizeof e);
+    };
+    put(format::journal_type::seq_floor, 0, _next_seq - 1, 0);
+    for (const scanned& sc : found) {
+        if (sc.done) {
+            put(format::journal_type::done, sc.m.msg.id, 0, 0);
+            continue;
+        }
+        for (std::size_t i = 0; i < sc.m.rcpt_done.size(); ++i) {
+            if (sc.m.rcpt_done[i]) {
+                put(format::journal_type::rcpt, sc.m.msg.id,
+                    std::uint64_t(i) << 8 | std::uint8_t(sc.m.rcpt_outcome[i]), 0);
+            }
+        }
+        if (sc.m.attempts != 0 || sc.m.next_attempt != 0) {
+            put(format::journal_type::attempt, sc.m.msg.id, sc.m.attempts,
+                static_cast<std::uint64_t>(sc.m.next_attempt));
+        }
+    }
+    {
+        const int fd =
+            ::openat(_dir_fd, journal_tmp_name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+        if (fd < 0)
+            return errno_failure(errno);
+        int err = write_all(fd, compact.data(), compact.size(), 0);
+        if (!err && ::fdatasync(fd) != 0)
+            err = errno;
+        ::close(fd);
+        if (!err && ::renameat(_dir_fd, journal_tmp_name, _dir_fd, journal_name) != 0)
+            err = errno;
+        if (!err && ::fsync(_dir_fd) != 0)
+            err = errno;
+        if (err)
+            return errno_failure(err);
+    }
+    _journal_fd = ::openat(_dir_fd, journal_name, O_RDWR | O_CLOEXEC);
+    if (_journal_fd < 0)
+        return errno_failure(errno);
+    _journal_offset = compact.size();
+
+    // Live messages; then segments without any are deleted.
+    std::vector<recovered_message> out;
+    for (scanned& sc : found) {
+        if (sc.done)
+            continue;
+        segment* s = _segments.at(sc.seq).get();
+        ++s->live;
+        auto loc = std::make_unique<location>();
+        loc->seg = s;
+        loc->offset = sc.offset;
+        loc->h = sc.h;
+        loc->rcpt_count = static_cast<std::uint32_t>(sc.m.rcpt_done.size());
+        auto m = decode_at(*loc);
+        if (!m)
+            return failure(m.error());
+        sc.m.msg = std::move(*m);
+        _live.emplace(sc.m.msg.id, std::move(loc));
+        out.push_back(std::move(sc.m));
+    }
+    for (std::uint64_t seq : seqs) {
+        segment* s = _segments.at(seq).get();
+        if (s->live != 0)
+            continue;
+        if (s->map)
+            ::munmap(s->map, s->capacity);
+        ::close(s->fd);
+        if (::unlinkat(_dir_fd, segment_name(seq).c_str(), 0) != 0)
+            return errno_failure(errno);
+        _segments.erase(seq);
+    }
+    if (::fsync(_dir_fd) != 0)
+        return errno_failure(errno);
+
+    // A fresh segment for new records (recovered ones are sealed: they may end in a torn tail).
+    auto r = rotate(_opt.segment_size);
+    if (!r)
+        return failure(r.error());
+    _recovered = true;
+    return out;
+}
+
+// ---------------------------------------------------------------- synchronous execution
+
+int execute_batch_sync(const commit_batch& b) {
+    for (const write_op& op : b.writes) {
+        std::vector<iovec> iov = op.iov;
+        std::size_t first = 0;
+        std::uint64_t off = op.offset;
+        while (first < iov.size()) {
+            const int cnt = int(std::min(iov.size() - first, iov_max));
+            const ssize_t n = ::pwritev(op.fd, iov.data() + first, cnt, off_t(off));
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                return -errno;
+            }
+            if (n == 0)
+                return -EIO;
+            off += std::uint64_t(n);
+            std::size_t left = std::size_t(n);
+            while (first < iov.size() && left >= iov[first].iov_len) {
+                left -= iov[first].iov_len;
+                ++first;
+            }
+            if (left > 0) {
+                iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+                iov[first].iov_len -= left;
+            }
+        }
+    }
+    for (int fd : b.sync_fds) {
+        if (::fdatasync(fd) != 0)
+            return -errno;
+    }
+    return 0;
+}
+
+}  // namespace ringmail::spool
