@@ -1,0 +1,185 @@
+// The SMTP client session: a pure state machine (no I/O, no clock) for delivery to a smarthost
+// or an MX host. Bytes from the server go in through receive(); commands and message bodies come
+// out as pieces (begin_send/end_send); the caller arms a timer for current_timeout() and calls
+// on_timeout() when it fires.
+//
+// Owned by the shard that owns the connection. It fails by value: a broken peer (garbage reply,
+// 421, timeout, lost connection) ends the session with failed() and gives every pending
+// recipient a transient (4xx) outcome; local refusals (SIZE, SMTPUTF8) are results, not failures.
+// Calling it out of order (start_transaction when not ready, ...) is a caller bug and aborts.
+//
+// Decisions:
+// - PIPELINING (RFC 2920) when offered: MAIL, every RCPT and DATA go in one flight; otherwise
+//   lock-step, and DATA is not sent when no RCPT was accepted.
+// - 8-bit body to a peer without 8BITMIME: sent anyway without BODY= (common practice; most
+//   servers are 8-bit clean), and transaction_result::sent_8bit_without_8bitmime says so.
+// - RSET follows a transaction that ended before the final reply to the message data (MAIL,
+//   all RCPTs or DATA refused); after the final reply the server has reset itself already.
+// - An address holding CR, LF or NUL, or longer than 998 octets, is never put on the wire: that
+//   recipient (or the whole transaction, for the sender) fails locally with 501.
+// - STARTTLS is only reported as a capability here; the TLS layer drives it.
+#pragma once
+
+#include "ringmail/smtp/reply_parser.h"
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ringmail::smtp {
+
+struct client_config {
+    std::string helo_name;
+    // RFC 5321 4.5.3.2.
+    std::chrono::seconds greeting_timeout{300};
+    std::chrono::seconds ehlo_timeout{300};
+    std::chrono::seconds mail_timeout{300};
+    std::chrono::seconds rcpt_timeout{300};
+    std::chrono::seconds data_init_timeout{120};
+    std::chrono::seconds data_block_timeout{180};
+    std::chrono::seconds data_term_timeout{600};
+};
+
+// What the peer announced in its EHLO reply (all false after a HELO fallback).
+struct peer_capabilities {
+    bool pipelining = false;
+    bool size = false;
+    std::uint64_t max_size = 0;  // SIZE argument; 0 = no limit announced
+    bool eight_bit_mime = false;
+    bool smtputf8 = false;
+    bool chunking = false;
+    bool starttls = false;
+    bool enhanced_status_codes = false;
+};
+
+// Everything is borrowed and must stay valid until the transaction's result is taken.
+struct outbound_message {
+    std::string_view mail_from;  // "" = null sender
+    std::span<const std::string> rcpts;
+    std::string_view added_headers;  // CRLF-terminated header lines sent before the body
+    // Transmission form: CRLF lines, dot-stuffed, without the final ".\r\n". Sent as is.
+    std::string_view body;
+    std::uint64_t size = 0;  // for SIZE=
+    bool eight_bit = false;
+    bool smtputf8 = false;
+};
+
+struct transaction_result {
+    server_reply mail;
+    std::vector<server_reply> rcpts;  // one per outbound_message::rcpts, same order
+    server_reply data;  // final reply to the message data, or to DATA if refused; code 0: not sent
+    bool accepted_any = false;  // at least one recipient got a final 2xx
+    bool sent_8bit_without_8bitmime = false;
+
+    // The reply that decides recipient i: MAIL's if MAIL failed, else its RCPT's if that
+    // failed, else the final data reply.
+    const server_reply& outcome(std::size_t i) const;
+    bool delivered(std::size_t i) const { return outcome(i).positive(); }
+    bool permanent(std::size_t i) const { return outcome(i).permanent(); }
+    // Anything not delivered and not permanent is retried (4xx and made-up transient replies).
+    bool temporary(std::size_t i) const { return !delivered(i) && !permanent(i); }
+};
+
+class client_session {
+  public:
+    explicit client_session(const client_config& config);
+    client_session(const client_session&) = delete;
+    client_session& operator=(const client_session&) = delete;
+
+    // Bytes from the server, split anywhere.
+    void receive(std::string_view bytes);
+
+    // Output as pieces, in order: commands (owned by the session) and borrowed views of the
+    // message. Send them all, then call end_send(). Pieces stay valid until end_send(); output
+    // produced meanwhile goes to a second buffer. Empty when there is nothing to send.
+    std::span<const std::string_view> begin_send();
+    void end_send();
+
+    // Greeting and EHLO done, nothing outstanding: start_transaction() is allowed.
+    bool ready() const;
+    void start_transaction(const outbound_message& message);
+    std::optional<transaction_result> take_result();
+
+    // Graceful QUIT, sent as soon as the session is idle (after the current transaction).
+    void quit();
+    // The deadline current_timeout() described has passed.
+    void on_timeout();
+    void on_connection_lost();
+
+    // The caller should close the connection (after sending what begin_send() still gives).
+    bool closed() const { return _state == state::closed; }
+    bool failed() const { return _failed; }
+    const server_reply& last_error() const { return _last_error; }
+    // Deadline for the awaited reply; zero when nothing is awaited (idle).
+    std::chrono::seconds current_timeout() const;
+    const peer_capabilities& capabilities() const { return _caps; }
+
+  private:
+    enum class state : std::uint8_t { greeting, ehlo, helo, idle, transaction, rset, quit, closed };
+    enum class expect_kind : std::uint8_t { mail, rcpt, data, data_end };
+    struct expect {
+        expect_kind kind;
+        std::uint32_t rcpt = 0;  // index into the message's rcpts for expect_kind::rcpt
+    };
+    struct segment {
+        bool owned;  // true: [offset, offset + length) of the buffer's commands
+        std::size_t offset = 0;
+        std::size_t length = 0;
+        std::string_view view;  // borrowed bytes when !owned
+    };
+    struct out_buffer {
+        std::string commands;
+        std::vector<segment> segments;
+        std::vector<std::string_view> pieces;
+        bool has_body = false;
+        void clear();
+    };
+
+    void on_reply(server_reply reply);
+    void on_greeting(server_reply& reply);
+    void on_ehlo(server_reply& reply);
+    void on_helo(server_reply& reply);
+    void on_transaction_reply(server_reply& reply);
+    void send_command(std::string_view a, std::string_view b = {}, std::string_view c = {});
+    void send_borrowed(std::string_view bytes);
+    void send_next_rcpt_or_data();
+    void send_body();
+    void send_rcpt(std::uint32_t index);
+    void append_mail_command();
+    void finish_transaction(bool need_rset);
+    void become_idle();
+    void fail(server_reply reason);
+    void check_invariant(bool ok, const char* what) const;
+    bool any_rcpt_accepted() const;
+
+    client_config _config;
+    state _state = state::greeting;
+    reply_parser _parser;
+    peer_capabilities _caps;
+    bool _failed = false;
+    bool _quit_requested = false;
+    server_reply _last_error;
+
+    // Current transaction.
+    outbound_message _msg;
+    std::optional<transaction_result> _tx;
+    std::optional<transaction_result> _result;
+    std::vector<expect> _expected;  // replies awaited, oldest first (pipelined flight)
+    std::size_t _expected_head = 0;
+    std::uint32_t _next_rcpt = 0;  // lock-step: next RCPT to send
+    bool _mail_sent = false;
+    bool _data_reply_received = false;
+    bool _body_sent = false;  // the body pieces left in end_send()
+
+    out_buffer _buffers[2];
+    out_buffer* _back = &_buffers[0];   // gathers new output
+    out_buffer* _front = &_buffers[1];  // being sent between begin_send and end_send
+    bool _sending = false;
+};
+
+}  // namespace ringmail::smtp

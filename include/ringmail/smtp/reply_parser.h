@@ -1,0 +1,62 @@
+// Parser for replies FROM an SMTP server (the client side of RFC 5321 4.2): turns bytes split
+// anywhere into complete, possibly multi-line replies.
+//
+// Owned by one client session (so by one shard). Bounded: a line may hold at most
+// max_line_length octets and a reply at most max_reply_lines lines. Anything that is not a
+// well-formed reply (no 3-digit code, mixed codes across lines, a line too long) puts the parser
+// in a sticky error state: the peer is not speaking SMTP and the connection must be dropped.
+// Lines end in CRLF; a bare LF is accepted as a line end too (replies carry no mail data, so
+// there is no smuggling risk, and some appliances send LF).
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ringmail::smtp {
+
+// One complete reply.
+struct server_reply {
+    int code = 0;                    // 200..599
+    std::string enhanced;            // RFC 3463 "x.y.z" from the first line, "" when absent
+    std::string text;                // every line's text (enhanced code stripped), joined with '\n'
+    std::vector<std::string> lines;  // every line's text as sent (for EHLO keywords)
+
+    bool positive() const { return code >= 200 && code < 300; }
+    bool intermediate() const { return code >= 300 && code < 400; }
+    bool transient() const { return code >= 400 && code < 500; }
+    bool permanent() const { return code >= 500 && code < 600; }
+    // "250 2.0.0 text" on one line, for logs and DSN diagnostics.
+    std::string to_string() const;
+};
+
+// A reply made up by the client itself (local failure, timeout, lost connection).
+server_reply make_reply(int code, std::string_view enhanced, std::string_view text);
+
+class reply_parser {
+  public:
+    static constexpr std::size_t max_line_length = 512 * 2;
+    static constexpr std::size_t max_reply_lines = 128;
+
+    // Consumes bytes until one reply is complete; returns how many bytes were consumed. Call
+    // again with the rest. When a reply is complete, `take()` returns it.
+    std::size_t feed(std::string_view bytes);
+    bool has_reply() const { return _complete; }
+    server_reply take();
+    bool failed() const { return _failed; }
+    // Bytes of an incomplete reply are buffered: the server sent something unfinished.
+    bool mid_reply() const { return !_line.empty() || !_current.lines.empty(); }
+
+  private:
+    void finish_line();
+    void fail();
+
+    std::string _line;
+    server_reply _current;
+    bool _complete = false;
+    bool _failed = false;
+};
+
+}  // namespace ringmail::smtp

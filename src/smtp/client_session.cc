@@ -1,0 +1,538 @@
+#include "ringmail/smtp/client_session.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <utility>
+
+namespace ringmail::smtp {
+
+namespace {
+
+// RFC 5321 4.5.3.1.3: a path is at most 256 octets; we refuse only what could break the
+// command line (line breaks, NUL) or is absurdly long, and leave the rest to the server.
+bool sendable_address(std::string_view a) {
+    if (a.size() > 998)
+        return false;
+    for (char c : a) {
+        if (c == '\r' || c == '\n' || c == '\0')
+            return false;
+    }
+    return true;
+}
+
+bool keyword_is(std::string_view line, std::string_view keyword, std::string_view* param) {
+    if (line.size() < keyword.size())
+        return false;
+    for (std::size_t i = 0; i < keyword.size(); ++i) {
+        char c = line[i];
+        if (c >= 'a' && c <= 'z')
+            c = static_cast<char>(c - 'a' + 'A');
+        if (c != keyword[i])
+            return false;
+    }
+    if (line.size() > keyword.size() && line[keyword.size()] != ' ')
+        return false;
+    if (param) {
+        *param =
+            line.size() > keyword.size() ? line.substr(keyword.size() + 1) : std::string_view{};
+    }
+    return true;
+}
+
+std::uint64_t parse_size(std::string_view s) {
+    std::uint64_t v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9')
+            return 0;
+        if (v > (UINT64_MAX - 9) / 10)
+            return 0;
+        v = v * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    return v;
+}
+
+}  // namespace
+
+const server_reply& transaction_result::outcome(std::size_t i) const {
+    if (!mail.positive())
+        return mail;
+    if (!rcpts[i].positive())
+        return rcpts[i];
+    return data;
+}
+
+void client_session::out_buffer::clear() {
+    commands.clear();
+    segments.clear();
+    pieces.clear();
+    has_body = false;
+}
+
+client_session::client_session(const client_config& config) : _config(config) {}
+
+void client_session::check_invariant(bool ok, const char* what) const {
+    if (!ok) {
+        std::fprintf(stderr, "ringmail: invariant broken: smtp client session: %s\n", what);
+        std::abort();
+    }
+}
+
+// --- output -------------------------------------------------------------------------------
+
+void client_session::send_command(std::string_view a, std::string_view b, std::string_view c) {
+    out_buffer& out = *_back;
+    std::size_t offset = out.commands.size();
+    out.commands.append(a).append(b).append(c).append("\r\n");
+    std::size_t length = out.commands.size() - offset;
+    if (!out.segments.empty() && out.segments.back().owned &&
+        out.segments.back().offset + out.segments.back().length == offset) {
+        out.segments.back().length += length;
+    } else {
+        out.segments.push_back(segment{true, offset, length, {}});
+    }
+}
+
+void client_session::send_borrowed(std::string_view bytes) {
+    if (bytes.empty())
+        return;
+    _back->segments.push_back(segment{false, 0, 0, bytes});
+}
+
+std::span<const std::string_view> client_session::begin_send() {
+    if (_sending)
+        return _front->pieces;
+    if (_back->segments.empty())
+        return {};
+    std::swap(_front, _back);
+    out_buffer& out = *_front;
+    std::string_view commands = out.commands;
+    for (const segment& s : out.segments) {
+        out.pieces.push_back(s.owned ? commands.substr(s.offset, s.length) : s.view);
+    }
+    _sending = true;
+    return out.pieces;
+}
+
+void client_session::end_send() {
+    if (!_sending)
+        return;
+    if (_front->has_body)
+        _body_sent = true;
+    _front->clear();
+    _sending = false;
+}
+
+// --- state --------------------------------------------------------------------------------
+
+bool client_session::ready() const {
+    return _state == state::idle && !_quit_requested && !_result.has_value();
+}
+
+std::chrono::seconds client_session::current_timeout() const {
+    switch (_state) {
+        case state::greeting:
+            return _config.greeting_timeout;
+        case state::ehlo:
+        case state::helo:
+            return _config.ehlo_timeout;
+        case state::rset:
+        case state::quit:
+            return _config.mail_timeout;
+        case state::idle:
+        case state::closed:
+            return std::chrono::seconds{0};
+        case state::transaction:
+            break;
+    }
+    if (_expected_head >= _expected.size())
+        return _config.mail_timeout;
+    switch (_expected[_expected_head].kind) {
+        case expect_kind::mail:
+            return _config.mail_timeout;
+        case expect_kind::rcpt:
+            return _config.rcpt_timeout;
+        case expect_kind::data:
+            return _config.data_init_timeout;
+        case expect_kind::data_end:
+            return _body_sent ? _config.data_term_timeout : _config.data_block_timeout;
+    }
+    return _config.mail_timeout;
+}
+
+void client_session::fail(server_reply reason) {
+    _failed = true;
+    if (_tx) {
+        // Every answer still missing becomes transient: the message is retried elsewhere/later.
+        server_reply pending =
+            reason.transient() ? reason
+                               : make_reply(451, "4.4.0", "session failed: " + reason.to_string());
+        if (_tx->mail.code == 0)
+            _tx->mail = pending;
+        for (server_reply& r : _tx->rcpts) {
+            if (r.code == 0)
+                r = pending;
+        }
+        if (_tx->data.code == 0)
+            _tx->data = pending;
+        _tx->accepted_any = false;
+        for (std::size_t i = 0; i < _tx->rcpts.size(); ++i) {
+            if (_tx->delivered(i))
+                _tx->accepted_any = true;
+        }
+        _result = std::move(_tx);
+        _tx.reset();
+    }
+    _last_error = std::move(reason);
+    _expected.clear();
+    _expected_head = 0;
+    // Nothing more goes out on a dead session; the message views in it may die with the result.
+    _back->clear();
+    _state = state::closed;
+}
+
+void client_session::become_idle() {
+    _state = state::idle;
+    _expected.clear();
+    _expected_head = 0;
+    if (_quit_requested) {
+        send_command("QUIT");
+        _state = state::quit;
+    }
+}
+
+void client_session::quit() {
+    if (_state == state::closed || _quit_requested)
+        return;
+    _quit_requested = true;
+    if (_state == state::idle)
+        become_idle();
+}
+
+void client_session::on_timeout() {
+    switch (_state) {
+        case state::idle:
+        case state::closed:
+            return;
+        case state::quit:
+            _state = state::closed;
+            return;
+        default:
+            fail(make_reply(451, "4.4.2", "timeout waiting for the server's reply"));
+    }
+}
+
+void client_session::on_connection_lost() {
+    if (_state == state::closed)
+        return;
+    if (_state == state::quit) {
+        _state = state::closed;
+        return;
+    }
+    fail(make_reply(451, "4.4.2", "connection lost"));
+}
+
+// --- input --------------------------------------------------------------------------------
+
+void client_session::receive(std::string_view bytes) {
+    while (!bytes.empty() && _state != state::closed) {
+        std::size_t n = _parser.feed(bytes);
+        bytes.remove_prefix(n);
+        if (_parser.failed()) {
+            fail(make_reply(451, "4.5.0", "malformed reply from the server"));
+            return;
+        }
+        if (_parser.has_reply())
+            on_reply(_parser.take());
+    }
+}
+
+void client_session::on_reply(server_reply reply) {
+    if (reply.code == 421 && _state != state::quit) {
+        fail(std::move(reply));
+        return;
+    }
+    switch (_state) {
+        case state::greeting:
+            on_greeting(reply);
+            break;
+        case state::ehlo:
+            on_ehlo(reply);
+            break;
+        case state::helo:
+            on_helo(reply);
+            break;
+        case state::transaction:
+            on_transaction_reply(reply);
+            break;
+        case state::rset:
+            if (reply.positive()) {
+                become_idle();
+            } else {
+                fail(std::move(reply));
+            }
+            break;
+        case state::quit:
+            _state = state::closed;
+            break;
+        case state::idle:
+            fail(
+                make_reply(451, "4.5.0", "unexpected reply from the server: " + reply.to_string()));
+            break;
+        case state::closed:
+            break;
+    }
+}
+
+void client_session::on_greeting(server_reply& reply) {
+    if (reply.code != 220) {
+        fail(std::move(reply));
+        return;
+    }
+    send_command("EHLO ", _config.helo_name);
+    _state = state::ehlo;
+}
+
+void client_session::on_ehlo(server_reply& reply) {
+    if (reply.permanent()) {
+        // RFC 5321 3.2: a server that does not know EHLO still knows HELO.
+        send_command("HELO ", _config.helo_name);
+        _state = state::helo;
+        return;
+    }
+    if (!reply.positive()) {
+        fail(std::move(reply));
+        return;
+    }
+    _caps = peer_capabilities{};
+    for (std::size_t i = 1; i < reply.lines.size(); ++i) {
+        std::string_view line = reply.lines[i];
+        std::string_view param;
+        if (keyword_is(line, "PIPELINING", nullptr)) {
+            _caps.pipelining = true;
+        } else if (keyword_is(line, "SIZE", &param)) {
+            _caps.size = true;
+            _caps.max_size = parse_size(param);
+        } else if (keyword_is(line, "8BITMIME", nullptr)) {
+            _caps.eight_bit_mime = true;
+        } else if (keyword_is(line, "SMTPUTF8", nullptr)) {
+            _caps.smtputf8 = true;
+        } else if (keyword_is(line, "CHUNKING", nullptr)) {
+            _caps.chunking = true;
+        } else if (keyword_is(line, "STARTTLS", nullptr)) {
+            _caps.starttls = true;
+        } else if (keyword_is(line, "ENHANCEDSTATUSCODES", nullptr)) {
+            _caps.enhanced_status_codes = true;
+        }
+    }
+    become_idle();
+}
+
+void client_session::on_helo(server_reply& reply) {
+    if (!reply.positive()) {
+        fail(std::move(reply));
+        return;
+    }
+    _caps = peer_capabilities{};
+    become_idle();
+}
+
+// --- transaction --------------------------------------------------------------------------
+
+void client_session::start_transaction(const outbound_message& message) {
+    check_invariant(ready(), "start_transaction while not ready");
+    check_invariant(!message.rcpts.empty(), "transaction without recipients");
+    _msg = message;
+    _tx.emplace();
+    _tx->rcpts.resize(message.rcpts.size());
+    _next_rcpt = 0;
+    _body_sent = false;
+    _expected.clear();
+    _expected_head = 0;
+
+    auto refuse_locally = [&](server_reply r) {
+        for (server_reply& rcpt : _tx->rcpts) {
+            if (rcpt.code == 0)
+                rcpt = r;
+        }
+        _tx->mail = std::move(r);
+        _result = std::move(_tx);
+        _tx.reset();
+    };
+    if (message.smtputf8 && !_caps.smtputf8) {
+        refuse_locally(make_reply(553, "5.6.7", "the receiving server does not support SMTPUTF8"));
+        return;
+    }
+    if (_caps.size && _caps.max_size > 0 && message.size > _caps.max_size) {
+        refuse_locally(
+            make_reply(552, "5.3.4", "message size exceeds the receiving server's limit"));
+        return;
+    }
+    if (!sendable_address(message.mail_from)) {
+        refuse_locally(make_reply(501, "5.1.7", "sender address cannot be sent"));
+        return;
+    }
+    bool any_sendable = false;
+    for (std::size_t i = 0; i < message.rcpts.size(); ++i) {
+        if (sendable_address(message.rcpts[i])) {
+            any_sendable = true;
+        } else {
+            _tx->rcpts[i] = make_reply(501, "5.1.3", "recipient address cannot be sent");
+        }
+    }
+    if (!any_sendable) {
+        refuse_locally(make_reply(501, "5.1.3", "no recipient address can be sent"));
+        return;
+    }
+    _tx->sent_8bit_without_8bitmime = message.eight_bit && !_caps.eight_bit_mime;
+
+    _state = state::transaction;
+    append_mail_command();
+    _expected.push_back(expect{expect_kind::mail});
+    if (_caps.pipelining) {
+        for (std::uint32_t i = 0; i < message.rcpts.size(); ++i) {
+            if (_tx->rcpts[i].code == 0)
+                send_rcpt(i);
+        }
+        send_command("DATA");
+        _expected.push_back(expect{expect_kind::data});
+    }
+}
+
+void client_session::append_mail_command() {
+    std::string params;
+    if (_caps.size)
+        params += " SIZE=" + std::to_string(_msg.size);
+    if (_msg.eight_bit && _caps.eight_bit_mime)
+        params += " BODY=8BITMIME";
+    if (_msg.smtputf8)
+        params += " SMTPUTF8";
+    send_command("MAIL FROM:<", _msg.mail_from, ">" + params);
+}
+
+void client_session::send_rcpt(std::uint32_t index) {
+    send_command("RCPT TO:<", _msg.rcpts[index], ">");
+    _expected.push_back(expect{expect_kind::rcpt, index});
+}
+
+bool client_session::any_rcpt_accepted() const {
+    if (!_tx->mail.positive())
+        return false;
+    for (const server_reply& r : _tx->rcpts) {
+        if (r.positive())
+            return true;
+    }
+    return false;
+}
+
+void client_session::send_next_rcpt_or_data() {
+    while (_next_rcpt < _msg.rcpts.size() && _tx->rcpts[_next_rcpt].code != 0)
+        ++_next_rcpt;
+    if (_next_rcpt < _msg.rcpts.size()) {
+        send_rcpt(_next_rcpt++);
+        return;
+    }
+    if (any_rcpt_accepted()) {
+        send_command("DATA");
+        _expected.push_back(expect{expect_kind::data});
+        return;
+    }
+    finish_transaction(true);
+}
+
+void client_session::send_body() {
+    send_borrowed(_msg.added_headers);
+    send_borrowed(_msg.body);
+    std::string_view last = !_msg.body.empty() ? _msg.body : _msg.added_headers;
+    if (last.empty() || last.ends_with("\r\n")) {
+        send_command(".");
+    } else {
+        send_command("\r\n.");
+    }
+    _back->has_body = true;
+    _expected.push_back(expect{expect_kind::data_end});
+}
+
+void client_session::on_transaction_reply(server_reply& reply) {
+    if (_expected_head >= _expected.size()) {
+        fail(make_reply(451, "4.5.0", "unexpected reply from the server: " + reply.to_string()));
+        return;
+    }
+    expect e = _expected[_expected_head++];
+    bool intermediate = reply.intermediate();
+    switch (e.kind) {
+        case expect_kind::mail:
+            if (intermediate)
+                break;
+            _tx->mail = std::move(reply);
+            if (_caps.pipelining)
+                return;
+            if (_tx->mail.positive()) {
+                send_next_rcpt_or_data();
+            } else {
+                finish_transaction(true);
+            }
+            return;
+        case expect_kind::rcpt:
+            if (intermediate)
+                break;
+            _tx->rcpts[e.rcpt] = std::move(reply);
+            if (!_caps.pipelining)
+                send_next_rcpt_or_data();
+            return;
+        case expect_kind::data:
+            if (reply.code == 354) {
+                if (any_rcpt_accepted()) {
+                    send_body();
+                } else {
+                    // RFC 2920 3.1: DATA went out in the flight although nobody was accepted;
+                    // end the (empty) message at once.
+                    send_command(".");
+                    _expected.push_back(expect{expect_kind::data_end});
+                }
+                return;
+            }
+            if (reply.positive() || intermediate)
+                break;
+            _tx->data = std::move(reply);
+            finish_transaction(true);
+            return;
+        case expect_kind::data_end:
+            if (intermediate)
+                break;
+            _tx->data = std::move(reply);
+            finish_transaction(false);
+            return;
+    }
+    fail(make_reply(451, "4.5.0", "reply out of sequence from the server: " + reply.to_string()));
+}
+
+void client_session::finish_transaction(bool need_rset) {
+    transaction_result& tx = *_tx;
+    for (server_reply& r : tx.rcpts) {
+        if (r.code == 0)
+            r = tx.mail;  // never sent: MAIL was refused
+    }
+    tx.accepted_any = false;
+    for (std::size_t i = 0; i < tx.rcpts.size(); ++i) {
+        if (tx.delivered(i))
+            tx.accepted_any = true;
+    }
+    _result = std::move(_tx);
+    _tx.reset();
+    _expected.clear();
+    _expected_head = 0;
+    if (need_rset) {
+        send_command("RSET");
+        _state = state::rset;
+    } else {
+        become_idle();
+    }
+}
+
+std::optional<transaction_result> client_session::take_result() {
+    std::optional<transaction_result> r = std::move(_result);
+    _result.reset();
+    return r;
+}
+
+}  // namespace ringmail::smtp

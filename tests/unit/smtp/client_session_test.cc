@@ -1,0 +1,675 @@
+#include "ringmail/smtp/client_session.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace ringmail::smtp {
+namespace {
+
+using namespace std::chrono_literals;
+
+client_config test_config() {
+    client_config c;
+    c.helo_name = "relay.example.test";
+    c.greeting_timeout = 11s;
+    c.ehlo_timeout = 12s;
+    c.mail_timeout = 13s;
+    c.rcpt_timeout = 14s;
+    c.data_init_timeout = 15s;
+    c.data_block_timeout = 16s;
+    c.data_term_timeout = 17s;
+    return c;
+}
+
+constexpr std::string_view ehlo_plain =
+    "250-mx.example.test hello\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n";
+constexpr std::string_view ehlo_pipelining =
+    "250-mx.example.test hello\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250-8BITMIME\r\n"
+    "250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n";
+
+struct harness {
+    client_session s{test_config()};
+    std::vector<std::string> rcpts{"b@example.org", "c@example.org"};
+    std::string headers = "Received: from x by y; Mon, 1 Jan 2024 00:00:00 +0000\r\n";
+    std::string body = "Subject: hi\r\n\r\n..dot\r\nbye\r\n";
+    std::vector<std::string_view> last_pieces;
+
+    outbound_message message() {
+        outbound_message m;
+        m.mail_from = "a@example.com";
+        m.rcpts = rcpts;
+        m.added_headers = headers;
+        m.body = body;
+        m.size = headers.size() + body.size();
+        return m;
+    }
+    // Everything the session wants to send, as the socket would see it.
+    std::string drain() {
+        auto pieces = s.begin_send();
+        last_pieces.assign(pieces.begin(), pieces.end());
+        std::string out;
+        for (std::string_view p : pieces)
+            out += p;
+        s.end_send();
+        return out;
+    }
+    void connect(std::string_view ehlo_reply) {
+        EXPECT_EQ(drain(), "");
+        s.receive("220 mx.example.test ESMTP\r\n");
+        EXPECT_EQ(drain(), "EHLO relay.example.test\r\n");
+        s.receive(ehlo_reply);
+        ASSERT_TRUE(s.ready());
+        EXPECT_EQ(drain(), "");
+    }
+    std::string body_bytes() const { return headers + body + ".\r\n"; }
+};
+
+TEST(client_session, happy_path_lock_step_exact_bytes) {
+    harness h;
+    h.connect(ehlo_plain);
+    EXPECT_FALSE(h.s.capabilities().pipelining);
+    EXPECT_EQ(h.s.capabilities().max_size, 1000000u);
+    h.s.start_transaction(h.message());
+    EXPECT_FALSE(h.s.ready());
+    std::string size = std::to_string(h.message().size);
+    EXPECT_EQ(h.drain(), "MAIL FROM:<a@example.com> SIZE=" + size + "\r\n");
+    EXPECT_EQ(h.s.current_timeout(), 13s);
+    h.s.receive("250 2.1.0 ok\r\n");
+    EXPECT_EQ(h.drain(), "RCPT TO:<b@example.org>\r\n");
+    EXPECT_EQ(h.s.current_timeout(), 14s);
+    h.s.receive("250 2.1.5 ok\r\n");
+    EXPECT_EQ(h.drain(), "RCPT TO:<c@example.org>\r\n");
+    h.s.receive("250 2.1.5 ok\r\n");
+    EXPECT_EQ(h.drain(), "DATA\r\n");
+    EXPECT_EQ(h.s.current_timeout(), 15s);
+    h.s.receive("354 go ahead\r\n");
+    auto pieces = h.s.begin_send();
+    ASSERT_EQ(pieces.size(), 3u);
+    EXPECT_EQ(h.s.current_timeout(), 16s);
+    // The message is sent from the caller's memory, never copied.
+    EXPECT_EQ(pieces[0].data(), h.headers.data());
+    EXPECT_EQ(pieces[1].data(), h.body.data());
+    EXPECT_EQ(pieces[1].size(), h.body.size());
+    EXPECT_EQ(pieces[2], ".\r\n");
+    h.s.end_send();
+    EXPECT_EQ(h.s.current_timeout(), 17s);
+    EXPECT_FALSE(h.s.take_result().has_value());
+    h.s.receive("250 2.0.0 queued as X\r\n");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r.has_value());
+    EXPECT_TRUE(r->accepted_any);
+    EXPECT_TRUE(r->delivered(0));
+    EXPECT_TRUE(r->delivered(1));
+    EXPECT_EQ(r->data.code, 250);
+    EXPECT_EQ(r->data.enhanced, "2.0.0");
+    EXPECT_EQ(r->data.text, "queued as X");
+    EXPECT_TRUE(h.s.ready());
+    EXPECT_EQ(h.drain(), "");
+    EXPECT_EQ(h.s.current_timeout(), 0s);
+}
+
+TEST(client_session, happy_path_pipelining_one_flight) {
+    harness h;
+    h.connect(ehlo_pipelining);
+    const auto& caps = h.s.capabilities();
+    EXPECT_TRUE(caps.pipelining && caps.eight_bit_mime && caps.smtputf8 && caps.chunking &&
+                caps.starttls && caps.enhanced_status_codes && caps.size);
+    h.s.start_transaction(h.message());
+    std::string size = std::to_string(h.message().size);
+    EXPECT_EQ(h.drain(), "MAIL FROM:<a@example.com> SIZE=" + size +
+                             "\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<c@example.org>\r\nDATA\r\n");
+    // All commands in one piece: one sendmsg, one packet.
+    EXPECT_EQ(h.last_pieces.size(), 1u);
+    h.s.receive("250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go\r\n");
+    EXPECT_EQ(h.drain(), h.body_bytes());
+    h.s.receive("250 2.0.0 ok\r\n");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->delivered(0) && r->delivered(1));
+    EXPECT_TRUE(h.s.ready());
+}
+
+TEST(client_session, several_transactions_on_one_session) {
+    harness h;
+    h.connect(ehlo_pipelining);
+    for (int i = 0; i < 3; ++i) {
+        h.rcpts = {"r" + std::to_string(i) + "@example.org"};
+        h.s.start_transaction(h.message());
+        EXPECT_NE(h.drain().find("RCPT TO:<" + h.rcpts[0] + ">\r\nDATA\r\n"), std::string::npos);
+        h.s.receive("250 ok\r\n250 ok\r\n354 go\r\n");
+        EXPECT_EQ(h.drain(), h.body_bytes());
+        h.s.receive("250 ok\r\n");
+        auto r = h.s.take_result();
+        ASSERT_TRUE(r);
+        EXPECT_TRUE(r->delivered(0));
+        ASSERT_TRUE(h.s.ready());
+    }
+    h.s.quit();
+    EXPECT_EQ(h.drain(), "QUIT\r\n");
+    EXPECT_FALSE(h.s.closed());
+    h.s.receive("221 bye\r\n");
+    EXPECT_TRUE(h.s.closed());
+    EXPECT_FALSE(h.s.failed());
+}
+
+struct mail_refused_case {
+    bool pipelining;
+    std::string_view reply;
+    bool permanent;
+};
+
+class mail_refused : public testing::TestWithParam<mail_refused_case> {};
+
+TEST_P(mail_refused, all_recipients_get_mail_reply_then_rset) {
+    const auto& c = GetParam();
+    harness h;
+    h.connect(c.pipelining ? ehlo_pipelining : ehlo_plain);
+    h.s.start_transaction(h.message());
+    h.drain();
+    h.s.receive(c.reply);
+    if (c.pipelining) {
+        EXPECT_FALSE(h.s.take_result());
+        h.s.receive("503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no valid recipients\r\n");
+    }
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_FALSE(r->accepted_any);
+    for (std::size_t i = 0; i < 2; ++i) {
+        EXPECT_EQ(r->outcome(i).code, r->mail.code);
+        EXPECT_EQ(r->permanent(i), c.permanent);
+        EXPECT_EQ(r->temporary(i), !c.permanent);
+    }
+    EXPECT_EQ(h.drain(), "RSET\r\n");
+    EXPECT_FALSE(h.s.ready());
+    h.s.receive("250 2.0.0 reset\r\n");
+    EXPECT_TRUE(h.s.ready());
+}
+
+INSTANTIATE_TEST_SUITE_P(codes, mail_refused,
+                         testing::Values(mail_refused_case{false, "451 4.3.0 try later\r\n", false},
+                                         mail_refused_case{false, "452 4.3.1 full\r\n", false},
+                                         mail_refused_case{false, "550 5.7.1 no\r\n", true},
+                                         mail_refused_case{false, "553 5.1.8 bad sender\r\n", true},
+                                         mail_refused_case{true, "451 4.3.0 try later\r\n", false},
+                                         mail_refused_case{true, "550 5.7.1 no\r\n", true}));
+
+struct rcpt_case {
+    bool pipelining;
+    std::string_view rcpt0, rcpt1, rcpt2;
+    bool delivered[3];
+    bool permanent[3];
+};
+
+class some_rcpts_refused : public testing::TestWithParam<rcpt_case> {};
+
+TEST_P(some_rcpts_refused, per_recipient_outcomes) {
+    const auto& c = GetParam();
+    harness h;
+    h.rcpts = {"x@e.org", "y@e.org", "z@e.org"};
+    h.connect(c.pipelining ? ehlo_pipelining : ehlo_plain);
+    h.s.start_transaction(h.message());
+    h.drain();
+    h.s.receive("250 ok\r\n");
+    h.s.receive(c.rcpt0);
+    h.s.receive(c.rcpt1);
+    h.s.receive(c.rcpt2);
+    if (c.pipelining) {
+        h.s.receive("354 go\r\n");
+    } else {
+        EXPECT_EQ(h.drain(),
+                  "RCPT TO:<x@e.org>\r\nRCPT TO:<y@e.org>\r\nRCPT TO:<z@e.org>\r\nDATA\r\n");
+        h.s.receive("354 go\r\n");
+    }
+    EXPECT_EQ(h.drain(), h.body_bytes());
+    h.s.receive("250 2.0.0 ok\r\n");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->accepted_any);
+    for (std::size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(r->delivered(i), c.delivered[i]) << i;
+        EXPECT_EQ(r->permanent(i), c.permanent[i]) << i;
+        EXPECT_EQ(r->temporary(i), !c.delivered[i] && !c.permanent[i]) << i;
+    }
+    EXPECT_EQ(h.drain(), "");  // no RSET after a completed transaction
+    EXPECT_TRUE(h.s.ready());
+}
+
+INSTANTIATE_TEST_SUITE_P(codes, some_rcpts_refused,
+                         testing::Values(rcpt_case{false,
+                                                   "250 ok\r\n",
+                                                   "450 4.2.0 busy\r\n",
+                                                   "550 5.1.1 unknown\r\n",
+                                                   {true, false, false},
+                                                   {false, false, true}},
+                                         rcpt_case{true,
+                                                   "250 ok\r\n",
+                                                   "450 4.2.0 busy\r\n",
+                                                   "550 5.1.1 unknown\r\n",
+                                                   {true, false, false},
+                                                   {false, false, true}},
+                                         rcpt_case{true,
+                                                   "553 5.1.3 bad\r\n",
+                                                   "251 forwarded\r\n",
+                                                   "452 4.5.3 too many\r\n",
+                                                   {false, true, false},
+                                                   {true, false, false}},
+                                         rcpt_case{false,
+                                                   "451 4.3.0 x\r\n",
+                                                   "551 5.1.6 moved\r\n",
+                                                   "250 ok\r\n",
+                                                   {false, false, true},
+                                                   {false, true, false}}));
+
+TEST(client_session, all_rcpts_refused_lock_step_sends_rset_not_data) {
+    harness h;
+    h.connect(ehlo_plain);
+    h.s.start_transaction(h.message());
+    h.drain();
+    h.s.receive("250 ok\r\n");
+    EXPECT_EQ(h.drain(), "RCPT TO:<b@example.org>\r\n");
+    h.s.receive("550 5.1.1 unknown\r\n");
+    EXPECT_EQ(h.drain(), "RCPT TO:<c@example.org>\r\n");
+    h.s.receive("450 4.2.1 later\r\n");
+    EXPECT_EQ(h.drain(), "RSET\r\n");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_FALSE(r->accepted_any);
+    EXPECT_EQ(r->data.code, 0);
+    EXPECT_TRUE(r->permanent(0));
+    EXPECT_TRUE(r->temporary(1));
+    h.s.receive("250 ok\r\n");
+    EXPECT_TRUE(h.s.ready());
+}
+
+TEST(client_session, all_rcpts_refused_pipelined_data_refused_then_rset) {
+    harness h;
+    h.connect(ehlo_pipelining);
+    h.s.start_transaction(h.message());
+    h.drain();
+    h.s.receive("250 ok\r\n550 5.1.1 a\r\n550 5.1.1 b\r\n554 5.5.1 no valid recipients\r\n");
+    EXPECT_EQ(h.drain(), "RSET\r\n");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->permanent(0) && r->permanent(1));
+    EXPECT_EQ(r->outcome(0).text, "a");
+}
+
+TEST(client_session, pipelined_354_without_recipients_ends_with_lone_dot) {
+    harness h;
+    h.connect(ehlo_pipelining);
+    h.s.start_transaction(h.message());
+    h.drain();
+    h.s.receive("250 ok\r\n550 5.1.1 a\r\n550 5.1.1 b\r\n354 go\r\n");
+    EXPECT_EQ(h.drain(), ".\r\n");  // no body
+    h.s.receive("554 5.5.1 no recipients\r\n");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_FALSE(r->accepted_any);
+    EXPECT_TRUE(h.s.ready());
+}
+
+struct data_case {
+    std::string_view reply;
+    bool permanent;
+};
+class after_data : public testing::TestWithParam<data_case> {};
+
+TEST_P(after_data, final_reply_decides_every_accepted_recipient) {
+    harness h;
+    h.connect(ehlo_pipelining);
+    h.s.start_transaction(h.message());
+    h.drain();
+    h.s.receive("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    h.drain();
+    h.s.receive(GetParam().reply);
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_FALSE(r->accepted_any);
+    for (std::size_t i = 0; i < 2; ++i) {
+        EXPECT_EQ(r->permanent(i), GetParam().permanent);
+        EXPECT_EQ(r->temporary(i), !GetParam().permanent);
+    }
+    EXPECT_TRUE(h.s.ready());
+}
+
+INSTANTIATE_TEST_SUITE_P(codes, after_data,
+                         testing::Values(data_case{"451 4.3.0 later\r\n", false},
+                                         data_case{"452 4.3.1 full\r\n", false},
+                                         data_case{"550 5.7.1 spam\r\n", true},
+                                         data_case{"552 5.3.4 too big\r\n", true},
+                                         data_case{"554 5.6.0 bad content\r\n", true}));
+
+TEST(client_session, data_command_refused_lock_step) {
+    harness h;
+    h.connect(ehlo_plain);
+    h.s.start_transaction(h.message());
+    h.s.receive("250 ok\r\n250 ok\r\n250 ok\r\n");
+    h.drain();
+    h.s.receive("451 4.3.0 not now\r\n");
+    EXPECT_EQ(h.drain(), "RSET\r\n");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->temporary(0) && r->temporary(1));
+    EXPECT_EQ(r->outcome(0).code, 451);
+}
+
+const std::string long_line = "250 " + std::string(2000, 'x');
+
+struct broken_case {
+    const char* name;
+    std::string_view bytes;  // sent by the server after the pipelined flight
+    int pending_code;        // what the pending recipients get
+};
+class broken_server : public testing::TestWithParam<broken_case> {};
+
+TEST_P(broken_server, session_fails_and_pending_recipients_are_transient) {
+    harness h;
+    h.rcpts = {"x@e.org", "y@e.org", "z@e.org"};
+    h.connect(ehlo_pipelining);
+    h.s.start_transaction(h.message());
+    h.drain();
+    // MAIL ok, first RCPT refused for good, then trouble.
+    h.s.receive("250 ok\r\n550 5.1.1 unknown\r\n");
+    h.s.receive(GetParam().bytes);
+    EXPECT_TRUE(h.s.failed()) << GetParam().name;
+    EXPECT_TRUE(h.s.closed());
+    EXPECT_FALSE(h.s.ready());
+    EXPECT_EQ(h.drain(), "");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->permanent(0));  // the answer received before stays
+    EXPECT_TRUE(r->temporary(1));
+    EXPECT_TRUE(r->temporary(2));
+    EXPECT_EQ(r->outcome(1).code, GetParam().pending_code);
+    EXPECT_EQ(h.s.last_error().code, GetParam().pending_code);
+}
+
+INSTANTIATE_TEST_SUITE_P(replies, broken_server,
+                         testing::Values(broken_case{"421", "421 4.3.2 shutting down\r\n", 421},
+                                         broken_case{"no code", "hello there\r\n", 451},
+                                         broken_case{"short", "25\r\n", 451},
+                                         broken_case{"four digits", "2500 ok\r\n", 451},
+                                         broken_case{"code 6xx", "600 what\r\n", 451},
+                                         broken_case{"mixed codes", "250-a\r\n251 b\r\n", 451},
+                                         broken_case{"bad separator", "250+ok\r\n", 451},
+                                         broken_case{"line too long", long_line, 451},
+                                         broken_case{"2xx to DATA",
+                                                     "250 ok\r\n250 ok\r\n250 ok\r\n", 451}),
+                         [](const auto& info) {
+                             std::string n = info.param.name;
+                             for (char& c : n) {
+                                 if (c == ' ')
+                                     c = '_';
+                             }
+                             return n;
+                         });
+
+TEST(client_session, line_bound_holds_for_a_line_without_end) {
+    harness h;
+    h.connect(ehlo_plain);
+    h.s.start_transaction(h.message());
+    h.drain();
+    std::string junk(reply_parser::max_line_length, '2');
+    h.s.receive(junk);
+    EXPECT_FALSE(h.s.failed());  // still within the bound
+    h.s.receive("22");
+    EXPECT_TRUE(h.s.failed());
+}
+
+TEST(client_session, greeting_failures) {
+    for (std::string_view g : {"421 4.3.2 busy\r\n", "554 5.7.1 go away\r\n", "450 no\r\n"}) {
+        harness h;
+        h.s.receive(g);
+        EXPECT_TRUE(h.s.failed()) << g;
+        EXPECT_TRUE(h.s.closed());
+        EXPECT_EQ(h.drain(), "");
+        EXPECT_EQ(h.s.last_error().code, (g[0] - '0') * 100 + (g[1] - '0') * 10 + (g[2] - '0'));
+    }
+}
+
+TEST(client_session, ehlo_refused_falls_back_to_helo_without_extensions) {
+    harness h;
+    h.s.receive("220 old\r\n");
+    EXPECT_EQ(h.drain(), "EHLO relay.example.test\r\n");
+    h.s.receive("502 5.5.1 what\r\n");
+    EXPECT_EQ(h.drain(), "HELO relay.example.test\r\n");
+    h.s.receive("250 old.example\r\n");
+    ASSERT_TRUE(h.s.ready());
+    EXPECT_FALSE(h.s.capabilities().pipelining);
+    EXPECT_FALSE(h.s.capabilities().size);
+    h.s.start_transaction(h.message());
+    EXPECT_EQ(h.drain(), "MAIL FROM:<a@example.com>\r\n");  // no SIZE=
+}
+
+TEST(client_session, every_byte_split_gives_the_same_dialogue) {
+    harness h;
+    auto feed = [&](std::string_view bytes) {
+        for (char c : bytes)
+            h.s.receive(std::string_view(&c, 1));
+    };
+    feed("220-mx.example.test\r\n220 ESMTP\r\n");
+    EXPECT_EQ(h.drain(), "EHLO relay.example.test\r\n");
+    feed(ehlo_pipelining);
+    ASSERT_TRUE(h.s.ready());
+    EXPECT_TRUE(h.s.capabilities().pipelining);
+    h.s.start_transaction(h.message());
+    h.drain();
+    feed("250 2.1.0 ok\r\n250 2.1.5 ok\r\n550-5.1.1 no such\r\n550 5.1.1 user\r\n354 go\r\n");
+    EXPECT_EQ(h.drain(), h.body_bytes());
+    feed("250 2.0.0 ok\r\n");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->delivered(0));
+    EXPECT_TRUE(r->permanent(1));
+    EXPECT_EQ(r->rcpts[1].enhanced, "5.1.1");
+    EXPECT_EQ(r->rcpts[1].text, "no such\nuser");
+}
+
+TEST(client_session, oversized_message_fails_locally_without_sending) {
+    harness h;
+    h.connect(ehlo_pipelining);
+    outbound_message m = h.message();
+    m.size = 1000001;
+    h.s.start_transaction(m);
+    EXPECT_EQ(h.drain(), "");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->mail.code, 552);
+    EXPECT_EQ(r->mail.enhanced, "5.3.4");
+    EXPECT_TRUE(r->permanent(0) && r->permanent(1));
+    EXPECT_EQ(r->rcpts[1].code, 552);
+    EXPECT_TRUE(h.s.ready());
+}
+
+TEST(client_session, smtputf8_to_a_peer_without_it_fails_locally) {
+    harness h;
+    h.connect(ehlo_plain);
+    outbound_message m = h.message();
+    m.smtputf8 = true;
+    h.s.start_transaction(m);
+    EXPECT_EQ(h.drain(), "");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->outcome(0).code, 553);
+    EXPECT_EQ(r->outcome(0).enhanced, "5.6.7");
+    EXPECT_TRUE(h.s.ready());
+}
+
+TEST(client_session, mail_parameters) {
+    {
+        harness h;
+        h.connect(ehlo_pipelining);
+        outbound_message m = h.message();
+        m.size = 42;
+        m.eight_bit = true;
+        m.smtputf8 = true;
+        h.s.start_transaction(m);
+        EXPECT_TRUE(
+            h.drain().starts_with("MAIL FROM:<a@example.com> SIZE=42 BODY=8BITMIME SMTPUTF8\r\n"));
+    }
+    {
+        harness h;  // no 8BITMIME: sent anyway, flagged
+        h.connect("250-mx\r\n250 SIZE\r\n");
+        h.rcpts = {"b@e.org"};
+        outbound_message m = h.message();
+        m.size = 42;
+        m.eight_bit = true;
+        m.mail_from = "";
+        h.s.start_transaction(m);
+        EXPECT_EQ(h.drain(), "MAIL FROM:<> SIZE=42\r\n");
+        h.s.receive("250 ok\r\n");
+        h.s.receive("250 ok\r\n");
+        h.s.receive("354 go\r\n");
+        h.s.receive("250 ok\r\n");
+        auto r = h.s.take_result();
+        ASSERT_TRUE(r);
+        EXPECT_TRUE(r->sent_8bit_without_8bitmime);
+        EXPECT_TRUE(r->delivered(0));
+    }
+}
+
+TEST(client_session, unsendable_recipient_fails_locally_others_go) {
+    harness h;
+    h.rcpts = {"bad\r\nRCPT TO:<evil@x>", "ok@e.org"};
+    h.connect(ehlo_pipelining);
+    h.s.start_transaction(h.message());
+    std::string flight = h.drain();
+    EXPECT_EQ(flight.find("evil"), std::string::npos);
+    EXPECT_NE(flight.find("RCPT TO:<ok@e.org>\r\nDATA\r\n"), std::string::npos);
+    h.s.receive("250 ok\r\n250 ok\r\n354 go\r\n");
+    h.drain();
+    h.s.receive("250 ok\r\n");
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->outcome(0).code, 501);
+    EXPECT_TRUE(r->delivered(1));
+}
+
+TEST(client_session, timeouts_per_state_and_timeout_failure) {
+    harness h;
+    EXPECT_EQ(h.s.current_timeout(), 11s);
+    h.s.receive("220 hi\r\n");
+    EXPECT_EQ(h.s.current_timeout(), 12s);
+    h.s.receive(ehlo_pipelining);
+    h.drain();
+    EXPECT_EQ(h.s.current_timeout(), 0s);
+    h.s.on_timeout();  // idle: nothing awaited, nothing happens
+    EXPECT_FALSE(h.s.failed());
+    h.s.start_transaction(h.message());
+    h.drain();
+    EXPECT_EQ(h.s.current_timeout(), 13s);
+    h.s.receive("250 ok\r\n");
+    EXPECT_EQ(h.s.current_timeout(), 14s);
+    h.s.receive("250 ok\r\n");
+    h.s.receive("250 ok\r\n");
+    EXPECT_EQ(h.s.current_timeout(), 15s);
+    h.s.receive("354 go\r\n");
+    EXPECT_EQ(h.s.current_timeout(), 16s);
+    h.drain();
+    EXPECT_EQ(h.s.current_timeout(), 17s);
+    h.s.on_timeout();
+    EXPECT_TRUE(h.s.failed());
+    EXPECT_TRUE(h.s.closed());
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->temporary(0) && r->temporary(1));
+    EXPECT_EQ(r->outcome(0).enhanced, "4.4.2");
+}
+
+TEST(client_session, timeout_waiting_for_greeting_fails) {
+    harness h;
+    h.s.on_timeout();
+    EXPECT_TRUE(h.s.failed());
+    EXPECT_TRUE(h.s.closed());
+    EXPECT_FALSE(h.s.take_result());
+}
+
+TEST(client_session, connection_lost_mid_transaction) {
+    harness h;
+    h.connect(ehlo_plain);
+    h.s.start_transaction(h.message());
+    h.s.receive("250 ok\r\n250 ok\r\n");
+    h.s.on_connection_lost();
+    EXPECT_TRUE(h.s.failed());
+    auto r = h.s.take_result();
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->temporary(0) && r->temporary(1));
+    EXPECT_EQ(r->outcome(0).code, 451);
+}
+
+TEST(client_session, double_buffering_keeps_pieces_until_end_send) {
+    harness h;
+    h.connect(ehlo_plain);
+    h.s.start_transaction(h.message());
+    auto first = h.s.begin_send();
+    ASSERT_EQ(first.size(), 1u);
+    std::string_view mail = first[0];
+    std::string copy(mail);
+    // The reply can arrive before the send completes; new output must not disturb the pieces.
+    h.s.receive("250 ok\r\n");
+    EXPECT_EQ(mail, copy);
+    EXPECT_EQ(h.s.begin_send().data(), first.data());  // same pieces until end_send
+    h.s.end_send();
+    EXPECT_EQ(h.drain(), "RCPT TO:<b@example.org>\r\n");
+}
+
+TEST(client_session, quit_waits_for_the_current_transaction) {
+    harness h;
+    h.connect(ehlo_pipelining);
+    h.s.start_transaction(h.message());
+    h.drain();
+    h.s.quit();
+    EXPECT_EQ(h.drain(), "");
+    h.s.receive("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    h.drain();
+    h.s.receive("250 ok\r\n");
+    EXPECT_EQ(h.drain(), "QUIT\r\n");
+    EXPECT_TRUE(h.s.take_result());
+    EXPECT_FALSE(h.s.ready());
+    h.s.on_connection_lost();  // server hung up without 221: fine after QUIT
+    EXPECT_TRUE(h.s.closed());
+    EXPECT_FALSE(h.s.failed());
+}
+
+TEST(client_session, body_without_final_crlf_gets_one_before_the_dot) {
+    harness h;
+    h.body = "Subject: x\r\n\r\nno newline";
+    h.connect(ehlo_pipelining);
+    h.s.start_transaction(h.message());
+    h.drain();
+    h.s.receive("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    EXPECT_EQ(h.drain(), h.headers + h.body + "\r\n.\r\n");
+}
+
+TEST(reply_parser, enhanced_codes_and_lf_lines) {
+    reply_parser p;
+    std::string_view in = "550-5.1.1 first\n550 5.1.1 second\r\n";
+    EXPECT_EQ(p.feed(in), in.size());
+    ASSERT_TRUE(p.has_reply());
+    server_reply r = p.take();
+    EXPECT_EQ(r.code, 550);
+    EXPECT_EQ(r.enhanced, "5.1.1");
+    EXPECT_EQ(r.text, "first\nsecond");
+    EXPECT_EQ(r.to_string(), "550 5.1.1 first second");
+
+    reply_parser q;
+    std::string_view two = "250 4.1.1 wrong class\r\n250 next\r\n";
+    std::size_t n = q.feed(two);
+    EXPECT_EQ(n, two.find('\n') + 1);  // stops after one reply
+    server_reply a = q.take();
+    EXPECT_EQ(a.enhanced, "");  // class 4 under a 2xx code is not an enhanced code
+    EXPECT_EQ(a.text, "4.1.1 wrong class");
+    q.feed(two.substr(n));
+    EXPECT_EQ(q.take().text, "next");
+
+    reply_parser c;
+    c.feed(
+        "250 a\x01"
+        "b\r\n");
+    EXPECT_EQ(c.take().text, "a b");  // control characters never pass
+}
+
+}  // namespace
+}  // namespace ringmail::smtp
