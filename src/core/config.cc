@@ -231,9 +231,19 @@ void read_bool(table_reader& r, std::string_view k, bool& out) {
     out = n->as_boolean()->get();
 }
 
+// The largest value of T that a TOML integer (int64) can hold.
+template <typename T>
+constexpr std::int64_t toml_max() {
+    constexpr auto t_max = std::numeric_limits<T>::max();
+    constexpr auto i_max = std::numeric_limits<std::int64_t>::max();
+    return static_cast<std::uint64_t>(t_max) > static_cast<std::uint64_t>(i_max)
+               ? i_max
+               : static_cast<std::int64_t>(t_max);
+}
+
 template <typename T>
 void read_uint(table_reader& r, std::string_view k, T& out, std::int64_t min,
-               std::int64_t max = static_cast<std::int64_t>(std::numeric_limits<T>::max())) {
+               std::int64_t max = toml_max<T>()) {
     const toml::node* n = r.take(k);
     if (n == nullptr)
         return;
