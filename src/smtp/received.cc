@@ -1,0 +1,59 @@
+#include "ringmail/smtp/received.h"
+
+#include <fmt/format.h>
+
+#include <ctime>
+
+namespace ringmail::smtp {
+
+namespace {
+
+// The HELO name lands in a header: keep printable octets that cannot end the token,
+// open/close a comment or start a new field.
+std::string sanitise_helo(std::string_view helo) {
+    if (helo.empty())
+        return "unknown";
+    std::string out;
+    out.reserve(helo.size());
+    for (unsigned char c : helo) {
+        bool ok = c > ' ' && c != 127 && c != '(' && c != ')' && c != '\\' && c != ';';
+        out.push_back(ok ? static_cast<char>(c) : '?');
+    }
+    return out;
+}
+
+}  // namespace
+
+std::string format_rfc5322_date(std::int64_t unix_seconds) {
+    static constexpr const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                             "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    std::time_t t = static_cast<std::time_t>(unix_seconds);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    return fmt::format("{}, {:02d} {} {:04d} {:02d}:{:02d}:{:02d} +0000", days[tm.tm_wday % 7],
+                       tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                       tm.tm_sec);
+}
+
+std::string format_received(const envelope& env, std::string_view hostname,
+                            std::string_view queue_id, unsigned shard, std::int64_t now_unix) {
+    std::string out;
+    out.reserve(256);
+    out.append("Received: from ").append(sanitise_helo(env.helo_name)).append(" ([");
+    if (env.client_address.find(':') != std::string::npos)
+        out.append("IPv6:");
+    out.append(env.client_address).append("])\r\n");
+    std::string_view with = env.protocol.empty() ? std::string_view("SMTP") : env.protocol;
+    out.append(fmt::format("\tby {} (ringmail) with {} id {} (shard {})", hostname, with, queue_id,
+                           shard));
+    if (env.rcpt_to.size() == 1) {
+        out.append("\r\n\tfor <").append(env.rcpt_to.front()).append(">; ");
+    } else {
+        out.append(";\r\n\t");
+    }
+    out.append(format_rfc5322_date(now_unix)).append("\r\n");
+    return out;
+}
+
+}  // namespace ringmail::smtp

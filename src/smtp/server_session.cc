@@ -1,0 +1,818 @@
+#include "ringmail/smtp/server_session.h"
+
+#include "ringmail/smtp/address.h"
+#include "ringmail/smtp/errc.h"
+#include "ringmail/smtp/reply.h"
+
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace ringmail::smtp {
+
+namespace {
+
+bool equals_nocase(std::string_view a, std::string_view b) noexcept {
+    if (a.size() != b.size())
+        return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        unsigned char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z')
+            x |= 0x20;
+        if (y >= 'A' && y <= 'Z')
+            y |= 0x20;
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+bool starts_with_nocase(std::string_view s, std::string_view prefix) noexcept {
+    return s.size() >= prefix.size() && equals_nocase(s.substr(0, prefix.size()), prefix);
+}
+
+enum class verb : std::uint8_t {
+    unknown,
+    ehlo,
+    helo,
+    mail,
+    rcpt,
+    data,
+    bdat,
+    rset,
+    noop,
+    quit,
+    help,
+    vrfy,
+    expn
+};
+
+verb parse_verb(std::string_view v) noexcept {
+    if (v.size() != 4)
+        return verb::unknown;
+    char u[4];
+    for (int i = 0; i < 4; ++i) {
+        unsigned char c = v[i];
+        u[i] = static_cast<char>(c >= 'a' && c <= 'z' ? c - 32 : c);
+    }
+    std::string_view s(u, 4);
+    if (s == "EHLO")
+        return verb::ehlo;
+    if (s == "HELO")
+        return verb::helo;
+    if (s == "MAIL")
+        return verb::mail;
+    if (s == "RCPT")
+        return verb::rcpt;
+    if (s == "DATA")
+        return verb::data;
+    if (s == "BDAT")
+        return verb::bdat;
+    if (s == "RSET")
+        return verb::rset;
+    if (s == "NOOP")
+        return verb::noop;
+    if (s == "QUIT")
+        return verb::quit;
+    if (s == "HELP")
+        return verb::help;
+    if (s == "VRFY")
+        return verb::vrfy;
+    if (s == "EXPN")
+        return verb::expn;
+    return verb::unknown;
+}
+
+bool is_path_error(std::error_code ec) noexcept {
+    if (ec.category() != smtp_category())
+        return false;
+    switch (static_cast<errc>(ec.value())) {
+        case errc::path_syntax:
+        case errc::null_path_not_allowed:
+        case errc::local_part_syntax:
+        case errc::local_part_too_long:
+        case errc::domain_syntax:
+        case errc::domain_too_long:
+        case errc::address_literal_syntax:
+        case errc::path_too_long:
+        case errc::invalid_utf8:
+            return true;
+        default:
+            return false;
+    }
+}
+
+// Reply text for an address error: which part is wrong, never the peer's bytes.
+std::string_view path_error_text(std::error_code ec, bool sender) noexcept {
+    switch (static_cast<errc>(ec.value())) {
+        case errc::null_path_not_allowed:
+            return "Error: null address not allowed here";
+        case errc::local_part_syntax:
+            return "Error: bad local part syntax";
+        case errc::local_part_too_long:
+            return "Error: local part longer than 64 octets";
+        case errc::domain_syntax:
+            return "Error: bad domain syntax";
+        case errc::domain_too_long:
+            return "Error: domain longer than 255 octets";
+        case errc::address_literal_syntax:
+            return "Error: bad address literal";
+        case errc::path_too_long:
+            return "Error: path longer than 256 octets";
+        case errc::invalid_utf8:
+            return "Error: invalid UTF-8 in address";
+        default:
+            return sender ? "Error: bad sender address syntax"
+                          : "Error: bad recipient address syntax";
+    }
+}
+
+}  // namespace
+
+server_session::server_session(const server_config& config, peer_info peer, transaction_sink& sink)
+    : _config(config), _peer(std::move(peer)), _sink(sink) {
+    _env.client_address = _peer.address;
+}
+
+void server_session::start() {
+    _out.append("220 ").append(_config.hostname).append(" ESMTP ringmail\r\n");
+}
+
+std::chrono::seconds server_session::current_timeout() const noexcept {
+    return _state == state::data || _state == state::bdat ? _config.data_timeout
+                                                          : _config.command_timeout;
+}
+
+void server_session::take_output(std::string& out) {
+    out.swap(_out);
+    _out.clear();
+}
+
+// --- replies -----------------------------------------------------------------------------
+
+void server_session::reply(unsigned code, std::string_view enhanced, std::string_view text,
+                           bool counts) {
+    append_reply(_out, code, enhanced, text);
+    if (!is_error_reply(code))
+        return;
+    ++_stats.errors;
+    if (counts && ++_error_count >= _config.max_errors && _state != state::closed) {
+        close_with("4.7.0", "Error: too many errors");
+    }
+}
+
+server_session::canned_reply server_session::storage_reply(std::error_code ec) noexcept {
+    bool full = ec == errc::insufficient_storage;
+    if (ec.category() == std::system_category() || ec.category() == std::generic_category()) {
+        full = ec.value() == ENOSPC || ec.value() == EDQUOT;
+    }
+    if (full)
+        return {452, "4.3.1", "Error: insufficient system storage", false};
+    return {451, "4.3.0", "Error: local error in processing", false};
+}
+
+void server_session::close_with(std::string_view enhanced, std::string_view text) {
+    if (_begun) {
+        _sink.abort();
+        _begun = false;
+    }
+    _out.append("421 ").append(enhanced).append(" ").append(_config.hostname).append(" ");
+    _out.append(text).append("\r\n");
+    _state = state::closed;
+}
+
+// --- input -------------------------------------------------------------------------------
+
+void server_session::receive(std::string_view bytes) {
+    if (_state == state::closed)
+        return;
+    _processing = true;
+    while (!bytes.empty() && _state != state::closed) {
+        if (_state == state::awaiting_commit) {
+            _in.append(bytes);
+            break;
+        }
+        if (!_in.empty()) {
+            // Complete the held partial line one LF at a time, so that a long input behind
+            // it is processed in place rather than copied.
+            std::size_t lf = bytes.find('\n');
+            std::size_t take = lf == std::string_view::npos ? bytes.size() : lf + 1;
+            _in.append(bytes.data(), take);
+            bytes.remove_prefix(take);
+            _in.erase(0, process(_in));
+            continue;
+        }
+        bytes.remove_prefix(process(bytes));
+        if (_state == state::command && !bytes.empty()) {
+            _in.append(bytes);  // a partial command line
+            break;
+        }
+    }
+    finish_input();
+}
+
+void server_session::drain() {
+    _processing = true;
+    _in.erase(0, process(_in));
+    finish_input();
+}
+
+void server_session::finish_input() {
+    _processing = false;
+    if (_state == state::closed)
+        _in.clear();
+}
+
+std::size_t server_session::process(std::string_view in) {
+    std::size_t pos = 0;
+    while (pos < in.size()) {
+        std::string_view rest = in.substr(pos);
+        std::size_t used;
+        switch (_state) {
+            case state::command:
+                used = process_command(rest);
+                if (used == 0)
+                    return pos;
+                break;
+            case state::discard_line:
+                used = discard_line(rest);
+                break;
+            case state::data:
+                used = scan_data(rest);
+                break;
+            case state::bdat:
+                used = scan_bdat(rest);
+                break;
+            case state::awaiting_commit:
+            case state::closed:
+            default:
+                return pos;
+        }
+        pos += used;
+    }
+    return pos;
+}
+
+std::size_t server_session::process_command(std::string_view s) {
+    const std::size_t limit = _config.max_command_line;
+    const std::size_t window = std::min(s.size(), limit);
+    std::size_t from = 0;
+    while (from < window) {
+        const void* hit = std::memchr(s.data() + from, '\n', window - from);
+        if (!hit)
+            break;
+        std::size_t k = static_cast<const char*>(hit) - s.data();
+        if (k > 0 && s[k - 1] == '\r') {
+            execute(s.substr(0, k - 1));
+            return k + 1;
+        }
+        from = k + 1;  // a bare LF does not end a command line
+    }
+    if (s.size() < limit)
+        return 0;  // the line may still end within the limit
+    // No CRLF within max_command_line octets: too long. Discard through the next CRLF.
+    _state = state::discard_line;
+    _discard_prev_cr = s[window - 1] == '\r';
+    return window;
+}
+
+std::size_t server_session::discard_line(std::string_view s) {
+    std::size_t from = 0;
+    while (const void* hit = std::memchr(s.data() + from, '\n', s.size() - from)) {
+        std::size_t k = static_cast<const char*>(hit) - s.data();
+        bool cr = k == 0 ? _discard_prev_cr : s[k - 1] == '\r';
+        if (cr) {
+            _state = state::command;
+            reply(500, "5.5.2", "Error: command line too long");
+            return k + 1;
+        }
+        from = k + 1;
+    }
+    _discard_prev_cr = s.back() == '\r';
+    return s.size();
+}
+
+// --- commands ----------------------------------------------------------------------------
+
+void server_session::execute(std::string_view line) {
+    if (line.find_first_of("\r\n") != std::string_view::npos) {
+        ++_stats.other;
+        reply(500, "5.5.2", "Error: bare <CR> or <LF> in command");
+        return;
+    }
+    while (!line.empty() && line.back() == ' ')
+        line.remove_suffix(1);
+    std::size_t sp = line.find(' ');
+    std::string_view arg = sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1);
+    switch (parse_verb(line.substr(0, sp))) {
+        case verb::ehlo:
+            ++_stats.ehlo;
+            return cmd_ehlo(arg, true);
+        case verb::helo:
+            ++_stats.helo;
+            return cmd_ehlo(arg, false);
+        case verb::mail:
+            ++_stats.mail;
+            return cmd_mail(arg);
+        case verb::rcpt:
+            ++_stats.rcpt;
+            return cmd_rcpt(arg);
+        case verb::data:
+            ++_stats.data;
+            return cmd_data(arg);
+        case verb::bdat:
+            ++_stats.bdat;
+            return cmd_bdat(arg);
+        case verb::rset:
+            ++_stats.rset;
+            return cmd_rset(arg);
+        case verb::noop:
+            ++_stats.noop;
+            return reply(250, "2.0.0", "Ok");
+        case verb::quit:
+            ++_stats.quit;
+            if (_begun) {
+                _sink.abort();
+                _begun = false;
+            }
+            reply(221, "2.0.0", "Bye");
+            _state = state::closed;
+            return;
+        case verb::help:
+            ++_stats.other;
+            return reply(214, "2.0.0",
+                         "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY");
+        case verb::vrfy:
+            ++_stats.other;
+            if (arg.empty())
+                return reply(501, "5.5.4", "Syntax: VRFY address");
+            return reply(252, "2.1.5",
+                         "Cannot VRFY user, but will accept message and attempt delivery");
+        case verb::expn:
+            ++_stats.other;
+            return reply(502, "5.5.1", "Error: EXPN not supported");
+        case verb::unknown:
+        default:
+            ++_stats.other;
+            return reply(500, "5.5.1", "Error: command not recognized");
+    }
+}
+
+void server_session::cmd_ehlo(std::string_view arg, bool extended) {
+    bool ok = !arg.empty() && is_valid_utf8(arg);
+    for (unsigned char c : arg) {
+        if (c <= ' ' || c == 127)
+            ok = false;
+    }
+    if (!ok) {
+        return reply(501, "5.5.4", extended ? "Syntax: EHLO hostname" : "Syntax: HELO hostname");
+    }
+    reset_transaction();
+    _greeted = true;
+    _extended = extended;
+    _env.helo_name.assign(arg);
+    if (!extended) {
+        append_reply(_out, 250, {}, _config.hostname);
+        return;
+    }
+    char size[32] = "SIZE ";
+    auto [end, ec] = std::to_chars(size + 5, size + sizeof size, _config.max_message_size);
+    (void)ec;
+    append_reply_line(_out, 250, true, _config.hostname);
+    append_reply_line(_out, 250, true, "PIPELINING");
+    append_reply_line(_out, 250, true, std::string_view(size, end - size));
+    append_reply_line(_out, 250, true, "8BITMIME");
+    append_reply_line(_out, 250, true, "SMTPUTF8");
+    append_reply_line(_out, 250, true, "ENHANCEDSTATUSCODES");
+    append_reply_line(_out, 250, false, "CHUNKING");
+}
+
+void server_session::cmd_mail(std::string_view arg) {
+    if (!_greeted)
+        return reply(503, "5.5.1", "Error: send HELO/EHLO first");
+    if (_in_mail)
+        return reply(503, "5.5.1", "Error: nested MAIL command");
+    if (!starts_with_nocase(arg, "FROM:"))
+        return reply(501, "5.5.4", "Syntax: MAIL FROM:<address>");
+    auto m = parse_mail_from(arg.substr(5));
+    if (!m) {
+        std::error_code ec = m.error();
+        if (is_path_error(ec))
+            return reply(501, "5.1.7", path_error_text(ec, true));
+        switch (static_cast<errc>(ec.value())) {
+            case errc::utf8_needs_smtputf8:
+                return reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8");
+            case errc::unknown_parameter:
+                return reply(555, "5.5.4", "Error: unsupported MAIL parameter");
+            case errc::binarymime_unsupported:
+                return reply(555, "5.5.4", "Error: BODY=BINARYMIME not supported");
+            case errc::duplicate_parameter:
+                return reply(501, "5.5.4", "Error: duplicate MAIL parameter");
+            default:
+                return reply(501, "5.5.4", "Error: bad MAIL parameter syntax");
+        }
+    }
+    if (m->params.has_size && m->params.size > _config.max_message_size) {
+        return reply(552, "5.3.4", "Error: message size exceeds fixed limit");
+    }
+    _in_mail = true;
+    _env.mail_from = std::move(m->reverse_path.address);
+    _env.body = m->params.body;
+    _env.smtputf8 = m->params.smtputf8;
+    _env.declared_size = m->params.has_size ? m->params.size : 0;
+    _env.protocol = m->params.smtputf8 ? "UTF8SMTP" : _extended ? "ESMTP" : "SMTP";
+    reply(250, "2.1.0", "Ok");
+}
+
+void server_session::cmd_rcpt(std::string_view arg) {
+    if (!_in_mail)
+        return reply(503, "5.5.1", "Error: need MAIL command");
+    if (_used_bdat)
+        return reply(503, "5.5.1", "Error: RCPT after BDAT");
+    if (!starts_with_nocase(arg, "TO:"))
+        return reply(501, "5.5.4", "Syntax: RCPT TO:<address>");
+    auto p = parse_rcpt_to(arg.substr(3), _env.smtputf8);
+    if (!p) {
+        std::error_code ec = p.error();
+        if (is_path_error(ec))
+            return reply(501, "5.1.3", path_error_text(ec, false));
+        if (ec == errc::utf8_needs_smtputf8) {
+            return reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8");
+        }
+        if (ec == errc::unknown_parameter) {
+            return reply(555, "5.5.4", "Error: unsupported RCPT parameter");
+        }
+        return reply(501, "5.5.4", "Error: bad RCPT parameter syntax");
+    }
+    if (_env.rcpt_to.size() >= _config.max_recipients) {
+        return reply(452, "4.5.3", "Error: too many recipients");
+    }
+    if (!p->postmaster && !_peer.relay_allowed) {
+        std::string domain = domain_of(p->address);
+        bool ours = false;
+        for (const auto& d : _config.relay_domains) {
+            if (equals_nocase(d, domain)) {
+                ours = true;
+                break;
+            }
+        }
+        if (!ours)
+            return reply(554, "5.7.1", "Error: relay access denied");
+    }
+    _env.rcpt_to.push_back(std::move(p->address));
+    reply(250, "2.1.5", "Ok");
+}
+
+void server_session::cmd_data(std::string_view arg) {
+    if (!arg.empty())
+        return reply(501, "5.5.4", "Syntax: DATA");
+    if (!_in_mail)
+        return reply(503, "5.5.1", "Error: need MAIL command");
+    if (_used_bdat)
+        return reply(503, "5.5.1", "Error: DATA after BDAT");
+    if (_env.rcpt_to.empty())
+        return reply(503, "5.5.1", "Error: need RCPT command");
+    if (!begin_content()) {
+        reply(_pending);
+        return;
+    }
+    append_reply(_out, 354, {}, "End data with <CR><LF>.<CR><LF>");
+    _state = state::data;
+}
+
+void server_session::cmd_bdat(std::string_view arg) {
+    // BDAT SP chunk-size [SP end-marker] (RFC 3030).
+    std::size_t sp = arg.find(' ');
+    std::string_view digits = arg.substr(0, sp);
+    std::string_view marker =
+        sp == std::string_view::npos ? std::string_view{} : arg.substr(sp + 1);
+    std::uint64_t n = 0;
+    bool ok =
+        !digits.empty() && digits.size() <= 20 && (marker.empty() || equals_nocase(marker, "LAST"));
+    for (unsigned char c : digits) {
+        if (c < '0' || c > '9') {
+            ok = false;
+            break;
+        }
+        std::uint64_t d = c - '0';
+        if (n > (UINT64_MAX - d) / 10) {
+            ok = false;
+            break;
+        }
+        n = n * 10 + d;
+    }
+    if (!ok)
+        return reply(501, "5.5.4", "Syntax: BDAT size [LAST]");
+    _bdat_remaining = n;
+    _bdat_size = n;
+    _bdat_last = !marker.empty();
+    _bdat_discard = true;  // unless the transaction accepts this chunk
+    if (!_in_mail) {
+        _pending = {503, "5.5.1", "Error: need MAIL command"};
+    } else if (_env.rcpt_to.empty()) {
+        _pending = {503, "5.5.1", "Error: need RCPT command"};
+    } else if (!_begun && !_used_bdat && !begin_content()) {
+        reset_transaction();  // _pending holds the storage error
+    } else {
+        _used_bdat = true;
+        _bdat_discard = false;
+    }
+    _state = state::bdat;
+    if (n == 0)
+        end_of_bdat_chunk();
+}
+
+void server_session::cmd_rset(std::string_view arg) {
+    if (!arg.empty())
+        return reply(501, "5.5.4", "Syntax: RSET");
+    reset_transaction();
+    reply(250, "2.0.0", "Ok");
+}
+
+// --- content -----------------------------------------------------------------------------
+
+bool server_session::begin_content() {
+    auto r = _sink.begin(_env);
+    if (!r) {
+        _pending = storage_reply(r.error());
+        reset_transaction();
+        return false;
+    }
+    _begun = true;
+    _scan = scan::line_start;
+    _content_error = content_error::none;
+    _content_size = 0;
+    _line_length = 0;
+    return true;
+}
+
+void server_session::fail_content(content_error e) {
+    if (_content_error == content_error::none)
+        _content_error = e;
+}
+
+void server_session::note_line_bytes(std::size_t n) {
+    _line_length += n;
+    if (_line_length + 2 > _config.max_line_length)
+        fail_content(content_error::line_too_long);
+}
+
+void server_session::emit(const char* p, std::size_t n) {
+    if (n == 0 || _content_error != content_error::none)
+        return;
+    if (n > _config.max_message_size - _content_size) {
+        fail_content(content_error::too_big);
+        return;
+    }
+    _content_size += n;
+    auto r = _sink.append(std::string_view(p, n));
+    if (!r) {
+        _storage_error = r.error();
+        fail_content(content_error::storage);
+    }
+}
+
+// DATA: the input is already in transmission form. Only CRLF "." CRLF ends it, where the
+// first CRLF may be the implicit one before the first line; everything before the final
+// ".\r\n" goes to the sink unchanged. A held "." (or ".\r") may straddle receive() calls.
+std::size_t server_session::scan_data(std::string_view s) {
+    const char* b = s.data();
+    const std::size_t n = s.size();
+    std::size_t i = 0;
+    std::size_t from = 0;  // start of content not yet given to the sink
+    while (i < n) {
+        switch (_scan) {
+            case scan::mid_line: {
+                const char* cr = static_cast<const char*>(std::memchr(b + i, '\r', n - i));
+                std::size_t stop = cr ? static_cast<std::size_t>(cr - b) : n;
+                if (const void* lf = std::memchr(b + i, '\n', stop - i)) {
+                    std::size_t k = static_cast<const char*>(lf) - b;
+                    note_line_bytes(k - i + 1);
+                    fail_content(content_error::bare_cr_lf);
+                    i = k + 1;
+                    break;
+                }
+                note_line_bytes(stop - i);
+                i = stop;
+                if (cr) {
+                    _scan = scan::cr;
+                    ++i;
+                }
+                break;
+            }
+            case scan::cr:
+                if (b[i] == '\n') {
+                    ++i;
+                    _line_length = 0;
+                    _scan = scan::line_start;
+                } else {
+                    fail_content(content_error::bare_cr_lf);
+                    note_line_bytes(1);
+                    _scan = scan::mid_line;
+                }
+                break;
+            case scan::line_start:
+                if (b[i] == '.') {
+                    emit(b + from, i - from);
+                    from = ++i;
+                    _scan = scan::dot;
+                } else {
+                    _scan = scan::mid_line;
+                }
+                break;
+            case scan::dot:
+                if (b[i] == '\r') {
+                    from = ++i;
+                    _scan = scan::dot_cr;
+                } else {
+                    emit(".", 1);
+                    _line_length = 1;
+                    _scan = scan::mid_line;
+                }
+                break;
+            case scan::dot_cr:
+                if (b[i] == '\n') {
+                    end_of_content();
+                    return i + 1;
+                }
+                emit(".\r", 2);
+                fail_content(content_error::bare_cr_lf);
+                _line_length = 2;
+                _scan = scan::mid_line;
+                break;
+        }
+    }
+    emit(b + from, n - from);
+    return n;
+}
+
+std::size_t server_session::scan_bdat(std::string_view s) {
+    std::size_t take = s.size() < _bdat_remaining ? s.size() : _bdat_remaining;
+    if (!_bdat_discard)
+        bdat_scan_bytes(s.data(), take);
+    _bdat_remaining -= take;
+    if (_bdat_remaining == 0)
+        end_of_bdat_chunk();
+    return take;
+}
+
+// BDAT: raw content. Converted to transmission form on the way to the sink: lines that
+// begin with "." get another one. Bare CR/LF refuse the message as in DATA.
+void server_session::bdat_scan_bytes(const char* b, std::size_t n) {
+    std::size_t i = 0;
+    std::size_t from = 0;
+    while (i < n) {
+        switch (_scan) {
+            case scan::line_start:
+                if (b[i] == '.') {
+                    emit(b + from, i - from);
+                    emit(".", 1);
+                    note_line_bytes(1);
+                    from = i;
+                }
+                _scan = scan::mid_line;
+                break;
+            case scan::mid_line: {
+                const char* cr = static_cast<const char*>(std::memchr(b + i, '\r', n - i));
+                std::size_t stop = cr ? static_cast<std::size_t>(cr - b) : n;
+                if (const void* lf = std::memchr(b + i, '\n', stop - i)) {
+                    std::size_t k = static_cast<const char*>(lf) - b;
+                    note_line_bytes(k - i + 1);
+                    fail_content(content_error::bare_cr_lf);
+                    i = k + 1;
+                    break;
+                }
+                note_line_bytes(stop - i);
+                i = stop;
+                if (cr) {
+                    _scan = scan::cr;
+                    ++i;
+                }
+                break;
+            }
+            case scan::cr:
+                if (b[i] == '\n') {
+                    ++i;
+                    _line_length = 0;
+                    _scan = scan::line_start;
+                } else {
+                    fail_content(content_error::bare_cr_lf);
+                    note_line_bytes(1);
+                    _scan = scan::mid_line;
+                }
+                break;
+            case scan::dot:
+            case scan::dot_cr:
+                std::fprintf(stderr, "ringmail: invariant broken: DATA scan state in BDAT\n");
+                std::abort();
+        }
+    }
+    emit(b + from, n - from);
+}
+
+void server_session::end_of_bdat_chunk() {
+    _state = state::command;
+    if (_bdat_discard) {
+        _bdat_discard = false;
+        reply(_pending);
+        return;
+    }
+    if (!_bdat_last) {
+        char text[64] = "Ok: ";
+        auto [end, ec] = std::to_chars(text + 4, text + 40, _bdat_size);
+        (void)ec;
+        std::memcpy(end, " octets received", 16);
+        reply(250, "2.0.0", std::string_view(text, end + 16 - text));
+        return;
+    }
+    if (_scan == scan::cr) {
+        fail_content(content_error::bare_cr_lf);  // content ends in a bare CR
+    } else if (_scan == scan::mid_line) {
+        emit("\r\n", 2);
+    }
+    end_of_content();
+}
+
+void server_session::end_of_content() {
+    _state = state::command;
+    if (_content_error != content_error::none) {
+        ++_stats.messages_rejected;
+        content_error e = _content_error;
+        reset_transaction();  // aborts the sink
+        switch (e) {
+            case content_error::bare_cr_lf:
+                return reply(550, "5.6.0", "Error: message contains bare <CR> or <LF>");
+            case content_error::line_too_long:
+                return reply(500, "5.5.2", "Error: message line too long");
+            case content_error::too_big:
+                return reply(552, "5.3.4", "Error: message size exceeds fixed limit");
+            case content_error::storage:
+            case content_error::none:
+            default:
+                return reply(storage_reply(_storage_error));
+        }
+    }
+    _begun = false;
+    _committing = true;
+    _state = state::awaiting_commit;
+    _sink.commit();  // may call on_commit() before returning
+}
+
+void server_session::reset_transaction() {
+    if (_begun) {
+        _sink.abort();
+        _begun = false;
+    }
+    _in_mail = false;
+    _used_bdat = false;
+    _env.mail_from.clear();
+    _env.rcpt_to.clear();
+    _env.body = body_type::unspecified;
+    _env.smtputf8 = false;
+    _env.declared_size = 0;
+    _content_error = content_error::none;
+    _scan = scan::line_start;
+}
+
+// --- events from the daemon --------------------------------------------------------------
+
+void server_session::on_commit(result<std::string> queue_id) {
+    if (!_committing) {
+        std::fprintf(stderr, "ringmail: invariant broken: on_commit() without a commit\n");
+        std::abort();
+    }
+    _committing = false;
+    if (queue_id)
+        ++_stats.messages_accepted;
+    if (_state == state::closed)
+        return;  // the peer went away; the message stays queued
+    if (queue_id) {
+        _out.append("250 2.0.0 Ok: queued as ").append(*queue_id).append("\r\n");
+    } else {
+        reply(storage_reply(queue_id.error()));
+    }
+    reset_transaction();
+    _state = state::command;
+    if (!_processing)
+        drain();
+}
+
+void server_session::on_timeout() {
+    if (_state == state::closed)
+        return;
+    close_with("4.4.2", "Error: timeout exceeded");
+    _in.clear();
+}
+
+void server_session::on_peer_closed() {
+    if (_begun) {
+        _sink.abort();
+        _begun = false;
+    }
+    _state = state::closed;
+    _in.clear();
+}
+
+}  // namespace ringmail::smtp
