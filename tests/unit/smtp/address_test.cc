@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <string>
+#include <string_view>
 
 namespace ringmail::smtp {
 namespace {
@@ -13,8 +15,23 @@ struct mail_case {
     std::string address;  // expected address when accepted
 };
 
+// Printable in gtest's XML report: non-ASCII and control octets as \xNN.
+std::string printable(std::string_view s) {
+    std::string out;
+    for (unsigned char c : s) {
+        if (c >= 0x20 && c < 0x7f) {
+            out.push_back(static_cast<char>(c));
+        } else {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\x%02x", c);
+            out += buf;
+        }
+    }
+    return out;
+}
+
 std::ostream& operator<<(std::ostream& os, const mail_case& c) {
-    return os << c.arg;
+    return os << printable(c.arg);
 }
 
 class mail_from_test : public ::testing::TestWithParam<mail_case> {};
@@ -158,7 +175,7 @@ struct rcpt_case {
     bool postmaster = false;
 };
 std::ostream& operator<<(std::ostream& os, const rcpt_case& c) {
-    return os << c.arg;
+    return os << printable(c.arg);
 }
 
 class rcpt_to_test : public ::testing::TestWithParam<rcpt_case> {};

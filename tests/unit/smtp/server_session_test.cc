@@ -301,6 +301,14 @@ TEST(server_session, bare_cr_or_lf_never_ends_a_command) {
 
 class smuggling_test : public ::testing::TestWithParam<std::string> {};
 
+// gtest's XML report cannot hold raw CR/LF in parameter values.
+std::string name_of(const ::testing::TestParamInfo<std::string>& info) {
+    std::string n;
+    for (char c : info.param)
+        n += c == '\r' ? "CR" : c == '\n' ? "LF" : c == '.' ? "DOT" : "_";
+    return n;
+}
+
 TEST_P(smuggling_test, fake_terminator_never_ends_data) {
     auto cfg = test_config();
     const std::string& fake = GetParam();
@@ -324,7 +332,8 @@ INSTANTIATE_TEST_SUITE_P(variants, smuggling_test,
                          ::testing::Values(std::string("\n.\n"), std::string("\r.\r"),
                                            std::string("\r\n.\n"), std::string("\n.\r\n"),
                                            std::string("\r\n.\r"), std::string("\r\n.\r\r\n"),
-                                           std::string("\r\n\n.\r\n")));
+                                           std::string("\r\n\n.\r\n")),
+                         name_of);
 
 TEST(server_session, bare_lf_alone_rejects_message) {
     auto cfg = test_config();
