@@ -245,6 +245,10 @@ result<void> spool::rotate(std::uint64_t min_capacity) {
         old->sealed = true;
         maybe_reclaim(old);
     }
+    // A segment sealed by a failed batch while it was the newest had to stay; now it may go.
+    if (auto it = _segments.find(_current->seq - 1); it != _segments.end()) {
+        maybe_reclaim(it->second.get());
+    }
     return {};
 }
 

@@ -266,6 +266,29 @@ TEST(recovery, done_messages_skipped_and_their_segment_deleted) {
     EXPECT_FALSE(std::filesystem::exists(dead_segment));
 }
 
+TEST(recovery, sequence_survives_in_the_journal_without_any_segment_file) {
+    test::temp_dir td;
+    std::set<queue_id> seen;
+    for (int round = 0; round < 3; ++round) {
+        SCOPED_TRACE(round);
+        auto sp = open_recovered(td.shard(0), 0);
+        const queue_id id = store(*sp, round, 50, 0);
+        EXPECT_TRUE(seen.insert(id).second) << format_queue_id(id);
+        commit(*sp);
+        sp->record_done(id);
+        commit(*sp);
+        sp.reset();
+        // The next start deletes the dead segment and creates an empty one; a crash right
+        // there leaves no segment file at all (simulated by deleting the empty one).
+        sp = open_recovered(td.shard(0), 0);
+        sp.reset();
+        for (const auto& f : test::segment_files(td.shard(0))) {
+            ASSERT_EQ(std::filesystem::file_size(f), 0u);
+            std::filesystem::remove(f);
+        }
+    }
+}
+
 TEST(recovery, queue_ids_never_repeat_across_restarts) {
     test::temp_dir td;
     std::set<queue_id> seen;

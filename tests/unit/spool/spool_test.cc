@@ -349,6 +349,22 @@ TEST(spool, failed_batch_fails_tokens_and_next_goes_to_fresh_segment) {
     EXPECT_EQ(got, good);
 }
 
+TEST(spool, segment_with_only_failed_records_is_reclaimed_once_a_newer_exists) {
+    test::temp_dir td;
+    auto sp = open_recovered(td.shard(0), 0);
+    store(*sp, 1, 100, 1);
+    ASSERT_NE(sp->prepare_batch(), nullptr);
+    sp->complete_batch(-ENOSPC);
+    // Sealed and empty, but still the newest file: it holds the sequence high-water mark.
+    EXPECT_EQ(test::segment_files(td.shard(0)).size(), 1u);
+    const queue_id id = store(*sp, 2, 100, 2);
+    commit(*sp);
+    EXPECT_EQ(test::segment_files(td.shard(0)).size(), 1u);
+    EXPECT_EQ(sp->metrics().segments_reclaimed, 1u);
+    EXPECT_EQ(sp->metrics().segments_live, 1u);
+    EXPECT_TRUE(sp->read(id).has_value());
+}
+
 TEST(spool, failed_journal_write_is_retried_at_the_same_offset) {
     test::temp_dir td;
     {
