@@ -56,7 +56,7 @@ install_deps() {
   local rc=0
   as_root apt-get update || rc=$?
   if [ "$rc" -eq 0 ]; then
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y \
       "${missing[@]}" || rc=$?
   fi
   if [ "$made_policy" -eq 1 ]; then
