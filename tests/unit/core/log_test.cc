@@ -66,6 +66,12 @@ std::vector<std::string> lines_of(const std::string& text) {
     return out;
 }
 
+std::time_t realtime_seconds() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    return ts.tv_sec;
+}
+
 class log_test : public ::testing::Test {
   protected:
     void SetUp() override {
@@ -80,9 +86,11 @@ class log_test : public ::testing::Test {
 
 TEST_F(log_test, line_format) {
     capture_stderr cap;
-    const std::time_t before = std::time(nullptr);
+    // time() reads the coarse clock, which can lag the logger's CLOCK_REALTIME across a second
+    // boundary: read the same clock the logger does.
+    const std::time_t before = realtime_seconds();
     log::info("hello {} {}", 42, "world");
-    const std::time_t after = std::time(nullptr);
+    const std::time_t after = realtime_seconds();
     const auto text = cap.text();
 
     const std::regex shape(
