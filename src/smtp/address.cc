@@ -88,6 +88,11 @@ bool valid_ipv6(std::string_view s) {
     char buf[INET6_ADDRSTRLEN + 1];
     if (s.empty() || s.size() >= sizeof buf)
         return false;
+    // inet_pton stops at a NUL: allow only IPv6 characters so the whole literal is checked.
+    for (unsigned char c : s) {
+        if (!(is_digit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') || c == ':' || c == '.'))
+            return false;
+    }
     std::memcpy(buf, s.data(), s.size());
     buf[s.size()] = '\0';
     unsigned char addr[16];

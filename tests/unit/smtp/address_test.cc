@@ -117,6 +117,8 @@ INSTANTIATE_TEST_SUITE_P(
         mail_case{"<u@[IPv6:2001:db8::g]>", e(errc::address_literal_syntax), ""},
         mail_case{"<u@[IPv6:fe80::1%eth0]>", e(errc::address_literal_syntax), ""},
         mail_case{"<u@[tag:foo]>", e(errc::address_literal_syntax), ""},
+        // Found by fuzz_address: inet_pton stopped at the NUL and accepted "20::".
+        mail_case{std::string("<u@[IPv6:20::\0\0:1]>", 19), e(errc::address_literal_syntax), ""},
         mail_case{"<u@[1.2.3.4>", e(errc::address_literal_syntax), ""},
         // Lengths: 4 labels of 63 + dots = 255 domain; path over 256.
         mail_case{"<u@" + label63 + "." + label63 + "." + label63 + "." + label63 + ">",

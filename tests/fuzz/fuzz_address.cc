@@ -1,0 +1,45 @@
+// libFuzzer target: the path and ESMTP parameter parsers must never crash, and what they
+// accept must respect the RFC 5321 limits and UTF-8 rules they promise.
+#include "ringmail/smtp/address.h"
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string_view>
+
+namespace {
+void check(bool ok, const char* what) {
+    if (!ok) {
+        std::fprintf(stderr, "invariant broken: %s\n", what);
+        std::abort();
+    }
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    using namespace ringmail::smtp;
+    std::string_view in(reinterpret_cast<const char*>(data), size);
+    if (auto m = parse_mail_from(in)) {
+        const auto& a = m->reverse_path.address;
+        check(a.size() + 2 <= max_path_length, "MAIL path within 256 octets");
+        check(is_valid_utf8(a), "MAIL address is valid UTF-8");
+        check(!m->reverse_path.utf8 || m->params.smtputf8, "UTF-8 sender needs SMTPUTF8");
+        check(m->params.body != body_type::binary_mime, "BINARYMIME refused");
+        for (unsigned char c : a)
+            check(c > ' ' || a.front() == '"', "no controls outside quotes");
+    }
+    for (bool utf8 : {false, true}) {
+        if (auto r = parse_rcpt_to(in, utf8)) {
+            check(!r->address.empty(), "RCPT never null");
+            check(r->address.size() + 2 <= max_path_length, "RCPT path within 256 octets");
+            check(utf8 || !r->utf8, "UTF-8 recipient needs SMTPUTF8");
+            check(is_valid_utf8(r->address), "RCPT address is valid UTF-8");
+            std::string d = domain_of(r->address);
+            check(d.size() <= max_domain_length, "domain within 255 octets");
+            for (char c : d)
+                check(!(c >= 'A' && c <= 'Z'), "domain lower-cased");
+        }
+    }
+    (void)parse_mail_parameters(in);
+    return 0;
+}

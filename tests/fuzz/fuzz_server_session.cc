@@ -1,0 +1,152 @@
+// libFuzzer target: the server session fed arbitrary bytes in arbitrary splits.
+//
+// The first bytes choose the configuration and the split sizes; the rest is the client's
+// input. Invariants: the transaction_sink contract holds (no append outside begin..commit or
+// begin..abort, abort never after commit), output is whole CRLF-terminated reply lines,
+// a committed message is in transmission form (CRLF only, never a lone "." line), and the
+// buffered input respects its bound.
+#include "ringmail/smtp/server_session.h"
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+namespace {
+
+void check(bool ok, const char* what) {
+    if (!ok) {
+        std::fprintf(stderr, "invariant broken: %s\n", what);
+        std::abort();
+    }
+}
+
+class checking_sink final : public ringmail::smtp::transaction_sink {
+  public:
+    ringmail::result<void> begin(const ringmail::smtp::envelope& env) override {
+        check(!open && !committed, "begin while a transaction is open");
+        check(!env.rcpt_to.empty(), "begin without recipients");
+        open = true;
+        content.clear();
+        if (fail_next_begin) {
+            open = false;
+            return ringmail::sys_failure(28);
+        }
+        return {};
+    }
+    ringmail::result<void> append(std::string_view bytes) override {
+        check(open, "append outside a transaction");
+        check(!bytes.empty(), "empty append");
+        content.append(bytes);
+        return {};
+    }
+    void commit() override {
+        check(open, "commit outside a transaction");
+        open = false;
+        committed = true;
+        // Transmission form: CRLF line ends only, no terminator line inside.
+        check(content.empty() || content.size() >= 2, "content too short");
+        if (!content.empty()) {
+            check(content.compare(content.size() - 2, 2, "\r\n") == 0, "content ends CRLF");
+        }
+        for (std::size_t i = 0; i < content.size(); ++i) {
+            if (content[i] == '\n')
+                check(i > 0 && content[i - 1] == '\r', "bare LF committed");
+            if (content[i] == '\r')
+                check(i + 1 < content.size() && content[i + 1] == '\n', "bare CR committed");
+        }
+        check(content.rfind(".\r\n", 0) != 0 && content.find("\r\n.\r\n") == std::string::npos,
+              "lone dot line inside committed content");
+    }
+    void abort() override {
+        check(open, "abort outside a transaction");
+        open = false;
+    }
+    bool open = false;
+    bool committed = false;
+    bool fail_next_begin = false;
+    std::string content;
+};
+
+void check_output(const std::string& out) {
+    if (out.empty())
+        return;
+    check(out.size() >= 2 && out.compare(out.size() - 2, 2, "\r\n") == 0, "output ends CRLF");
+    std::size_t line = 0;
+    while (line < out.size()) {
+        std::size_t end = out.find("\r\n", line);
+        check(end != std::string::npos, "unterminated reply line");
+        check(end - line >= 3, "reply line too short");
+        for (std::size_t i = line; i < line + 3; ++i)
+            check(out[i] >= '0' && out[i] <= '9', "code");
+        check(out.find('\n', line) == end + 1, "bare LF in reply");
+        line = end + 2;
+    }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    if (size < 4)
+        return 0;
+    ringmail::smtp::server_config cfg;
+    cfg.hostname = "fuzz.test";
+    cfg.max_message_size = 64 + data[0] * 16;
+    cfg.max_recipients = 1 + data[1] % 4;
+    cfg.max_line_length = 20 + data[2];
+    cfg.max_command_line = 40 + data[3];
+    cfg.max_errors = 50;
+    cfg.max_buffered_input = 512;
+    cfg.relay_domains = {"local.test"};
+    const std::uint8_t mode = data[1] >> 2;
+    data += 4;
+    size -= 4;
+
+    checking_sink sink;
+    ringmail::smtp::server_session s(cfg, {"192.0.2.9", (mode & 1) != 0}, sink);
+    s.start();
+    std::string out;
+    unsigned queue = 0;
+    std::size_t pos = 0;
+    std::uint32_t rng = 2463534242u ^ size;
+    while (pos < size && !s.wants_close()) {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        std::size_t n = 1 + rng % 64;
+        if (n > size - pos)
+            n = size - pos;
+        if (!s.input_full()) {
+            s.receive(std::string_view(reinterpret_cast<const char*>(data) + pos, n));
+            pos += n;
+        }
+        check(s.current_timeout().count() > 0, "timeout");
+        if (s.awaiting_commit() && (rng & 3) != 0) {
+            check(sink.committed, "awaiting commit without sink.commit()");
+            sink.committed = false;
+            if (rng & 16) {
+                s.on_commit(ringmail::sys_failure(28));
+            } else {
+                s.on_commit(std::string("Q") + std::to_string(++queue));
+            }
+        }
+        sink.fail_next_begin = (rng & 0x300) == 0x300;
+        out.clear();
+        s.take_output(out);
+        check_output(out);
+        check(!s.has_output(), "take_output left output behind");
+    }
+    if (mode & 2) {
+        s.on_timeout();
+    } else {
+        s.on_peer_closed();
+    }
+    if (s.awaiting_commit())
+        s.on_commit(std::string("late"));
+    out.clear();
+    s.take_output(out);
+    check_output(out);
+    check(!sink.open, "transaction left open at close");
+    return 0;
+}
