@@ -1,0 +1,49 @@
+// Socket addresses and the few socket syscalls made outside the ring (at start-up or when a
+// connection is opened): listeners, outbound TCP sockets, options.
+//
+// No shard affinity: pure functions over fds and addresses. Text that does not parse fails
+// with errc::bad_endpoint / errc::bad_port (host names are never resolved here: that is the
+// DNS part's job); syscall failures carry errno.
+#pragma once
+
+#include "ringmail/core/result.h"
+
+#include <cstdint>
+#include <netinet/in.h>
+#include <string>
+#include <string_view>
+#include <sys/socket.h>
+
+namespace ringmail::core {
+
+struct endpoint {
+    sockaddr_storage storage{};
+    socklen_t len = 0;
+
+    int family() const noexcept { return storage.ss_family; }
+    const sockaddr* addr() const noexcept { return reinterpret_cast<const sockaddr*>(&storage); }
+    std::uint16_t port() const noexcept;
+};
+
+bool operator==(const endpoint& a, const endpoint& b) noexcept;
+
+// "1.2.3.4:25" or "[2001:db8::1]:25". Port 0 is accepted (bind to an ephemeral port);
+// configuration code rejects it where a real port is needed.
+result<endpoint> parse_endpoint(std::string_view text);
+// The inverse: IPv4 as "a.b.c.d:port", IPv6 as "[addr]:port".
+std::string to_string(const endpoint& ep);
+result<endpoint> endpoint_from_sockaddr(const sockaddr* sa, socklen_t len);
+
+// Address a bound/connected socket has (getsockname / getpeername).
+result<endpoint> local_endpoint(int fd);
+result<endpoint> peer_endpoint(int fd);
+
+// Listening TCP socket with SO_REUSEADDR + SO_REUSEPORT (one per shard on the same address,
+// the kernel spreads connections), IPV6_V6ONLY for IPv6, close-on-exec. Blocking mode is
+// left on: the ring never blocks on it.
+result<int> make_listener(const endpoint& ep, int backlog);
+// Unconnected TCP socket (close-on-exec) for a ring connect.
+result<int> make_tcp_socket(int family);
+result<void> set_nodelay(int fd, bool on = true);
+
+}  // namespace ringmail::core

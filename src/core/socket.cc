@@ -1,0 +1,197 @@
+#include "ringmail/core/socket.h"
+
+#include "ringmail/core/errc.h"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cstring>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+namespace ringmail::core {
+
+std::uint16_t endpoint::port() const noexcept {
+    if (storage.ss_family == AF_INET) {
+        return ntohs(reinterpret_cast<const sockaddr_in*>(&storage)->sin_port);
+    }
+    if (storage.ss_family == AF_INET6) {
+        return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_port);
+    }
+    return 0;
+}
+
+bool operator==(const endpoint& a, const endpoint& b) noexcept {
+    return a.len == b.len && std::memcmp(&a.storage, &b.storage, a.len) == 0;
+}
+
+namespace {
+
+// Decimal 0..65535, digits only (no sign, no spaces, at most 5 digits).
+bool parse_port(std::string_view s, std::uint16_t& out) {
+    if (s.empty() || s.size() > 5)
+        return false;
+    unsigned v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9')
+            return false;
+        v = v * 10 + static_cast<unsigned>(c - '0');
+    }
+    if (v > 65535)
+        return false;
+    out = static_cast<std::uint16_t>(v);
+    return true;
+}
+
+}  // namespace
+
+result<endpoint> parse_endpoint(std::string_view text) {
+    std::string host;
+    std::string_view port_text;
+    bool v6 = false;
+    if (!text.empty() && text.front() == '[') {
+        auto close = text.find(']');
+        if (close == std::string_view::npos)
+            return failure(errc::bad_endpoint);
+        if (close + 1 == text.size())
+            return failure(errc::bad_port);
+        if (text[close + 1] != ':')
+            return failure(errc::bad_endpoint);
+        host.assign(text.substr(1, close - 1));
+        port_text = text.substr(close + 2);
+        v6 = true;
+    } else {
+        auto colon = text.rfind(':');
+        if (colon == std::string_view::npos)
+            return failure(errc::bad_port);
+        host.assign(text.substr(0, colon));
+        if (host.find(':') != std::string::npos)
+            return failure(errc::bad_endpoint);  // bare v6
+        port_text = text.substr(colon + 1);
+    }
+    if (host.empty())
+        return failure(errc::bad_endpoint);
+    std::uint16_t port = 0;
+
+    endpoint ep;
+    if (v6) {
+        auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ep.storage);
+        // Zone ids ("%eth0") are not supported: listen/relay addresses are global or loopback.
+        if (inet_pton(AF_INET6, host.c_str(), &sin6->sin6_addr) != 1) {
+            return failure(errc::bad_endpoint);
+        }
+        if (!parse_port(port_text, port))
+            return failure(errc::bad_port);
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(port);
+        ep.len = sizeof(sockaddr_in6);
+    } else {
+        auto* sin = reinterpret_cast<sockaddr_in*>(&ep.storage);
+        // inet_pton accepts only the dotted-quad form (no "127.1", no octal), as wanted.
+        if (inet_pton(AF_INET, host.c_str(), &sin->sin_addr) != 1) {
+            return failure(errc::bad_endpoint);
+        }
+        if (!parse_port(port_text, port))
+            return failure(errc::bad_port);
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(port);
+        ep.len = sizeof(sockaddr_in);
+    }
+    return ep;
+}
+
+std::string to_string(const endpoint& ep) {
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (ep.family() == AF_INET) {
+        auto* sin = reinterpret_cast<const sockaddr_in*>(&ep.storage);
+        inet_ntop(AF_INET, &sin->sin_addr, buf, sizeof buf);
+        return std::string(buf) + ":" + std::to_string(ep.port());
+    }
+    if (ep.family() == AF_INET6) {
+        auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ep.storage);
+        inet_ntop(AF_INET6, &sin6->sin6_addr, buf, sizeof buf);
+        return "[" + std::string(buf) + "]:" + std::to_string(ep.port());
+    }
+    return "<unknown address family>";
+}
+
+result<endpoint> endpoint_from_sockaddr(const sockaddr* sa, socklen_t len) {
+    endpoint ep;
+    if (sa == nullptr)
+        return failure(errc::bad_address_family);
+    if (sa->sa_family == AF_INET && len >= static_cast<socklen_t>(sizeof(sockaddr_in))) {
+        ep.len = sizeof(sockaddr_in);
+    } else if (sa->sa_family == AF_INET6 && len >= static_cast<socklen_t>(sizeof(sockaddr_in6))) {
+        ep.len = sizeof(sockaddr_in6);
+    } else {
+        return failure(errc::bad_address_family);
+    }
+    std::memcpy(&ep.storage, sa, ep.len);
+    return ep;
+}
+
+namespace {
+
+template <typename F>
+result<endpoint> query_name(int fd, F f) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (f(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+        return sys_failure(errno);
+    return endpoint_from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+result<void> set_int_option(int fd, int level, int name, int value) {
+    if (::setsockopt(fd, level, name, &value, sizeof value) != 0)
+        return sys_failure(errno);
+    return {};
+}
+
+}  // namespace
+
+result<endpoint> local_endpoint(int fd) {
+    return query_name(fd, ::getsockname);
+}
+result<endpoint> peer_endpoint(int fd) {
+    return query_name(fd, ::getpeername);
+}
+
+result<int> make_listener(const endpoint& ep, int backlog) {
+    if (ep.family() != AF_INET && ep.family() != AF_INET6) {
+        return failure(errc::bad_address_family);
+    }
+    int fd = ::socket(ep.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0)
+        return sys_failure(errno);
+    auto fail = [fd](std::error_code ec) {
+        ::close(fd);
+        return failure(ec);
+    };
+    if (auto r = set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1); !r)
+        return fail(r.error());
+    if (auto r = set_int_option(fd, SOL_SOCKET, SO_REUSEPORT, 1); !r)
+        return fail(r.error());
+    if (ep.family() == AF_INET6) {
+        if (auto r = set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1); !r)
+            return fail(r.error());
+    }
+    if (::bind(fd, ep.addr(), ep.len) != 0)
+        return fail({errno, std::system_category()});
+    if (::listen(fd, backlog) != 0)
+        return fail({errno, std::system_category()});
+    return fd;
+}
+
+result<int> make_tcp_socket(int family) {
+    if (family != AF_INET && family != AF_INET6)
+        return failure(errc::bad_address_family);
+    int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0)
+        return sys_failure(errno);
+    return fd;
+}
+
+result<void> set_nodelay(int fd, bool on) {
+    return set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0);
+}
+
+}  // namespace ringmail::core

@@ -1,0 +1,139 @@
+#include "ringmail/core/socket.h"
+
+#include "ringmail/core/errc.h"
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <netinet/tcp.h>
+#include <string>
+#include <unistd.h>
+
+namespace ringmail::core {
+namespace {
+
+struct endpoint_case {
+    const char* text;
+    bool ok;
+    int family;
+    std::uint16_t port;
+    const char* canonical;  // to_string() of the parsed endpoint
+    errc error;
+};
+
+class parse_endpoint_table : public ::testing::TestWithParam<endpoint_case> {};
+
+TEST_P(parse_endpoint_table, parses_or_rejects) {
+    const auto& c = GetParam();
+    auto ep = parse_endpoint(c.text);
+    if (!c.ok) {
+        ASSERT_FALSE(ep.has_value()) << c.text << " -> " << to_string(ep.value());
+        EXPECT_EQ(ep.error(), make_error_code(c.error)) << c.text;
+        return;
+    }
+    ASSERT_TRUE(ep.has_value()) << c.text << ": " << ep.error().message();
+    EXPECT_EQ(ep->family(), c.family);
+    EXPECT_EQ(ep->port(), c.port);
+    EXPECT_EQ(to_string(*ep), c.canonical);
+    auto again = parse_endpoint(to_string(*ep));
+    ASSERT_TRUE(again.has_value());
+    EXPECT_TRUE(*again == *ep);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    cases, parse_endpoint_table,
+    ::testing::Values(
+        endpoint_case{"127.0.0.1:2525", true, AF_INET, 2525, "127.0.0.1:2525", errc::ok},
+        endpoint_case{"0.0.0.0:25", true, AF_INET, 25, "0.0.0.0:25", errc::ok},
+        endpoint_case{"10.1.2.3:65535", true, AF_INET, 65535, "10.1.2.3:65535", errc::ok},
+        endpoint_case{"127.0.0.1:0", true, AF_INET, 0, "127.0.0.1:0", errc::ok},
+        endpoint_case{"127.0.0.1:00025", true, AF_INET, 25, "127.0.0.1:25", errc::ok},
+        endpoint_case{"[::1]:2525", true, AF_INET6, 2525, "[::1]:2525", errc::ok},
+        endpoint_case{"[2001:DB8::0:1]:587", true, AF_INET6, 587, "[2001:db8::1]:587", errc::ok},
+        endpoint_case{"[::ffff:192.0.2.1]:25", true, AF_INET6, 25, "[::ffff:192.0.2.1]:25",
+                      errc::ok},
+        endpoint_case{"[::]:1", true, AF_INET6, 1, "[::]:1", errc::ok},
+        endpoint_case{"127.0.0.1:65536", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"127.0.0.1:99999", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"127.0.0.1:123456", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"127.0.0.1:-1", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"127.0.0.1:+25", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"127.0.0.1: 25", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"127.0.0.1:", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"127.0.0.1", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"127.0.0.1:25x", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"[::1]", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"[::1]:", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"[::1]:70000", false, 0, 0, "", errc::bad_port},
+        endpoint_case{"", false, 0, 0, "", errc::bad_port},
+        endpoint_case{":25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"localhost:25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"mx.example.com:25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"256.0.0.1:25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"127.1:25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"1.2.3.4.5:25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"::1:25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"[::1:25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"[::1]25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"[]:25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"[127.0.0.1]:25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{"[fe80::1%eth0]:25", false, 0, 0, "", errc::bad_endpoint},
+        endpoint_case{" 127.0.0.1:25", false, 0, 0, "", errc::bad_endpoint}));
+
+TEST(socket, endpoint_from_sockaddr_checks_family_and_length) {
+    auto ep = parse_endpoint("192.0.2.7:25").value();
+    auto copy = endpoint_from_sockaddr(ep.addr(), ep.len);
+    ASSERT_TRUE(copy.has_value());
+    EXPECT_EQ(to_string(*copy), "192.0.2.7:25");
+    EXPECT_FALSE(endpoint_from_sockaddr(ep.addr(), 4).has_value());  // truncated
+    sockaddr_storage un{};
+    un.ss_family = AF_UNIX;
+    auto bad = endpoint_from_sockaddr(reinterpret_cast<sockaddr*>(&un), sizeof un);
+    ASSERT_FALSE(bad.has_value());
+    EXPECT_EQ(bad.error(), make_error_code(errc::bad_address_family));
+}
+
+TEST(socket, listeners_share_a_port_with_reuseport) {
+    auto l1 = make_listener(parse_endpoint("127.0.0.1:0").value(), 8);
+    ASSERT_TRUE(l1.has_value()) << l1.error().message();
+    auto bound = local_endpoint(*l1).value();
+    EXPECT_NE(bound.port(), 0);
+    auto l2 = make_listener(bound, 8);  // second shard, same address
+    ASSERT_TRUE(l2.has_value()) << l2.error().message();
+
+    int c = make_tcp_socket(AF_INET).value();
+    ASSERT_EQ(::connect(c, bound.addr(), bound.len), 0);
+    ASSERT_TRUE(set_nodelay(c).has_value());
+    int v = 0;
+    socklen_t len = sizeof v;
+    ASSERT_EQ(::getsockopt(c, IPPROTO_TCP, TCP_NODELAY, &v, &len), 0);
+    EXPECT_EQ(v, 1);
+    auto peer = peer_endpoint(c).value();
+    EXPECT_EQ(peer.port(), bound.port());
+    for (int fd : {c, *l1, *l2})
+        ::close(fd);
+}
+
+TEST(socket, ipv6_listener_is_v6only) {
+    auto l = make_listener(parse_endpoint("[::1]:0").value(), 8);
+    if (!l && (l.error().value() == EADDRNOTAVAIL || l.error().value() == EAFNOSUPPORT)) {
+        GTEST_SKIP() << "no IPv6 loopback here";
+    }
+    ASSERT_TRUE(l.has_value()) << l.error().message();
+    int v = 0;
+    socklen_t len = sizeof v;
+    ASSERT_EQ(::getsockopt(*l, IPPROTO_IPV6, IPV6_V6ONLY, &v, &len), 0);
+    EXPECT_EQ(v, 1);
+    EXPECT_EQ(to_string(local_endpoint(*l).value()).rfind("[::1]:", 0), 0u);
+    ::close(*l);
+}
+
+TEST(socket, errors_carry_a_reason) {
+    EXPECT_EQ(make_tcp_socket(AF_UNIX).error(), make_error_code(errc::bad_address_family));
+    auto in_use = make_listener(parse_endpoint("192.0.2.1:25").value(), 8);  // not our address
+    ASSERT_FALSE(in_use.has_value());
+    EXPECT_EQ(in_use.error().value(), EADDRNOTAVAIL);
+}
+
+}  // namespace
+}  // namespace ringmail::core
