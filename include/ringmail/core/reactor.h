@@ -1,0 +1,156 @@
+// The reactor: one io_uring per shard, the only code that touches the kernel on the hot path.
+//
+// Created on the shard's own thread (SINGLE_ISSUER) and used only there. Every ring operation
+// carries a `completion*` as its user_data; run_once() submits, waits, and calls
+// completion::complete(res, cqe_flags) for every CQE, then fires due timers, then runs the
+// end-of-iteration hooks (group commit, mailbox drain). Start-up fails with a clear error when
+// io_uring is unusable or lacks an operation; afterwards a ring error is an invariant
+// violation (logged, abort).
+//
+// Rules for owners of completion objects (the reactor cannot enforce them):
+// - Lifetime: a completion must outlive every operation that names it. An owner counts its
+//   in-flight operations and frees itself only when the count is zero. Cancelling does not
+//   shorten this: the cancelled operation still delivers a CQE (often -ECANCELED, but it may
+//   also have completed normally just before the cancel landed), and only that CQE ends it.
+// - Multishot (accept_multishot, recv_multishot): many CQEs per operation. A CQE without
+//   IORING_CQE_F_MORE in cqe_flags means the operation has ended (error, -ENOBUFS, CQ
+//   overflow, EOF): the owner re-arms if it still wants data.
+// - recv with buffer selection: res == -ENOBUFS means the buffer ring ran dry; the owner
+//   recycles buffers and re-arms. A CQE with IORING_CQE_F_BUFFER hands buffer ownership to the
+//   owner until it calls buffer_ring::recycle.
+// - send/sendmsg may complete partially (res < len) on stream sockets: the caller resubmits
+//   the remainder. res == 0 from recv is EOF.
+// - Buffers passed to send/recv/read/sendmsg/write_chain must stay valid until the CQE.
+#pragma once
+
+#include "ringmail/core/result.h"
+#include "ringmail/core/timer.h"
+
+#include <liburing.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <vector>
+
+namespace ringmail::core {
+
+class completion {
+  public:
+    virtual void complete(int res, std::uint32_t cqe_flags) = 0;
+
+  protected:
+    ~completion() = default;
+};
+
+struct reactor_options {
+    unsigned sq_entries = 4096;
+    unsigned cq_entries = 32768;
+    bool single_issuer = true;  // SINGLE_ISSUER (needs the ring created on its thread)
+    bool defer_taskrun = true;  // DEFER_TASKRUN (only with single_issuer); switchable because
+                                // of kernel bugs reported with multishot accept on 6.6-6.8
+    std::size_t max_timers = std::size_t{1} << 22;
+};
+
+// One positioned vectored write of a group-commit chain.
+struct write_request {
+    int fd;
+    std::uint64_t offset;
+    const iovec* iov;
+    unsigned iovcnt;
+};
+
+class reactor {
+  public:
+    using clock = std::chrono::steady_clock;
+
+    // `why`, when given, receives a one-line explanation of a failure (which flag or opcode).
+    static result<std::unique_ptr<reactor>> create(const reactor_options& = {},
+                                                   std::string* why = nullptr);
+    ~reactor();
+    reactor(const reactor&) = delete;
+    reactor& operator=(const reactor&) = delete;
+
+    // Setup flags the ring actually got (after fallbacks), for the start-up log line.
+    unsigned setup_flags() const noexcept { return _setup_flags; }
+
+    // Preparation helpers: each takes an SQE (submitting first when the SQ is full) and sets
+    // its user_data to the completion. Nothing reaches the kernel before the next run_once()
+    // unless the SQ filled up.
+    void accept_multishot(int listen_fd, completion* c);  // res: new fd (SOCK_CLOEXEC)
+    void recv_multishot(int fd, std::uint16_t buf_group, completion* c);
+    void recv(int fd, void* buf, std::size_t len, completion* c);
+    void send(int fd, const void* buf, std::size_t len, completion* c);  // MSG_NOSIGNAL
+    void sendmsg(int fd, const msghdr* msg, completion* c);              // MSG_NOSIGNAL
+    void connect(int fd, const sockaddr* addr, socklen_t len, completion* c);
+    void close(int fd, completion* c = nullptr);  // nullptr: fire and forget
+    // Cancels every operation whose user_data is `target` (IORING_ASYNC_CANCEL_ALL).
+    // `c` gets the number cancelled (0 when nothing matched: the target already completed)
+    // or -errno; see the lifetime rule above.
+    void cancel(completion* target, completion* c = nullptr);
+    void shutdown(int fd, int how, completion* c = nullptr);
+    void read(int fd, void* buf, std::size_t len, completion* c);  // at the current offset
+    void poll_add(int fd, unsigned mask, completion* c);           // one shot
+    void nop(completion* c);
+
+    // Group commit: every write (vectored, positioned) then an fdatasync of every sync fd, as
+    // one linked chain. `done` gets one CQE-like call: 0 when every write was complete and
+    // every fdatasync succeeded, else the first failure as -errno (-EIO for a short write);
+    // a failure cancels the rest of the chain, so nothing after it claims durability.
+    // The chain must fit the SQ (writes + syncs <= sq_entries) or it is an invariant
+    // violation. The iovecs must stay valid until `done` is called.
+    void write_chain(std::span<const write_request> writes, std::span<const int> sync_fds,
+                     completion* done);
+
+    // Time: cached at the start of each wait and after it returns.
+    clock::time_point now() const noexcept { return _now; }
+    void arm(timer& t, clock::time_point deadline) { _timers.arm(t, deadline); }
+    void disarm(timer& t) noexcept { _timers.disarm(t); }
+    std::size_t armed_timers() const noexcept { return _timers.size(); }
+
+    // End-of-iteration hooks run after all CQEs and timers of an iteration, in registration
+    // order. Registered at setup; the id removes it (the hook's owner must do so before dying).
+    using hook_id = std::size_t;
+    hook_id on_iteration_end(std::function<void()> hook);
+    void remove_iteration_end(hook_id id) noexcept;
+
+    // Submits pending SQEs, waits for at least one CQE, the nearest timer or max_wait
+    // (whichever is first), dispatches every CQE, expires timers, runs hooks. Returns the
+    // number of CQEs reaped (fire-and-forget ones included) plus timers fired; 0 means the
+    // wait timed out with nothing to do.
+    std::size_t run_once(clock::duration max_wait);
+    // Runs until `stop` is true; the flag is checked once per iteration, so whoever sets it
+    // must also wake the loop (a mailbox wake, or it notices within `poll`).
+    void run_until(const std::atomic<bool>& stop,
+                   clock::duration poll = std::chrono::milliseconds(100));
+
+    // Submits pending SQEs without waiting.
+    void flush();
+
+    io_uring* ring() noexcept { return &_ring; }
+    const reactor_options& options() const noexcept { return _opts; }
+
+  private:
+    explicit reactor(const reactor_options& opts);
+    io_uring_sqe* get_sqe();
+    void reserve_sqes(unsigned count);  // room for `count` consecutive SQEs (a link chain)
+    std::size_t dispatch_cqes();
+
+    reactor_options _opts;
+    io_uring _ring{};
+    bool _ring_ready = false;
+    unsigned _setup_flags = 0;
+    clock::time_point _now;
+    timer_queue _timers;
+    std::vector<std::function<void()>> _hooks;
+    bool _in_run = false;
+};
+
+}  // namespace ringmail::core
