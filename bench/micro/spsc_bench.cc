@@ -52,3 +52,5 @@ void bm_spsc_same_thread(benchmark::State& state) {
 BENCHMARK(bm_spsc_same_thread);
 
 }  // namespace
+
+BENCHMARK_MAIN();
