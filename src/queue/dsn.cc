@@ -1,0 +1,177 @@
+#include "ringmail/queue/dsn.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+
+namespace ringmail::queue {
+
+namespace {
+
+constexpr std::size_t max_field_text = 900;  // keeps every generated line under 998 octets
+
+// One generated line, CRLF-terminated and dot-stuffed (the DSN travels in transmission form).
+void line(std::string& out, std::string_view text) {
+    if (!text.empty() && text[0] == '.')
+        out += '.';
+    out.append(text);
+    out += "\r\n";
+}
+
+// Peer-supplied text (replies, host names) inside our own lines: no line breaks, no controls,
+// ASCII only (message/delivery-status is 7-bit), bounded.
+std::string clean(std::string_view s) {
+    std::string out;
+    out.reserve(std::min(s.size(), max_field_text));
+    for (char c : s) {
+        if (out.size() >= max_field_text)
+            break;
+        auto u = static_cast<unsigned char>(c);
+        out += (u < 0x20 || u >= 0x7f) ? (u == '\t' ? ' ' : (u >= 0x80 ? '?' : ' ')) : c;
+    }
+    return out;
+}
+
+bool ascii(std::string_view s) {
+    for (char c : s) {
+        if (static_cast<unsigned char>(c) >= 0x80)
+            return false;
+    }
+    return true;
+}
+
+// Address with its RFC 3464 / RFC 6533 address type.
+std::string typed_address(std::string_view a) {
+    std::string bounded(a.substr(0, max_field_text));
+    for (char& c : bounded) {
+        if (c == '\r' || c == '\n')
+            c = ' ';
+    }
+    return (ascii(bounded) ? "rfc822; " : "utf-8; ") + bounded;
+}
+
+// The header block of the failed message: ringmail's own lines, then the stored message's
+// headers up to the first empty line; cut at a line end to stay within `limit`.
+std::string header_block(std::string_view added, std::string_view message, std::size_t limit) {
+    std::string_view headers = message;
+    if (message.starts_with("\r\n")) {
+        headers = {};
+    } else if (std::size_t end = message.find("\r\n\r\n"); end != std::string_view::npos) {
+        headers = message.substr(0, end + 2);
+    }
+    std::string block;
+    block.reserve(std::min(added.size() + headers.size(), limit));
+    for (std::string_view part : {added, headers}) {
+        std::size_t room = limit > block.size() ? limit - block.size() : 0;
+        if (part.size() <= room) {
+            block.append(part);
+            continue;
+        }
+        std::size_t cut = part.substr(0, room).rfind("\r\n");
+        if (cut != std::string_view::npos)
+            block.append(part.substr(0, cut + 2));
+        break;
+    }
+    if (!block.empty() && !block.ends_with("\r\n"))
+        block += "\r\n";
+    return block;
+}
+
+}  // namespace
+
+std::string rfc5322_date(std::int64_t unix_seconds) {
+    static constexpr const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                             "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    std::time_t t = static_cast<std::time_t>(unix_seconds);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday % 7],
+                  tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                  tm.tm_sec);
+    return buf;
+}
+
+std::string build_dsn(const dsn_request& req) {
+    if (req.original_sender.empty()) {
+        std::fprintf(stderr, "ringmail: invariant broken: DSN requested for a null sender\n");
+        std::abort();
+    }
+    std::string host = clean(req.reporting_mta);
+    std::string token = clean(req.message_id_token);
+    std::string headers =
+        header_block(req.original_added_headers, req.original_message, req.max_header_bytes);
+    // The boundary must not occur in the returned headers (the only text we do not write).
+    std::string boundary;
+    for (unsigned n = 0;; ++n) {
+        boundary = "=_ringmail_" + token + "_" + std::to_string(n);
+        if (headers.find("--" + boundary) == std::string::npos)
+            break;
+    }
+
+    std::string out;
+    out.reserve(2048 + headers.size());
+    line(out, "From: MAILER-DAEMON@" + host + " (Mail Delivery System)");
+    line(out, "To: <" + clean(req.original_sender) + ">");
+    line(out, "Subject: Undelivered Mail Returned to Sender");
+    line(out, "Date: " + rfc5322_date(req.now_unix));
+    line(out, "Message-ID: <" + token + "@" + host + ">");
+    line(out, "Auto-Submitted: auto-replied");
+    line(out, "MIME-Version: 1.0");
+    line(out, "Content-Type: multipart/report; report-type=delivery-status;");
+    line(out, "\tboundary=\"" + boundary + "\"");
+    line(out, "");
+    line(out, "This is a MIME-encapsulated message.");
+    line(out, "");
+
+    line(out, "--" + boundary);
+    line(out, "Content-Type: text/plain; charset=us-ascii");
+    line(out, "Content-Description: Notification");
+    line(out, "");
+    line(out, "This is the mail system at " + host + ".");
+    line(out, "");
+    line(out, "Your message could not be delivered to the recipients listed below.");
+    line(out, "A copy of its headers is attached.");
+    line(out, "");
+    for (const failed_recipient& r : req.rcpts) {
+        std::string why = r.expired ? "gave up after the maximum time in the queue"
+                                    : "refused by the receiving server";
+        if (!r.diagnostic.empty()) {
+            why += (r.remote_mta.empty() ? "" : " " + clean(r.remote_mta)) + ": " +
+                   clean(r.diagnostic);
+        }
+        line(out, "<" + clean(r.address) + ">: " + why);
+    }
+    line(out, "");
+
+    line(out, "--" + boundary);
+    line(out, "Content-Type: message/delivery-status");
+    line(out, "Content-Description: Delivery report");
+    line(out, "");
+    line(out, "Reporting-MTA: dns; " + host);
+    line(out, "Arrival-Date: " + rfc5322_date(req.arrival_unix));
+    for (const failed_recipient& r : req.rcpts) {
+        line(out, "");
+        line(out, "Final-Recipient: " + typed_address(r.address));
+        line(out, "Action: failed");
+        line(out, "Status: " + clean(r.status));
+        if (!r.remote_mta.empty())
+            line(out, "Remote-MTA: dns; " + clean(r.remote_mta));
+        if (!r.diagnostic.empty())
+            line(out, "Diagnostic-Code: smtp; " + clean(r.diagnostic));
+    }
+    line(out, "");
+
+    line(out, "--" + boundary);
+    line(out, "Content-Type: text/rfc822-headers");
+    line(out, "Content-Description: Undelivered Message Headers");
+    line(out, "");
+    out += headers;  // already transmission form: CRLF lines, dot-stuffed
+    line(out, "");
+    line(out, "--" + boundary + "--");
+    return out;
+}
+
+}  // namespace ringmail::queue
