@@ -806,6 +806,13 @@ void server_session::on_timeout() {
     _in.clear();
 }
 
+void server_session::shutdown() {
+    if (_state == state::closed || _state == state::awaiting_commit)
+        return;
+    close_with("4.3.2", "Service shutting down");
+    _in.clear();
+}
+
 void server_session::on_peer_closed() {
     if (_begun) {
         _sink.abort();

@@ -124,6 +124,7 @@ struct spool::writer {
     std::vector<chunk> body;
     std::uint64_t body_length = 0;
     std::uint32_t body_crc = 0;
+    queue_id id = 0;  // drawn at begin(), so the Received header can name it
 };
 
 struct spool::record {
@@ -290,7 +291,27 @@ result<spool::writer_id> spool::begin(const smtp::envelope& env) {
     w.body.clear();
     w.body_length = 0;
     w.body_crc = 0;
+    if (_id_index == index_limit) {
+        // The id block is used up: a new segment brings a new block.
+        auto r = rotate(_opt.segment_size);
+        if (!r) {
+            w.open = false;
+            _free_writers.push_back(slot);
+            return failure(r.error());
+        }
+    }
+    w.id = std::uint64_t(_shard) << 52 | _id_block << queue_id_index_bits | _id_index++;
     return (w.generation << slot_bits) | slot;
+}
+
+queue_id spool::writer_queue_id(writer_id id) const {
+    _oncore.check();
+    const std::uint32_t slot = id & slot_mask;
+    if (slot >= _writers.size() || !_writers[slot]->open ||
+        _writers[slot]->generation != id >> slot_bits) {
+        invariant("writer_queue_id() of a writer that is not open");
+    }
+    return _writers[slot]->id;
 }
 
 result<void> spool::append(writer_id id, std::string_view bytes) {
@@ -354,14 +375,7 @@ result<queue_id> spool::finish(writer_id wid, std::string_view added_headers, st
         w.envelope.size() > UINT32_MAX) {
         return errc::message_too_large;
     }
-    if (_id_index == index_limit) {
-        // The id block is used up: a new segment brings a new block.
-        auto r = rotate(_opt.segment_size);
-        if (!r)
-            return failure(r.error());
-    }
-    const queue_id id =
-        std::uint64_t(_shard) << 52 | _id_block << queue_id_index_bits | _id_index++;
+    const queue_id id = w.id;
 
     record rec;
     rec.id = id;

@@ -172,8 +172,6 @@ class client_session {
     std::vector<expect> _expected;  // replies awaited, oldest first (pipelined flight)
     std::size_t _expected_head = 0;
     std::uint32_t _next_rcpt = 0;  // lock-step: next RCPT to send
-    bool _mail_sent = false;
-    bool _data_reply_received = false;
     bool _body_sent = false;  // the body pieces left in end_send()
 
     out_buffer _buffers[2];

@@ -77,6 +77,9 @@ class server_session {
     // buffered pipelined input. May be called from inside sink.commit().
     void on_commit(result<std::string> queue_id);
     void on_timeout();      // 421 4.4.2 and close
+    // The daemon is stopping: 421 4.3.2 and close, unless a commit is pending (the daemon
+    // calls it between transactions, see in_transaction()).
+    void shutdown();
     void on_peer_closed();  // aborts an open (uncommitted) transaction
     // Swaps pending reply bytes into `out` (pass it empty; its capacity is reused).
     void take_output(std::string& out);
@@ -84,6 +87,10 @@ class server_session {
     bool has_output() const noexcept { return !_out.empty(); }
     bool wants_close() const noexcept { return _state == state::closed; }
     bool awaiting_commit() const noexcept { return _state == state::awaiting_commit; }
+    // MAIL accepted and the transaction neither committed nor reset yet.
+    bool in_transaction() const noexcept {
+        return _in_mail || _begun || _state == state::awaiting_commit;
+    }
     bool input_full() const noexcept { return _in.size() >= _config.max_buffered_input; }
     std::chrono::seconds current_timeout() const noexcept;
     const session_stats& stats() const noexcept { return _stats; }

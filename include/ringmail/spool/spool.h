@@ -121,6 +121,8 @@ class spool {
 
     // Reception: one message per session at a time, many sessions in parallel.
     result<writer_id> begin(const smtp::envelope&);
+    // The id the message gets if it is finished (drawn at begin(), for the Received header).
+    queue_id writer_queue_id(writer_id) const;
     result<void> append(writer_id, std::string_view transmission_form_bytes);
     // Joins the pending batch; `token` comes back from complete_batch(). The writer is closed
     // whatever the result.

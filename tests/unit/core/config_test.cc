@@ -511,9 +511,6 @@ hostname = "relay.example.test"
 [[listen]]
 address = "127.0.0.1:2525"
 role = "relay"
-[[listen]]
-address = "[::1]:2587"
-role = "submission"
 )");
     ASSERT_TRUE(d.ok()) << d.error;
     const config& a = *r;

@@ -1,0 +1,111 @@
+// One shard of the daemon: a thread pinned to a CPU that owns an io_uring reactor, its own
+// SO_REUSEPORT listeners, the SMTP sessions it accepted, its spool(s), its delivery queue and
+// its outbound connections. Nothing here is shared with another shard.
+//
+// Created on the main thread (which may only call request_stop() and read startup_status()
+// afterwards); run() is the shard thread's body. Start-up failures (ring, spool lock, bind)
+// are reported through startup_status() with a message, and the daemon exits non-zero.
+// Stopping drains: listeners close, idle sessions get 421, open transactions finish and
+// commit, deliveries in flight finish, then run() returns.
+#pragma once
+
+#include "ringmail/core/buffer_ring.h"
+#include "ringmail/core/member_completion.h"
+#include "ringmail/core/reactor.h"
+#include "ringmail/core/socket.h"
+#include "ringmail/server/context.h"
+#include "ringmail/spool/spool.h"
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace ringmail::server {
+
+class inbound_connection;
+class delivery;
+class listener;
+
+enum class startup_state : int { pending = 0, ready = 1, failed = 2, stopped = 3 };
+
+class shard {
+public:
+    shard(unsigned id, const daemon_context& ctx);
+    ~shard();
+    shard(const shard&) = delete;
+    shard& operator=(const shard&) = delete;
+
+    // The shard thread's body: returns once the shard has drained after request_stop(), or at
+    // once when start-up failed.
+    void run();
+
+    // Main thread: ask for a drain and wake the ring. Idempotent.
+    void request_stop() noexcept;
+    startup_state status() const noexcept { return _status.load(std::memory_order_acquire); }
+    const std::string& startup_error() const noexcept { return _startup_error; }  // after failed
+
+    // Shard-internal API used by connections and delivery.
+    unsigned id() const noexcept { return _id; }
+    const daemon_context& ctx() const noexcept { return _ctx; }
+    core::reactor& reactor() noexcept { return *_reactor; }
+    core::buffer_ring& buffers() noexcept { return *_buffers; }
+    spool::spool& own_spool() noexcept { return *_spools.front()->sp; }
+    spool::spool* spool_for(spool::queue_id id) noexcept;
+    delivery& outbound() noexcept { return *_delivery; }
+    bool draining() const noexcept { return _draining; }
+
+    // A listener accepted `fd`: the shard makes the session (or refuses it with 421).
+    void accepted_connection(int fd, const listener_settings& l);
+    // The connection has closed its fd and has no operation in flight: destroy it.
+    void forget(std::uint64_t connection_id);
+    // A spool gained pending work; it is committed at the end of this loop iteration.
+    void count_rejected_connection() noexcept { ++_rejected_connections; }
+    std::int64_t unix_now() const noexcept;
+
+private:
+    struct spool_slot {
+        std::unique_ptr<spool::spool> sp;
+        shard* owner = nullptr;
+        unsigned dir_shard = 0;  // N of the shard-<N> directory
+        bool in_flight = false;
+        std::vector<core::write_request> requests;
+        void on_written(int res, std::uint32_t flags);
+        core::member_completion<spool_slot, &spool_slot::on_written> op{this};
+    };
+
+    bool start(std::string& why);
+    void flush_commits();
+    void batch_done(spool_slot& slot, int res);
+    void on_wake(int res, std::uint32_t flags);
+    void arm_wake();
+    void begin_drain();
+    bool drained() const;
+    bool any_batch_in_flight() const;
+
+    const unsigned _id;
+    const daemon_context& _ctx;
+    std::atomic<startup_state> _status{startup_state::pending};
+    std::string _startup_error;
+    std::atomic<bool> _stop_requested{false};
+    int _wake_fd = -1;
+    std::uint64_t _wake_buf = 0;
+    core::member_completion<shard, &shard::on_wake> _wake_op{this};
+    bool _wake_armed = false;
+
+    std::unique_ptr<core::reactor> _reactor;
+    std::unique_ptr<core::buffer_ring> _buffers;
+    std::vector<std::unique_ptr<listener>> _listeners;
+    std::vector<std::unique_ptr<spool_slot>> _spools;  // stable addresses: ops point at them
+    std::unique_ptr<delivery> _delivery;
+    std::unordered_map<std::uint64_t, std::unique_ptr<inbound_connection>> _connections;
+    std::uint64_t _next_conn_id = 1;
+    std::uint64_t _rejected_connections = 0;
+    bool _draining = false;
+    bool _stopped = false;
+    core::reactor::clock::time_point _drain_deadline{};
+};
+
+}  // namespace ringmail::server

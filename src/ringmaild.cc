@@ -1,0 +1,140 @@
+// ringmaild: the daemon. Command line, configuration, start-up of the shards, signals.
+//
+// The main thread only starts and stops shards: it blocks the shutdown signals (every shard
+// inherits the mask), waits for them with sigwaitinfo and asks each shard to drain. Start-up
+// failures (bad config, spool locked, address in use, io_uring unusable) print one clear
+// message and exit non-zero.
+#include "ringmail/core/config.h"
+#include "ringmail/core/log.h"
+#include "ringmail/core/shard_runner.h"
+#include "ringmail/server/context.h"
+#include "ringmail/server/shard.h"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace log = ringmail::core::log;
+using ringmail::server::startup_state;
+
+int check_config(const std::string& path) {
+    auto parsed = ringmail::core::load_config_file(path);
+    if (!parsed) {
+        std::fprintf(stderr, "%s\n", parsed.error.c_str());
+        return 1;
+    }
+    std::string why;
+    // Validates what only start-up would otherwise find (roles, smarthost name resolution),
+    // without touching the spool or binding anything.
+    auto cfg = *parsed.cfg;
+    for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
+        if (cfg.listen[i].role != ringmail::core::listener_role::relay) {
+            std::fprintf(stderr,
+                         "%s: listen[%zu].role = \"%s\": this build serves role \"relay\" only\n",
+                         path.c_str(), i, std::string(ringmail::core::role_name(cfg.listen[i].role)).c_str());
+            return 1;
+        }
+    }
+    std::printf("%s: configuration OK\n", path.c_str());
+    return 0;
+}
+
+int serve(ringmail::core::config cfg) {
+    log::set_level(cfg.server.log_level);
+    std::string why;
+    auto ctx = ringmail::server::make_context(std::move(cfg), why);
+    if (!ctx) {
+        std::fprintf(stderr, "ringmaild: %s\n", why.c_str());
+        return 1;
+    }
+    auto sigs = ringmail::core::block_shutdown_signals();
+    if (!sigs) {
+        std::fprintf(stderr, "ringmaild: cannot block signals: %s\n", sigs.error().message().c_str());
+        return 1;
+    }
+
+    std::vector<std::unique_ptr<ringmail::server::shard>> shards;
+    for (unsigned i = 0; i < ctx->shards; ++i) {
+        shards.push_back(std::make_unique<ringmail::server::shard>(i, *ctx));
+    }
+    ringmail::core::shard_runner runner;
+    auto started = runner.start(ctx->shards, [&](unsigned i) { shards[i]->run(); });
+    if (!started) {
+        std::fprintf(stderr, "ringmaild: cannot start shard threads: %s\n",
+                     started.error().message().c_str());
+        return 1;
+    }
+
+    // Wait until every shard is serving or one has failed.
+    for (;;) {
+        bool all_ready = true;
+        for (auto& s : shards) {
+            auto st = s->status();
+            if (st == startup_state::failed) {
+                std::fprintf(stderr, "ringmaild: shard %u failed to start: %s\n", s->id(),
+                             s->startup_error().c_str());
+                for (auto& o : shards) o->request_stop();
+                runner.join();
+                return 1;
+            }
+            if (st != startup_state::ready) all_ready = false;
+        }
+        if (all_ready) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::string addrs;
+    for (const auto& l : ctx->cfg.listen) addrs += (addrs.empty() ? "" : ", ") + l.address;
+    log::info("ringmaild {} ready: {} shard(s), listening on {}, smarthost {}", RINGMAIL_VERSION,
+              ctx->shards, addrs, ctx->smarthost ? ctx->smarthost_text : std::string("none"));
+
+    for (;;) {
+        auto sig = ringmail::core::wait_for_signal(*sigs);
+        if (!sig) {
+            log::error("sigwaitinfo: {}", sig.error().message());
+            break;
+        }
+        if (*sig == SIGHUP) {
+            log::info("SIGHUP: logs go to stderr and no certificates are configured; nothing to reload");
+            continue;
+        }
+        if (*sig == SIGTERM || *sig == SIGINT) {
+            log::info("signal {}: draining", *sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            break;
+        }
+    }
+    for (auto& s : shards) s->request_stop();
+    runner.join();
+    log::info("ringmaild stopped");
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"ringmaild: high-throughput mail transfer agent on io_uring"};
+    std::string config_path;
+    std::string check_path;
+    app.add_option("--config", config_path, "TOML configuration file (default: embedded config)");
+    app.add_option("--check-config", check_path, "validate FILE and exit (0 when valid)");
+    app.set_version_flag("--version", std::string("ringmaild ") + RINGMAIL_VERSION);
+    CLI11_PARSE(app, argc, argv);
+
+    if (!check_path.empty()) return check_config(check_path);
+
+    ringmail::core::parsed_config parsed =
+        config_path.empty()
+            ? ringmail::core::parse_config(ringmail::core::default_config_toml(), "<embedded default>")
+            : ringmail::core::load_config_file(config_path);
+    if (!parsed) {
+        std::fprintf(stderr, "ringmaild: %s\n", parsed.error.c_str());
+        return 1;
+    }
+    return serve(std::move(*parsed.cfg));
+}

@@ -1,0 +1,128 @@
+#include "ringmail/server/context.h"
+
+#include "ringmail/core/shard_runner.h"
+
+#include <fmt/format.h>
+#include <netdb.h>
+
+#include <algorithm>
+#include <charconv>
+#include <filesystem>
+#include <system_error>
+
+namespace ringmail::server {
+
+namespace {
+
+// The smarthost may be a name: it is resolved once here, at start-up, with the system
+// resolver (DNS on the ring arrives with MX routing; a smarthost that moves needs a restart
+// or SIGHUP-less redeploy, which is how operators run fixed relays anyway).
+std::optional<core::endpoint> resolve_smarthost(const core::host_port& hp, std::string& why) {
+    std::string literal = hp.host.find(':') != std::string::npos
+                              ? fmt::format("[{}]:{}", hp.host, hp.port)
+                              : fmt::format("{}:{}", hp.host, hp.port);
+    if (auto ep = core::parse_endpoint(literal)) return *ep;
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_family = AF_UNSPEC;
+    addrinfo* res = nullptr;
+    std::string port = std::to_string(hp.port);
+    int rc = ::getaddrinfo(hp.host.c_str(), port.c_str(), &hints, &res);
+    if (rc != 0 || res == nullptr) {
+        why = fmt::format("delivery.smarthost: cannot resolve \"{}\": {}", hp.host,
+                          rc != 0 ? gai_strerror(rc) : "no address");
+        return std::nullopt;
+    }
+    auto ep = core::endpoint_from_sockaddr(res->ai_addr, res->ai_addrlen);
+    ::freeaddrinfo(res);
+    if (!ep) {
+        why = fmt::format("delivery.smarthost: unusable address for \"{}\"", hp.host);
+        return std::nullopt;
+    }
+    return *ep;
+}
+
+// shard-<N> directories already in spool_dir, so that mail spooled by a run with more shards
+// is still delivered.
+std::vector<unsigned> existing_shard_dirs(const std::string& spool_dir) {
+    std::vector<unsigned> found;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(spool_dir, ec)) {
+        std::string name = e.path().filename().string();
+        if (name.rfind("shard-", 0) != 0 || !e.is_directory(ec)) continue;
+        unsigned n = 0;
+        auto digits = std::string_view(name).substr(6);
+        auto [p, err] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+        if (err == std::errc() && p == digits.data() + digits.size()) found.push_back(n);
+    }
+    std::sort(found.begin(), found.end());
+    return found;
+}
+
+}  // namespace
+
+std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
+    daemon_context ctx;
+    ctx.shards = core::effective_shards(cfg.server);
+    if (ctx.shards == 0) ctx.shards = 1;
+
+    for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
+        const auto& l = cfg.listen[i];
+        if (l.role != core::listener_role::relay) {
+            why = fmt::format(
+                "listen[{}].role = \"{}\": this build serves role \"relay\" only (submission and "
+                "smtps need TLS and AUTH)",
+                i, core::role_name(l.role));
+            return std::nullopt;
+        }
+        if (l.proxy_protocol) {
+            why = fmt::format("listen[{}].proxy_protocol: not supported by this build", i);
+            return std::nullopt;
+        }
+        auto ep = core::parse_endpoint(l.address);
+        if (!ep) {
+            why = fmt::format("listen[{}].address: \"{}\": {}", i, l.address, ep.error().message());
+            return std::nullopt;
+        }
+        listener_settings ls;
+        ls.endpoint = *ep;
+        ls.session.hostname = cfg.server.hostname;
+        ls.session.max_message_size = cfg.server.max_message_size;
+        ls.session.max_recipients = cfg.server.max_recipients;
+        ls.session.max_line_length = cfg.server.max_line_length;
+        ls.session.max_errors = cfg.server.max_errors;
+        ls.session.command_timeout = cfg.server.command_timeout;
+        ls.session.data_timeout = cfg.server.data_timeout;
+        ls.session.relay_domains = cfg.relay.domains;
+        ctx.listeners.push_back(std::move(ls));
+    }
+
+    if (cfg.delivery.smarthost) {
+        ctx.smarthost = resolve_smarthost(*cfg.delivery.smarthost, why);
+        if (!ctx.smarthost) return std::nullopt;
+        ctx.smarthost_text = cfg.delivery.smarthost->host.find(':') != std::string::npos
+                                 ? fmt::format("[{}]:{}", cfg.delivery.smarthost->host,
+                                               cfg.delivery.smarthost->port)
+                                 : fmt::format("{}:{}", cfg.delivery.smarthost->host,
+                                               cfg.delivery.smarthost->port);
+    }
+    ctx.client.helo_name =
+        cfg.delivery.helo_name.empty() ? cfg.server.hostname : cfg.delivery.helo_name;
+
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.server.spool_dir, ec);
+    if (ec) {
+        why = fmt::format("server.spool_dir: cannot create \"{}\": {}", cfg.server.spool_dir,
+                          ec.message());
+        return std::nullopt;
+    }
+    ctx.spool_dirs.resize(ctx.shards);
+    for (unsigned i = 0; i < ctx.shards; ++i) ctx.spool_dirs[i].push_back(i);
+    for (unsigned n : existing_shard_dirs(cfg.server.spool_dir)) {
+        if (n >= ctx.shards) ctx.spool_dirs[n % ctx.shards].push_back(n);
+    }
+    ctx.cfg = std::move(cfg);
+    return ctx;
+}
+
+}  // namespace ringmail::server

@@ -1,0 +1,599 @@
+#include "ringmail/server/delivery.h"
+
+#include "ringmail/core/log.h"
+#include "ringmail/core/socket.h"
+#include "ringmail/queue/dsn.h"
+#include "ringmail/server/shard.h"
+
+#include <fmt/format.h>
+#include <limits.h>
+#include <liburing.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace ringmail::server {
+
+namespace log = core::log;
+using namespace std::chrono_literals;
+
+namespace {
+// Messages one shard keeps queued in memory before new mail gets 452 4.3.1 (each entry is a
+// few hundred bytes; the spool holds the bodies).
+constexpr std::size_t max_queue_entries = 500000;
+
+queue::queue_config make_queue_config(const daemon_context& ctx) {
+    queue::queue_config qc;
+    qc.max_entries = max_queue_entries;
+    qc.retry.schedule = ctx.cfg.delivery.retry_schedule;
+    qc.retry.max_lifetime = ctx.cfg.delivery.max_lifetime;
+    return qc;
+}
+
+std::string one_line(std::string_view text) {
+    std::string s(text);
+    std::replace(s.begin(), s.end(), '\n', ' ');
+    return s;
+}
+
+std::string_view status_word(int code) {
+    if (code >= 200 && code < 300) return "sent";
+    if (code >= 500 && code < 600) return "bounced";
+    return "deferred";
+}
+}  // namespace
+
+// --- outbound_connection ---
+
+outbound_connection::outbound_connection(delivery& owner, shard& sh, std::uint64_t id)
+    : _owner(owner), _shard(sh), _id(id), _session(sh.ctx().client) {}
+
+outbound_connection::~outbound_connection() = default;
+
+bool outbound_connection::ready() const noexcept {
+    return !_closing && !_job && _session.ready() && !_stopping;
+}
+
+void outbound_connection::connect() {
+    const core::endpoint& ep = *_shard.ctx().smarthost;
+    auto fd = core::make_tcp_socket(ep.family());
+    if (!fd) {
+        fail(fmt::format("socket: {}", fd.error().message()));
+        return;
+    }
+    _fd = *fd;
+    (void)core::set_nodelay(_fd);
+    _connecting = true;
+    ++_in_flight;
+    _shard.reactor().connect(_fd, ep.addr(), ep.len, &_connect_op);
+    _shard.reactor().arm(*this,
+                         _shard.reactor().now() + _shard.ctx().cfg.delivery.connect_timeout);
+}
+
+void outbound_connection::start(delivery_job job) {
+    _job = std::move(job);
+    _idle = false;
+    const auto& env = _job->msg.env;
+    smtp::outbound_message m;
+    m.mail_from = env.mail_from;
+    m.rcpts = _job->rcpts;
+    m.added_headers = _job->msg.added_headers;
+    m.body = _job->msg.body;
+    m.size = _job->msg.added_headers.size() + _job->msg.body.size();
+    m.eight_bit = env.body == smtp::body_type::eight_bit_mime;
+    m.smtputf8 = env.smtputf8;
+    _session.start_transaction(m);
+    pump();
+}
+
+void outbound_connection::stop(bool force) {
+    _stopping = true;
+    if (force) {
+        start_close();
+        return;
+    }
+    pump();
+}
+
+void outbound_connection::on_connect(int res, std::uint32_t) {
+    --_in_flight;
+    _connecting = false;
+    if (_closing) {
+        check_finished();
+        return;
+    }
+    if (res < 0) {
+        fail(fmt::format("connect to {}: {}", _owner.smarthost_text(), std::strerror(-res)));
+        return;
+    }
+    _recv_armed = true;
+    ++_in_flight;
+    _shard.reactor().recv_multishot(_fd, _shard.buffers().group(), &_recv_op);
+    pump();
+}
+
+void outbound_connection::on_recv(int res, std::uint32_t flags) {
+    if (!(flags & IORING_CQE_F_MORE)) {
+        _recv_armed = false;
+        --_in_flight;
+    }
+    if (res > 0) {
+        auto& bufs = _shard.buffers();
+        auto bid = core::buffer_ring::buffer_id(flags);
+        auto bytes = bufs.data(bid, static_cast<std::size_t>(res));
+        if (!_closing) _session.receive(bytes);
+        bufs.recycle(bid);
+    } else if (res == 0 || (res != -ENOBUFS && res != -ECANCELED)) {
+        if (!_closing) _session.on_connection_lost();
+    }
+    if (!_closing && !_recv_armed && !_session.closed()) {
+        _recv_armed = true;
+        ++_in_flight;
+        _shard.reactor().recv_multishot(_fd, _shard.buffers().group(), &_recv_op);
+    }
+    pump();
+}
+
+void outbound_connection::on_send(int res, std::uint32_t) {
+    --_in_flight;
+    _send_in_flight = false;
+    if (_closing) {
+        check_finished();
+        return;
+    }
+    if (res < 0) {
+        _session.on_connection_lost();
+        pump();
+        return;
+    }
+    // Advance over what went out; resubmit the rest of a partial send.
+    auto left = static_cast<std::size_t>(res);
+    while (_iov_first < _iov.size() && left >= _iov[_iov_first].iov_len) {
+        left -= _iov[_iov_first].iov_len;
+        ++_iov_first;
+    }
+    if (_iov_first < _iov.size()) {
+        auto& v = _iov[_iov_first];
+        v.iov_base = static_cast<char*>(v.iov_base) + left;
+        v.iov_len -= left;
+        _msg = msghdr{};
+        _msg.msg_iov = &_iov[_iov_first];
+        _msg.msg_iovlen = std::min<std::size_t>(_iov.size() - _iov_first, IOV_MAX);
+        _send_in_flight = true;
+        ++_in_flight;
+        _shard.reactor().sendmsg(_fd, &_msg, &_send_op);
+        return;
+    }
+    _session.end_send();
+    pump();
+}
+
+void outbound_connection::on_cancel(int, std::uint32_t) {
+    --_in_flight;
+    check_finished();
+}
+
+void outbound_connection::on_close(int, std::uint32_t) {
+    --_in_flight;
+    check_finished();
+}
+
+void outbound_connection::on_expire() {
+    if (_closing) return;
+    if (_connecting) {
+        fail(fmt::format("connect to {}: timed out", _owner.smarthost_text()));
+        return;
+    }
+    if (_idle) {
+        _stopping = true;  // idle_timeout: QUIT politely
+        pump();
+        return;
+    }
+    _session.on_timeout();
+    pump();
+}
+
+void outbound_connection::send_pieces() {
+    auto pieces = _session.begin_send();
+    if (pieces.empty()) return;
+    _iov.clear();
+    for (auto p : pieces) {
+        if (!p.empty()) _iov.push_back(iovec{const_cast<char*>(p.data()), p.size()});
+    }
+    _iov_first = 0;
+    if (_iov.empty()) {
+        _session.end_send();
+        return;
+    }
+    _msg = msghdr{};
+    _msg.msg_iov = _iov.data();
+    _msg.msg_iovlen = std::min<std::size_t>(_iov.size(), IOV_MAX);
+    _send_in_flight = true;
+    ++_in_flight;
+    _shard.reactor().sendmsg(_fd, &_msg, &_send_op);
+}
+
+void outbound_connection::pump() {
+    if (_closing) {
+        check_finished();
+        return;
+    }
+    if (auto r = _session.take_result()) {
+        delivery_job job = std::move(*_job);
+        _job.reset();
+        ++_transactions;
+        _owner.finished(*this, job, *r);
+    }
+    if (_session.ready()) _established = true;
+    if (!_send_in_flight) send_pieces();
+    if (_session.closed()) {
+        if (!_established && _session.failed()) {
+            // Greeting or EHLO refused, or the server went away before we could use it.
+            _owner.connection_failed(*this, std::nullopt, _session.last_error());
+        }
+        if (!_send_in_flight) start_close();
+        return;
+    }
+    if (_session.ready() && !_job) {
+        std::uint32_t limit = _shard.ctx().cfg.delivery.max_messages_per_connection;
+        if (_stopping || (limit != 0 && _transactions >= limit)) {
+            _session.quit();
+            if (!_send_in_flight) send_pieces();
+            _shard.reactor().arm(*this, _shard.reactor().now() + _session.current_timeout() + 1s);
+            _idle = false;
+            return;
+        }
+        _idle = true;
+        _shard.reactor().arm(*this, _shard.reactor().now() + _shard.ctx().cfg.delivery.idle_timeout);
+        _owner.kick();
+        return;
+    }
+    auto t = _session.current_timeout();
+    if (t.count() > 0) {
+        _idle = false;
+        _shard.reactor().arm(*this, _shard.reactor().now() + t);
+    }
+}
+
+void outbound_connection::fail(std::string_view why) {
+    log::warn("smarthost {}: {}", _owner.smarthost_text(), why);
+    auto reply = smtp::make_reply(421, "4.4.1", why);
+    auto job = std::move(_job);
+    _job.reset();
+    _owner.connection_failed(*this, std::move(job), reply);
+    start_close();
+}
+
+void outbound_connection::start_close() {
+    if (_closing) return;
+    _closing = true;
+    _shard.reactor().disarm(*this);
+    if ((_recv_armed || _connecting) && !_cancel_sent) {
+        _cancel_sent = true;
+        ++_in_flight;
+        _shard.reactor().cancel(_connecting ? static_cast<core::completion*>(&_connect_op)
+                                            : static_cast<core::completion*>(&_recv_op),
+                                &_cancel_op);
+    }
+    if (_send_in_flight && _fd >= 0) _shard.reactor().shutdown(_fd, SHUT_RDWR);
+    check_finished();
+}
+
+void outbound_connection::check_finished() {
+    if (!_closing || _in_flight != 0 || _finished) return;
+    if (_fd >= 0) {
+        ++_in_flight;
+        _shard.reactor().close(_fd, &_close_op);
+        _fd = -1;
+        return;
+    }
+    _finished = true;
+    _owner.connection_closed(*this);
+}
+
+// --- delivery ---
+
+delivery::delivery(shard& sh)
+    : _shard(sh), _queue(make_queue_config(sh.ctx())), _rng(std::random_device{}()) {}
+
+delivery::~delivery() { _conns.clear(); }
+
+const std::string& delivery::smarthost_text() const { return _shard.ctx().smarthost_text; }
+
+bool delivery::can_accept() const { return _queue.counts().queued < _queue.max_entries(); }
+
+void delivery::add_recovered(spool::spool& sp, const spool::recovered_message& m) {
+    (void)sp;
+    queue::queue_entry e;
+    e.id = m.msg.id;
+    e.sender = m.msg.env.mail_from;
+    e.arrival = m.msg.env.arrival_time;
+    e.attempts = m.attempts;
+    e.next_attempt = m.next_attempt;
+    for (std::size_t i = 0; i < m.msg.env.rcpt_to.size(); ++i) {
+        queue::recipient r;
+        r.address = m.msg.env.rcpt_to[i];
+        if (i < m.rcpt_done.size() && m.rcpt_done[i]) {
+            auto o = m.rcpt_outcome[i];
+            r.state = o == spool::outcome::delivered ? queue::rcpt_state::delivered
+                      : o == spool::outcome::bounced ? queue::rcpt_state::bounced
+                                                     : queue::rcpt_state::expired;
+        }
+        e.rcpts.push_back(std::move(r));
+    }
+    auto added = _queue.add(std::move(e));
+    if (!added) {
+        log::error("{}: cannot queue recovered message: {}", spool::format_queue_id(m.msg.id),
+                   added.error().message());
+        return;
+    }
+    kick();
+}
+
+void delivery::add_committed(spool::spool& sp, spool::queue_id id) {
+    auto m = sp.read(id);
+    if (!m) {
+        log::error("{}: committed but unreadable: {}", spool::format_queue_id(id),
+                   m.error().message());
+        return;
+    }
+    queue::queue_entry e;
+    e.id = id;
+    e.sender = m->env.mail_from;
+    e.arrival = m->env.arrival_time;
+    for (const auto& r : m->env.rcpt_to) {
+        queue::recipient rc;
+        rc.address = r;
+        e.rcpts.push_back(std::move(rc));
+    }
+    auto added = _queue.add(std::move(e));
+    if (!added) {
+        // Durable all the same: the next start-up queues it again.
+        log::error("{}: queue full, message stays in the spool until restart",
+                   spool::format_queue_id(id));
+        return;
+    }
+    if (!_shard.ctx().smarthost && _warned_no_route++ % 1000 == 0) {
+        log::warn(
+            "{}: no delivery.smarthost configured and MX routing is not available in this build: "
+            "message stays queued",
+            spool::format_queue_id(id));
+    }
+    kick();
+}
+
+void delivery::internal_committed(const result<spool::queue_id>& id) {
+    if (!id) log::error("a delivery status notification could not be spooled: {}", id.error().message());
+}
+
+std::optional<delivery_job> delivery::next_job() {
+    std::int64_t now = _shard.unix_now();
+    while (auto id = _queue.pop_ready(now)) {
+        const queue::queue_entry* e = _queue.find(*id);
+        spool::spool* sp = _shard.spool_for(*id);
+        auto m = sp ? sp->read(*id) : result<spool::stored_message>(spool::errc::unknown_queue_id);
+        if (!m) {
+            log::error("{}: cannot read from the spool: {}", spool::format_queue_id(*id),
+                       m.error().message());
+            queue::attempt_reply why;
+            why.code = 451;
+            why.enhanced = "4.3.0";
+            why.text = "spool read failed";
+            auto a = _queue.apply_connection_failure(*id, why, now, _rng);
+            if (sp) apply(*sp, *id, a, {}, now);
+            continue;
+        }
+        delivery_job job;
+        job.sp = sp;
+        job.msg = std::move(*m);
+        job.started = now;
+        job.attempt = e->attempts + 1;
+        for (std::uint32_t i = 0; i < e->rcpts.size(); ++i) {
+            if (e->rcpts[i].state != queue::rcpt_state::pending) continue;
+            job.rcpts.push_back(e->rcpts[i].address);
+            job.rcpt_index.push_back(i);
+        }
+        return job;
+    }
+    return std::nullopt;
+}
+
+void delivery::finished(outbound_connection&, delivery_job& job, const smtp::transaction_result& r) {
+    std::int64_t now = _shard.unix_now();
+    std::vector<queue::rcpt_outcome> outcomes;
+    outcomes.reserve(job.rcpts.size());
+    for (std::size_t i = 0; i < job.rcpts.size(); ++i) {
+        const smtp::server_reply& rep = r.outcome(i);
+        queue::attempt_reply a{.code = rep.code,
+                               .enhanced = rep.enhanced,
+                               .text = one_line(rep.text),
+                               .remote_mta = smarthost_text()};
+        // A made-up reply (no server answer) is transient whatever else it says.
+        if (r.temporary(i) && (a.code < 400 || a.code >= 500)) a.code = 451;
+        log::info("{}: to=<{}>, relay={}, delay={}, attempt={}, status={} ({})",
+                  spool::format_queue_id(job.msg.id), log::sanitize(job.rcpts[i]), smarthost_text(),
+                  now - job.msg.env.arrival_time, job.attempt, status_word(a.code),
+                  log::sanitize(a.to_string()));
+        outcomes.push_back(queue::rcpt_outcome{.rcpt = job.rcpt_index[i], .reply = std::move(a)});
+    }
+    auto actions = _queue.apply(job.msg.id, outcomes, now, _rng);
+    apply(*job.sp, job.msg.id, actions, {}, job.started);
+    kick();
+}
+
+void delivery::connection_failed(outbound_connection& c, std::optional<delivery_job> job,
+                                 const smtp::server_reply& why) {
+    std::int64_t now = _shard.unix_now();
+    queue::attempt_reply a{.code = why.transient() ? why.code : 421,
+                           .enhanced = why.enhanced.empty() ? "4.4.1" : why.enhanced,
+                           .text = one_line(why.text),
+                           .remote_mta = smarthost_text()};
+    if (why.permanent()) a.code = 421;  // a refusing greeting defers; only replies to mail bounce
+    if (job) {
+        auto actions = _queue.apply_connection_failure(job->msg.id, a, now, _rng);
+        for (const auto& rc : job->rcpts) {
+            log::info("{}: to=<{}>, relay={}, delay={}, attempt={}, status=deferred ({})",
+                      spool::format_queue_id(job->msg.id), log::sanitize(rc), smarthost_text(),
+                      now - job->msg.env.arrival_time, job->attempt, log::sanitize(a.to_string()));
+        }
+        apply(*job->sp, job->msg.id, actions, {}, job->started);
+    }
+    // While no connection to the smarthost works, everything due waits for its retry time:
+    // the retry schedule paces reconnection instead of a connect storm.
+    bool any_working = false;
+    for (const auto& o : _conns) {
+        if (o.get() != &c && o->working() && !o->finished()) any_working = true;
+    }
+    if (!any_working) defer_all_ready(smtp::make_reply(a.code, a.enhanced, a.text));
+    kick();
+}
+
+void delivery::defer_all_ready(const smtp::server_reply& why) {
+    std::int64_t now = _shard.unix_now();
+    queue::attempt_reply a{.code = why.code, .enhanced = why.enhanced, .text = one_line(why.text),
+                           .remote_mta = smarthost_text()};
+    std::size_t n = 0;
+    while (auto id = _queue.pop_ready(now)) {
+        spool::spool* sp = _shard.spool_for(*id);
+        auto actions = _queue.apply_connection_failure(*id, a, now, _rng);
+        if (sp) apply(*sp, *id, actions, {}, now);
+        ++n;
+    }
+    if (n != 0) {
+        log::warn("smarthost {} unavailable ({}): {} message(s) deferred", smarthost_text(),
+                  log::sanitize(a.to_string()), n);
+    }
+}
+
+void delivery::apply(spool::spool& sp, spool::queue_id id, const queue::apply_actions& a,
+                     const std::vector<std::string>&, std::int64_t) {
+    for (auto i : a.delivered) sp.record_rcpt(id, i, spool::outcome::delivered);
+    for (auto i : a.bounced) sp.record_rcpt(id, i, spool::outcome::bounced);
+    for (auto i : a.expired) {
+        sp.record_rcpt(id, i, spool::outcome::expired);
+        log::info("{}: recipient {} expired after delivery.max_lifetime", spool::format_queue_id(id), i);
+    }
+    if (a.retry) sp.record_attempt(id, a.retry->attempts, a.retry->next_attempt);
+    if (a.bounce) spool_bounce(sp, *a.bounce);
+    if (a.done) sp.record_done(id);
+}
+
+void delivery::spool_bounce(spool::spool& sp, const queue::bounce_request& b) {
+    std::int64_t now = _shard.unix_now();
+    auto orig = sp.read(b.id);
+    if (!orig) {
+        log::error("{}: cannot read the message to bounce it: {}", spool::format_queue_id(b.id),
+                   orig.error().message());
+        return;
+    }
+    std::string token = fmt::format("{}.{}", spool::format_queue_id(b.id), now);
+    queue::dsn_request req;
+    req.reporting_mta = _shard.ctx().cfg.server.hostname;
+    req.original_sender = b.sender;
+    req.arrival_unix = b.arrival;
+    req.now_unix = now;
+    req.rcpts = b.rcpts;
+    req.original_added_headers = orig->added_headers;
+    req.original_message = orig->body;
+    req.message_id_token = token;
+    std::string text = queue::build_dsn(req);
+
+    smtp::envelope env;
+    env.mail_from = "";
+    env.rcpt_to.push_back(b.sender);
+    env.smtputf8 = orig->env.smtputf8;
+    env.body = orig->env.body == smtp::body_type::seven_bit ? smtp::body_type::seven_bit
+                                                            : smtp::body_type::eight_bit_mime;
+    env.helo_name = _shard.ctx().cfg.server.hostname;
+    env.protocol = "local";
+    env.arrival_time = now;
+    auto& own = _shard.own_spool();
+    auto w = own.begin(env);
+    if (!w) {
+        log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(b.id), w.error().message());
+        return;
+    }
+    if (auto ok = own.append(*w, text); !ok) {
+        own.abort(*w);
+        log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(b.id), ok.error().message());
+        return;
+    }
+    auto id = own.finish(*w, {}, 0);
+    if (!id) {
+        log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(b.id), id.error().message());
+        return;
+    }
+    log::info("{}: sender non-delivery notification: {} (to=<{}>, {} recipient(s))",
+              spool::format_queue_id(b.id), spool::format_queue_id(*id), log::sanitize(b.sender),
+              b.rcpts.size());
+}
+
+void delivery::kick() {
+    if (_kicking) {
+        _rekick = true;
+        return;
+    }
+    _kicking = true;
+    do {
+        _rekick = false;
+        if (_draining || !_shard.ctx().smarthost) break;
+        for (auto& c : _conns) {
+            if (!c->ready()) continue;
+            auto job = next_job();
+            if (!job) break;
+            c->start(std::move(*job));
+        }
+        std::size_t spare = 0;
+        for (auto& c : _conns) {
+            if (!c->has_job() && !c->finished()) ++spare;
+        }
+        std::size_t ready = _queue.counts().ready;
+        std::size_t limit = _shard.ctx().cfg.delivery.max_connections;
+        while (ready > spare && _conns.size() < limit) {
+            auto c = std::make_unique<outbound_connection>(*this, _shard, _next_conn_id++);
+            auto* raw = c.get();
+            _conns.push_back(std::move(c));
+            ++spare;
+            raw->connect();
+        }
+    } while (_rekick);
+    _kicking = false;
+    arm_wakeup();
+}
+
+void delivery::arm_wakeup() {
+    auto w = _queue.next_wakeup();
+    std::int64_t now = _shard.unix_now();
+    if (!w || *w <= now) {
+        // Due work is picked up when a connection frees up; nothing to wait for.
+        if (!w) _shard.reactor().disarm(*this);
+        if (w && !armed()) _shard.reactor().arm(*this, _shard.reactor().now() + 1s);
+        return;
+    }
+    _shard.reactor().arm(*this, _shard.reactor().now() + std::chrono::seconds(*w - now));
+}
+
+void delivery::on_expire() { kick(); }
+
+void delivery::connection_closed(outbound_connection&) {
+    // Destroyed at the end of this loop iteration, never inside its own call stack.
+    _reap_pending = true;
+}
+
+void delivery::reap() {
+    if (!_reap_pending) return;
+    _reap_pending = false;
+    std::size_t before = _conns.size();
+    _conns.remove_if([](const auto& c) { return c->finished(); });
+    if (_conns.size() != before) kick();
+}
+
+void delivery::begin_drain(bool force) {
+    _draining = true;
+    for (auto& c : _conns) c->stop(force);
+}
+
+bool delivery::idle() const { return _conns.empty(); }
+
+}  // namespace ringmail::server

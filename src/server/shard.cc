@@ -1,0 +1,372 @@
+#include "ringmail/server/shard.h"
+
+#include "ringmail/core/log.h"
+#include "ringmail/core/oncore.h"
+#include "ringmail/server/delivery.h"
+#include "ringmail/server/inbound.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+namespace ringmail::server {
+
+namespace log = core::log;
+using namespace std::chrono_literals;
+
+namespace {
+// How long a drain waits for open transactions and deliveries before closing what is left
+// (acknowledged messages are durable: what did not go out is delivered after a restart).
+constexpr auto drain_timeout = 30s;
+// Recv buffers per shard: enough for every busy session to have a read in flight.
+constexpr unsigned recv_buffer_count = 4096;
+constexpr unsigned recv_buffer_size = 16384;
+constexpr std::uint16_t recv_buffer_group = 1;
+}  // namespace
+
+// One [[listen]] address on this shard: a SO_REUSEPORT socket with a multishot accept.
+class listener final : private core::timer {
+public:
+    listener(shard& owner, const listener_settings& settings, int fd)
+        : _shard(owner), _settings(settings), _fd(fd) {}
+
+    void arm() {
+        if (_armed || _closing) return;
+        _armed = true;
+        ++_in_flight;
+        _shard.reactor().accept_multishot(_fd, &_accept_op);
+    }
+
+    void close() {
+        if (_closing) return;
+        _closing = true;
+        _shard.reactor().disarm(*this);
+        if (_armed) {
+            ++_in_flight;
+            _shard.reactor().cancel(&_accept_op, &_cancel_op);
+        }
+        finish();
+    }
+
+    bool done() const noexcept { return _closing && _in_flight == 0 && _fd < 0; }
+
+private:
+    void on_accept(int res, std::uint32_t flags) {
+        if (!(flags & IORING_CQE_F_MORE)) {
+            _armed = false;
+            --_in_flight;
+        }
+        if (res >= 0) {
+            if (_closing) {
+                _shard.reactor().close(res);
+            } else {
+                _shard.accepted_connection(res, _settings);
+            }
+        } else if (res != -ECANCELED) {
+            // EMFILE/ENFILE/ENOMEM: back off instead of spinning on a failing accept.
+            log::warn("accept on {}: {}", core::to_string(_settings.endpoint), std::strerror(-res));
+            if (!_armed && !_closing) {
+                _shard.reactor().arm(*this, _shard.reactor().now() + 100ms);
+                return;
+            }
+        }
+        if (!_armed && !_closing && !armed()) arm();
+        finish();
+    }
+    void on_cancel(int, std::uint32_t) {
+        --_in_flight;
+        finish();
+    }
+    void on_expire() override { arm(); }
+    void finish() {
+        if (_closing && _in_flight == 0 && _fd >= 0) {
+            _shard.reactor().close(_fd);
+            _fd = -1;
+        }
+    }
+
+    shard& _shard;
+    const listener_settings& _settings;
+    int _fd;
+    bool _armed = false;
+    bool _closing = false;
+    unsigned _in_flight = 0;
+    core::member_completion<listener, &listener::on_accept> _accept_op{this};
+    core::member_completion<listener, &listener::on_cancel> _cancel_op{this};
+};
+
+namespace {
+// A connection refused at accept time (too many connections, draining): one 421 line, then
+// close. Deletes itself when its last operation completes.
+class refusal final {
+public:
+    refusal(core::reactor& r, int fd, std::string line) : _r(r), _fd(fd), _line(std::move(line)) {
+        _r.send(_fd, _line.data(), _line.size(), &_op);
+    }
+
+private:
+    void on_sent(int, std::uint32_t) {
+        _r.close(_fd);
+        delete this;
+    }
+    core::reactor& _r;
+    int _fd;
+    std::string _line;
+    core::member_completion<refusal, &refusal::on_sent> _op{this};
+};
+}  // namespace
+
+void shard::spool_slot::on_written(int res, std::uint32_t) { owner->batch_done(*this, res); }
+
+shard::shard(unsigned id, const daemon_context& ctx) : _id(id), _ctx(ctx) {
+    _wake_fd = ::eventfd(0, EFD_CLOEXEC);
+}
+
+shard::~shard() {
+    _connections.clear();
+    _delivery.reset();
+    _listeners.clear();
+    _buffers.reset();
+    _reactor.reset();
+    _spools.clear();
+    if (_wake_fd >= 0) ::close(_wake_fd);
+}
+
+void shard::request_stop() noexcept {
+    _stop_requested.store(true, std::memory_order_release);
+    std::uint64_t one = 1;
+    if (_wake_fd >= 0) {
+        [[maybe_unused]] auto n = ::write(_wake_fd, &one, sizeof one);
+    }
+}
+
+std::int64_t shard::unix_now() const noexcept { return static_cast<std::int64_t>(::time(nullptr)); }
+
+spool::spool* shard::spool_for(spool::queue_id id) noexcept {
+    unsigned origin = spool::queue_id_shard(id);
+    for (auto& slot : _spools) {
+        if (slot->dir_shard == origin) return slot->sp.get();
+    }
+    return nullptr;
+}
+
+bool shard::start(std::string& why) {
+    if (_wake_fd < 0) {
+        why = fmt::format("eventfd: {}", std::strerror(errno));
+        return false;
+    }
+    core::reactor_options ro;
+    std::string rwhy;
+    auto r = core::reactor::create(ro, &rwhy);
+    if (!r) {
+        why = fmt::format("io_uring: {}", rwhy.empty() ? r.error().message() : rwhy);
+        return false;
+    }
+    _reactor = std::move(*r);
+    auto b = core::buffer_ring::create(*_reactor, recv_buffer_group, recv_buffer_count,
+                                       recv_buffer_size);
+    if (!b) {
+        why = fmt::format("provided-buffer ring: {}", b.error().message());
+        return false;
+    }
+    _buffers = std::move(*b);
+
+    // Spools first: recovery must be complete before the first new message arrives.
+    spool::options so;
+    so.max_message_size = _ctx.cfg.server.max_message_size +
+                          _ctx.cfg.server.max_message_size / 8;  // dot-stuffing headroom
+    std::vector<spool::recovered_message> recovered_all;
+    std::vector<spool_slot*> recovered_slots;
+    for (unsigned dir : _ctx.spool_dirs[_id]) {
+        auto path = std::filesystem::path(_ctx.cfg.server.spool_dir) / fmt::format("shard-{}", dir);
+        auto sp = spool::spool::open(path, dir, so);
+        if (!sp) {
+            why = fmt::format("spool {}: {}", path.string(), sp.error().message());
+            return false;
+        }
+        auto slot = std::make_unique<spool_slot>();
+        slot->owner = this;
+        slot->dir_shard = dir;
+        slot->sp = std::move(*sp);
+        auto rec = slot->sp->recover();
+        if (!rec) {
+            why = fmt::format("spool {}: recovery failed: {}", path.string(), rec.error().message());
+            return false;
+        }
+        if (!rec->empty()) {
+            log::info("spool {}: {} message(s) to deliver after restart", path.string(), rec->size());
+        }
+        for (auto& m : *rec) {
+            recovered_all.push_back(std::move(m));
+            recovered_slots.push_back(slot.get());
+        }
+        _spools.push_back(std::move(slot));
+    }
+
+    _delivery = std::make_unique<delivery>(*this);
+    for (std::size_t i = 0; i < recovered_all.size(); ++i) {
+        _delivery->add_recovered(*recovered_slots[i]->sp, recovered_all[i]);
+    }
+
+    for (const auto& l : _ctx.listeners) {
+        auto fd = core::make_listener(l.endpoint, 1024);
+        if (!fd) {
+            why = fmt::format("listen on {}: {}", core::to_string(l.endpoint), fd.error().message());
+            return false;
+        }
+        _listeners.push_back(std::make_unique<listener>(*this, l, *fd));
+    }
+
+    _reactor->on_iteration_end([this] { flush_commits(); });
+    _reactor->on_iteration_end([this] { _delivery->reap(); });
+    arm_wake();
+    for (auto& l : _listeners) l->arm();
+    return true;
+}
+
+void shard::run() {
+    std::string why;
+    if (!start(why)) {
+        _startup_error = std::move(why);
+        _status.store(startup_state::failed, std::memory_order_release);
+        return;
+    }
+    log::info("shard {} ready: {} listener(s), ring flags {:#x}", _id, _listeners.size(),
+              _reactor->setup_flags());
+    _status.store(startup_state::ready, std::memory_order_release);
+    while (!_stopped) {
+        _reactor->run_once(1s);
+        if (_draining) {
+            bool late = _reactor->now() >= _drain_deadline;
+            if (late) {
+                for (auto& [id, c] : _connections) c->shutdown(true);
+                _delivery->begin_drain(true);
+            }
+            if (drained() || (late && _connections.empty())) _stopped = true;
+        }
+    }
+    // Flush what the last iteration may have left and let the ring settle.
+    for (int i = 0; i < 100 && (any_batch_in_flight() || !_connections.empty()); ++i) {
+        _reactor->run_once(10ms);
+    }
+    _status.store(startup_state::stopped, std::memory_order_release);
+    log::info("shard {} stopped", _id);
+}
+
+bool shard::any_batch_in_flight() const {
+    for (const auto& s : _spools) {
+        if (s->in_flight || s->sp->has_pending()) return true;
+    }
+    return false;
+}
+
+bool shard::drained() const {
+    if (!_connections.empty()) return false;
+    for (const auto& l : _listeners) {
+        if (!l->done()) return false;
+    }
+    if (any_batch_in_flight()) return false;
+    return _delivery->idle();
+}
+
+void shard::arm_wake() {
+    if (_wake_armed) return;
+    _wake_armed = true;
+    _reactor->read(_wake_fd, &_wake_buf, sizeof _wake_buf, &_wake_op);
+}
+
+void shard::on_wake(int, std::uint32_t) {
+    _wake_armed = false;
+    if (_stop_requested.load(std::memory_order_acquire) && !_draining) begin_drain();
+    arm_wake();
+}
+
+void shard::begin_drain() {
+    _draining = true;
+    _drain_deadline = _reactor->now() + drain_timeout;
+    log::info("shard {}: draining ({} connection(s) open)", _id, _connections.size());
+    for (auto& l : _listeners) l->close();
+    // shutdown() may close and forget connections: iterate over a snapshot of ids.
+    std::vector<std::uint64_t> ids;
+    ids.reserve(_connections.size());
+    for (auto& [id, c] : _connections) ids.push_back(id);
+    for (auto id : ids) {
+        auto it = _connections.find(id);
+        if (it != _connections.end()) it->second->shutdown(false);
+    }
+    _delivery->begin_drain(false);
+}
+
+void shard::accepted_connection(int fd, const listener_settings& l) {
+    if (_draining) {
+        new refusal(*_reactor, fd, "421 4.3.2 Service shutting down\r\n");
+        return;
+    }
+    if (_connections.size() >= _ctx.cfg.server.max_connections) {
+        ++_rejected_connections;
+        log::warn("connection refused: {} connections open (server.max_connections)",
+                  _connections.size());
+        new refusal(*_reactor, fd, fmt::format("421 4.7.0 {} Too many connections, try later\r\n",
+                                               _ctx.cfg.server.hostname));
+        return;
+    }
+    auto peer = core::peer_endpoint(fd);
+    if (!peer) {
+        // The client is already gone (ENOTCONN): nothing to say to it.
+        _reactor->close(fd);
+        return;
+    }
+    (void)core::set_nodelay(fd);
+    bool relay_allowed = _ctx.cfg.relay.allow_networks.contains(peer->addr());
+    std::uint64_t id = _next_conn_id++;
+    auto c = std::make_unique<inbound_connection>(*this, id, fd, *peer, l, relay_allowed);
+    auto* raw = c.get();
+    _connections.emplace(id, std::move(c));
+    raw->start();
+}
+
+void shard::forget(std::uint64_t connection_id) { _connections.erase(connection_id); }
+
+void shard::flush_commits() {
+    for (auto& slot : _spools) {
+        if (slot->in_flight) continue;
+        const spool::commit_batch* b = slot->sp->prepare_batch();
+        if (b == nullptr) continue;
+        slot->requests.clear();
+        for (const auto& w : b->writes) {
+            slot->requests.push_back(core::write_request{
+                w.fd, w.offset, w.iov.data(), static_cast<unsigned>(w.iov.size())});
+        }
+        if (slot->requests.empty() && b->sync_fds.empty()) {
+            batch_done(*slot, 0);
+            continue;
+        }
+        slot->in_flight = true;
+        _reactor->write_chain(slot->requests, b->sync_fds, &slot->op);
+    }
+}
+
+void shard::batch_done(spool_slot& slot, int res) {
+    slot.in_flight = false;
+    if (res < 0) log::error("spool {}: commit failed: {}", slot.sp->dir().string(), std::strerror(-res));
+    auto committed = slot.sp->complete_batch(res);
+    for (auto& c : committed) {
+        if (c.id) _delivery->add_committed(*slot.sp, *c.id);
+        if (c.token == 0) {
+            _delivery->internal_committed(c.id);
+            continue;
+        }
+        auto it = _connections.find(c.token);
+        if (it != _connections.end()) {
+            it->second->on_committed(c.id);
+        } else if (c.id) {
+            log::info("{}: committed after its client left (delivered anyway)",
+                      spool::format_queue_id(*c.id));
+        }
+    }
+}
+
+}  // namespace ringmail::server
