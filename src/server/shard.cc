@@ -22,7 +22,7 @@ namespace {
 // (acknowledged messages are durable: what did not go out is delivered after a restart).
 constexpr auto drain_timeout = 30s;
 // Recv buffers per shard: enough for every busy session to have a read in flight.
-constexpr unsigned recv_buffer_count = 4096;
+constexpr unsigned recv_buffer_count = 2048;  // 32 MiB per shard
 constexpr unsigned recv_buffer_size = 16384;
 constexpr std::uint16_t recv_buffer_group = 1;
 }  // namespace
