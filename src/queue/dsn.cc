@@ -1,5 +1,7 @@
 #include "ringmail/queue/dsn.h"
 
+#include "ringmail/core/date.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -80,19 +82,6 @@ std::string header_block(std::string_view added, std::string_view message, std::
 
 }  // namespace
 
-std::string rfc5322_date(std::int64_t unix_seconds) {
-    static constexpr const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-    static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                             "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    std::time_t t = static_cast<std::time_t>(unix_seconds);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday % 7],
-                  tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                  tm.tm_sec);
-    return buf;
-}
 
 std::string build_dsn(const dsn_request& req) {
     if (req.original_sender.empty()) {
@@ -116,7 +105,7 @@ std::string build_dsn(const dsn_request& req) {
     line(out, "From: MAILER-DAEMON@" + host + " (Mail Delivery System)");
     line(out, "To: <" + clean(req.original_sender) + ">");
     line(out, "Subject: Undelivered Mail Returned to Sender");
-    line(out, "Date: " + rfc5322_date(req.now_unix));
+    line(out, "Date: " + core::rfc5322_date(req.now_unix));
     line(out, "Message-ID: <" + token + "@" + host + ">");
     line(out, "Auto-Submitted: auto-replied");
     line(out, "MIME-Version: 1.0");
@@ -151,7 +140,7 @@ std::string build_dsn(const dsn_request& req) {
     line(out, "Content-Description: Delivery report");
     line(out, "");
     line(out, "Reporting-MTA: dns; " + host);
-    line(out, "Arrival-Date: " + rfc5322_date(req.arrival_unix));
+    line(out, "Arrival-Date: " + core::rfc5322_date(req.arrival_unix));
     for (const failed_recipient& r : req.rcpts) {
         line(out, "");
         line(out, "Final-Recipient: " + typed_address(r.address));

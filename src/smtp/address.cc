@@ -1,5 +1,7 @@
 #include "ringmail/smtp/address.h"
 
+#include "ringmail/core/ascii.h"
+
 #include <arpa/inet.h>
 #include <cstring>
 
@@ -49,20 +51,7 @@ constexpr bool is_qtext(unsigned char c) {
     return c == 32 || c == 33 || (c >= 35 && c <= 91) || (c >= 93 && c <= 126) || c >= 0x80;
 }
 
-bool equals_nocase(std::string_view a, std::string_view b) {
-    if (a.size() != b.size())
-        return false;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        unsigned char x = a[i], y = b[i];
-        if (x >= 'A' && x <= 'Z')
-            x |= 0x20;
-        if (y >= 'A' && y <= 'Z')
-            y |= 0x20;
-        if (x != y)
-            return false;
-    }
-    return true;
-}
+using core::equals_nocase;
 
 bool valid_ipv4(std::string_view s) {
     int parts = 0;

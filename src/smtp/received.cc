@@ -1,5 +1,7 @@
 #include "ringmail/smtp/received.h"
 
+#include "ringmail/core/date.h"
+
 #include <fmt/format.h>
 
 #include <ctime>
@@ -24,18 +26,6 @@ std::string sanitise_helo(std::string_view helo) {
 
 }  // namespace
 
-std::string format_rfc5322_date(std::int64_t unix_seconds) {
-    static constexpr const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-    static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                             "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    std::time_t t = static_cast<std::time_t>(unix_seconds);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    return fmt::format("{}, {:02d} {} {:04d} {:02d}:{:02d}:{:02d} +0000", days[tm.tm_wday % 7],
-                       tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                       tm.tm_sec);
-}
-
 std::string format_received(const envelope& env, std::string_view hostname,
                             std::string_view queue_id, unsigned shard, std::int64_t now_unix) {
     std::string out;
@@ -52,7 +42,7 @@ std::string format_received(const envelope& env, std::string_view hostname,
     } else {
         out.append(";\r\n\t");
     }
-    out.append(format_rfc5322_date(now_unix)).append("\r\n");
+    out.append(core::rfc5322_date(now_unix)).append("\r\n");
     return out;
 }
 

@@ -1,5 +1,7 @@
 #include "ringmail/smtp/server_session.h"
 
+#include "ringmail/core/ascii.h"
+
 #include "ringmail/smtp/address.h"
 #include "ringmail/smtp/errc.h"
 #include "ringmail/smtp/reply.h"
@@ -14,20 +16,7 @@ namespace ringmail::smtp {
 
 namespace {
 
-bool equals_nocase(std::string_view a, std::string_view b) noexcept {
-    if (a.size() != b.size())
-        return false;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        unsigned char x = a[i], y = b[i];
-        if (x >= 'A' && x <= 'Z')
-            x |= 0x20;
-        if (y >= 'A' && y <= 'Z')
-            y |= 0x20;
-        if (x != y)
-            return false;
-    }
-    return true;
-}
+using core::equals_nocase;
 
 bool starts_with_nocase(std::string_view s, std::string_view prefix) noexcept {
     return s.size() >= prefix.size() && equals_nocase(s.substr(0, prefix.size()), prefix);

@@ -39,7 +39,5 @@ struct dsn_request {
 
 std::string build_dsn(const dsn_request& request);
 
-// "Mon, 01 Jan 2024 00:00:00 +0000" (RFC 5322 3.3), always UTC.
-std::string rfc5322_date(std::int64_t unix_seconds);
 
 }  // namespace ringmail::queue

@@ -18,7 +18,5 @@ namespace ringmail::smtp {
 std::string format_received(const envelope& env, std::string_view hostname,
                             std::string_view queue_id, unsigned shard, std::int64_t now_unix);
 
-// RFC 5322 date-time in UTC: "Mon, 23 Nov 2026 10:00:00 +0000".
-std::string format_rfc5322_date(std::int64_t unix_seconds);
 
 }  // namespace ringmail::smtp

@@ -138,8 +138,10 @@ TEST(mailbox, two_reactor_threads_exchange_messages_without_lost_wakeups) {
     EXPECT_TRUE(acked.load());
     EXPECT_EQ(consumer_idle_iterations.load(), 0u);
     EXPECT_EQ(producer_idle_iterations.load(), 0u);
-    // Far fewer wake-ups than messages: a busy consumer is not woken per message.
-    EXPECT_LT(box->wakeups(1), n / 4);
+    // At most one wake-up per message. How far below that it stays depends on scheduling (a
+    // loaded machine puts the consumer to sleep more often), so the batching itself is asserted
+    // deterministically in sleeping_consumer_is_woken_once_for_a_burst.
+    EXPECT_LE(box->wakeups(1), n);
 }
 
 }  // namespace

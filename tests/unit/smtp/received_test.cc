@@ -61,11 +61,5 @@ TEST(received, every_line_ends_crlf_and_folds_with_tab) {
     }
 }
 
-TEST(rfc5322_date, known_dates) {
-    EXPECT_EQ(format_rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-    EXPECT_EQ(format_rfc5322_date(951782400), "Tue, 29 Feb 2000 00:00:00 +0000");
-    EXPECT_EQ(format_rfc5322_date(when + 50399), "Mon, 23 Nov 2026 23:59:59 +0000");
-}
-
 }  // namespace
 }  // namespace ringmail::smtp
