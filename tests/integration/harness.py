@@ -189,8 +189,11 @@ def make_config(
     max_message_size: int | None = None,
     hostname: str = "ringmail.test",
     extra_listen: Iterable[dict[str, Any]] = (),
+    delivery_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A config dict with the contract keys; admin is disabled ("")."""
+    """A config dict with the contract keys; admin is disabled ("").
+
+    delivery_options: more [delivery] keys (connect_timeout, max_connections, ...)."""
     server: dict[str, Any] = {"hostname": hostname, "shards": shards, "spool_dir": spool_dir}
     if max_message_size is not None:
         server["max_message_size"] = max_message_size
@@ -200,6 +203,7 @@ def make_config(
     }
     if smarthost is not None:
         delivery["smarthost"] = smarthost
+    delivery.update(delivery_options or {})
     return {
         "server": server,
         "listen": [{"address": f"{LOOPBACK}:{port}", "role": "relay"}, *extra_listen],
@@ -415,8 +419,11 @@ def _split_path(line: bytes) -> tuple[str, list[str]] | None:
 class SmtpSink:
     """Threaded SMTP server on loopback that records each transaction exactly.
 
-    reject_rcpts: {address: "550 5.1.1 no such user"} answers for given recipients.
+    reject_rcpts: {address: "550 5.1.1 no such user"} answers for given recipients
+      (change it while running with set_rcpt_reply()).
+    tempfail_rcpts: {address: N} answers the first N RCPTs of that address with 451.
     tempfail_first: answer the first N ends of data with 451 (nothing recorded as delivered).
+    rcpt_attempts(address) counts every RCPT TO naming it, whatever the answer.
     All public reads are thread-safe; wait_for() blocks on a condition.
     """
 
@@ -432,6 +439,7 @@ class SmtpSink:
         pipelining: bool = True,
         reject_rcpts: dict[str, str] | None = None,
         tempfail_first: int = 0,
+        tempfail_rcpts: dict[str, int] | None = None,
         max_line: int = 1 << 20,
     ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -448,7 +456,9 @@ class SmtpSink:
         self.pipelining = pipelining
         self.reject_rcpts = dict(reject_rcpts or {})
         self.tempfail_first = tempfail_first
+        self.tempfail_rcpts = dict(tempfail_rcpts or {})
         self.max_line = max_line
+        self._rcpt_attempts: dict[str, int] = {}
 
         self._cond = threading.Condition()
         self._transactions: list[Transaction] = []
@@ -483,6 +493,18 @@ class SmtpSink:
     def connections(self) -> int:
         with self._cond:
             return self._connections
+
+    def rcpt_attempts(self, address: str) -> int:
+        with self._cond:
+            return self._rcpt_attempts.get(address, 0)
+
+    def set_rcpt_reply(self, address: str, reply: str | None) -> None:
+        """Answer RCPT TO:<address> with `reply` from now on (None: accept it again)."""
+        with self._cond:
+            if reply is None:
+                self.reject_rcpts.pop(address, None)
+            else:
+                self.reject_rcpts[address] = reply
 
     def errors(self) -> list[str]:
         with self._cond:
@@ -622,11 +644,13 @@ class SmtpSink:
                             out += b"503 5.5.1 need MAIL\r\n"
                         elif parsed is None:
                             out += b"501 5.5.4 syntax\r\n"
-                        elif parsed[0] in self.reject_rcpts:
-                            out += self.reject_rcpts[parsed[0]].encode() + b"\r\n"
                         else:
-                            rcpts.append(parsed[0])
-                            out += b"250 2.1.5 ok\r\n"
+                            reply = self._rcpt_reply(parsed[0])
+                            if reply is None:
+                                rcpts.append(parsed[0])
+                                out += b"250 2.1.5 ok\r\n"
+                            else:
+                                out += reply.encode() + b"\r\n"
                     elif verb == b"DATA":
                         if mail is None or not rcpts:
                             out += b"503 5.5.1 need RCPT\r\n"
@@ -665,6 +689,18 @@ class SmtpSink:
             with self._cond:
                 self._conns.discard(conn)
             conn.close()
+
+    def _rcpt_reply(self, address: str) -> str | None:
+        """The refusal for this RCPT, or None to accept it."""
+        with self._cond:
+            self._rcpt_attempts[address] = self._rcpt_attempts.get(address, 0) + 1
+            if address in self.reject_rcpts:
+                return self.reject_rcpts[address]
+            left = self.tempfail_rcpts.get(address, 0)
+            if left > 0:
+                self.tempfail_rcpts[address] = left - 1
+                return "451 4.2.0 recipient busy, try again later"
+            return None
 
     @staticmethod
     def _read_data(conn: socket.socket, buf: bytearray) -> bytes | None:
