@@ -573,34 +573,9 @@ std::size_t server_session::scan_data(std::string_view s) {
     std::size_t from = 0;  // start of content not yet given to the sink
     while (i < n) {
         switch (_scan) {
-            case scan::mid_line: {
-                const char* cr = static_cast<const char*>(std::memchr(b + i, '\r', n - i));
-                std::size_t stop = cr ? static_cast<std::size_t>(cr - b) : n;
-                if (const void* lf = std::memchr(b + i, '\n', stop - i)) {
-                    std::size_t k = static_cast<const char*>(lf) - b;
-                    note_line_bytes(k - i + 1);
-                    fail_content(content_error::bare_cr_lf);
-                    i = k + 1;
-                    break;
-                }
-                note_line_bytes(stop - i);
-                i = stop;
-                if (cr) {
-                    _scan = scan::cr;
-                    ++i;
-                }
-                break;
-            }
+            case scan::mid_line:
             case scan::cr:
-                if (b[i] == '\n') {
-                    ++i;
-                    _line_length = 0;
-                    _scan = scan::line_start;
-                } else {
-                    fail_content(content_error::bare_cr_lf);
-                    note_line_bytes(1);
-                    _scan = scan::mid_line;
-                }
+                i = scan_line(b, i, n);
                 break;
             case scan::line_start:
                 if (b[i] == '.') {
@@ -637,6 +612,39 @@ std::size_t server_session::scan_data(std::string_view s) {
     return n;
 }
 
+// Inside a line and right after its CR: the same for DATA and BDAT. Only CRLF ends a line; a
+// bare LF or CR marks the content as refused (it never ends a line or the data). Returns the
+// index after the bytes consumed.
+std::size_t server_session::scan_line(const char* b, std::size_t i, std::size_t n) {
+    if (_scan == scan::cr) {
+        if (b[i] == '\n') {
+            _line_length = 0;
+            _scan = scan::line_start;
+            return i + 1;
+        }
+        // A bare CR: the byte after it is scanned again as line content (it may be the CR of
+        // the real CRLF.CRLF).
+        fail_content(content_error::bare_cr_lf);
+        note_line_bytes(1);
+        _scan = scan::mid_line;
+        return i;
+    }
+    const char* cr = static_cast<const char*>(std::memchr(b + i, '\r', n - i));
+    std::size_t stop = cr ? static_cast<std::size_t>(cr - b) : n;
+    if (const void* lf = std::memchr(b + i, '\n', stop - i)) {
+        std::size_t k = static_cast<const char*>(lf) - b;
+        note_line_bytes(k - i + 1);
+        fail_content(content_error::bare_cr_lf);
+        return k + 1;
+    }
+    note_line_bytes(stop - i);
+    if (cr) {
+        _scan = scan::cr;
+        return stop + 1;
+    }
+    return stop;
+}
+
 std::size_t server_session::scan_bdat(std::string_view s) {
     std::size_t take = s.size() < _bdat_remaining ? s.size() : _bdat_remaining;
     if (!_bdat_discard)
@@ -663,34 +671,9 @@ void server_session::bdat_scan_bytes(const char* b, std::size_t n) {
                 }
                 _scan = scan::mid_line;
                 break;
-            case scan::mid_line: {
-                const char* cr = static_cast<const char*>(std::memchr(b + i, '\r', n - i));
-                std::size_t stop = cr ? static_cast<std::size_t>(cr - b) : n;
-                if (const void* lf = std::memchr(b + i, '\n', stop - i)) {
-                    std::size_t k = static_cast<const char*>(lf) - b;
-                    note_line_bytes(k - i + 1);
-                    fail_content(content_error::bare_cr_lf);
-                    i = k + 1;
-                    break;
-                }
-                note_line_bytes(stop - i);
-                i = stop;
-                if (cr) {
-                    _scan = scan::cr;
-                    ++i;
-                }
-                break;
-            }
+            case scan::mid_line:
             case scan::cr:
-                if (b[i] == '\n') {
-                    ++i;
-                    _line_length = 0;
-                    _scan = scan::line_start;
-                } else {
-                    fail_content(content_error::bare_cr_lf);
-                    note_line_bytes(1);
-                    _scan = scan::mid_line;
-                }
+                i = scan_line(b, i, n);
                 break;
             case scan::dot:
             case scan::dot_cr:

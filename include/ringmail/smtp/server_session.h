@@ -107,6 +107,7 @@ class server_session {
     std::size_t discard_line(std::string_view in);
     std::size_t scan_data(std::string_view in);
     std::size_t scan_bdat(std::string_view in);
+    std::size_t scan_line(const char* b, std::size_t i, std::size_t n);
     void drain();
 
     void execute(std::string_view line);

@@ -344,6 +344,23 @@ TEST(server_session, bare_lf_alone_rejects_message) {
     EXPECT_TRUE(o.messages.empty());
 }
 
+// A bare CR right before the real terminator: the byte after the bare CR is the CR of
+// CRLF.CRLF and must still be seen as such, in DATA and in BDAT.
+TEST(server_session, bare_cr_before_real_end_of_data) {
+    auto cfg = test_config();
+    auto o = run_all(cfg, envelope_in + "DATA\r\nbody\r\r\n.\r\nNOOP\r\n");
+    EXPECT_EQ(o.output, envelope_out +
+                            "354 End data with <CR><LF>.<CR><LF>\r\n"
+                            "550 5.6.0 Error: message contains bare <CR> or <LF>\r\n"
+                            "250 2.0.0 Ok\r\n");
+    EXPECT_TRUE(o.messages.empty());
+    o = run_all(cfg, envelope_in + "DATA\r\nbody\r\r\r\n.\r\nNOOP\r\n");
+    EXPECT_EQ(o.output, envelope_out +
+                            "354 End data with <CR><LF>.<CR><LF>\r\n"
+                            "550 5.6.0 Error: message contains bare <CR> or <LF>\r\n"
+                            "250 2.0.0 Ok\r\n");
+}
+
 TEST(server_session, dot_lines_are_content_unless_alone) {
     auto cfg = test_config();
     auto o = run_all(cfg, envelope_in + "DATA\r\n.\r\n");
