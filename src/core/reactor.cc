@@ -46,7 +46,32 @@ class chain_step final : public completion {
     write_chain_state* chain = nullptr;
     std::size_t expected = 0;  // bytes a write must move; SIZE_MAX for an fdatasync
     unsigned index = 0;
+    write_request request{};  // the write (copied), for the cause of a short one
 };
+
+// A short write to a regular file carries no errno: the kernel wrote what fitted and would only
+// say why (ENOSPC, EDQUOT, EFBIG) on the next write. Ask it, writing the rest synchronously —
+// only on this failure path — so the spool can answer 452 for a full disk rather than 451 for
+// an unexplained I/O error. The chain has failed either way (its links after this write were
+// cancelled), so a probe that succeeds still reports -EIO.
+int short_write_cause(const write_request& w, std::size_t done) {
+    std::vector<iovec> rest;
+    std::size_t skip = done;
+    for (unsigned k = 0; k < w.iovcnt; ++k) {
+        const iovec& v = w.iov[k];
+        if (skip >= v.iov_len) {
+            skip -= v.iov_len;
+            continue;
+        }
+        rest.push_back(iovec{static_cast<char*>(v.iov_base) + skip, v.iov_len - skip});
+        skip = 0;
+    }
+    if (rest.empty())
+        return -EIO;
+    int count = static_cast<int>(std::min<std::size_t>(rest.size(), IOV_MAX));
+    ssize_t n = ::pwritev(w.fd, rest.data(), count, static_cast<off_t>(w.offset + done));
+    return n < 0 ? -errno : -EIO;
+}
 
 class write_chain_state {
   public:
@@ -64,7 +89,7 @@ class write_chain_state {
         if (res < 0) {
             err = res;
         } else if (expected != SIZE_MAX && static_cast<std::size_t>(res) != expected) {
-            err = -EIO;
+            err = short_write_cause(_steps[index].request, static_cast<std::size_t>(res));
         }
         // The cause of a failed chain is its earliest real failure; the -ECANCELED of the
         // steps after it are only the consequence.
@@ -284,6 +309,7 @@ void reactor::write_chain(std::span<const write_request> writes, std::span<const
             bytes += w.iov[k].iov_len;
         chain_step& s = chain->step(i);
         s.expected = bytes;
+        s.request = w;
         io_uring_sqe* sqe = io_uring_get_sqe(&_ring);
         io_uring_prep_writev(sqe, w.fd, w.iov, w.iovcnt, w.offset);
         if (++i < steps)

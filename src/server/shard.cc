@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -332,7 +333,7 @@ void shard::forget(std::uint64_t connection_id) { _connections.erase(connection_
 
 void shard::flush_commits() {
     for (auto& slot : _spools) {
-        if (slot->in_flight) continue;
+        if (slot->in_flight || _reactor->now() < slot->retry_at) continue;
         const spool::commit_batch* b = slot->sp->prepare_batch();
         if (b == nullptr) continue;
         slot->requests.clear();
@@ -351,7 +352,16 @@ void shard::flush_commits() {
 
 void shard::batch_done(spool_slot& slot, int res) {
     slot.in_flight = false;
-    if (res < 0) log::error("spool {}: commit failed: {}", slot.sp->dir().string(), std::strerror(-res));
+    if (res < 0) {
+        slot.backoff = slot.backoff.count() == 0 ? 50ms : std::min<std::chrono::milliseconds>(slot.backoff * 2, 1s);
+        slot.retry_at = _reactor->now() + slot.backoff;
+        _reactor->arm(slot, slot.retry_at);
+        log::error("spool {}: commit failed: {} (next attempt in {} ms)", slot.sp->dir().string(),
+                   std::strerror(-res), slot.backoff.count());
+    } else if (slot.backoff.count() != 0) {
+        log::info("spool {}: commits succeed again", slot.sp->dir().string());
+        slot.backoff = 0ms;
+    }
     auto committed = slot.sp->complete_batch(res);
     for (auto& c : committed) {
         if (c.id) _delivery->add_committed(*slot.sp, *c.id);

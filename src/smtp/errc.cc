@@ -47,6 +47,11 @@ class category final : public std::error_category {
         }
         return "unknown ringmail.smtp error";
     }
+    std::error_condition default_error_condition(int c) const noexcept override {
+        if (static_cast<errc>(c) == errc::insufficient_storage)
+            return std::errc::no_space_on_device;
+        return std::error_condition(c, *this);
+    }
 };
 }  // namespace
 

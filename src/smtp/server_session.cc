@@ -153,10 +153,13 @@ void server_session::reply(unsigned code, std::string_view enhanced, std::string
 }
 
 server_session::canned_reply server_session::storage_reply(std::error_code ec) noexcept {
-    bool full = ec == errc::insufficient_storage;
-    if (ec.category() == std::system_category() || ec.category() == std::generic_category()) {
-        full = ec.value() == ENOSPC || ec.value() == EDQUOT;
-    }
+    // Any part's "out of space" maps to the generic condition (spool::errc::no_space,
+    // errc::insufficient_storage, a raw ENOSPC), so the session needs to know none of them.
+    const std::error_condition cond = ec.default_error_condition();
+    bool full = cond == std::errc::no_space_on_device ||
+                ((cond.category() == std::generic_category() ||
+                  cond.category() == std::system_category()) &&
+                 cond.value() == EDQUOT);  // std::errc has no EDQUOT
     if (full)
         return {452, "4.3.1", "Error: insufficient system storage", false};
     return {451, "4.3.0", "Error: local error in processing", false};

@@ -30,6 +30,17 @@ class category final : public std::error_category {
         }
         return "unknown spool error";
     }
+    // Lets other parts test for a full disk or an I/O error without knowing the spool.
+    std::error_condition default_error_condition(int c) const noexcept override {
+        switch (static_cast<errc>(c)) {
+            case errc::no_space:
+                return std::errc::no_space_on_device;
+            case errc::io_error:
+                return std::errc::io_error;
+            default:
+                return std::error_condition(c, *this);
+        }
+    }
 };
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "ringmail/spool/spool.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -66,8 +67,14 @@ public:
     std::int64_t unix_now() const noexcept;
 
 private:
-    struct spool_slot {
+    // A spool and its group-commit state. After a failed batch (disk full, I/O error) the next
+    // one waits a growing pause (50 ms doubling to 1 s): failed batches give their journal bytes
+    // back to the next one, and resubmitting at once would spin while the disk stays full.
+    struct spool_slot final : core::timer {
         std::unique_ptr<spool::spool> sp;
+        core::reactor::clock::time_point retry_at{};
+        std::chrono::milliseconds backoff{0};
+        void on_expire() override {}  // only wakes the loop; the end-of-iteration hook commits
         shard* owner = nullptr;
         unsigned dir_shard = 0;  // N of the shard-<N> directory
         bool in_flight = false;

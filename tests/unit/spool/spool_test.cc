@@ -24,6 +24,15 @@ TEST(spool, format_queue_id_is_16_uppercase_hex) {
     EXPECT_EQ(format_queue_id(~0ull), "FFFFFFFFFFFFFFFF");
 }
 
+// Other parts test for a full disk through the generic condition (the SMTP session answers
+// 452 4.3.1 for it, 451 4.3.0 for anything else) without knowing the spool's codes.
+TEST(spool, errors_map_to_generic_conditions) {
+    EXPECT_EQ(make_error_code(errc::no_space), std::errc::no_space_on_device);
+    EXPECT_EQ(make_error_code(errc::io_error), std::errc::io_error);
+    EXPECT_NE(make_error_code(errc::io_error), std::errc::no_space_on_device);
+    EXPECT_EQ(make_error_code(from_errno(ENOSPC)), std::errc::no_space_on_device);
+}
+
 TEST(spool, round_trip_byte_exact_with_odd_chunks) {
     test::temp_dir td;
     auto sp = open_recovered(td.shard(3), 3);
