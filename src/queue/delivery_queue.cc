@@ -72,13 +72,17 @@ void delivery_queue::defer(std::uint64_t id, std::int64_t when) {
     _deferred.push(timed{when, _seq++, id});
 }
 
-std::optional<std::uint64_t> delivery_queue::pop_ready(std::int64_t now) {
+std::size_t delivery_queue::due(std::int64_t now) {
     _oncore.check();
     while (!_deferred.empty() && _deferred.top().when <= now) {
         _ready.push_back(_deferred.top().id);
         _deferred.pop();
     }
-    if (_ready.empty())
+    return _ready.size();
+}
+
+std::optional<std::uint64_t> delivery_queue::pop_ready(std::int64_t now) {
+    if (due(now) == 0)
         return std::nullopt;
     std::uint64_t id = _ready.front();
     _ready.pop_front();

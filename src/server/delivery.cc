@@ -548,7 +548,7 @@ void delivery::kick() {
         for (auto& c : _conns) {
             if (!c->has_job() && !c->finished()) ++spare;
         }
-        std::size_t ready = _queue.counts().ready;
+        std::size_t ready = _queue.due(_shard.unix_now());
         std::size_t limit = _shard.ctx().cfg.delivery.max_connections;
         while (ready > spare && _conns.size() < limit) {
             auto c = std::make_unique<outbound_connection>(*this, _shard, _next_conn_id++);

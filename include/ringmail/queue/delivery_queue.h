@@ -100,6 +100,9 @@ class delivery_queue {
     // next_attempt in the future keeps it deferred). Needs at least one pending recipient.
     result<void> add(queue_entry entry);
 
+    // How many messages are due at `now` (deferred ones whose time has come join the ready
+    // list): the daemon sizes its connection pool by it.
+    std::size_t due(std::int64_t now);
     // The next message due at `now`, oldest first; it is in flight until apply().
     std::optional<std::uint64_t> pop_ready(std::int64_t now);
     // When pop_ready may next return something (<= now: at once); nullopt when nothing waits.

@@ -63,6 +63,27 @@ TEST(delivery_queue, deferred_entries_wake_up_in_time_order) {
     EXPECT_EQ(q.pop_ready(250), 1u);
 }
 
+// due() is what sizes the daemon's connection pool: deferred entries whose time has come count
+// (counts().ready alone would stay 0 until somebody pops, and nobody would connect).
+TEST(delivery_queue, due_counts_deferred_entries_whose_time_came) {
+    delivery_queue q(config());
+    auto a = entry(1, {"r@b.org"});
+    a.next_attempt = 100;
+    auto b = entry(2, {"r@b.org"});
+    b.next_attempt = 200;
+    ASSERT_TRUE(q.add(a));
+    ASSERT_TRUE(q.add(b));
+    ASSERT_TRUE(q.add(entry(3, {"r@b.org"})));
+    EXPECT_EQ(q.due(50), 1u);
+    EXPECT_EQ(q.due(150), 2u);
+    EXPECT_EQ(q.counts().ready, 2u);
+    EXPECT_EQ(q.counts().deferred, 1u);
+    EXPECT_EQ(q.pop_ready(150), 3u);  // FIFO: the one ready from the start goes first
+    EXPECT_EQ(q.pop_ready(150), 1u);
+    EXPECT_EQ(q.due(150), 0u);
+    EXPECT_EQ(q.due(200), 1u);
+}
+
 TEST(delivery_queue, partial_outcomes_then_retry_of_the_deferred_one) {
     delivery_queue q(config());
     std::mt19937_64 rng(1);
