@@ -393,8 +393,9 @@ result<queue_id> spool::finish(writer_id wid, std::string_view added_headers, st
     char* m = rec.meta.get();
     format::encode_header(m, rec.h);
     std::memcpy(m + format::header_size, w.envelope.data(), w.envelope.size());
-    std::memcpy(m + format::header_size + w.envelope.size(), added_headers.data(),
-                added_headers.size());
+    if (!added_headers.empty())  // a DSN has none, and memcpy from a null view is undefined
+        std::memcpy(m + format::header_size + w.envelope.size(), added_headers.data(),
+                    added_headers.size());
     format::put32(m + rec.meta_length, crc32c(m, rec.meta_length));
     format::put32(m + rec.meta_length + 4, format::trailer_magic);
     rec.body = std::move(w.body);
