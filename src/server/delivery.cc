@@ -380,8 +380,9 @@ std::optional<delivery_job> delivery::next_job() {
             why.code = 451;
             why.enhanced = "4.3.0";
             why.text = "spool read failed";
+            std::string sender = e->sender;  // the entry may be gone after apply
             auto a = _queue.apply_connection_failure(*id, why, now, _rng);
-            if (sp) apply(*sp, *id, a, {}, now);
+            if (sp) apply(*sp, *id, a, sender);
             continue;
         }
         delivery_job job;
@@ -418,7 +419,7 @@ void delivery::finished(outbound_connection&, delivery_job& job, const smtp::tra
         outcomes.push_back(queue::rcpt_outcome{.rcpt = job.rcpt_index[i], .reply = std::move(a)});
     }
     auto actions = _queue.apply(job.msg.id, outcomes, now, _rng);
-    apply(*job.sp, job.msg.id, actions, {}, job.started);
+    apply(*job.sp, job.msg.id, actions, job.msg.env.mail_from);
     kick();
 }
 
@@ -437,7 +438,7 @@ void delivery::connection_failed(outbound_connection& c, std::optional<delivery_
                       spool::format_queue_id(job->msg.id), log::sanitize(rc), smarthost_text(),
                       now - job->msg.env.arrival_time, job->attempt, log::sanitize(a.to_string()));
         }
-        apply(*job->sp, job->msg.id, actions, {}, job->started);
+        apply(*job->sp, job->msg.id, actions, job->msg.env.mail_from);
     }
     // While no connection to the smarthost works, everything due waits for its retry time:
     // the retry schedule paces reconnection instead of a connect storm.
@@ -456,8 +457,9 @@ void delivery::defer_all_ready(const smtp::server_reply& why) {
     std::size_t n = 0;
     while (auto id = _queue.pop_ready(now)) {
         spool::spool* sp = _shard.spool_for(*id);
+        std::string sender = _queue.find(*id)->sender;  // the entry may be gone after apply
         auto actions = _queue.apply_connection_failure(*id, a, now, _rng);
-        if (sp) apply(*sp, *id, actions, {}, now);
+        if (sp) apply(*sp, *id, actions, sender);
         ++n;
     }
     if (n != 0) {
@@ -467,7 +469,7 @@ void delivery::defer_all_ready(const smtp::server_reply& why) {
 }
 
 void delivery::apply(spool::spool& sp, spool::queue_id id, const queue::apply_actions& a,
-                     const std::vector<std::string>&, std::int64_t) {
+                     std::string_view sender) {
     for (auto i : a.delivered) sp.record_rcpt(id, i, spool::outcome::delivered);
     for (auto i : a.bounced) sp.record_rcpt(id, i, spool::outcome::bounced);
     for (auto i : a.expired) {
@@ -475,7 +477,12 @@ void delivery::apply(spool::spool& sp, spool::queue_id id, const queue::apply_ac
         log::info("{}: recipient {} expired after delivery.max_lifetime", spool::format_queue_id(id), i);
     }
     if (a.retry) sp.record_attempt(id, a.retry->attempts, a.retry->next_attempt);
-    if (a.bounce) spool_bounce(sp, *a.bounce);
+    if (a.bounce) {
+        spool_bounce(sp, *a.bounce);
+    } else if (sender.empty() && (!a.bounced.empty() || !a.expired.empty())) {
+        // RFC 5321 6.1: never a notification about a notification (or any null-sender mail).
+        log::info("{}: undeliverable, null sender: no notification sent", spool::format_queue_id(id));
+    }
     if (a.done) sp.record_done(id);
 }
 

@@ -169,6 +169,7 @@ class NullSenderTest(DeliveryTestCase):
         self.assertEqual(self.sink.transactions(), [], "something was delivered")
         self.assertEqual(self.sink.rcpt_attempts(bad), 1)
         self.assertNotIn("non-delivery notification", self.daemon.log_text())
+        self.assertIn("null sender: no notification sent", self.daemon.log_text())
         self.assertTrue(self.daemon.running(), self.daemon.log_text())
         self.daemon.stop()
 

@@ -130,7 +130,7 @@ public:
 private:
     void on_expire() override;
     void apply(spool::spool& sp, spool::queue_id id, const queue::apply_actions& a,
-               const std::vector<std::string>& reply_text, std::int64_t started);
+               std::string_view sender);
     void spool_bounce(spool::spool& sp, const queue::bounce_request& b);
     void defer_all_ready(const smtp::server_reply& why);
     void arm_wakeup();
