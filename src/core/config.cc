@@ -427,6 +427,8 @@ void read_server(context& ctx, const toml::table* t, server_config& s) {
     read_uint(r, "max_connections", s.max_connections, 1);
     read_duration(r, "command_timeout", s.command_timeout);
     read_duration(r, "data_timeout", s.data_timeout);
+    read_bool(r, "io_uring_defer_taskrun", s.io_uring_defer_taskrun);
+    read_bool(r, "multishot_accept", s.multishot_accept);
     if (const toml::node* n = read_string(r, "log_level", text)) {
         if (auto l = log::parse_level(text)) {
             s.log_level = *l;

@@ -225,6 +225,12 @@ void reactor::accept_multishot(int listen_fd, completion* c) {
     io_uring_sqe_set_data(sqe, c);
 }
 
+void reactor::accept(int listen_fd, completion* c) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_accept(sqe, listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    io_uring_sqe_set_data(sqe, c);
+}
+
 void reactor::recv_multishot(int fd, std::uint16_t buf_group, completion* c) {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_recv_multishot(sqe, fd, nullptr, 0, 0);

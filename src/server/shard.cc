@@ -28,7 +28,8 @@ constexpr unsigned recv_buffer_size = 16384;
 constexpr std::uint16_t recv_buffer_group = 1;
 }  // namespace
 
-// One [[listen]] address on this shard: a SO_REUSEPORT socket with a multishot accept.
+// One [[listen]] address on this shard: a SO_REUSEPORT socket with a multishot accept (or a
+// single-shot one re-armed per connection when server.multishot_accept is off).
 class listener final : private core::timer {
 public:
     listener(shard& owner, const listener_settings& settings, int fd)
@@ -38,7 +39,11 @@ public:
         if (_armed || _closing) return;
         _armed = true;
         ++_in_flight;
-        _shard.reactor().accept_multishot(_fd, &_accept_op);
+        if (_shard.ctx().cfg.server.multishot_accept) {
+            _shard.reactor().accept_multishot(_fd, &_accept_op);
+        } else {
+            _shard.reactor().accept(_fd, &_accept_op);  // its CQE never has F_MORE: re-armed
+        }
     }
 
     void close() {
@@ -160,6 +165,7 @@ bool shard::start(std::string& why) {
         return false;
     }
     core::reactor_options ro;
+    ro.defer_taskrun = _ctx.cfg.server.io_uring_defer_taskrun;
     std::string rwhy;
     auto r = core::reactor::create(ro, &rwhy);
     if (!r) {

@@ -190,6 +190,7 @@ def make_config(
     hostname: str = "ringmail.test",
     extra_listen: Iterable[dict[str, Any]] = (),
     delivery_options: dict[str, Any] | None = None,
+    server_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A config dict with the contract keys; admin is disabled ("").
 
@@ -197,6 +198,7 @@ def make_config(
     server: dict[str, Any] = {"hostname": hostname, "shards": shards, "spool_dir": spool_dir}
     if max_message_size is not None:
         server["max_message_size"] = max_message_size
+    server.update(server_options or {})
     delivery: dict[str, Any] = {
         "retry_schedule": list(retry_schedule),
         "max_lifetime": max_lifetime,

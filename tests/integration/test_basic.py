@@ -179,5 +179,31 @@ class PolicyTest(unittest.TestCase):
             self.assertEqual(s.noop()[0], 250)
 
 
+
+class FeatureSwitchTest(unittest.TestCase):
+    """The io_uring switches for kernels with known bugs: with DEFER_TASKRUN and multishot
+    accept both off, every connection is still accepted and every message relayed."""
+
+    def test_single_shot_accept_without_defer_taskrun(self):
+        sink = harness.SmtpSink()
+        daemon = harness.Ringmaild(
+            smarthost=sink.smarthost,
+            server_options={"io_uring_defer_taskrun": False, "multishot_accept": False},
+        )
+        try:
+            daemon.start()
+            for i in range(20):  # a connection each: the accept is re-armed every time
+                with smtplib.SMTP(harness.LOOPBACK, daemon.port, timeout=30) as s:
+                    s.sendmail("a@x.test", ["b@y.test"],
+                               f"Subject: switch {i}\r\nMessage-ID: <sw{i}@x.test>\r\n\r\nbody\r\n")
+            ok = sink.wait_until(lambda ts: len(ts) >= 20, DELIVERY_TIMEOUT)
+            self.assertTrue(ok, daemon.log_text())
+            ids = sorted(t.content.split(b"Message-ID: <")[1].split(b">")[0] for t in sink.transactions())
+            self.assertEqual(ids, sorted(f"sw{i}@x.test".encode() for i in range(20)))
+            daemon.stop()
+        finally:
+            daemon.kill()
+            sink.close()
+
 if __name__ == "__main__":
     unittest.main()

@@ -39,6 +39,10 @@ struct server_config {
     std::chrono::seconds command_timeout{5 * 60};
     std::chrono::seconds data_timeout{3 * 60};
     log::level log_level = log::level::info;
+    // Kernel feature switches (LIBRARY-NOTES: a kernel bug combining DEFER_TASKRUN with
+    // multishot accept was reported on 6.6-6.8): turn either off on an affected kernel.
+    bool io_uring_defer_taskrun = true;
+    bool multishot_accept = true;
 };
 
 struct listener_config {

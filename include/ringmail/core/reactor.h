@@ -85,6 +85,7 @@ class reactor {
     // its user_data to the completion. Nothing reaches the kernel before the next run_once()
     // unless the SQ filled up.
     void accept_multishot(int listen_fd, completion* c);  // res: new fd (SOCK_CLOEXEC)
+    void accept(int listen_fd, completion* c);            // one connection, then re-arm
     void recv_multishot(int fd, std::uint16_t buf_group, completion* c);
     void recv(int fd, void* buf, std::size_t len, completion* c);
     void send(int fd, const void* buf, std::size_t len, completion* c);  // MSG_NOSIGNAL

@@ -106,6 +106,10 @@ const bad_case bad_cases[] = {
      "server.log_level: expected \"debug\", \"info\", \"warn\" or \"error\", got \"verbose\""},
     {"log_level_type", server("log_level = 3"),
      "server.log_level: expected a string, got an integer"},
+    {"defer_taskrun_type", server("io_uring_defer_taskrun = \"no\""),
+     "server.io_uring_defer_taskrun: expected a boolean, got a string"},
+    {"multishot_accept_type", server("multishot_accept = 0"),
+     "server.multishot_accept: expected a boolean, got an integer"},
     {"server_unknown_key", server("shardz = 4"), "server.shardz: unknown key"},
     {"server_unknown_table", server("[server.extra]\nx = 1"), "server.extra: unknown table"},
     {"server_not_table", "server = 1\n" + std::string(one_listener),
@@ -526,6 +530,8 @@ role = "relay"
     EXPECT_EQ(a.server.command_timeout, b.server.command_timeout);
     EXPECT_EQ(a.server.data_timeout, b.server.data_timeout);
     EXPECT_EQ(a.server.log_level, b.server.log_level);
+    EXPECT_EQ(a.server.io_uring_defer_taskrun, b.server.io_uring_defer_taskrun);
+    EXPECT_EQ(a.server.multishot_accept, b.server.multishot_accept);
     ASSERT_EQ(a.listen.size(), b.listen.size());
     for (std::size_t i = 0; i < a.listen.size(); ++i) {
         EXPECT_EQ(a.listen[i].address, b.listen[i].address);
