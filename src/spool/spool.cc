@@ -107,6 +107,9 @@ struct spool::segment {
     std::uint64_t live = 0;           // committed messages not done
     std::uint64_t inflight = 0;       // records placed here whose batch has not completed
     bool sealed = false;              // never appended to again
+    // Ids of records in this file that are done (or whose batch failed): compaction keeps a done
+    // entry for each while the file exists, so recovery never resurrects them.
+    std::vector<queue_id> dead;
 };
 
 struct spool::location {
@@ -114,6 +117,10 @@ struct spool::location {
     std::uint64_t offset = 0;
     format::record_header h;
     std::uint32_t rcpt_count = 0;
+    // Committed journal state, kept so the journal can be compacted while running.
+    std::vector<std::uint8_t> rcpt_state;  // per RCPT: 0 = none, else an outcome
+    std::uint32_t attempts = 0;
+    std::int64_t next_attempt = 0;
 };
 
 struct spool::writer {
@@ -448,6 +455,9 @@ const commit_batch* spool::prepare_batch() {
     _oncore.check();
     if (_inflight || !has_pending())
         return nullptr;
+    // Between batches the journal file holds exactly the committed state, and the batch built
+    // below is addressed to whichever journal fd is current afterwards.
+    maybe_compact();
     _inflight = std::move(_pending);
     _pending = std::make_unique<batch>();
     batch& b = *_inflight;
@@ -527,10 +537,29 @@ std::vector<spool::committed> spool::complete_batch(int res) {
             loc->offset = r.offset;
             loc->h = r.h;
             loc->rcpt_count = r.rcpt_count;
+            loc->rcpt_state.assign(r.rcpt_count, 0);
             _live.emplace(r.id, std::move(loc));
             out.push_back({r.token, r.id});
         }
         _journal_offset += b->journal.size();
+        for (std::size_t off = 0; off + format::journal_entry_size <= b->journal.size();
+             off += format::journal_entry_size) {
+            auto e = format::decode_journal({b->journal.data() + off, format::journal_entry_size});
+            if (!e)
+                invariant("spool's own journal entry does not decode");
+            auto it = _live.find(e->id);
+            if (it == _live.end())
+                continue;
+            location& loc = *it->second;
+            if (e->type == format::journal_type::rcpt) {
+                const std::uint64_t idx = e->a >> 8;
+                if (idx < loc.rcpt_state.size())
+                    loc.rcpt_state[idx] = std::uint8_t(e->a & 0xFF);
+            } else if (e->type == format::journal_type::attempt) {
+                loc.attempts = static_cast<std::uint32_t>(e->a);
+                loc.next_attempt = static_cast<std::int64_t>(e->b);
+            }
+        }
         for (queue_id id : b->dones) {
             auto it = _live.find(id);
             if (it == _live.end())
@@ -538,6 +567,7 @@ std::vector<spool::committed> spool::complete_batch(int res) {
             segment* s = it->second->seg;
             _live.erase(it);
             --s->live;
+            s->dead.push_back(id);
             maybe_reclaim(s);
         }
         return out;
@@ -563,6 +593,7 @@ std::vector<spool::committed> spool::complete_batch(int res) {
         // The record may have reached the disk intact although the batch failed (the client
         // was told 4xx): a done entry keeps recovery from delivering it.
         journal_entry(std::uint8_t(format::journal_type::done), r.id, 0, 0);
+        r.seg->dead.push_back(r.id);
     }
     // Nothing may follow a possibly torn region: the touched segments take no more records.
     for (segment* s : b->touched) {
@@ -769,64 +800,28 @@ result<std::vector<recovered_message>> spool::recover() {
         }
     }
 
-    // Compaction: the live state, done entries for every message still in a segment file (so a
-    // crash before the unlinks below cannot resurrect them), and the sequence high-water mark.
-    std::vector<char> compact;
-    auto put = [&](format::journal_type t, queue_id id, std::uint64_t a, std::uint64_t b) {
-        char e[format::journal_entry_size];
-        format::encode_journal(e, {t, id, a, b});
-        compact.insert(compact.end(), e, e + sizeof e);
-    };
-    put(format::journal_type::seq_floor, 0, _next_seq - 1, 0);
-    for (const scanned& sc : found) {
-        if (sc.done) {
-            put(format::journal_type::done, sc.m.msg.id, 0, 0);
-            continue;
-        }
-        for (std::size_t i = 0; i < sc.m.rcpt_done.size(); ++i) {
-            if (sc.m.rcpt_done[i]) {
-                put(format::journal_type::rcpt, sc.m.msg.id,
-                    std::uint64_t(i) << 8 | std::uint8_t(sc.m.rcpt_outcome[i]), 0);
-            }
-        }
-        if (sc.m.attempts != 0 || sc.m.next_attempt != 0) {
-            put(format::journal_type::attempt, sc.m.msg.id, sc.m.attempts,
-                static_cast<std::uint64_t>(sc.m.next_attempt));
-        }
-    }
-    {
-        const int fd =
-            ::openat(_dir_fd, journal_tmp_name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-        if (fd < 0)
-            return errno_failure(errno);
-        int err = write_all(fd, compact.data(), compact.size(), 0);
-        if (!err && ::fdatasync(fd) != 0)
-            err = errno;
-        ::close(fd);
-        if (!err && ::renameat(_dir_fd, journal_tmp_name, _dir_fd, journal_name) != 0)
-            err = errno;
-        if (!err && ::fsync(_dir_fd) != 0)
-            err = errno;
-        if (err)
-            return errno_failure(err);
-    }
-    _journal_fd = ::openat(_dir_fd, journal_name, O_RDWR | O_CLOEXEC);
-    if (_journal_fd < 0)
-        return errno_failure(errno);
-    _journal_offset = compact.size();
-
-    // Live messages; then segments without any are deleted.
+    // In-memory state, then the journal compacted from it (done entries for every message still
+    // in a segment file, so a crash before the unlinks below cannot resurrect them).
     std::vector<recovered_message> out;
     for (scanned& sc : found) {
-        if (sc.done)
-            continue;
         segment* s = _segments.at(sc.seq).get();
+        if (sc.done) {
+            s->dead.push_back(sc.m.msg.id);
+            continue;
+        }
         ++s->live;
         auto loc = std::make_unique<location>();
         loc->seg = s;
         loc->offset = sc.offset;
         loc->h = sc.h;
         loc->rcpt_count = static_cast<std::uint32_t>(sc.m.rcpt_done.size());
+        loc->rcpt_state.assign(loc->rcpt_count, 0);
+        for (std::size_t i = 0; i < sc.m.rcpt_done.size(); ++i) {
+            if (sc.m.rcpt_done[i])
+                loc->rcpt_state[i] = std::uint8_t(sc.m.rcpt_outcome[i]);
+        }
+        loc->attempts = sc.m.attempts;
+        loc->next_attempt = sc.m.next_attempt;
         auto m = decode_at(*loc);
         if (!m)
             return failure(m.error());
@@ -834,6 +829,10 @@ result<std::vector<recovered_message>> spool::recover() {
         _live.emplace(sc.m.msg.id, std::move(loc));
         out.push_back(std::move(sc.m));
     }
+    if (auto c = compact_journal(); !c)
+        return failure(c.error());
+
+    // Segments without live messages are deleted.
     for (std::uint64_t seq : seqs) {
         segment* s = _segments.at(seq).get();
         if (s->live != 0)
@@ -852,8 +851,99 @@ result<std::vector<recovered_message>> spool::recover() {
     auto r = rotate(_opt.segment_size);
     if (!r)
         return failure(r.error());
+    _compact_at =
+        std::max(_opt.journal_compact_bytes, _opt.journal_compact_ratio * _journal_offset);
     _recovered = true;
     return out;
+}
+
+// ---------------------------------------------------------------- journal compaction
+
+std::uint64_t spool::compacted_journal_entries() const {
+    std::uint64_t n = 1;  // the floor
+    for (const auto& [id, loc] : _live) {
+        for (std::uint8_t st : loc->rcpt_state)
+            n += st != 0;
+        n += loc->attempts != 0 || loc->next_attempt != 0;
+    }
+    for (const auto& [seq, s] : _segments)
+        n += s->dead.size();
+    return n;
+}
+
+// The one compaction routine (recovery and runtime): only between batches, when the journal file
+// holds exactly the committed state that _live and the segments' dead lists mirror.
+result<void> spool::compact_journal() {
+    if (_inflight)
+        invariant("journal compaction with a batch in flight");
+    std::vector<char> compact;
+    compact.reserve(compacted_journal_entries() * format::journal_entry_size);
+    auto put = [&](format::journal_type t, queue_id id, std::uint64_t a, std::uint64_t b) {
+        char e[format::journal_entry_size];
+        format::encode_journal(e, {t, id, a, b});
+        compact.insert(compact.end(), e, e + sizeof e);
+    };
+    put(format::journal_type::seq_floor, 0, _next_seq - 1, 0);
+    for (const auto& [seq, s] : _segments) {
+        for (queue_id id : s->dead)
+            put(format::journal_type::done, id, 0, 0);
+    }
+    for (const auto& [id, loc] : _live) {
+        for (std::size_t i = 0; i < loc->rcpt_state.size(); ++i) {
+            if (loc->rcpt_state[i] != 0)
+                put(format::journal_type::rcpt, id, std::uint64_t(i) << 8 | loc->rcpt_state[i], 0);
+        }
+        if (loc->attempts != 0 || loc->next_attempt != 0) {
+            put(format::journal_type::attempt, id, loc->attempts,
+                static_cast<std::uint64_t>(loc->next_attempt));
+        }
+    }
+
+    const int fd =
+        ::openat(_dir_fd, journal_tmp_name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return errno_failure(errno);
+    int err = write_all(fd, compact.data(), compact.size(), 0);
+    if (!err && ::fdatasync(fd) != 0)
+        err = errno;
+    if (!err && ::renameat(_dir_fd, journal_tmp_name, _dir_fd, journal_name) != 0)
+        err = errno;
+    if (err) {
+        // The old journal is untouched and stays in use.
+        ::close(fd);
+        ::unlinkat(_dir_fd, journal_tmp_name, 0);
+        return errno_failure(err);
+    }
+    // The name now points at the new file whatever the directory fsync says, so it is the one to
+    // append to. Should the rename not be durable, the next segment creation's directory fsync
+    // makes it so; until then a crash recovers from the old, complete journal.
+    const int sync_err = ::fsync(_dir_fd) != 0 ? errno : 0;
+    if (_journal_fd >= 0)
+        ::close(_journal_fd);
+    _journal_fd = fd;
+    _journal_offset = compact.size();
+    if (sync_err)
+        return errno_failure(sync_err);
+    return {};
+}
+
+void spool::maybe_compact() {
+    if (_journal_offset < _compact_at)
+        return;
+    const std::uint64_t compacted = compacted_journal_entries() * format::journal_entry_size;
+    const std::uint64_t floor = std::max(_opt.journal_compact_bytes, std::uint64_t{1});
+    if (_journal_offset < _opt.journal_compact_ratio * compacted) {
+        // Mostly live state: look again once the journal grew past the ratio.
+        _compact_at = std::max(floor, _opt.journal_compact_ratio * compacted);
+        return;
+    }
+    if (auto r = compact_journal(); !r) {
+        ++_m.journal_compaction_failures;
+        _compact_at = _journal_offset + floor;
+        return;
+    }
+    ++_m.journal_compactions;
+    _compact_at = std::max(floor, _opt.journal_compact_ratio * _journal_offset);
 }
 
 // ---------------------------------------------------------------- synchronous execution

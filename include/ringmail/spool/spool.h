@@ -7,7 +7,17 @@
 // At most one batch is in flight; everything finished meanwhile waits for the next (group
 // commit). Plain synchronous syscalls are used only off the per-message path: open/recover,
 // creating a segment (open + mmap + fsync of the directory, once per segment_size bytes),
-// unlinking reclaimed segments, and journal compaction at recovery.
+// unlinking reclaimed segments, and journal compaction.
+//
+// Journal compaction rewrites the journal from the in-memory state (floor entry, per-recipient
+// outcomes and attempts of live messages, done entries of messages whose segment file still
+// exists) into journal.tmp, fdatasyncs it, renames it over `journal` and fsyncs the directory:
+// a crash leaves either the old or the new journal, each complete. It runs at recovery and,
+// while running, synchronously inside prepare_batch() when no batch is in flight and the
+// committed journal passed options::journal_compact_bytes and journal_compact_ratio times the
+// compacted size. That is a rare stall bounded by the live state (40 bytes per entry), not a
+// per-message cost; the batch it prepares then appends to the new journal. A failed runtime
+// compaction leaves the old journal in use and is retried after another journal_compact_bytes.
 //
 // Failures are values: a failed batch fails every message in it (the daemon answers 451/452
 // 4.3.x), seals the segment it touched and puts its journal entries back in the queue; the spool
@@ -53,7 +63,9 @@ inline unsigned queue_id_shard(queue_id id) {
 
 struct options {
     std::uint64_t segment_size = 64 << 20;
-    std::uint64_t max_message_size = 52428800;  // body bytes (transmission form) per message
+    std::uint64_t max_message_size = 52428800;       // body bytes (transmission form) per message
+    std::uint64_t journal_compact_bytes = 64 << 20;  // committed journal size that triggers...
+    std::uint64_t journal_compact_ratio = 4;  // ...if also this many times the compacted size
 };
 
 struct write_op {
@@ -100,6 +112,8 @@ struct spool_metrics {
     std::uint64_t batches_committed = 0;
     std::uint64_t batches_failed = 0;
     std::uint64_t segments_reclaimed = 0;
+    std::uint64_t journal_compactions = 0;  // while running (not counting recovery)
+    std::uint64_t journal_compaction_failures = 0;
 };
 
 class spool {
@@ -166,7 +180,9 @@ class spool {
     result<void> rotate(std::uint64_t min_capacity);
     void maybe_reclaim(segment*);
     void journal_entry(std::uint8_t type, queue_id id, std::uint64_t a, std::uint64_t b);
-    result<void> compact_journal(const std::vector<std::pair<queue_id, recovered_message*>>& live);
+    std::uint64_t compacted_journal_entries() const;
+    result<void> compact_journal();
+    void maybe_compact();
     result<stored_message> decode_at(const location&) const;
 
     core::oncore _oncore;
@@ -178,6 +194,7 @@ class spool {
     int _journal_fd = -1;
     std::uint64_t _journal_offset = 0;
     bool _recovered = false;
+    std::uint64_t _compact_at = 0;  // committed journal size at which compaction is considered
 
     std::uint64_t _next_seq = 1;  // next segment sequence number
     std::uint64_t _id_block = 0;  // sequence number whose id block finish() draws from
