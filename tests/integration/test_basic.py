@@ -205,5 +205,40 @@ class FeatureSwitchTest(unittest.TestCase):
             daemon.kill()
             sink.close()
 
+
+class ConnectionLimitTest(unittest.TestCase):
+    """server.max_connections: the connection past the limit gets 421 4.7.0 and is closed;
+    once a slot frees, new clients are served again."""
+
+    def test_connection_past_the_limit_gets_421(self):
+        daemon = harness.Ringmaild(shards=1, server_options={"max_connections": 2})
+        held = []
+        try:
+            daemon.start()
+            for _ in range(2):
+                c = smtplib.SMTP(harness.LOOPBACK, daemon.port, timeout=30)
+                self.assertEqual(c.noop()[0], 250)
+                held.append(c)
+            with self.assertRaises(smtplib.SMTPConnectError) as refused:
+                smtplib.SMTP(harness.LOOPBACK, daemon.port, timeout=30)
+            self.assertEqual(refused.exception.smtp_code, 421)
+            self.assertIn(b"4.7.0", refused.exception.smtp_error)
+            held.pop().quit()
+
+            def served() -> bool:  # the slot frees once the server has closed its side
+                try:
+                    with smtplib.SMTP(harness.LOOPBACK, daemon.port, timeout=30) as c:
+                        return c.noop()[0] == 250
+                except smtplib.SMTPConnectError:
+                    return False
+
+            self.assertTrue(harness.wait_until(served, harness.scaled(10), 0.1), daemon.log_text())
+            self.assertIn("server.max_connections", daemon.log_text())
+            daemon.stop()
+        finally:
+            for c in held:
+                c.close()
+            daemon.kill()
+
 if __name__ == "__main__":
     unittest.main()
