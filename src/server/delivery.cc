@@ -388,7 +388,6 @@ std::optional<delivery_job> delivery::next_job() {
         delivery_job job;
         job.sp = sp;
         job.msg = std::move(*m);
-        job.started = now;
         job.attempt = e->attempts + 1;
         for (std::uint32_t i = 0; i < e->rcpts.size(); ++i) {
             if (e->rcpts[i].state != queue::rcpt_state::pending) continue;

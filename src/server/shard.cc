@@ -313,7 +313,6 @@ void shard::accepted_connection(int fd, const listener_settings& l) {
         return;
     }
     if (_connections.size() >= _ctx.cfg.server.max_connections) {
-        ++_rejected_connections;
         log::warn("connection refused: {} connections open (server.max_connections)",
                   _connections.size());
         new refusal(*_reactor, fd, fmt::format("421 4.7.0 {} Too many connections, try later\r\n",

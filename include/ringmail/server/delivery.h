@@ -37,7 +37,6 @@ struct delivery_job {
     spool::stored_message msg;
     std::vector<std::string> rcpts;         // the pending recipients, in send order
     std::vector<std::uint32_t> rcpt_index;  // their index in the queue entry
-    std::int64_t started = 0;
     std::uint32_t attempt = 0;
 };
 
@@ -148,7 +147,6 @@ private:
     bool _kicking = false;
     bool _rekick = false;
     bool _reap_pending = false;
-    std::size_t _hook = 0;
     std::uint64_t _warned_no_route = 0;
 };
 

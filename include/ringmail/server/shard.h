@@ -62,8 +62,6 @@ public:
     void accepted_connection(int fd, const listener_settings& l);
     // The connection has closed its fd and has no operation in flight: destroy it.
     void forget(std::uint64_t connection_id);
-    // A spool gained pending work; it is committed at the end of this loop iteration.
-    void count_rejected_connection() noexcept { ++_rejected_connections; }
     std::int64_t unix_now() const noexcept;
 
 private:
@@ -109,7 +107,6 @@ private:
     std::unique_ptr<delivery> _delivery;
     std::unordered_map<std::uint64_t, std::unique_ptr<inbound_connection>> _connections;
     std::uint64_t _next_conn_id = 1;
-    std::uint64_t _rejected_connections = 0;
     bool _draining = false;
     bool _stopped = false;
     core::reactor::clock::time_point _drain_deadline{};
