@@ -754,20 +754,31 @@ void server_session::reset_transaction() {
 // --- events from the daemon --------------------------------------------------------------
 
 void server_session::on_commit(result<std::string> queue_id) {
+    if (queue_id) {
+        std::string text = "Ok: queued as " + *queue_id;
+        on_commit_reply(250, "2.0.0", text);
+    } else {
+        const canned_reply r = storage_reply(queue_id.error());
+        on_commit_reply(r.code, r.enhanced, r.text);
+    }
+}
+
+void server_session::on_commit_reply(unsigned code, std::string_view enhanced,
+                                     std::string_view text) {
     if (!_committing) {
         std::fprintf(stderr, "ringmail: invariant broken: on_commit() without a commit\n");
         std::abort();
     }
     _committing = false;
-    if (queue_id)
+    const bool accepted = code >= 200 && code < 300;
+    if (accepted)
         ++_stats.messages_accepted;
+    else
+        ++_stats.messages_rejected;
     if (_state == state::closed)
-        return;  // the peer went away; the message stays queued
-    if (queue_id) {
-        _out.append("250 2.0.0 Ok: queued as ").append(*queue_id).append("\r\n");
-    } else {
-        reply(storage_reply(queue_id.error()));
-    }
+        return;  // the peer went away; an accepted message stays queued
+    // Our own refusals at commit (storage, injected by a sink) do not count towards max_errors.
+    reply(code, enhanced, text, false);
     reset_transaction();
     _state = state::command;
     if (!_processing)

@@ -76,6 +76,8 @@ class server_session {
     // After sink.commit(): 250 with the queue id, or 452 4.3.1 / 451 4.3.0; then resumes the
     // buffered pipelined input. May be called from inside sink.commit().
     void on_commit(result<std::string> queue_id);
+    // The same with any final reply (a sink injecting 4xx/5xx): 2xx counts as accepted.
+    void on_commit_reply(unsigned code, std::string_view enhanced, std::string_view text);
     void on_timeout();      // 421 4.4.2 and close
     // The daemon is stopping: 421 4.3.2 and close, unless a commit is pending (the daemon
     // calls it between transactions, see in_transaction()).
