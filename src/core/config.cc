@@ -448,6 +448,59 @@ cidr_set loopback_ranges() {
     return set;
 }
 
+// A string or an array of non-empty strings; false (reported) when malformed.
+bool read_paths(table_reader& r, std::string_view k, std::vector<std::string>& out) {
+    const toml::node* n = r.table().get(k);
+    if (n == nullptr)
+        return true;
+    if (n->is_string()) {
+        r.take(k);
+        if (n->as_string()->get().empty()) {
+            r.ctx().fail(*n, r.key(k), "must not be empty");
+            return false;
+        }
+        out.push_back(n->as_string()->get());
+        return true;
+    }
+    if (!n->is_array()) {
+        r.take(k);
+        r.ctx().fail(
+            *n, r.key(k),
+            fmt::format("expected a file name or an array of them, got {}", type_name(*n)));
+        return false;
+    }
+    bool ok = true;
+    read_array(r, k, [&](const toml::node& e, const std::string& key) {
+        if (!expect_type(r.ctx(), e, key, toml::node_type::string, "a file name")) {
+            ok = false;
+        } else if (e.as_string()->get().empty()) {
+            r.ctx().fail(e, key, "must not be empty");
+            ok = false;
+        } else {
+            out.push_back(e.as_string()->get());
+        }
+    });
+    return ok;
+}
+
+void read_tls_files(table_reader& r, listener_config& l) {
+    std::vector<std::string> certs;
+    std::vector<std::string> keys;
+    const bool ok = read_paths(r, "tls_cert", certs) & read_paths(r, "tls_key", keys);
+    if (!ok)
+        return;
+    if (certs.size() != keys.size()) {
+        const toml::node* at = r.table().get(certs.size() > keys.size() ? "tls_cert" : "tls_key");
+        r.ctx().fail(&at->source(), r.key("tls_key"),
+                     fmt::format("{} certificate file(s) but {} key file(s): give one key per "
+                                 "certificate, in the same order",
+                                 certs.size(), keys.size()));
+        return;
+    }
+    for (std::size_t i = 0; i < certs.size(); ++i)
+        l.tls_certificates.push_back({std::move(certs[i]), std::move(keys[i])});
+}
+
 void read_listeners(context& ctx, table_reader& root, std::vector<listener_config>& out) {
     const toml::node* n = root.take("listen");
     if (n == nullptr) {
@@ -503,6 +556,12 @@ void read_listeners(context& ctx, table_reader& root, std::vector<listener_confi
         }
         read_bool(r, "proxy_protocol", l.proxy_protocol);
         read_cidrs(r, "trusted_proxies", l.trusted_proxies);
+        read_tls_files(r, l);
+        read_bool(r, "auth_plaintext", l.auth_plaintext);
+        if (l.role == listener_role::smtps && l.tls_certificates.empty() &&
+            r.table().get("tls_cert") == nullptr) {
+            r.missing("tls_cert", R"(role "smtps" needs tls_cert and tls_key)");
+        }
         r.finish();
         out.push_back(std::move(l));
     }
@@ -519,6 +578,23 @@ void read_relay(context& ctx, const toml::table* t, relay_config& rc) {
                              return canonical_domain(text);
                          });
     r.finish();
+}
+
+std::optional<tls_policy> read_tls_policy(table_reader& r, std::string_view k) {
+    std::string text;
+    const toml::node* n = read_string(r, k, text);
+    if (n == nullptr)
+        return std::nullopt;
+    if (text == "none")
+        return tls_policy::none;
+    if (text == "opportunistic")
+        return tls_policy::opportunistic;
+    if (text == "required")
+        return tls_policy::required;
+    r.ctx().fail(
+        *n, r.key(k),
+        fmt::format(R"(expected "none", "opportunistic" or "required", got {})", shown(text)));
+    return std::nullopt;
 }
 
 std::optional<host_port> parse_smarthost(std::string_view text) {
@@ -595,7 +671,95 @@ void read_delivery(context& ctx, const toml::table* t, delivery_config& d,
                      fmt::format("expected a domain name, got {}", shown(text)));
         }
     }
+    if (auto p = read_tls_policy(r, "tls"))
+        d.tls = *p;
+    read_bool(r, "tls_verify", d.tls_verify);
+    read_string(r, "tls_ca_file", d.tls_ca_file);
+    read_string(r, "log_file", d.log_file);
     r.finish();
+}
+
+void read_auth(context& ctx, const toml::table* t, auth_config& a) {
+    if (t == nullptr)
+        return;
+    table_reader r(ctx, *t, "auth");
+    read_string(r, "users_file", a.users_file);
+    read_uint(r, "max_failures", a.max_failures, 1, 1000000);
+    read_duration(r, "failure_window", a.failure_window);
+    read_uint(r, "verify_threads", a.verify_threads, 1, 64);
+    r.finish();
+}
+
+void read_domains(context& ctx, table_reader& root, std::vector<domain_config>& out) {
+    const toml::node* n = root.take("domain");
+    if (n == nullptr)
+        return;
+    if (!n->is_array_of_tables()) {
+        ctx.fail(*n, "domain",
+                 fmt::format("expected an array of tables ([[domain]]), got {}", type_name(*n)));
+        return;
+    }
+    std::map<std::string, std::string> seen;
+    std::size_t i = 0;
+    for (const toml::node& e : *n->as_array()) {
+        const std::string path = fmt::format("domain[{}]", i++);
+        table_reader r(ctx, *e.as_table(), path);
+        domain_config d;
+        std::string text;
+        if (const toml::node* nn = read_string(r, "name", text)) {
+            if (auto c = canonical_domain(text)) {
+                if (auto [it, fresh] = seen.emplace(*c, r.key("name")); !fresh) {
+                    ctx.fail(
+                        *nn, r.key("name"),
+                        fmt::format("{} is already configured by {}", shown(text), it->second));
+                }
+                d.name = *c;
+            } else {
+                ctx.fail(*nn, r.key("name"),
+                         fmt::format("expected a domain name, got {}", shown(text)));
+            }
+        } else if (r.table().get("name") == nullptr) {
+            r.missing("name", "missing (the destination domain)");
+        }
+        std::uint32_t u = 0;
+        if (r.table().get("max_connections") != nullptr) {
+            u = 0;
+            read_uint(r, "max_connections", u, 1, 100000);
+            if (u != 0)
+                d.max_connections = u;
+        }
+        if (r.table().get("max_messages_per_connection") != nullptr) {
+            u = 0;
+            read_uint(r, "max_messages_per_connection", u, 1);
+            if (u != 0)
+                d.max_messages_per_connection = u;
+        }
+        if (const toml::node* c = r.take("connect_timeout")) {
+            std::chrono::seconds v{};
+            if (duration_value(ctx, *c, r.key("connect_timeout"), v))
+                d.connect_timeout = v;
+        }
+        if (const toml::node* rt = r.take("rate")) {
+            double v = -1;
+            if (rt->is_integer())
+                v = static_cast<double>(rt->as_integer()->get());
+            else if (rt->is_floating_point())
+                v = rt->as_floating_point()->get();
+            if (!(v > 0) || v > 1e9) {
+                ctx.fail(*rt, r.key("rate"), "expected messages per second, a number > 0");
+            } else {
+                d.rate = v;
+            }
+        }
+        d.tls = read_tls_policy(r, "tls");
+        if (r.table().get("tls_verify") != nullptr) {
+            bool v = false;
+            read_bool(r, "tls_verify", v);
+            d.tls_verify = v;
+        }
+        r.finish();
+        out.push_back(std::move(d));
+    }
 }
 
 void read_dns(context& ctx, const toml::table* t, dns_config& d) {
@@ -641,6 +805,18 @@ std::string_view role_name(listener_role r) noexcept {
             return "submission";
         case listener_role::smtps:
             return "smtps";
+    }
+    return "?";
+}
+
+std::string_view tls_policy_name(tls_policy p) noexcept {
+    switch (p) {
+        case tls_policy::none:
+            return "none";
+        case tls_policy::opportunistic:
+            return "opportunistic";
+        case tls_policy::required:
+            return "required";
     }
     return "?";
 }
@@ -722,7 +898,18 @@ parsed_config parse_config(std::string_view toml_text, std::string_view source_n
     read_delivery(ctx, section(r, "delivery"), c.delivery, c.server);
     read_dns(ctx, section(r, "dns"), c.dns);
     read_admin(ctx, section(r, "admin"), c.admin, c.listen);
+    read_auth(ctx, section(r, "auth"), c.auth);
+    read_domains(ctx, r, c.domains);
     r.finish();
+    if (!c.auth.enabled()) {
+        for (std::size_t i = 0; i < c.listen.size(); ++i) {
+            if (c.listen[i].role != listener_role::relay) {
+                ctx.fail(nullptr, fmt::format("listen[{}].role", i),
+                         fmt::format("role \"{}\" requires AUTH: set [auth] users_file",
+                                     role_name(c.listen[i].role)));
+            }
+        }
+    }
 
     if (ctx.failed()) {
         result.error = ctx.joined();

@@ -45,6 +45,14 @@ struct server_config {
     bool multishot_accept = true;
 };
 
+// One certificate chain and its private key (PEM files); read when the daemon starts and on
+// SIGHUP, not by the parser.
+struct tls_certificate {
+    std::string cert_file;
+    std::string key_file;
+    friend bool operator==(const tls_certificate&, const tls_certificate&) = default;
+};
+
 struct listener_config {
     // Canonical "ip:port" / "[v6]:port" (inet_ntop form), validated; core::parse_endpoint turns
     // it into a socket address.
@@ -53,6 +61,12 @@ struct listener_config {
     bool proxy_protocol = false;
     // Sources allowed to send a PROXY header; only consulted when proxy_protocol is on.
     cidr_set trusted_proxies;
+    // tls_cert / tls_key: one file each, or arrays of the same length (several certificates,
+    // chosen by SNI; the first is the default). STARTTLS is offered when present; role smtps
+    // requires them.
+    std::vector<tls_certificate> tls_certificates;
+    // Offer AUTH without TLS (tests only: passwords would cross the network in clear).
+    bool auth_plaintext = false;
 };
 
 struct relay_config {
@@ -67,6 +81,12 @@ struct host_port {
     friend bool operator==(const host_port&, const host_port&) = default;
 };
 
+// Outbound TLS policy (issue "TLS and authentication"): none = never STARTTLS, opportunistic =
+// STARTTLS when offered (failures fall back to plaintext only before the handshake starts),
+// required = no TLS, no delivery (deferred).
+enum class tls_policy { none, opportunistic, required };
+std::string_view tls_policy_name(tls_policy p) noexcept;
+
 struct delivery_config {
     std::optional<host_port> smarthost;  // empty = MX routing
     std::uint16_t mx_port = 25;
@@ -76,7 +96,30 @@ struct delivery_config {
     std::uint32_t max_connections = 32;  // per shard, to the smarthost
     std::uint32_t max_messages_per_connection = 1000;
     std::chrono::seconds idle_timeout{60};
-    std::string helo_name;  // default: server.hostname
+    std::string helo_name;                       // default: server.hostname
+    tls_policy tls = tls_policy::opportunistic;  // outbound default; [[domain]] tls overrides
+    bool tls_verify = false;
+    std::string tls_ca_file;  // extra trusted CAs (PEM) besides the system store
+    std::string log_file;     // JSON lines delivery log; empty = none; reopened on SIGHUP
+};
+
+// [[domain]]: per-destination overrides of the [delivery] defaults (exact name match).
+struct domain_config {
+    std::string name;  // canonical lower-case domain
+    std::optional<std::uint32_t> max_connections;
+    std::optional<std::uint32_t> max_messages_per_connection;
+    std::optional<std::chrono::seconds> connect_timeout;
+    std::optional<double> rate;  // messages per second (token bucket)
+    std::optional<tls_policy> tls;
+    std::optional<bool> tls_verify;  // system CA store (+ delivery.tls_ca_file), host name check
+};
+
+struct auth_config {
+    std::string users_file;          // "user:hash" lines; empty = no AUTH anywhere
+    std::uint32_t max_failures = 5;  // per client IP within failure_window, then 421
+    std::chrono::seconds failure_window{5 * 60};
+    std::uint32_t verify_threads = 1;  // slow hashes are verified off the shard threads
+    bool enabled() const noexcept { return !users_file.empty(); }
 };
 
 struct dns_config {
@@ -95,6 +138,8 @@ struct config {
     delivery_config delivery;
     dns_config dns;
     admin_config admin;
+    auth_config auth;
+    std::vector<domain_config> domains;  // [[domain]], names distinct
 };
 
 // The number of shards to start: server.shards, or the online CPUs when it is 0.

@@ -262,6 +262,43 @@ const bad_case bad_cases[] = {
     {"top_unknown_table", with_listener("[foo]\nx = 1\n"), "foo: unknown table"},
     {"syntax", with_listener("[server\n"), "TOML syntax error"},
     {"redefined_key", server("shards = 1\nshards = 2"), "TOML syntax error"},
+    // TLS / AUTH / [[domain]]
+    {"tls_cert_type", listener_with("tls_cert = 5"),
+     "listen[0].tls_cert: expected a file name or an array of them, got an integer"},
+    {"tls_cert_empty", listener_with("tls_cert = \"\"\ntls_key = \"k\""),
+     "listen[0].tls_cert: must not be empty"},
+    {"tls_key_missing", listener_with("tls_cert = \"c.pem\""),
+     "listen[0].tls_key: 1 certificate file(s) but 0 key file(s)"},
+    {"tls_count_mismatch", listener_with("tls_cert = [\"a\", \"b\"]\ntls_key = [\"a\"]"),
+     "listen[0].tls_key: 2 certificate file(s) but 1 key file(s)"},
+    {"auth_plaintext_type", listener_with("auth_plaintext = 1"),
+     "listen[0].auth_plaintext: expected a boolean, got an integer"},
+    {"smtps_without_cert",
+     "[auth]\nusers_file = \"u\"\n[[listen]]\naddress = \"127.0.0.1:465\"\nrole = \"smtps\"\n",
+     "listen[0].tls_cert: role \"smtps\" needs tls_cert and tls_key"},
+    {"submission_without_auth", "[[listen]]\naddress = \"127.0.0.1:587\"\nrole = \"submission\"\n",
+     "listen[0].role: role \"submission\" requires AUTH: set [auth] users_file"},
+    {"auth_unknown", "[auth]\nuser_file = \"x\"\n" + listener_with(""),
+     "auth.user_file: unknown key"},
+    {"auth_failures_zero", "[auth]\nmax_failures = 0\n" + listener_with(""),
+     "auth.max_failures: must be between 1 and 1000000, got 0"},
+    {"delivery_tls_value", "[delivery]\ntls = \"always\"\n" + listener_with(""),
+     "delivery.tls: expected \"none\", \"opportunistic\" or \"required\", got \"always\""},
+    {"domain_table", "domain = 5\n" + listener_with(""),
+     "domain: expected an array of tables ([[domain]]), got an integer"},
+    {"domain_name_missing", "[[domain]]\nrate = 1\n" + listener_with(""),
+     "domain[0].name: missing (the destination domain)"},
+    {"domain_name_bad", "[[domain]]\nname = \"a_b\"\n" + listener_with(""),
+     "domain[0].name: expected a domain name, got \"a_b\""},
+    {"domain_duplicate",
+     "[[domain]]\nname = \"a.test\"\n[[domain]]\nname = \"A.test.\"\n" + listener_with(""),
+     "domain[1].name: \"A.test.\" is already configured by domain[0].name"},
+    {"domain_rate_zero", "[[domain]]\nname = \"a.test\"\nrate = 0\n" + listener_with(""),
+     "domain[0].rate: expected messages per second, a number > 0"},
+    {"domain_tls_value", "[[domain]]\nname = \"a.test\"\ntls = \"yes\"\n" + listener_with(""),
+     "domain[0].tls: expected \"none\", \"opportunistic\" or \"required\", got \"yes\""},
+    {"domain_unknown", "[[domain]]\nname = \"a.test\"\nmx = \"x\"\n" + listener_with(""),
+     "domain[0].mx: unknown key"},
 };
 
 INSTANTIATE_TEST_SUITE_P(all, config_errors, ::testing::ValuesIn(bad_cases),
@@ -350,10 +387,34 @@ address = "[0:0::1]:25"
 role = "smtps"
 proxy_protocol = true
 trusted_proxies = ["10.1.0.0/16"]
+tls_cert = ["/etc/a.pem", "/etc/b.pem"]
+tls_key = ["/etc/a.key", "/etc/b.key"]
 
 [[listen]]
 address = "192.0.2.10:587"
 role = "submission"
+tls_cert = "/etc/c.pem"
+tls_key = "/etc/c.key"
+auth_plaintext = true
+
+[auth]
+users_file = "/etc/ringmail/users"
+max_failures = 3
+failure_window = "10m"
+verify_threads = 2
+
+[[domain]]
+name = "Big.Example."
+max_connections = 50
+max_messages_per_connection = 100
+connect_timeout = "5s"
+rate = 12.5
+tls = "required"
+tls_verify = true
+
+[[domain]]
+name = "small.example"
+rate = 2
 
 [relay]
 allow_networks = ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"]
@@ -368,6 +429,10 @@ connect_timeout = "10s"
 max_connections = 4
 max_messages_per_connection = 9
 idle_timeout = "5m"
+tls = "none"
+tls_verify = true
+tls_ca_file = "/etc/ca.pem"
+log_file = "/var/log/ringmail/delivery.json"
 
 [dns]
 servers = ["192.0.2.53:53", "[2001:db8::53]:5353"]
@@ -399,6 +464,33 @@ address = ""
     EXPECT_EQ(c.listen[1].address, "192.0.2.10:587");
     EXPECT_EQ(c.listen[1].role, listener_role::submission);
     EXPECT_EQ(role_name(c.listen[1].role), "submission");
+    EXPECT_EQ(
+        c.listen[0].tls_certificates,
+        (std::vector<tls_certificate>{{"/etc/a.pem", "/etc/a.key"}, {"/etc/b.pem", "/etc/b.key"}}));
+    EXPECT_FALSE(c.listen[0].auth_plaintext);
+    EXPECT_EQ(c.listen[1].tls_certificates,
+              (std::vector<tls_certificate>{{"/etc/c.pem", "/etc/c.key"}}));
+    EXPECT_TRUE(c.listen[1].auth_plaintext);
+
+    EXPECT_TRUE(c.auth.enabled());
+    EXPECT_EQ(c.auth.users_file, "/etc/ringmail/users");
+    EXPECT_EQ(c.auth.max_failures, 3u);
+    EXPECT_EQ(c.auth.failure_window, 10min);
+    EXPECT_EQ(c.auth.verify_threads, 2u);
+
+    ASSERT_EQ(c.domains.size(), 2u);
+    EXPECT_EQ(c.domains[0].name, "big.example");
+    EXPECT_EQ(c.domains[0].max_connections, 50u);
+    EXPECT_EQ(c.domains[0].max_messages_per_connection, 100u);
+    EXPECT_EQ(c.domains[0].connect_timeout, 5s);
+    EXPECT_EQ(c.domains[0].rate, 12.5);
+    EXPECT_EQ(c.domains[0].tls, tls_policy::required);
+    EXPECT_EQ(c.domains[0].tls_verify, true);
+    EXPECT_EQ(c.domains[1].name, "small.example");
+    EXPECT_EQ(c.domains[1].rate, 2.0);
+    EXPECT_FALSE(c.domains[1].max_connections.has_value());
+    EXPECT_FALSE(c.domains[1].tls.has_value());
+    EXPECT_FALSE(c.domains[1].tls_verify.has_value());
 
     ASSERT_EQ(c.relay.allow_networks.size(), 3u);
     EXPECT_EQ(to_string(c.relay.allow_networks.ranges()[2]), "198.51.100.7/32");
@@ -414,6 +506,10 @@ address = ""
     EXPECT_EQ(c.delivery.max_messages_per_connection, 9u);
     EXPECT_EQ(c.delivery.idle_timeout, 5min);
     EXPECT_EQ(c.delivery.helo_name, "mx1.example.test");  // follows server.hostname
+    EXPECT_EQ(c.delivery.tls, tls_policy::none);
+    EXPECT_TRUE(c.delivery.tls_verify);
+    EXPECT_EQ(c.delivery.tls_ca_file, "/etc/ca.pem");
+    EXPECT_EQ(c.delivery.log_file, "/var/log/ringmail/delivery.json");
 
     EXPECT_EQ(c.dns.servers, (std::vector<std::string>{"192.0.2.53:53", "[2001:db8::53]:5353"}));
     EXPECT_FALSE(c.admin.enabled());
