@@ -38,7 +38,8 @@ int check_config(const std::string& path) {
         if (cfg.listen[i].role != ringmail::core::listener_role::relay) {
             std::fprintf(stderr,
                          "%s: listen[%zu].role = \"%s\": this build serves role \"relay\" only\n",
-                         path.c_str(), i, std::string(ringmail::core::role_name(cfg.listen[i].role)).c_str());
+                         path.c_str(), i,
+                         std::string(ringmail::core::role_name(cfg.listen[i].role)).c_str());
             return 1;
         }
     }
@@ -56,7 +57,8 @@ int serve(ringmail::core::config cfg) {
     }
     auto sigs = ringmail::core::block_shutdown_signals();
     if (!sigs) {
-        std::fprintf(stderr, "ringmaild: cannot block signals: %s\n", sigs.error().message().c_str());
+        std::fprintf(stderr, "ringmaild: cannot block signals: %s\n",
+                     sigs.error().message().c_str());
         return 1;
     }
 
@@ -80,17 +82,21 @@ int serve(ringmail::core::config cfg) {
             if (st == startup_state::failed) {
                 std::fprintf(stderr, "ringmaild: shard %u failed to start: %s\n", s->id(),
                              s->startup_error().c_str());
-                for (auto& o : shards) o->request_stop();
+                for (auto& o : shards)
+                    o->request_stop();
                 runner.join();
                 return 1;
             }
-            if (st != startup_state::ready) all_ready = false;
+            if (st != startup_state::ready)
+                all_ready = false;
         }
-        if (all_ready) break;
+        if (all_ready)
+            break;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     std::string addrs;
-    for (const auto& l : ctx->cfg.listen) addrs += (addrs.empty() ? "" : ", ") + l.address;
+    for (const auto& l : ctx->cfg.listen)
+        addrs += (addrs.empty() ? "" : ", ") + l.address;
     log::info("ringmaild {} ready: {} shard(s), listening on {}, smarthost {}", RINGMAIL_VERSION,
               ctx->shards, addrs, ctx->smarthost ? ctx->smarthost_text : std::string("none"));
 
@@ -101,7 +107,10 @@ int serve(ringmail::core::config cfg) {
             break;
         }
         if (*sig == SIGHUP) {
-            log::info("SIGHUP: logs go to stderr and no certificates are configured; nothing to reload");
+            ctx->reload->generation.fetch_add(1, std::memory_order_release);
+            for (auto& s : shards)
+                s->wake();
+            log::info("SIGHUP: reopening the delivery log");
             continue;
         }
         if (*sig == SIGTERM || *sig == SIGINT) {
@@ -109,7 +118,8 @@ int serve(ringmail::core::config cfg) {
             break;
         }
     }
-    for (auto& s : shards) s->request_stop();
+    for (auto& s : shards)
+        s->request_stop();
     runner.join();
     log::info("ringmaild stopped");
     return 0;
@@ -126,12 +136,13 @@ int main(int argc, char** argv) {
     app.set_version_flag("--version", std::string("ringmaild ") + RINGMAIL_VERSION);
     CLI11_PARSE(app, argc, argv);
 
-    if (!check_path.empty()) return check_config(check_path);
+    if (!check_path.empty())
+        return check_config(check_path);
 
     ringmail::core::parsed_config parsed =
-        config_path.empty()
-            ? ringmail::core::parse_config(ringmail::core::default_config_toml(), "<embedded default>")
-            : ringmail::core::load_config_file(config_path);
+        config_path.empty() ? ringmail::core::parse_config(ringmail::core::default_config_toml(),
+                                                           "<embedded default>")
+                            : ringmail::core::load_config_file(config_path);
     if (!parsed) {
         std::fprintf(stderr, "ringmaild: %s\n", parsed.error.c_str());
         return 1;

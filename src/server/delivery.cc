@@ -3,15 +3,16 @@
 #include "ringmail/core/log.h"
 #include "ringmail/core/socket.h"
 #include "ringmail/queue/dsn.h"
+#include "ringmail/server/delivery_log.h"
 #include "ringmail/server/shard.h"
 
 #include <fmt/format.h>
-#include <limits.h>
 #include <liburing.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits.h>
 
 namespace ringmail::server {
 
@@ -38,11 +39,52 @@ std::string one_line(std::string_view text) {
 }
 
 std::string_view status_word(int code) {
-    if (code >= 200 && code < 300) return "sent";
-    if (code >= 500 && code < 600) return "bounced";
+    if (code >= 200 && code < 300)
+        return "sent";
+    if (code >= 500 && code < 600)
+        return "bounced";
     return "deferred";
 }
+
+bool contains(const std::vector<std::uint32_t>& v, std::uint32_t x) {
+    return std::find(v.begin(), v.end(), x) != v.end();
+}
 }  // namespace
+
+// Delivery log lines for one attempt's recipients, once the queue has decided their fate
+// (a 4xx past max_lifetime is an Expiration, not a TransientFailure).
+void delivery::log_outcomes(const attempt_context& at, const queue::apply_actions& a,
+                            const std::function<const queue::attempt_reply&(std::size_t)>& reply) {
+    delivery_log& events = _shard.events();
+    if (!events.enabled())
+        return;
+    std::string id = spool::format_queue_id(at.id);
+    std::string scratch;
+    std::string_view message_id = find_message_id(at.message, scratch);
+    const std::int64_t now_ms = _shard.unix_now_ms();
+    for (std::size_t i = 0; i < at.rcpts.size(); ++i) {
+        const std::uint32_t index = at.rcpt_index[i];
+        delivery_record r;
+        r.type = contains(a.delivered, index) ? delivery_event::delivery
+                 : contains(a.bounced, index) ? delivery_event::bounce
+                 : contains(a.expired, index) ? delivery_event::expiration
+                                              : delivery_event::transient_failure;
+        const queue::attempt_reply& rep = reply(i);
+        std::string reply_text = rep.to_string();
+        r.time_ms = now_ms;
+        r.queue_id = id;
+        r.message_id = message_id;
+        r.sender = at.sender;
+        r.recipient = at.rcpts[i];
+        r.mx_host = rep.remote_mta;
+        r.mx_ip = at.mx_ip;
+        r.reply = reply_text;
+        r.attempt = at.attempt;
+        r.latency_ms = std::max<std::int64_t>(0, now_ms - at.arrival * 1000);
+        r.size = static_cast<std::int64_t>(at.message.size());
+        events.add(r);
+    }
+}
 
 // --- outbound_connection ---
 
@@ -67,8 +109,7 @@ void outbound_connection::connect() {
     _connecting = true;
     ++_in_flight;
     _shard.reactor().connect(_fd, ep.addr(), ep.len, &_connect_op);
-    _shard.reactor().arm(*this,
-                         _shard.reactor().now() + _shard.ctx().cfg.delivery.connect_timeout);
+    _shard.reactor().arm(*this, _shard.reactor().now() + _shard.ctx().cfg.delivery.connect_timeout);
 }
 
 void outbound_connection::start(delivery_job job) {
@@ -122,10 +163,12 @@ void outbound_connection::on_recv(int res, std::uint32_t flags) {
         auto& bufs = _shard.buffers();
         auto bid = core::buffer_ring::buffer_id(flags);
         auto bytes = bufs.data(bid, static_cast<std::size_t>(res));
-        if (!_closing) _session.receive(bytes);
+        if (!_closing)
+            _session.receive(bytes);
         bufs.recycle(bid);
     } else if (res == 0 || (res != -ENOBUFS && res != -ECANCELED)) {
-        if (!_closing) _session.on_connection_lost();
+        if (!_closing)
+            _session.on_connection_lost();
     }
     if (!_closing && !_recv_armed && !_session.closed()) {
         _recv_armed = true;
@@ -180,7 +223,8 @@ void outbound_connection::on_close(int, std::uint32_t) {
 }
 
 void outbound_connection::on_expire() {
-    if (_closing) return;
+    if (_closing)
+        return;
     if (_connecting) {
         fail(fmt::format("connect to {}: timed out", _owner.smarthost_text()));
         return;
@@ -196,10 +240,12 @@ void outbound_connection::on_expire() {
 
 void outbound_connection::send_pieces() {
     auto pieces = _session.begin_send();
-    if (pieces.empty()) return;
+    if (pieces.empty())
+        return;
     _iov.clear();
     for (auto p : pieces) {
-        if (!p.empty()) _iov.push_back(iovec{const_cast<char*>(p.data()), p.size()});
+        if (!p.empty())
+            _iov.push_back(iovec{const_cast<char*>(p.data()), p.size()});
     }
     _iov_first = 0;
     if (_iov.empty()) {
@@ -225,27 +271,32 @@ void outbound_connection::pump() {
         ++_transactions;
         _owner.finished(*this, job, *r);
     }
-    if (_session.ready()) _established = true;
-    if (!_send_in_flight) send_pieces();
+    if (_session.ready())
+        _established = true;
+    if (!_send_in_flight)
+        send_pieces();
     if (_session.closed()) {
         if (!_established && _session.failed()) {
             // Greeting or EHLO refused, or the server went away before we could use it.
             _owner.connection_failed(*this, std::nullopt, _session.last_error());
         }
-        if (!_send_in_flight) start_close();
+        if (!_send_in_flight)
+            start_close();
         return;
     }
     if (_session.ready() && !_job) {
         std::uint32_t limit = _shard.ctx().cfg.delivery.max_messages_per_connection;
         if (_stopping || (limit != 0 && _transactions >= limit)) {
             _session.quit();
-            if (!_send_in_flight) send_pieces();
+            if (!_send_in_flight)
+                send_pieces();
             _shard.reactor().arm(*this, _shard.reactor().now() + _session.current_timeout() + 1s);
             _idle = false;
             return;
         }
         _idle = true;
-        _shard.reactor().arm(*this, _shard.reactor().now() + _shard.ctx().cfg.delivery.idle_timeout);
+        _shard.reactor().arm(*this,
+                             _shard.reactor().now() + _shard.ctx().cfg.delivery.idle_timeout);
         _owner.kick();
         return;
     }
@@ -266,7 +317,8 @@ void outbound_connection::fail(std::string_view why) {
 }
 
 void outbound_connection::start_close() {
-    if (_closing) return;
+    if (_closing)
+        return;
     _closing = true;
     _shard.reactor().disarm(*this);
     if ((_recv_armed || _connecting) && !_cancel_sent) {
@@ -276,12 +328,14 @@ void outbound_connection::start_close() {
                                             : static_cast<core::completion*>(&_recv_op),
                                 &_cancel_op);
     }
-    if (_send_in_flight && _fd >= 0) _shard.reactor().shutdown(_fd, SHUT_RDWR);
+    if (_send_in_flight && _fd >= 0)
+        _shard.reactor().shutdown(_fd, SHUT_RDWR);
     check_finished();
 }
 
 void outbound_connection::check_finished() {
-    if (!_closing || _in_flight != 0 || _finished) return;
+    if (!_closing || _in_flight != 0 || _finished)
+        return;
     if (_fd >= 0) {
         ++_in_flight;
         _shard.reactor().close(_fd, &_close_op);
@@ -297,11 +351,27 @@ void outbound_connection::check_finished() {
 delivery::delivery(shard& sh)
     : _shard(sh), _queue(make_queue_config(sh.ctx())), _rng(std::random_device{}()) {}
 
-delivery::~delivery() { _conns.clear(); }
+delivery::~delivery() {
+    _conns.clear();
+}
 
-const std::string& delivery::smarthost_text() const { return _shard.ctx().smarthost_text; }
+const std::string& delivery::smarthost_text() const {
+    return _shard.ctx().smarthost_text;
+}
 
-bool delivery::can_accept() const { return _queue.counts().queued < _queue.max_entries(); }
+std::string_view delivery::smarthost_ip() const {
+    if (_smarthost_ip.empty() && _shard.ctx().smarthost) {
+        _smarthost_ip = core::to_string(*_shard.ctx().smarthost);
+        _smarthost_ip.resize(_smarthost_ip.rfind(':'));
+        if (_smarthost_ip.size() > 2 && _smarthost_ip.front() == '[')
+            _smarthost_ip = _smarthost_ip.substr(1, _smarthost_ip.size() - 2);
+    }
+    return _smarthost_ip;
+}
+
+bool delivery::can_accept() const {
+    return _queue.counts().queued < _queue.max_entries();
+}
 
 void delivery::add_recovered(spool::spool& sp, const spool::recovered_message& m) {
     (void)sp;
@@ -347,6 +417,20 @@ void delivery::add_committed(spool::spool& sp, spool::queue_id id) {
         rc.address = r;
         e.rcpts.push_back(std::move(rc));
     }
+    if (_shard.events().enabled()) {
+        std::string qid = spool::format_queue_id(id);
+        std::string scratch;
+        delivery_record r;
+        r.type = delivery_event::reception;
+        r.time_ms = _shard.unix_now_ms();
+        r.queue_id = qid;
+        r.message_id = find_message_id(m->body, scratch);
+        r.sender = m->env.mail_from;
+        r.recipients = static_cast<std::uint32_t>(m->env.rcpt_to.size());
+        r.client_ip = m->env.client_address;
+        r.size = static_cast<std::int64_t>(m->body.size());
+        _shard.events().add(r);
+    }
     auto added = _queue.add(std::move(e));
     if (!added) {
         // Durable all the same: the next start-up queues it again.
@@ -364,7 +448,8 @@ void delivery::add_committed(spool::spool& sp, spool::queue_id id) {
 }
 
 void delivery::internal_committed(const result<spool::queue_id>& id) {
-    if (!id) log::error("a delivery status notification could not be spooled: {}", id.error().message());
+    if (!id)
+        log::error("a delivery status notification could not be spooled: {}", id.error().message());
 }
 
 std::optional<delivery_job> delivery::next_job() {
@@ -382,7 +467,8 @@ std::optional<delivery_job> delivery::next_job() {
             why.text = "spool read failed";
             std::string sender = e->sender;  // the entry may be gone after apply
             auto a = _queue.apply_connection_failure(*id, why, now, _rng);
-            if (sp) apply(*sp, *id, a, sender);
+            if (sp)
+                apply(*sp, *id, a, sender);
             continue;
         }
         delivery_job job;
@@ -390,7 +476,8 @@ std::optional<delivery_job> delivery::next_job() {
         job.msg = std::move(*m);
         job.attempt = e->attempts + 1;
         for (std::uint32_t i = 0; i < e->rcpts.size(); ++i) {
-            if (e->rcpts[i].state != queue::rcpt_state::pending) continue;
+            if (e->rcpts[i].state != queue::rcpt_state::pending)
+                continue;
             job.rcpts.push_back(e->rcpts[i].address);
             job.rcpt_index.push_back(i);
         }
@@ -399,7 +486,8 @@ std::optional<delivery_job> delivery::next_job() {
     return std::nullopt;
 }
 
-void delivery::finished(outbound_connection&, delivery_job& job, const smtp::transaction_result& r) {
+void delivery::finished(outbound_connection&, delivery_job& job,
+                        const smtp::transaction_result& r) {
     std::int64_t now = _shard.unix_now();
     std::vector<queue::rcpt_outcome> outcomes;
     outcomes.reserve(job.rcpts.size());
@@ -410,7 +498,8 @@ void delivery::finished(outbound_connection&, delivery_job& job, const smtp::tra
                                .text = one_line(rep.text),
                                .remote_mta = smarthost_text()};
         // A made-up reply (no server answer) is transient whatever else it says.
-        if (r.temporary(i) && (a.code < 400 || a.code >= 500)) a.code = 451;
+        if (r.temporary(i) && (a.code < 400 || a.code >= 500))
+            a.code = 451;
         log::info("{}: to=<{}>, relay={}, delay={}, attempt={}, status={} ({})",
                   spool::format_queue_id(job.msg.id), log::sanitize(job.rcpts[i]), smarthost_text(),
                   now - job.msg.env.arrival_time, job.attempt, status_word(a.code),
@@ -418,8 +507,21 @@ void delivery::finished(outbound_connection&, delivery_job& job, const smtp::tra
         outcomes.push_back(queue::rcpt_outcome{.rcpt = job.rcpt_index[i], .reply = std::move(a)});
     }
     auto actions = _queue.apply(job.msg.id, outcomes, now, _rng);
+    log_outcomes(job_context(job), actions,
+                 [&](std::size_t i) -> const queue::attempt_reply& { return outcomes[i].reply; });
     apply(*job.sp, job.msg.id, actions, job.msg.env.mail_from);
     kick();
+}
+
+delivery::attempt_context delivery::job_context(const delivery_job& job) const {
+    return attempt_context{.id = job.msg.id,
+                           .sender = job.msg.env.mail_from,
+                           .arrival = job.msg.env.arrival_time,
+                           .attempt = job.attempt,
+                           .message = job.msg.body,
+                           .mx_ip = smarthost_ip(),
+                           .rcpts = job.rcpts,
+                           .rcpt_index = job.rcpt_index};
 }
 
 void delivery::connection_failed(outbound_connection& c, std::optional<delivery_job> job,
@@ -429,7 +531,8 @@ void delivery::connection_failed(outbound_connection& c, std::optional<delivery_
                            .enhanced = why.enhanced.empty() ? "4.4.1" : why.enhanced,
                            .text = one_line(why.text),
                            .remote_mta = smarthost_text()};
-    if (why.permanent()) a.code = 421;  // a refusing greeting defers; only replies to mail bounce
+    if (why.permanent())
+        a.code = 421;  // a refusing greeting defers; only replies to mail bounce
     if (job) {
         auto actions = _queue.apply_connection_failure(job->msg.id, a, now, _rng);
         for (const auto& rc : job->rcpts) {
@@ -437,28 +540,55 @@ void delivery::connection_failed(outbound_connection& c, std::optional<delivery_
                       spool::format_queue_id(job->msg.id), log::sanitize(rc), smarthost_text(),
                       now - job->msg.env.arrival_time, job->attempt, log::sanitize(a.to_string()));
         }
+        log_outcomes(job_context(*job), actions,
+                     [&](std::size_t) -> const queue::attempt_reply& { return a; });
         apply(*job->sp, job->msg.id, actions, job->msg.env.mail_from);
     }
     // While no connection to the smarthost works, everything due waits for its retry time:
     // the retry schedule paces reconnection instead of a connect storm.
     bool any_working = false;
     for (const auto& o : _conns) {
-        if (o.get() != &c && o->working() && !o->finished()) any_working = true;
+        if (o.get() != &c && o->working() && !o->finished())
+            any_working = true;
     }
-    if (!any_working) defer_all_ready(smtp::make_reply(a.code, a.enhanced, a.text));
+    if (!any_working)
+        defer_all_ready(smtp::make_reply(a.code, a.enhanced, a.text));
     kick();
 }
 
 void delivery::defer_all_ready(const smtp::server_reply& why) {
     std::int64_t now = _shard.unix_now();
-    queue::attempt_reply a{.code = why.code, .enhanced = why.enhanced, .text = one_line(why.text),
+    queue::attempt_reply a{.code = why.code,
+                           .enhanced = why.enhanced,
+                           .text = one_line(why.text),
                            .remote_mta = smarthost_text()};
     std::size_t n = 0;
     while (auto id = _queue.pop_ready(now)) {
         spool::spool* sp = _shard.spool_for(*id);
-        std::string sender = _queue.find(*id)->sender;  // the entry may be gone after apply
+        const queue::queue_entry* e = _queue.find(*id);
+        std::string sender = e->sender;  // the entry may be gone after apply
+        attempt_context at;
+        at.id = *id;
+        at.sender = sender;
+        at.arrival = e->arrival;
+        at.attempt = e->attempts + 1;
+        at.mx_ip = smarthost_ip();
+        std::vector<std::string> rcpts;
+        std::vector<std::uint32_t> index;
+        if (_shard.events().enabled()) {
+            for (std::uint32_t i = 0; i < e->rcpts.size(); ++i) {
+                if (e->rcpts[i].state != queue::rcpt_state::pending)
+                    continue;
+                rcpts.push_back(e->rcpts[i].address);
+                index.push_back(i);
+            }
+            at.rcpts = rcpts;
+            at.rcpt_index = index;
+        }
         auto actions = _queue.apply_connection_failure(*id, a, now, _rng);
-        if (sp) apply(*sp, *id, actions, sender);
+        log_outcomes(at, actions, [&](std::size_t) -> const queue::attempt_reply& { return a; });
+        if (sp)
+            apply(*sp, *id, actions, sender);
         ++n;
     }
     if (n != 0) {
@@ -469,20 +599,26 @@ void delivery::defer_all_ready(const smtp::server_reply& why) {
 
 void delivery::apply(spool::spool& sp, spool::queue_id id, const queue::apply_actions& a,
                      std::string_view sender) {
-    for (auto i : a.delivered) sp.record_rcpt(id, i, spool::outcome::delivered);
-    for (auto i : a.bounced) sp.record_rcpt(id, i, spool::outcome::bounced);
+    for (auto i : a.delivered)
+        sp.record_rcpt(id, i, spool::outcome::delivered);
+    for (auto i : a.bounced)
+        sp.record_rcpt(id, i, spool::outcome::bounced);
     for (auto i : a.expired) {
         sp.record_rcpt(id, i, spool::outcome::expired);
-        log::info("{}: recipient {} expired after delivery.max_lifetime", spool::format_queue_id(id), i);
+        log::info("{}: recipient {} expired after delivery.max_lifetime",
+                  spool::format_queue_id(id), i);
     }
-    if (a.retry) sp.record_attempt(id, a.retry->attempts, a.retry->next_attempt);
+    if (a.retry)
+        sp.record_attempt(id, a.retry->attempts, a.retry->next_attempt);
     if (a.bounce) {
         spool_bounce(sp, *a.bounce);
     } else if (sender.empty() && (!a.bounced.empty() || !a.expired.empty())) {
         // RFC 5321 6.1: never a notification about a notification (or any null-sender mail).
-        log::info("{}: undeliverable, null sender: no notification sent", spool::format_queue_id(id));
+        log::info("{}: undeliverable, null sender: no notification sent",
+                  spool::format_queue_id(id));
     }
-    if (a.done) sp.record_done(id);
+    if (a.done)
+        sp.record_done(id);
 }
 
 void delivery::spool_bounce(spool::spool& sp, const queue::bounce_request& b) {
@@ -517,17 +653,20 @@ void delivery::spool_bounce(spool::spool& sp, const queue::bounce_request& b) {
     auto& own = _shard.own_spool();
     auto w = own.begin(env);
     if (!w) {
-        log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(b.id), w.error().message());
+        log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(b.id),
+                   w.error().message());
         return;
     }
     if (auto ok = own.append(*w, text); !ok) {
         own.abort(*w);
-        log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(b.id), ok.error().message());
+        log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(b.id),
+                   ok.error().message());
         return;
     }
     auto id = own.finish(*w, {}, 0);
     if (!id) {
-        log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(b.id), id.error().message());
+        log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(b.id),
+                   id.error().message());
         return;
     }
     log::info("{}: sender non-delivery notification: {} (to=<{}>, {} recipient(s))",
@@ -543,16 +682,20 @@ void delivery::kick() {
     _kicking = true;
     do {
         _rekick = false;
-        if (_draining || !_shard.ctx().smarthost) break;
+        if (_draining || !_shard.ctx().smarthost)
+            break;
         for (auto& c : _conns) {
-            if (!c->ready()) continue;
+            if (!c->ready())
+                continue;
             auto job = next_job();
-            if (!job) break;
+            if (!job)
+                break;
             c->start(std::move(*job));
         }
         std::size_t spare = 0;
         for (auto& c : _conns) {
-            if (!c->has_job() && !c->finished()) ++spare;
+            if (!c->has_job() && !c->finished())
+                ++spare;
         }
         std::size_t ready = _queue.due(_shard.unix_now());
         std::size_t limit = _shard.ctx().cfg.delivery.max_connections;
@@ -573,14 +716,18 @@ void delivery::arm_wakeup() {
     std::int64_t now = _shard.unix_now();
     if (!w || *w <= now) {
         // Due work is picked up when a connection frees up; nothing to wait for.
-        if (!w) _shard.reactor().disarm(*this);
-        if (w && !armed()) _shard.reactor().arm(*this, _shard.reactor().now() + 1s);
+        if (!w)
+            _shard.reactor().disarm(*this);
+        if (w && !armed())
+            _shard.reactor().arm(*this, _shard.reactor().now() + 1s);
         return;
     }
     _shard.reactor().arm(*this, _shard.reactor().now() + std::chrono::seconds(*w - now));
 }
 
-void delivery::on_expire() { kick(); }
+void delivery::on_expire() {
+    kick();
+}
 
 void delivery::connection_closed(outbound_connection&) {
     // Destroyed at the end of this loop iteration, never inside its own call stack.
@@ -588,18 +735,23 @@ void delivery::connection_closed(outbound_connection&) {
 }
 
 void delivery::reap() {
-    if (!_reap_pending) return;
+    if (!_reap_pending)
+        return;
     _reap_pending = false;
     std::size_t before = _conns.size();
     _conns.remove_if([](const auto& c) { return c->finished(); });
-    if (_conns.size() != before) kick();
+    if (_conns.size() != before)
+        kick();
 }
 
 void delivery::begin_drain(bool force) {
     _draining = true;
-    for (auto& c : _conns) c->stop(force);
+    for (auto& c : _conns)
+        c->stop(force);
 }
 
-bool delivery::idle() const { return _conns.empty(); }
+bool delivery::idle() const {
+    return _conns.empty();
+}
 
 }  // namespace ringmail::server

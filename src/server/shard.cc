@@ -3,15 +3,15 @@
 #include "ringmail/core/log.h"
 #include "ringmail/core/oncore.h"
 #include "ringmail/server/delivery.h"
+#include "ringmail/server/delivery_log.h"
 #include "ringmail/server/inbound.h"
-
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 namespace ringmail::server {
 
@@ -31,12 +31,13 @@ constexpr std::uint16_t recv_buffer_group = 1;
 // One [[listen]] address on this shard: a SO_REUSEPORT socket with a multishot accept (or a
 // single-shot one re-armed per connection when server.multishot_accept is off).
 class listener final : private core::timer {
-public:
+  public:
     listener(shard& owner, const listener_settings& settings, int fd)
         : _shard(owner), _settings(settings), _fd(fd) {}
 
     void arm() {
-        if (_armed || _closing) return;
+        if (_armed || _closing)
+            return;
         _armed = true;
         ++_in_flight;
         if (_shard.ctx().cfg.server.multishot_accept) {
@@ -47,7 +48,8 @@ public:
     }
 
     void close() {
-        if (_closing) return;
+        if (_closing)
+            return;
         _closing = true;
         _shard.reactor().disarm(*this);
         if (_armed) {
@@ -59,7 +61,7 @@ public:
 
     bool done() const noexcept { return _closing && _in_flight == 0 && _fd < 0; }
 
-private:
+  private:
     void on_accept(int res, std::uint32_t flags) {
         if (!(flags & IORING_CQE_F_MORE)) {
             _armed = false;
@@ -79,7 +81,8 @@ private:
                 return;
             }
         }
-        if (!_armed && !_closing && !armed()) arm();
+        if (!_armed && !_closing && !armed())
+            arm();
         finish();
     }
     void on_cancel(int, std::uint32_t) {
@@ -108,12 +111,12 @@ namespace {
 // A connection refused at accept time (too many connections, draining): one 421 line, then
 // close. Deletes itself when its last operation completes.
 class refusal final {
-public:
+  public:
     refusal(core::reactor& r, int fd, std::string line) : _r(r), _fd(fd), _line(std::move(line)) {
         _r.send(_fd, _line.data(), _line.size(), &_op);
     }
 
-private:
+  private:
     void on_sent(int, std::uint32_t) {
         _r.close(_fd);
         delete this;
@@ -125,7 +128,9 @@ private:
 };
 }  // namespace
 
-void shard::spool_slot::on_written(int res, std::uint32_t) { owner->batch_done(*this, res); }
+void shard::spool_slot::on_written(int res, std::uint32_t) {
+    owner->batch_done(*this, res);
+}
 
 shard::shard(unsigned id, const daemon_context& ctx) : _id(id), _ctx(ctx) {
     _wake_fd = ::eventfd(0, EFD_CLOEXEC);
@@ -134,27 +139,42 @@ shard::shard(unsigned id, const daemon_context& ctx) : _id(id), _ctx(ctx) {
 shard::~shard() {
     _connections.clear();
     _delivery.reset();
+    _events.reset();
     _listeners.clear();
     _buffers.reset();
     _reactor.reset();
     _spools.clear();
-    if (_wake_fd >= 0) ::close(_wake_fd);
+    if (_wake_fd >= 0)
+        ::close(_wake_fd);
 }
 
 void shard::request_stop() noexcept {
     _stop_requested.store(true, std::memory_order_release);
+    wake();
+}
+
+void shard::wake() noexcept {
     std::uint64_t one = 1;
     if (_wake_fd >= 0) {
         [[maybe_unused]] auto n = ::write(_wake_fd, &one, sizeof one);
     }
 }
 
-std::int64_t shard::unix_now() const noexcept { return static_cast<std::int64_t>(::time(nullptr)); }
+std::int64_t shard::unix_now() const noexcept {
+    return static_cast<std::int64_t>(::time(nullptr));
+}
+
+std::int64_t shard::unix_now_ms() const noexcept {
+    timespec ts{};
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
 
 spool::spool* shard::spool_for(spool::queue_id id) noexcept {
     unsigned origin = spool::queue_id_shard(id);
     for (auto& slot : _spools) {
-        if (slot->dir_shard == origin) return slot->sp.get();
+        if (slot->dir_shard == origin)
+            return slot->sp.get();
     }
     return nullptr;
 }
@@ -200,11 +220,13 @@ bool shard::start(std::string& why) {
         slot->sp = std::move(*sp);
         auto rec = slot->sp->recover();
         if (!rec) {
-            why = fmt::format("spool {}: recovery failed: {}", path.string(), rec.error().message());
+            why =
+                fmt::format("spool {}: recovery failed: {}", path.string(), rec.error().message());
             return false;
         }
         if (!rec->empty()) {
-            log::info("spool {}: {} message(s) to deliver after restart", path.string(), rec->size());
+            log::info("spool {}: {} message(s) to deliver after restart", path.string(),
+                      rec->size());
         }
         for (auto& m : *rec) {
             recovered_all.push_back(std::move(m));
@@ -213,6 +235,7 @@ bool shard::start(std::string& why) {
         _spools.push_back(std::move(slot));
     }
 
+    _events = std::make_unique<delivery_log>(_ctx.cfg.delivery.log_file, _ctx.reload->generation);
     _delivery = std::make_unique<delivery>(*this);
     for (std::size_t i = 0; i < recovered_all.size(); ++i) {
         _delivery->add_recovered(*recovered_slots[i]->sp, recovered_all[i]);
@@ -221,7 +244,8 @@ bool shard::start(std::string& why) {
     for (const auto& l : _ctx.listeners) {
         auto fd = core::make_listener(l.endpoint, 1024);
         if (!fd) {
-            why = fmt::format("listen on {}: {}", core::to_string(l.endpoint), fd.error().message());
+            why =
+                fmt::format("listen on {}: {}", core::to_string(l.endpoint), fd.error().message());
             return false;
         }
         _listeners.push_back(std::make_unique<listener>(*this, l, *fd));
@@ -229,8 +253,10 @@ bool shard::start(std::string& why) {
 
     _reactor->on_iteration_end([this] { flush_commits(); });
     _reactor->on_iteration_end([this] { _delivery->reap(); });
+    _reactor->on_iteration_end([this] { _events->flush(); });
     arm_wake();
-    for (auto& l : _listeners) l->arm();
+    for (auto& l : _listeners)
+        l->arm();
     return true;
 }
 
@@ -249,10 +275,12 @@ void shard::run() {
         if (_draining) {
             bool late = _reactor->now() >= _drain_deadline;
             if (late) {
-                for (auto& [id, c] : _connections) c->shutdown(true);
+                for (auto& [id, c] : _connections)
+                    c->shutdown(true);
                 _delivery->begin_drain(true);
             }
-            if (drained() || (late && _connections.empty())) _stopped = true;
+            if (drained() || (late && _connections.empty()))
+                _stopped = true;
         }
     }
     // Flush what the last iteration may have left and let the ring settle.
@@ -265,29 +293,35 @@ void shard::run() {
 
 bool shard::any_batch_in_flight() const {
     for (const auto& s : _spools) {
-        if (s->in_flight || s->sp->has_pending()) return true;
+        if (s->in_flight || s->sp->has_pending())
+            return true;
     }
     return false;
 }
 
 bool shard::drained() const {
-    if (!_connections.empty()) return false;
+    if (!_connections.empty())
+        return false;
     for (const auto& l : _listeners) {
-        if (!l->done()) return false;
+        if (!l->done())
+            return false;
     }
-    if (any_batch_in_flight()) return false;
+    if (any_batch_in_flight())
+        return false;
     return _delivery->idle();
 }
 
 void shard::arm_wake() {
-    if (_wake_armed) return;
+    if (_wake_armed)
+        return;
     _wake_armed = true;
     _reactor->read(_wake_fd, &_wake_buf, sizeof _wake_buf, &_wake_op);
 }
 
 void shard::on_wake(int, std::uint32_t) {
     _wake_armed = false;
-    if (_stop_requested.load(std::memory_order_acquire) && !_draining) begin_drain();
+    if (_stop_requested.load(std::memory_order_acquire) && !_draining)
+        begin_drain();
     arm_wake();
 }
 
@@ -295,14 +329,17 @@ void shard::begin_drain() {
     _draining = true;
     _drain_deadline = _reactor->now() + drain_timeout;
     log::info("shard {}: draining ({} connection(s) open)", _id, _connections.size());
-    for (auto& l : _listeners) l->close();
+    for (auto& l : _listeners)
+        l->close();
     // shutdown() may close and forget connections: iterate over a snapshot of ids.
     std::vector<std::uint64_t> ids;
     ids.reserve(_connections.size());
-    for (auto& [id, c] : _connections) ids.push_back(id);
+    for (auto& [id, c] : _connections)
+        ids.push_back(id);
     for (auto id : ids) {
         auto it = _connections.find(id);
-        if (it != _connections.end()) it->second->shutdown(false);
+        if (it != _connections.end())
+            it->second->shutdown(false);
     }
     _delivery->begin_drain(false);
 }
@@ -315,8 +352,9 @@ void shard::accepted_connection(int fd, const listener_settings& l) {
     if (_connections.size() >= _ctx.cfg.server.max_connections) {
         log::warn("connection refused: {} connections open (server.max_connections)",
                   _connections.size());
-        new refusal(*_reactor, fd, fmt::format("421 4.7.0 {} Too many connections, try later\r\n",
-                                               _ctx.cfg.server.hostname));
+        new refusal(*_reactor, fd,
+                    fmt::format("421 4.7.0 {} Too many connections, try later\r\n",
+                                _ctx.cfg.server.hostname));
         return;
     }
     auto peer = core::peer_endpoint(fd);
@@ -334,17 +372,21 @@ void shard::accepted_connection(int fd, const listener_settings& l) {
     raw->start();
 }
 
-void shard::forget(std::uint64_t connection_id) { _connections.erase(connection_id); }
+void shard::forget(std::uint64_t connection_id) {
+    _connections.erase(connection_id);
+}
 
 void shard::flush_commits() {
     for (auto& slot : _spools) {
-        if (slot->in_flight || _reactor->now() < slot->retry_at) continue;
+        if (slot->in_flight || _reactor->now() < slot->retry_at)
+            continue;
         const spool::commit_batch* b = slot->sp->prepare_batch();
-        if (b == nullptr) continue;
+        if (b == nullptr)
+            continue;
         slot->requests.clear();
         for (const auto& w : b->writes) {
-            slot->requests.push_back(core::write_request{
-                w.fd, w.offset, w.iov.data(), static_cast<unsigned>(w.iov.size())});
+            slot->requests.push_back(core::write_request{w.fd, w.offset, w.iov.data(),
+                                                         static_cast<unsigned>(w.iov.size())});
         }
         if (slot->requests.empty() && b->sync_fds.empty()) {
             batch_done(*slot, 0);
@@ -358,7 +400,9 @@ void shard::flush_commits() {
 void shard::batch_done(spool_slot& slot, int res) {
     slot.in_flight = false;
     if (res < 0) {
-        slot.backoff = slot.backoff.count() == 0 ? 50ms : std::min<std::chrono::milliseconds>(slot.backoff * 2, 1s);
+        slot.backoff = slot.backoff.count() == 0
+                           ? 50ms
+                           : std::min<std::chrono::milliseconds>(slot.backoff * 2, 1s);
         slot.retry_at = _reactor->now() + slot.backoff;
         _reactor->arm(slot, slot.retry_at);
         log::error("spool {}: commit failed: {} (next attempt in {} ms)", slot.sp->dir().string(),
@@ -369,7 +413,8 @@ void shard::batch_done(spool_slot& slot, int res) {
     }
     auto committed = slot.sp->complete_batch(res);
     for (auto& c : committed) {
-        if (c.id) _delivery->add_committed(*slot.sp, *c.id);
+        if (c.id)
+            _delivery->add_committed(*slot.sp, *c.id);
         if (c.token == 0) {
             _delivery->internal_committed(c.id);
             continue;

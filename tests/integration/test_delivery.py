@@ -8,6 +8,9 @@ one-second retry schedule, so each retry happens within a few seconds."""
 import email
 import email.message
 import email.parser
+import json
+import os
+import signal
 import re
 import smtplib
 import time
@@ -276,6 +279,81 @@ class ConnectionReuseTest(DeliveryTestCase):
         self.assertGreaterEqual(self.sink.connections, self.MESSAGES // 5)
         # Reuse still happens within the limit (allow for the odd extra connection).
         self.assertLessEqual(self.sink.connections, self.MESSAGES // 5 + 2 * self.SHARDS)
+        self.daemon.stop()
+
+
+class DeliveryLogTest(DeliveryTestCase):
+    """[delivery] log_file: one JSON line per event; SIGHUP reopens the file (log rotation)."""
+    OK, LATER, BAD = "ok@dest.test", "later@dest.test", "bad@dest.test"
+
+    def read_events(self, path: str) -> list[dict]:
+        if not os.path.exists(path):
+            return []
+        with open(path, "rb") as f:
+            return [json.loads(line) for line in f.read().splitlines()]
+
+    def wait_events(self, path: str, predicate, what: str) -> list[dict]:
+        ok = harness.wait_until(lambda: predicate(self.read_events(path)), DELIVERY_TIMEOUT,
+                                interval=0.1)
+        self.assertTrue(ok, f"{what}: {self.read_events(path)}\n{self.daemon.log_text()}")
+        return self.read_events(path)
+
+    def test_events_and_reopen(self):
+        workdir = harness.temp_dir()
+        path = os.path.join(workdir, "delivery.json")
+        self.start(sink_kwargs={"reject_rcpts": {self.BAD: "550 5.1.1 no such user"},
+                                "tempfail_rcpts": {self.LATER: 1}},
+                   delivery_options={"log_file": path})
+        self.send(SENDER, [self.OK, self.LATER, self.BAD],
+                  message("log1@origin.test", "logged \u00e9"))
+
+        def complete(events):
+            types = [(e["type"], e.get("recipient")) for e in events]
+            return (("Delivery", self.LATER) in types and ("Bounce", self.BAD) in types
+                    and any(e["type"] == "Delivery" and e["sender"] == "" for e in events))
+        events = self.wait_events(path, complete, "not every event was logged")
+
+        [rx] = [e for e in events if e["type"] == "Reception" and e["sender"] == SENDER]
+        self.assertEqual(rx["recipients"], 3)
+        self.assertEqual(rx["message_id"], "<log1@origin.test>")
+        self.assertEqual(rx["client_ip"], "127.0.0.1")
+        self.assertGreater(rx["size"], 0)
+        qid = rx["queue_id"]
+        mine = [e for e in events if e.get("queue_id") == qid and e["type"] != "Reception"]
+        by_rcpt = {}
+        for e in mine:
+            self.assertEqual(e["message_id"], "<log1@origin.test>")
+            self.assertEqual(e["sender"], SENDER)
+            self.assertEqual(e["mx_ip"], "127.0.0.1")
+            self.assertIn("attempt", e)
+            self.assertGreaterEqual(e["latency_ms"], 0)
+            self.assertRegex(e["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+            by_rcpt.setdefault(e["recipient"], []).append(e)
+        self.assertEqual([e["type"] for e in by_rcpt[self.OK]], ["Delivery"])
+        self.assertTrue(by_rcpt[self.OK][0]["reply"].startswith("250"), by_rcpt[self.OK])
+        self.assertEqual([e["type"] for e in by_rcpt[self.LATER]],
+                         ["TransientFailure", "Delivery"])
+        self.assertEqual([e["attempt"] for e in by_rcpt[self.LATER]], [1, 2])
+        self.assertTrue(by_rcpt[self.LATER][0]["reply"].startswith("4"), by_rcpt[self.LATER])
+        self.assertEqual([e["type"] for e in by_rcpt[self.BAD]], ["Bounce"])
+        self.assertIn("no such user", by_rcpt[self.BAD][0]["reply"])
+        # The DSN is a message of its own: received locally from <>, then delivered.
+        dsn_rx = [e for e in events if e["type"] == "Reception" and e["sender"] == ""]
+        self.assertEqual(len(dsn_rx), 1, events)
+
+        # Rotation: move the file away, SIGHUP, and the next events go to a fresh file.
+        rotated = path + ".1"
+        os.rename(path, rotated)
+        self.daemon.signal(signal.SIGHUP)
+        self.wait_log(r"SIGHUP")
+        self.send(SENDER, [self.OK], message("log2@origin.test", "after rotation"))
+        events = self.wait_events(
+            path, lambda ev: any(e["type"] == "Delivery" and e.get("message_id") ==
+                                 "<log2@origin.test>" for e in ev),
+            "no events in the reopened file")
+        self.assertFalse(any(e.get("message_id") == "<log1@origin.test>" for e in events))
+        old = self.read_events(rotated)
+        self.assertFalse(any(e.get("message_id") == "<log2@origin.test>" for e in old))
         self.daemon.stop()
 
 

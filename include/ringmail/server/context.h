@@ -13,6 +13,9 @@
 #include "ringmail/smtp/client_session.h"
 #include "ringmail/smtp/server_session.h"
 
+#include <atomic>
+#include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,6 +25,12 @@ namespace ringmail::server {
 struct listener_settings {
     core::endpoint endpoint;
     smtp::server_config session;
+};
+
+// What SIGHUP changes while the shards run. The main thread writes, then wakes every shard; a
+// shard compares the generation at its next loop iteration (no lock on any mail path).
+struct reload_state {
+    std::atomic<std::uint64_t> generation{0};  // bumped by each SIGHUP: reopen log files
 };
 
 struct daemon_context {
@@ -34,6 +43,8 @@ struct daemon_context {
     // spool_dirs[i]: the shard-<N> directories shard i recovers and drains. Its own comes
     // first; directories left by a run with more shards are spread over the current ones.
     std::vector<std::vector<unsigned>> spool_dirs;
+    // Behind a pointer so the context stays movable; shards reach it through a const context.
+    std::unique_ptr<reload_state> reload = std::make_unique<reload_state>();
 };
 
 // Derives everything from `cfg`; `why` gets the one-line reason on failure.

@@ -16,14 +16,15 @@
 #include "ringmail/smtp/client_session.h"
 #include "ringmail/spool/spool.h"
 
-#include <sys/socket.h>
-#include <sys/uio.h>
-
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <vector>
 
 namespace ringmail::server {
@@ -41,7 +42,7 @@ struct delivery_job {
 };
 
 class outbound_connection final : private core::timer {
-public:
+  public:
     outbound_connection(delivery& owner, shard& sh, std::uint64_t id);
     ~outbound_connection();
     outbound_connection(const outbound_connection&) = delete;
@@ -53,13 +54,13 @@ public:
     // Finish what is in flight, then QUIT (force: close now).
     void stop(bool force);
 
-    bool ready() const noexcept;       // connected, EHLO done, no job
+    bool ready() const noexcept;                            // connected, EHLO done, no job
     bool working() const noexcept { return _established; }  // greeting + EHLO succeeded once
     bool has_job() const noexcept { return _job.has_value(); }
     bool finished() const noexcept { return _finished; }  // closed, nothing in flight
     std::uint64_t id() const noexcept { return _id; }
 
-private:
+  private:
     void on_connect(int res, std::uint32_t flags);
     void on_recv(int res, std::uint32_t flags);
     void on_send(int res, std::uint32_t flags);
@@ -93,7 +94,8 @@ private:
     bool _closing = false;
     bool _finished = false;
     bool _idle = false;  // armed with the idle timeout rather than a reply deadline
-    core::member_completion<outbound_connection, &outbound_connection::on_connect> _connect_op{this};
+    core::member_completion<outbound_connection, &outbound_connection::on_connect> _connect_op{
+        this};
     core::member_completion<outbound_connection, &outbound_connection::on_recv> _recv_op{this};
     core::member_completion<outbound_connection, &outbound_connection::on_send> _send_op{this};
     core::member_completion<outbound_connection, &outbound_connection::on_cancel> _cancel_op{this};
@@ -101,7 +103,7 @@ private:
 };
 
 class delivery final : private core::timer {
-public:
+  public:
     explicit delivery(shard& sh);
     ~delivery();
     delivery(const delivery&) = delete;
@@ -126,18 +128,33 @@ public:
     void kick();
     const std::string& smarthost_text() const;
 
-private:
+  private:
+    // What the delivery log needs about one attempt (views valid during the call).
+    struct attempt_context {
+        spool::queue_id id = 0;
+        std::string_view sender;
+        std::int64_t arrival = 0;
+        std::uint32_t attempt = 0;
+        std::string_view message;  // transmission form, for Message-ID and size
+        std::string_view mx_ip;
+        std::span<const std::string> rcpts;
+        std::span<const std::uint32_t> rcpt_index;
+    };
+    attempt_context job_context(const delivery_job& job) const;
+    void log_outcomes(const attempt_context& at, const queue::apply_actions& a,
+                      const std::function<const queue::attempt_reply&(std::size_t)>& reply);
+    std::string_view smarthost_ip() const;
     void on_expire() override;
     void apply(spool::spool& sp, spool::queue_id id, const queue::apply_actions& a,
                std::string_view sender);
     void spool_bounce(spool::spool& sp, const queue::bounce_request& b);
     void defer_all_ready(const smtp::server_reply& why);
     void arm_wakeup();
-public:
+
+  public:
     void reap();  // end of each loop iteration: destroy closed connections
 
-private:
-
+  private:
     shard& _shard;
     queue::delivery_queue _queue;
     std::mt19937_64 _rng;
@@ -148,6 +165,7 @@ private:
     bool _rekick = false;
     bool _reap_pending = false;
     std::uint64_t _warned_no_route = 0;
+    mutable std::string _smarthost_ip;  // for the delivery log
 };
 
 }  // namespace ringmail::server

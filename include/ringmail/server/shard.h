@@ -28,12 +28,13 @@ namespace ringmail::server {
 
 class inbound_connection;
 class delivery;
+class delivery_log;
 class listener;
 
 enum class startup_state : int { pending = 0, ready = 1, failed = 2, stopped = 3 };
 
 class shard {
-public:
+  public:
     shard(unsigned id, const daemon_context& ctx);
     ~shard();
     shard(const shard&) = delete;
@@ -45,6 +46,8 @@ public:
 
     // Main thread: ask for a drain and wake the ring. Idempotent.
     void request_stop() noexcept;
+    // Main thread: wake the ring so the shard notices a reload (SIGHUP).
+    void wake() noexcept;
     startup_state status() const noexcept { return _status.load(std::memory_order_acquire); }
     const std::string& startup_error() const noexcept { return _startup_error; }  // after failed
 
@@ -56,6 +59,7 @@ public:
     spool::spool& own_spool() noexcept { return *_spools.front()->sp; }
     spool::spool* spool_for(spool::queue_id id) noexcept;
     delivery& outbound() noexcept { return *_delivery; }
+    delivery_log& events() noexcept { return *_events; }
     bool draining() const noexcept { return _draining; }
 
     // A listener accepted `fd`: the shard makes the session (or refuses it with 421).
@@ -63,8 +67,9 @@ public:
     // The connection has closed its fd and has no operation in flight: destroy it.
     void forget(std::uint64_t connection_id);
     std::int64_t unix_now() const noexcept;
+    std::int64_t unix_now_ms() const noexcept;
 
-private:
+  private:
     // A spool and its group-commit state. After a failed batch (disk full, I/O error) the next
     // one waits a growing pause (50 ms doubling to 1 s): failed batches give their journal bytes
     // back to the next one, and resubmitting at once would spin while the disk stays full.
@@ -104,6 +109,7 @@ private:
     std::unique_ptr<core::buffer_ring> _buffers;
     std::vector<std::unique_ptr<listener>> _listeners;
     std::vector<std::unique_ptr<spool_slot>> _spools;  // stable addresses: ops point at them
+    std::unique_ptr<delivery_log> _events;
     std::unique_ptr<delivery> _delivery;
     std::unordered_map<std::uint64_t, std::unique_ptr<inbound_connection>> _connections;
     std::uint64_t _next_conn_id = 1;
