@@ -288,11 +288,17 @@ void verifier::run(worker& w) {
         return v;
     };
 
-    for (;;) {
+    // Called after each request is popped as well: a reload() that happened-before a submit()
+    // is then seen by that request (the request ring's acquire makes the reload visible).
+    auto take_reloads = [&w] {
         while (auto next = w.reloads.try_pop()) {
             w.store = std::move(*next);
             w.cache.clear();
         }
+    };
+
+    for (;;) {
+        take_reloads();
         const bool stopping = _stop.load(std::memory_order_acquire);
         bool worked = false;
         // One request per shard per pass: a busy shard cannot starve the others.
@@ -301,6 +307,7 @@ void verifier::run(worker& w) {
             if (!r)
                 continue;
             worked = true;
+            take_reloads();
             const verdict v = stopping ? verdict::temporary : verify(*r);
             wipe(r->password);
             answer(s, r->token, v);
