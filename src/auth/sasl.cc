@@ -1,0 +1,167 @@
+#include "ringmail/auth/sasl.h"
+
+#include "ringmail/auth/secret.h"
+#include "ringmail/core/ascii.h"
+#include "ringmail/core/base64.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace ringmail::auth {
+
+namespace {
+
+// base64("Username:") and base64("Password:"), what every LOGIN client expects.
+constexpr std::string_view login_user_challenge = "VXNlcm5hbWU6";
+constexpr std::string_view login_password_challenge = "UGFzc3dvcmQ6";
+
+constexpr std::string_view text_undecodable = "Cannot Base64-decode client response";
+constexpr std::string_view text_malformed_plain = "Malformed PLAIN response";
+constexpr std::string_view text_cancelled = "Authentication cancelled";
+constexpr std::string_view text_invalid = "Authentication credentials invalid";
+
+[[noreturn]] void die(const char* what) {
+    std::fprintf(stderr, "ringmail: invariant broken: %s\n", what);
+    std::abort();
+}
+
+bool user_acceptable(std::string_view user) noexcept {
+    return !user.empty() && user.size() <= max_user_octets &&
+           user.find('\0') == std::string_view::npos;
+}
+
+bool password_acceptable(std::string_view password) noexcept {
+    return !password.empty() && password.size() <= max_password_octets &&
+           password.find('\0') == std::string_view::npos;
+}
+
+}  // namespace
+
+std::optional<mechanism> parse_mechanism(std::string_view name) noexcept {
+    if (core::equals_nocase(name, "PLAIN"))
+        return mechanism::plain;
+    if (core::equals_nocase(name, "LOGIN"))
+        return mechanism::login;
+    return std::nullopt;
+}
+
+std::string_view mechanism_name(mechanism m) noexcept {
+    return m == mechanism::plain ? "PLAIN" : "LOGIN";
+}
+
+sasl_server::~sasl_server() {
+    wipe(_user);
+}
+
+sasl_step sasl_server::fail(unsigned code, std::string_view enhanced, std::string_view text) {
+    wipe(_user);
+    _state = state::finished;
+    sasl_step s;
+    s.what = sasl_step::kind::failure;
+    s.failure = {code, enhanced, text};
+    return s;
+}
+
+sasl_step sasl_server::start(std::optional<std::string_view> initial_response) {
+    if (_state != state::idle)
+        die("sasl_server::start called twice");
+    if (!initial_response) {
+        sasl_step s;
+        s.what = sasl_step::kind::challenge;
+        if (_mech == mechanism::plain) {
+            _state = state::want_plain;  // RFC 4954: an empty challenge, "334 "
+        } else {
+            _state = state::want_user;
+            s.challenge = login_user_challenge;
+        }
+        return s;
+    }
+    _state = _mech == mechanism::plain ? state::want_plain : state::want_user;
+    // "=" is an empty initial response (RFC 4954 section 4).
+    if (*initial_response == "=")
+        return _mech == mechanism::plain ? on_plain({}) : on_login_user({});
+    // Cancelling answers a challenge; before any challenge "*" is just bad base64.
+    if (*initial_response == "*")
+        return fail(501, "5.5.2", text_undecodable);
+    return respond(*initial_response);
+}
+
+sasl_step sasl_server::respond(std::string_view line) {
+    if (_state == state::idle || _state == state::finished)
+        die("sasl_server::respond outside an exchange");
+    if (line == "*")
+        return fail(501, "5.0.0", text_cancelled);
+    if (line.size() > max_response_chars)
+        return fail(535, "5.7.8", text_invalid);
+    std::optional<std::string> decoded = core::base64_decode(line);
+    if (!decoded)
+        return fail(501, "5.5.2", text_undecodable);
+    sasl_step s;
+    switch (_state) {
+        case state::want_plain:
+            s = on_plain(*decoded);
+            break;
+        case state::want_user:
+            s = on_login_user(*decoded);
+            break;
+        case state::want_password:
+            s = on_login_password(*decoded);
+            break;
+        case state::idle:
+        case state::finished:
+            break;
+    }
+    wipe(*decoded);
+    return s;
+}
+
+sasl_step sasl_server::on_plain(std::string_view message) {
+    // message = [authzid] NUL authcid NUL passwd (RFC 4616 section 2)
+    const std::size_t first = message.find('\0');
+    if (first == std::string_view::npos)
+        return fail(501, "5.5.2", text_malformed_plain);
+    const std::size_t second = message.find('\0', first + 1);
+    if (second == std::string_view::npos)
+        return fail(501, "5.5.2", text_malformed_plain);
+    const std::string_view authzid = message.substr(0, first);
+    const std::string_view authcid = message.substr(first + 1, second - first - 1);
+    const std::string_view password = message.substr(second + 1);
+    // A third NUL lands in the password, which password_acceptable refuses.
+    if (!user_acceptable(authcid) || !password_acceptable(password))
+        return fail(535, "5.7.8", text_invalid);
+    // We do not let one user act for another: the authorization identity, when given, must be
+    // the authenticated one.
+    if (!authzid.empty() && authzid != authcid)
+        return fail(535, "5.7.8", text_invalid);
+    _state = state::finished;
+    sasl_step s;
+    s.what = sasl_step::kind::credentials;
+    s.creds.user = authcid;
+    s.creds.password = password;
+    return s;
+}
+
+sasl_step sasl_server::on_login_user(std::string_view user) {
+    if (!user_acceptable(user))
+        return fail(535, "5.7.8", text_invalid);
+    _user = user;
+    _state = state::want_password;
+    sasl_step s;
+    s.what = sasl_step::kind::challenge;
+    s.challenge = login_password_challenge;
+    return s;
+}
+
+sasl_step sasl_server::on_login_password(std::string_view password) {
+    if (!password_acceptable(password))
+        return fail(535, "5.7.8", text_invalid);
+    _state = state::finished;
+    sasl_step s;
+    s.what = sasl_step::kind::credentials;
+    s.creds.user = std::move(_user);
+    _user.clear();
+    s.creds.password = password;
+    return s;
+}
+
+}  // namespace ringmail::auth
