@@ -25,7 +25,10 @@ struct envelope {
     // Reception facts.
     std::string helo_name;       // argument of EHLO/HELO
     std::string client_address;  // textual IP of the client
-    std::string protocol;        // RFC 3848 "with" value: SMTP, ESMTP, UTF8SMTP, ...
+    std::string protocol;        // RFC 3848 "with" value: SMTP, ESMTP, ESMTPSA, UTF8SMTPS, ...
+    std::string auth_user;       // SASL identity after a successful AUTH; never in Received
+    std::string tls_protocol;    // "TLSv1.3" when received inside TLS, else empty
+    std::string tls_cipher;      // "TLS_AES_256_GCM_SHA384"
     std::int64_t arrival_time = 0;  // unix seconds
 };
 
