@@ -1,7 +1,6 @@
 #include "ringmail/smtp/server_session.h"
 
 #include "ringmail/core/ascii.h"
-
 #include "ringmail/smtp/address.h"
 #include "ringmail/smtp/errc.h"
 #include "ringmail/smtp/reply.h"
@@ -224,8 +223,7 @@ server_session::canned_reply server_session::storage_reply(std::error_code ec) n
     return {451, "4.3.0", "Error: local error in processing", false};
 }
 
-void server_session::close_with(std::string_view enhanced, std::string_view text,
-                                unsigned code) {
+void server_session::close_with(std::string_view enhanced, std::string_view text, unsigned code) {
     if (_begun) {
         _sink.abort();
         _begun = false;

@@ -23,5 +23,4 @@ namespace ringmail::smtp {
 std::string format_received(const envelope& env, std::string_view hostname,
                             std::string_view queue_id, unsigned shard, std::int64_t now_unix);
 
-
 }  // namespace ringmail::smtp

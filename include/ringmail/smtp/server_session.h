@@ -82,8 +82,8 @@ struct auth_step {
         failure,    // `code` `enhanced` `text`, e.g. 535 5.7.8, 501 5.5.2, 454 4.7.0, 421 4.7.0
     };
     kind what = kind::failure;
-    std::string text;  // challenge: base64 text (may be empty, no CR/LF); failure: reply text
-    std::string user;  // success
+    std::string text;   // challenge: base64 text (may be empty, no CR/LF); failure: reply text
+    std::string user;   // success
     unsigned code = 0;  // failure: 4xx or 5xx
     std::string enhanced;
     bool close = false;  // failure: close the connection after the reply (rate limiting)
@@ -137,14 +137,14 @@ class transaction_sink {
 struct session_stats {
     std::uint64_t ehlo = 0, helo = 0, mail = 0, rcpt = 0, data = 0, bdat = 0, rset = 0, noop = 0,
                   quit = 0, other = 0;
-    std::uint64_t messages_accepted = 0;  // on_commit() with a queue id
-    std::uint64_t messages_rejected = 0;  // content refused at end of data
-    std::uint64_t errors = 0;             // 4xx/5xx replies sent
-    std::uint64_t starttls = 0, auth = 0;   // commands received
-    std::uint64_t tls_established = 0;      // on_tls_established() calls
-    std::uint64_t authenticated = 0;        // successful AUTH exchanges
-    std::uint64_t auth_failures = 0;        // AUTH exchanges ending in a failure reply
-    std::uint64_t starttls_discarded = 0;   // plaintext octets dropped after STARTTLS's 220
+    std::uint64_t messages_accepted = 0;   // on_commit() with a queue id
+    std::uint64_t messages_rejected = 0;   // content refused at end of data
+    std::uint64_t errors = 0;              // 4xx/5xx replies sent
+    std::uint64_t starttls = 0, auth = 0;  // commands received
+    std::uint64_t tls_established = 0;     // on_tls_established() calls
+    std::uint64_t authenticated = 0;       // successful AUTH exchanges
+    std::uint64_t auth_failures = 0;       // AUTH exchanges ending in a failure reply
+    std::uint64_t starttls_discarded = 0;  // plaintext octets dropped after STARTTLS's 220
 };
 
 class server_session {

@@ -76,7 +76,9 @@ TEST(received, tls_comment_and_protocol_never_the_auth_user) {
          "\t(using TLSv1.2 with cipher ECDHE-RSA-AES128-GCM-SHA256)\r\n"
          "\tby mx (ringmail) with ESMTPSA id Q (shard 0)\r\n"},
         {"ESMTPA", "", "", "bob", "\tby mx (ringmail) with ESMTPA id Q (shard 0)\r\n"},
-        {"ESMTPS", "TLS)v1\r\n", "", "", "\t(using TLS?v1?" "?)\r\n"},  // sanitised
+        {"ESMTPS", "TLS)v1\r\n", "", "",
+         "\t(using TLS?v1?"
+         "?)\r\n"},  // sanitised
     };
     for (const auto& c : cases) {
         auto env = sample();

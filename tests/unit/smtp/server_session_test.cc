@@ -174,7 +174,7 @@ struct outcome {
 
 struct run_options {
     bool relay_allowed = false;
-    bool auth = false;                     // give the session a fake_auth
+    bool auth = false;                          // give the session a fake_auth
     std::optional<tls_details> implicit_tls{};  // the connection starts inside TLS
 };
 
@@ -836,7 +836,8 @@ TEST(server_session, take_output_swaps_buffers) {
 
 // The EHLO reply with extra last lines after CHUNKING ("STARTTLS", "AUTH PLAIN LOGIN").
 std::string ehlo_with(std::vector<std::string_view> extra) {
-    std::string r = ehlo_reply.substr(0, ehlo_reply.size() - std::string("250 CHUNKING\r\n").size());
+    std::string r =
+        ehlo_reply.substr(0, ehlo_reply.size() - std::string("250 CHUNKING\r\n").size());
     r += "250-CHUNKING\r\n";
     for (std::size_t i = 0; i < extra.size(); ++i)
         r += std::string(i + 1 < extra.size() ? "250-" : "250 ") + std::string(extra[i]) + "\r\n";
@@ -855,8 +856,8 @@ TEST(server_session, starttls_then_fresh_session) {
     auto cfg = tls_config();
     auto o = run_all(cfg, "EHLO c.test\r\nSTARTTLS\r\n" + tls_here +
                               "MAIL FROM:<a@x.test>\r\n"  // EHLO is required again
-                              "EHLO c2.test\r\nSTARTTLS\r\n" + envelope_in.substr(13) +
-                              "DATA\r\nm\r\n.\r\n");
+                              "EHLO c2.test\r\nSTARTTLS\r\n" +
+                              envelope_in.substr(13) + "DATA\r\nm\r\n.\r\n");
     EXPECT_EQ(o.output, greeting + ehlo_with({"STARTTLS"}) + ready_tls + "[tls]\n" +
                             "503 5.5.1 Error: send HELO/EHLO first\r\n" + ehlo_reply +
                             "503 5.5.1 Error: TLS already active\r\n"
@@ -901,9 +902,10 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(
         injection_case{"mail_in_same_read", "STARTTLS\r\nMAIL FROM:<a@b>\r\n" + tls_here,
                        ready_tls + "[tls]\n", 17},
-        injection_case{"after_ehlo", "EHLO c.test\r\nSTARTTLS\r\nMAIL FROM:<a@b>\r\nRSET\r\n" +
-                                         tls_here + "NOOP\r\n",
-                       ehlo_with({"STARTTLS"}) + ready_tls + "[tls]\n250 2.0.0 Ok\r\n", 23},
+        injection_case{
+            "after_ehlo",
+            "EHLO c.test\r\nSTARTTLS\r\nMAIL FROM:<a@b>\r\nRSET\r\n" + tls_here + "NOOP\r\n",
+            ehlo_with({"STARTTLS"}) + ready_tls + "[tls]\n250 2.0.0 Ok\r\n", 23},
         // A partial plaintext line must not join the first line read inside TLS.
         injection_case{"partial_line", "STARTTLS\r\nRSET" + tls_here + "NOOP\r\n",
                        ready_tls + "[tls]\n250 2.0.0 Ok\r\n", 4},
@@ -1146,10 +1148,9 @@ TEST(server_session, auth_line_length) {
     // Continuation lines have the same limit; an over-long one ends the exchange.
     std::string cont_ok = std::string(12284, 'A') + "\r\n";  // decodes: wrong password
     std::string cont_long = std::string(12287, 'A') + "\r\n";
-    o = run_all(cfg,
-                "EHLO c.test\r\nAUTH PLAIN\r\n" + cont_ok + "AUTH PLAIN\r\n" + cont_long +
-                    "NOOP\r\n",
-                opts);
+    o = run_all(
+        cfg, "EHLO c.test\r\nAUTH PLAIN\r\n" + cont_ok + "AUTH PLAIN\r\n" + cont_long + "NOOP\r\n",
+        opts);
     EXPECT_EQ(o.output, greeting + ehlo_with({"AUTH PLAIN LOGIN"}) + "334 \r\n" + auth_bad +
                             "334 \r\n"
                             "500 5.5.6 Authentication Exchange line is too long\r\n"
