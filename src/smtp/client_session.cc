@@ -418,6 +418,8 @@ void client_session::on_starttls(server_reply& reply) {
 }
 
 void client_session::on_tls_established() {
+    if (_state == state::closed)
+        return;  // failed meanwhile (bytes behind the 220, timeout): the caller closes
     check_invariant(_state == state::tls_wait, "on_tls_established without a 220 to STARTTLS");
     _tls_active = true;
     _parser = reply_parser{};

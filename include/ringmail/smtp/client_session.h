@@ -138,7 +138,7 @@ class client_session {
     // The server said 220 to STARTTLS: send what begin_send() still gives, then run the
     // handshake on the connection and report its end.
     bool wants_tls() const { return _state == state::tls_wait; }
-    void on_tls_established();                    // sends EHLO again
+    void on_tls_established();                    // sends EHLO again (nothing once closed())
     void on_tls_failed(std::string_view reason);  // fails with 451 4.7.0 (deferred)
     bool tls_active() const { return _tls_active; }
     bool authenticated() const { return _authenticated; }

@@ -766,6 +766,9 @@ TEST(client_session, starttls_failures) {
         h.s.receive("220 go ahead\r\n250 injected\r\n");
         EXPECT_TRUE(h.s.failed());
         EXPECT_TRUE(h.s.last_error().transient());
+        h.s.on_tls_established();  // a handshake already under way ends: nothing happens
+        EXPECT_EQ(h.drain(), "");
+        EXPECT_FALSE(h.s.tls_active());
         harness h2(tls_config(tls_policy::opportunistic));
         hello(h2, ehlo_tls_offered);
         h2.s.receive("220 go ahead\r\n");
