@@ -1,5 +1,7 @@
 #include "ringmail/smtp/client_session.h"
 
+#include "ringmail/core/base64.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <utility>
@@ -37,6 +39,19 @@ bool keyword_is(std::string_view line, std::string_view keyword, std::string_vie
             line.size() > keyword.size() ? line.substr(keyword.size() + 1) : std::string_view{};
     }
     return true;
+}
+
+// The mechanisms after "AUTH " (RFC 4954) or the pre-standard "AUTH=".
+void parse_auth_mechanisms(std::string_view list, peer_capabilities& caps) {
+    while (!list.empty()) {
+        std::size_t sp = list.find(' ');
+        std::string_view m = list.substr(0, sp);
+        list = sp == std::string_view::npos ? std::string_view{} : list.substr(sp + 1);
+        if (keyword_is(m, "PLAIN", nullptr))
+            caps.auth_plain = true;
+        if (keyword_is(m, "LOGIN", nullptr))
+            caps.auth_login = true;
+    }
 }
 
 std::uint64_t parse_size(std::string_view s) {
@@ -134,7 +149,11 @@ std::chrono::seconds client_session::current_timeout() const {
             return _config.greeting_timeout;
         case state::ehlo:
         case state::helo:
+        case state::starttls:
+        case state::auth:
             return _config.ehlo_timeout;
+        case state::tls_wait:
+            return std::chrono::seconds{0};  // the caller times its handshake
         case state::rset:
         case state::quit:
             return _config.mail_timeout;
@@ -235,6 +254,11 @@ void client_session::on_connection_lost() {
 
 void client_session::receive(std::string_view bytes) {
     while (!bytes.empty() && _state != state::closed) {
+        if (_state == state::tls_wait) {
+            // Plaintext after the 220 would be read as if it came through TLS.
+            fail(make_reply(451, "4.7.0", "server sent data after its 220 to STARTTLS"));
+            return;
+        }
         std::size_t n = _parser.feed(bytes);
         bytes.remove_prefix(n);
         if (_parser.failed()) {
@@ -261,6 +285,12 @@ void client_session::on_reply(server_reply reply) {
         case state::helo:
             on_helo(reply);
             break;
+        case state::starttls:
+            on_starttls(reply);
+            break;
+        case state::auth:
+            on_auth(reply);
+            break;
         case state::transaction:
             on_transaction_reply(reply);
             break;
@@ -275,6 +305,7 @@ void client_session::on_reply(server_reply reply) {
             _state = state::closed;
             break;
         case state::idle:
+        case state::tls_wait:
             fail(
                 make_reply(451, "4.5.0", "unexpected reply from the server: " + reply.to_string()));
             break;
@@ -322,9 +353,14 @@ void client_session::on_ehlo(server_reply& reply) {
             _caps.starttls = true;
         } else if (keyword_is(line, "ENHANCEDSTATUSCODES", nullptr)) {
             _caps.enhanced_status_codes = true;
+        } else if (keyword_is(line, "AUTH", &param)) {
+            parse_auth_mechanisms(param, _caps);
+        } else if (line.size() > 5 && keyword_is(line.substr(0, 4), "AUTH", nullptr) &&
+                   line[4] == '=') {
+            parse_auth_mechanisms(line.substr(5), _caps);
         }
     }
-    become_idle();
+    after_hello();
 }
 
 void client_session::on_helo(server_reply& reply) {
@@ -333,6 +369,81 @@ void client_session::on_helo(server_reply& reply) {
         return;
     }
     _caps = peer_capabilities{};
+    after_hello();
+}
+
+void client_session::after_hello() {
+    if (!_tls_active && _config.starttls != tls_policy::none) {
+        if (_caps.starttls) {
+            send_command("STARTTLS");
+            _state = state::starttls;
+            return;
+        }
+        if (_config.starttls == tls_policy::required) {
+            fail(make_reply(451, "4.7.0", "TLS required but not offered by peer"));
+            return;
+        }
+    }
+    after_tls_decision();
+}
+
+void client_session::after_tls_decision() {
+    if (_config.credentials && !_authenticated) {
+        if (!_caps.auth_plain) {
+            fail(make_reply(530, "5.7.0", "AUTH PLAIN required but not offered by peer"));
+            return;
+        }
+        std::string raw;
+        raw.push_back('\0');
+        raw.append(_config.credentials->user);
+        raw.push_back('\0');
+        raw.append(_config.credentials->password);
+        send_command("AUTH PLAIN ", core::base64_encode(raw));
+        _state = state::auth;
+        return;
+    }
+    become_idle();
+}
+
+void client_session::on_starttls(server_reply& reply) {
+    if (reply.code == 220) {
+        _state = state::tls_wait;  // receive() refuses whatever follows the 220
+        return;
+    }
+    if (_config.starttls == tls_policy::required) {
+        fail(make_reply(451, "4.7.0", "TLS required but STARTTLS refused: " + reply.to_string()));
+        return;
+    }
+    after_tls_decision();  // opportunistic: carry on in plaintext
+}
+
+void client_session::on_tls_established() {
+    if (_state == state::closed)
+        return;  // failed meanwhile (bytes behind the 220, timeout): the caller closes
+    check_invariant(_state == state::tls_wait, "on_tls_established without a 220 to STARTTLS");
+    _tls_active = true;
+    _parser = reply_parser{};
+    _caps = peer_capabilities{};
+    send_command("EHLO ", _config.helo_name);  // RFC 3207 4.2: learn the capabilities anew
+    _state = state::ehlo;
+}
+
+void client_session::on_tls_failed(std::string_view reason) {
+    if (_state == state::closed)
+        return;
+    check_invariant(_state == state::tls_wait, "on_tls_failed without a 220 to STARTTLS");
+    std::string text = "TLS handshake failed";
+    if (!reason.empty())
+        text.append(": ").append(reason);
+    fail(make_reply(451, "4.7.0", text));
+}
+
+void client_session::on_auth(server_reply& reply) {
+    if (reply.code != 235) {
+        fail(std::move(reply));
+        return;
+    }
+    _authenticated = true;
     become_idle();
 }
 

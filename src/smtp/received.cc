@@ -24,6 +24,19 @@ std::string sanitise_helo(std::string_view helo) {
     return out;
 }
 
+// TLS names come from our TLS library, but they still land in a comment: keep only the
+// characters TLS version and cipher suite names use.
+std::string sanitise_token(std::string_view t) {
+    std::string out;
+    out.reserve(t.size());
+    for (unsigned char c : t) {
+        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-' || c == '+' || c == '/';
+        out.push_back(ok ? static_cast<char>(c) : '?');
+    }
+    return out;
+}
+
 }  // namespace
 
 std::string format_received(const envelope& env, std::string_view hostname,
@@ -34,6 +47,12 @@ std::string format_received(const envelope& env, std::string_view hostname,
     if (env.client_address.find(':') != std::string::npos)
         out.append("IPv6:");
     out.append(env.client_address).append("])\r\n");
+    if (!env.tls_protocol.empty()) {
+        out.append("\t(using ").append(sanitise_token(env.tls_protocol));
+        if (!env.tls_cipher.empty())
+            out.append(" with cipher ").append(sanitise_token(env.tls_cipher));
+        out.append(")\r\n");
+    }
     std::string_view with = env.protocol.empty() ? std::string_view("SMTP") : env.protocol;
     out.append(fmt::format("\tby {} (ringmail) with {} id {} (shard {})", hostname, with, queue_id,
                            shard));

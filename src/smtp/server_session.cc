@@ -1,7 +1,6 @@
 #include "ringmail/smtp/server_session.h"
 
 #include "ringmail/core/ascii.h"
-
 #include "ringmail/smtp/address.h"
 #include "ringmail/smtp/errc.h"
 #include "ringmail/smtp/reply.h"
@@ -35,10 +34,14 @@ enum class verb : std::uint8_t {
     quit,
     help,
     vrfy,
-    expn
+    expn,
+    auth,
+    starttls
 };
 
 verb parse_verb(std::string_view v) noexcept {
+    if (v.size() == 8 && equals_nocase(v, "STARTTLS"))
+        return verb::starttls;
     if (v.size() != 4)
         return verb::unknown;
     char u[4];
@@ -71,6 +74,8 @@ verb parse_verb(std::string_view v) noexcept {
         return verb::vrfy;
     if (s == "EXPN")
         return verb::expn;
+    if (s == "AUTH")
+        return verb::auth;
     return verb::unknown;
 }
 
@@ -118,11 +123,64 @@ std::string_view path_error_text(std::error_code ec, bool sender) noexcept {
     }
 }
 
+// RFC 4422 3.1: a mechanism name is 1..20 of A-Z 0-9 - _ (we compare case-insensitively).
+bool valid_mechanism_name(std::string_view m) noexcept {
+    if (m.empty() || m.size() > 20)
+        return false;
+    for (unsigned char c : m) {
+        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  c == '-' || c == '_';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+[[noreturn]] void invariant_broken(const char* what) {
+    std::fprintf(stderr, "ringmail: invariant broken: smtp server session: %s\n", what);
+    std::abort();
+}
+
 }  // namespace
 
-server_session::server_session(const server_config& config, peer_info peer, transaction_sink& sink)
-    : _config(config), _peer(std::move(peer)), _sink(sink) {
+auth_step auth_step::challenge(std::string base64_text) {
+    auth_step s;
+    s.what = kind::challenge;
+    s.text = std::move(base64_text);
+    return s;
+}
+
+auth_step auth_step::pending() {
+    auth_step s;
+    s.what = kind::pending;
+    return s;
+}
+
+auth_step auth_step::success(std::string user) {
+    auth_step s;
+    s.what = kind::success;
+    s.user = std::move(user);
+    return s;
+}
+
+auth_step auth_step::failure(unsigned code, std::string enhanced, std::string text, bool close) {
+    auth_step s;
+    s.what = kind::failure;
+    s.code = code;
+    s.enhanced = std::move(enhanced);
+    s.text = std::move(text);
+    s.close = close;
+    return s;
+}
+
+server_session::server_session(const server_config& config, peer_info peer, transaction_sink& sink,
+                               auth_backend* auth)
+    : _config(config), _peer(std::move(peer)), _sink(sink), _auth(auth), _tls(_peer.tls) {
     _env.client_address = _peer.address;
+    if (_tls) {
+        _env.tls_protocol = _tls->protocol;
+        _env.tls_cipher = _tls->cipher;
+    }
 }
 
 void server_session::start() {
@@ -165,13 +223,17 @@ server_session::canned_reply server_session::storage_reply(std::error_code ec) n
     return {451, "4.3.0", "Error: local error in processing", false};
 }
 
-void server_session::close_with(std::string_view enhanced, std::string_view text) {
+void server_session::close_with(std::string_view enhanced, std::string_view text, unsigned code) {
     if (_begun) {
         _sink.abort();
         _begun = false;
     }
-    _out.append("421 ").append(enhanced).append(" ").append(_config.hostname).append(" ");
-    _out.append(text).append("\r\n");
+    cancel_auth();
+    if (_state != state::tls_wait) {  // else the bytes would land inside the handshake
+        std::string host_text = _config.hostname;
+        host_text.append(" ").append(text);
+        append_reply(_out, code, enhanced, host_text);
+    }
     _state = state::closed;
 }
 
@@ -182,7 +244,7 @@ void server_session::receive(std::string_view bytes) {
         return;
     _processing = true;
     while (!bytes.empty() && _state != state::closed) {
-        if (_state == state::awaiting_commit) {
+        if (holding_input()) {
             _in.append(bytes);
             break;
         }
@@ -197,7 +259,7 @@ void server_session::receive(std::string_view bytes) {
             continue;
         }
         bytes.remove_prefix(process(bytes));
-        if (_state == state::command && !bytes.empty()) {
+        if ((_state == state::command || _state == state::auth_response) && !bytes.empty()) {
             _in.append(bytes);  // a partial command line
             break;
         }
@@ -224,9 +286,13 @@ std::size_t server_session::process(std::string_view in) {
         std::size_t used;
         switch (_state) {
             case state::command:
-                used = process_command(rest);
+            case state::auth_response:
+                used = process_line(rest);
                 if (used == 0)
                     return pos;
+                break;
+            case state::tls_wait:
+                used = discard_plaintext(rest);
                 break;
             case state::discard_line:
                 used = discard_line(rest);
@@ -238,6 +304,7 @@ std::size_t server_session::process(std::string_view in) {
                 used = scan_bdat(rest);
                 break;
             case state::awaiting_commit:
+            case state::auth_pending:
             case state::closed:
             default:
                 return pos;
@@ -247,8 +314,11 @@ std::size_t server_session::process(std::string_view in) {
     return pos;
 }
 
-std::size_t server_session::process_command(std::string_view s) {
-    const std::size_t limit = _config.max_command_line;
+// A command line, or a line answering a 334. AUTH lines may be longer (RFC 4954 4).
+std::size_t server_session::process_line(std::string_view s) {
+    const bool auth = _state == state::auth_response || starts_with_nocase(s, "AUTH ");
+    const std::size_t limit =
+        auth ? std::max(_config.max_command_line, _config.max_auth_line) : _config.max_command_line;
     const std::size_t window = std::min(s.size(), limit);
     std::size_t from = 0;
     while (from < window) {
@@ -257,14 +327,21 @@ std::size_t server_session::process_command(std::string_view s) {
             break;
         std::size_t k = static_cast<const char*>(hit) - s.data();
         if (k > 0 && s[k - 1] == '\r') {
-            execute(s.substr(0, k - 1));
+            if (_state == state::auth_response) {
+                auth_line(s.substr(0, k - 1));
+            } else {
+                execute(s.substr(0, k - 1));
+            }
             return k + 1;
         }
         from = k + 1;  // a bare LF does not end a command line
     }
     if (s.size() < limit)
         return 0;  // the line may still end within the limit
-    // No CRLF within max_command_line octets: too long. Discard through the next CRLF.
+    // No CRLF within the limit: too long. Discard through the next CRLF.
+    if (_state == state::auth_response)
+        cancel_auth();
+    _discard_auth = auth;
     _state = state::discard_line;
     _discard_prev_cr = s[window - 1] == '\r';
     return window;
@@ -277,12 +354,23 @@ std::size_t server_session::discard_line(std::string_view s) {
         bool cr = k == 0 ? _discard_prev_cr : s[k - 1] == '\r';
         if (cr) {
             _state = state::command;
-            reply(500, "5.5.2", "Error: command line too long");
+            if (_discard_auth) {
+                ++_stats.auth_failures;
+                reply(500, "5.5.6", "Authentication Exchange line is too long");
+            } else {
+                reply(500, "5.5.2", "Error: command line too long");
+            }
             return k + 1;
         }
         from = k + 1;
     }
     _discard_prev_cr = s.back() == '\r';
+    return s.size();
+}
+
+// After the 220 to STARTTLS: plaintext that must never be executed (CVE-2011-0411 class).
+std::size_t server_session::discard_plaintext(std::string_view s) {
+    _stats.starttls_discarded += s.size();
     return s.size();
 }
 
@@ -345,6 +433,12 @@ void server_session::execute(std::string_view line) {
         case verb::expn:
             ++_stats.other;
             return reply(502, "5.5.1", "Error: EXPN not supported");
+        case verb::starttls:
+            ++_stats.starttls;
+            return cmd_starttls(arg);
+        case verb::auth:
+            ++_stats.auth;
+            return cmd_auth(arg);
         case verb::unknown:
         default:
             ++_stats.other;
@@ -378,7 +472,25 @@ void server_session::cmd_ehlo(std::string_view arg, bool extended) {
     append_reply_line(_out, 250, true, "8BITMIME");
     append_reply_line(_out, 250, true, "SMTPUTF8");
     append_reply_line(_out, 250, true, "ENHANCEDSTATUSCODES");
-    append_reply_line(_out, 250, false, "CHUNKING");
+    const bool starttls = _config.tls_available && !_tls;
+    const bool auth = auth_offered();
+    append_reply_line(_out, 250, starttls || auth, "CHUNKING");
+    if (starttls)
+        append_reply_line(_out, 250, auth, "STARTTLS");
+    if (auth) {
+        std::string line = "AUTH";
+        for (const auto& m : advertised_mechanisms())
+            line.append(" ").append(m);
+        append_reply_line(_out, 250, false, line);
+    }
+}
+
+std::vector<std::string> server_session::advertised_mechanisms() const {
+    return _config.auth_mechanisms.empty() ? _auth->mechanisms() : _config.auth_mechanisms;
+}
+
+bool server_session::auth_offered() const noexcept {
+    return _auth != nullptr && (_tls.has_value() || _config.auth_plaintext);
 }
 
 void server_session::cmd_mail(std::string_view arg) {
@@ -386,6 +498,8 @@ void server_session::cmd_mail(std::string_view arg) {
         return reply(503, "5.5.1", "Error: send HELO/EHLO first");
     if (_in_mail)
         return reply(503, "5.5.1", "Error: nested MAIL command");
+    if (_config.require_auth && !_authenticated)
+        return reply(530, "5.7.0", "Authentication required");
     if (!starts_with_nocase(arg, "FROM:"))
         return reply(501, "5.5.4", "Syntax: MAIL FROM:<address>");
     auto m = parse_mail_from(arg.substr(5));
@@ -414,7 +528,16 @@ void server_session::cmd_mail(std::string_view arg) {
     _env.body = m->params.body;
     _env.smtputf8 = m->params.smtputf8;
     _env.declared_size = m->params.has_size ? m->params.size : 0;
-    _env.protocol = m->params.smtputf8 ? "UTF8SMTP" : _extended ? "ESMTP" : "SMTP";
+    // RFC 3848 / RFC 6531 3.7.3: S for TLS, A for AUTH; HELO clients stay "SMTP".
+    if (!_extended) {
+        _env.protocol = "SMTP";
+    } else {
+        _env.protocol = m->params.smtputf8 ? "UTF8SMTP" : "ESMTP";
+        if (_tls)
+            _env.protocol.push_back('S');
+        if (_authenticated)
+            _env.protocol.push_back('A');
+    }
     reply(250, "2.1.0", "Ok");
 }
 
@@ -441,7 +564,7 @@ void server_session::cmd_rcpt(std::string_view arg) {
     if (_env.rcpt_to.size() >= _config.max_recipients) {
         return reply(452, "4.5.3", "Error: too many recipients");
     }
-    if (!p->postmaster && !_peer.relay_allowed) {
+    if (!p->postmaster && !relay_allowed()) {
         std::string domain = domain_of(p->address);
         bool ours = false;
         for (const auto& d : _config.relay_domains) {
@@ -521,6 +644,106 @@ void server_session::cmd_rset(std::string_view arg) {
         return reply(501, "5.5.4", "Syntax: RSET");
     reset_transaction();
     reply(250, "2.0.0", "Ok");
+}
+
+void server_session::cmd_starttls(std::string_view arg) {
+    if (!arg.empty())
+        return reply(501, "5.5.4", "Syntax: STARTTLS");
+    if (_tls)
+        return reply(503, "5.5.1", "Error: TLS already active");
+    if (!_config.tls_available)
+        return reply(502, "5.5.1", "Error: STARTTLS not supported");
+    if (in_transaction())
+        return reply(503, "5.5.1", "Error: STARTTLS not permitted during a mail transaction");
+    append_reply(_out, 220, "2.0.0", "Ready to start TLS");
+    _state = state::tls_wait;  // process() drops whatever follows
+}
+
+void server_session::cmd_auth(std::string_view arg) {
+    if (_auth == nullptr)
+        return reply(502, "5.5.1", "Error: AUTH not supported");
+    if (!_greeted || !_extended)
+        return reply(503, "5.5.1", "Error: send EHLO first");
+    if (!_tls && !_config.auth_plaintext) {
+        return reply(538, "5.7.11", "Encryption required for requested authentication mechanism");
+    }
+    if (_authenticated)
+        return reply(503, "5.5.1", "Error: already authenticated");
+    if (in_transaction())
+        return reply(503, "5.5.1", "Error: AUTH not permitted during a mail transaction");
+    std::size_t sp = arg.find(' ');
+    std::string_view mech = arg.substr(0, sp);
+    std::optional<std::string_view> initial;
+    if (sp != std::string_view::npos) {
+        std::string_view ir = arg.substr(sp + 1);
+        initial = ir == "=" ? std::string_view{} : ir;
+        if (ir.empty() || ir.find(' ') != std::string_view::npos)
+            return reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
+    }
+    if (!valid_mechanism_name(mech))
+        return reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
+    const std::vector<std::string> mechanisms = advertised_mechanisms();
+    const std::string* chosen = nullptr;
+    for (const auto& m : mechanisms) {
+        if (equals_nocase(m, mech)) {
+            chosen = &m;
+            break;
+        }
+    }
+    if (chosen == nullptr)
+        return reply(504, "5.5.4", "Unrecognized authentication type");
+    apply_auth_step(_auth->start(*chosen, initial));
+}
+
+// A line answering a 334.
+void server_session::auth_line(std::string_view line) {
+    const bool cancelled = line == "*";
+    if (cancelled || line.find_first_of("\r\n") != std::string_view::npos) {
+        cancel_auth();
+        _state = state::command;
+        ++_stats.auth_failures;
+        if (cancelled)
+            return reply(501, "5.0.0", "Authentication aborted");
+        return reply(501, "5.5.2", "Error: bare <CR> or <LF> in authentication response");
+    }
+    _state = state::command;
+    apply_auth_step(_auth->step(line));
+}
+
+void server_session::apply_auth_step(auth_step step) {
+    switch (step.what) {
+        case auth_step::kind::challenge:
+            if (step.text.find_first_of("\r\n") != std::string::npos)
+                invariant_broken("CR or LF in an AUTH challenge");
+            _out.append("334 ").append(step.text).append("\r\n");
+            _state = state::auth_response;
+            return;
+        case auth_step::kind::pending:
+            _state = state::auth_pending;
+            return;
+        case auth_step::kind::success:
+            _state = state::command;
+            _authenticated = true;
+            _env.auth_user = std::move(step.user);
+            ++_stats.authenticated;
+            return reply(235, "2.7.0", "Authentication successful");
+        case auth_step::kind::failure:
+            break;
+    }
+    if (step.code < 400 || step.code > 599)
+        invariant_broken("AUTH failure without a 4xx/5xx code");
+    _state = state::command;
+    ++_stats.auth_failures;
+    if (step.close) {
+        ++_stats.errors;
+        return close_with(step.enhanced, step.text, step.code);
+    }
+    reply(step.code, step.enhanced, step.text);
+}
+
+void server_session::cancel_auth() {
+    if (_auth != nullptr && (_state == state::auth_response || _state == state::auth_pending))
+        _auth->cancel();
 }
 
 // --- content -----------------------------------------------------------------------------
@@ -785,6 +1008,45 @@ void server_session::on_commit_reply(unsigned code, std::string_view enhanced,
         drain();
 }
 
+void server_session::on_tls_established(tls_details details) {
+    if (_state == state::closed)
+        return;  // closed meanwhile (timeout, shutdown): nothing to resume
+    if (_state != state::tls_wait)
+        invariant_broken("on_tls_established() without STARTTLS");
+    ++_stats.tls_established;
+    // RFC 3207 4.2: forget everything learnt in plaintext.
+    reset_transaction();
+    _greeted = false;
+    _extended = false;
+    _authenticated = false;
+    _env = envelope{};
+    _env.client_address = _peer.address;
+    _env.tls_protocol = details.protocol;
+    _env.tls_cipher = details.cipher;
+    _tls = std::move(details);
+    _in.clear();
+    _state = state::command;
+}
+
+void server_session::on_tls_failed() {
+    if (_state == state::closed)
+        return;
+    if (_state != state::tls_wait)
+        invariant_broken("on_tls_failed() without STARTTLS");
+    _state = state::closed;
+    _in.clear();
+}
+
+void server_session::on_auth_result(auth_step result) {
+    if (_state == state::closed)
+        return;  // the peer went away meanwhile
+    if (_state != state::auth_pending || result.what == auth_step::kind::pending)
+        invariant_broken("on_auth_result() without a pending AUTH, or pending again");
+    apply_auth_step(std::move(result));
+    if (!_processing)
+        drain();
+}
+
 void server_session::on_timeout() {
     if (_state == state::closed)
         return;
@@ -804,6 +1066,7 @@ void server_session::on_peer_closed() {
         _sink.abort();
         _begun = false;
     }
+    cancel_auth();
     _state = state::closed;
     _in.clear();
 }

@@ -4,14 +4,19 @@
 // input. Invariants: the transaction_sink contract holds (no append outside begin..commit or
 // begin..abort, abort never after commit), output is whole CRLF-terminated reply lines,
 // a committed message is in transmission form (CRLF only, never a lone "." line), and the
-// buffered input respects its bound.
+// buffered input respects its bound. STARTTLS/AUTH: while the session waits for a handshake no
+// input produces output (pipelined plaintext is dropped), a handshake leaves a fresh session,
+// and the auth_backend contract holds (no "*" or CR/LF passed to step(), no new step while a
+// verification is pending, a result only when one is pending).
 #include "ringmail/smtp/server_session.h"
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace {
 
@@ -69,6 +74,49 @@ class checking_sink final : public ringmail::smtp::transaction_sink {
     std::string content;
 };
 
+// Answers by the first character of the response: A success, B pending, C 535, D 421 and
+// close, E another challenge, anything else 501.
+class checking_auth final : public ringmail::smtp::auth_backend {
+  public:
+    std::vector<std::string> mechanisms() const override { return {"PLAIN", "LOGIN"}; }
+    ringmail::smtp::auth_step start(std::string_view mechanism,
+                                    std::optional<std::string_view> ir) override {
+        check(!pending, "start while a verification is pending");
+        check(mechanism == "PLAIN" || mechanism == "LOGIN", "unknown mechanism passed on");
+        if (!ir)
+            return ringmail::smtp::auth_step::challenge(mechanism == "PLAIN" ? "" : "VXNlcg==");
+        return decide(*ir);
+    }
+    ringmail::smtp::auth_step step(std::string_view response) override {
+        check(!pending, "step while a verification is pending");
+        check(response != "*", "cancel line passed to the backend");
+        check(response.find_first_of("\r\n") == std::string_view::npos, "CR/LF in a response");
+        return decide(response);
+    }
+    void cancel() noexcept override { pending = false; }
+    bool pending = false;
+
+  private:
+    ringmail::smtp::auth_step decide(std::string_view r) {
+        using ringmail::smtp::auth_step;
+        switch (r.empty() ? '\0' : r[0]) {
+            case 'A':
+                return auth_step::success("user");
+            case 'B':
+                pending = true;
+                return auth_step::pending();
+            case 'C':
+                return auth_step::failure(535, "5.7.8", "Authentication credentials invalid");
+            case 'D':
+                return auth_step::failure(421, "4.7.0", "Too many failures", true);
+            case 'E':
+                return auth_step::challenge("UGFzcw==");
+            default:
+                return auth_step::failure(501, "5.5.2", "Cannot decode response");
+        }
+    }
+};
+
 void check_output(const std::string& out) {
     if (out.empty())
         return;
@@ -99,12 +147,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     cfg.max_errors = 50;
     cfg.max_buffered_input = 512;
     cfg.relay_domains = {"local.test"};
+    cfg.tls_available = (data[1] & 0x10) != 0;
+    const bool with_auth = (data[1] & 0x20) != 0;
+    cfg.auth_plaintext = (data[1] & 0x40) != 0;
+    cfg.require_auth = (data[1] & 0x80) != 0;
+    cfg.max_auth_line = 64 + data[2] * 2u;
+    const bool implicit_tls = (data[0] & 1) != 0;
     const std::uint8_t mode = data[1] >> 2;
     data += 4;
     size -= 4;
 
     checking_sink sink;
-    ringmail::smtp::server_session s(cfg, {"192.0.2.9", (mode & 1) != 0}, sink);
+    checking_auth auth;
+    ringmail::smtp::peer_info peer{"192.0.2.9", (mode & 1) != 0};
+    if (implicit_tls)
+        peer.tls = ringmail::smtp::tls_details{"TLSv1.3", "TLS_AES_128_GCM_SHA256"};
+    ringmail::smtp::server_session s(cfg, peer, sink, with_auth ? &auth : nullptr);
     s.start();
     std::string out;
     unsigned queue = 0;
@@ -118,8 +176,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (n > size - pos)
             n = size - pos;
         if (!s.input_full()) {
+            const bool waiting_for_tls = s.wants_tls();
+            const bool had_output = s.has_output();
             s.receive(std::string_view(reinterpret_cast<const char*>(data) + pos, n));
             pos += n;
+            if (waiting_for_tls) {
+                check(s.wants_tls(), "input ended the wait for a handshake");
+                check(s.has_output() == had_output, "plaintext after STARTTLS was answered");
+            }
         }
         check(s.current_timeout().count() > 0, "timeout");
         if (s.awaiting_commit() && (rng & 3) != 0) {
@@ -129,6 +193,30 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 s.on_commit(ringmail::sys_failure(28));
             } else {
                 s.on_commit(std::string("Q") + std::to_string(++queue));
+            }
+        }
+        if (s.awaiting_auth() && (rng & 0xc00) != 0) {
+            check(auth.pending, "awaiting AUTH without a pending verification");
+            auth.pending = false;
+            if (rng & 0x1000) {
+                s.on_auth_result(ringmail::smtp::auth_step::success("late"));
+            } else {
+                s.on_auth_result(ringmail::smtp::auth_step::failure(535, "5.7.8", "no"));
+            }
+        }
+        if (s.wants_tls() && (rng & 0x6000) != 0) {
+            if ((rng & 0x6000) == 0x6000) {
+                s.on_tls_failed();
+                check(s.wants_close(), "TLS failure leaves the session open");
+            } else {
+                out.clear();
+                s.take_output(out);  // the 220 goes out in plaintext before the handshake
+                check_output(out);
+                s.on_tls_established({"TLSv1.3", "TLS_AES_128_GCM_SHA256"});
+                check(s.tls_active() && !s.authenticated() && !s.in_transaction(),
+                      "TLS did not leave a fresh session");
+                check(s.current_envelope().helo_name.empty(), "HELO name survived STARTTLS");
+                check(!s.has_output(), "output after the handshake before any input");
             }
         }
         sink.fail_next_begin = (rng & 0x300) == 0x300;
@@ -144,6 +232,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     if (s.awaiting_commit())
         s.on_commit(std::string("late"));
+    s.on_auth_result(ringmail::smtp::auth_step::success("after close"));  // ignored when closed
     out.clear();
     s.take_output(out);
     check_output(out);

@@ -17,7 +17,16 @@
 //   all RCPTs or DATA refused); after the final reply the server has reset itself already.
 // - An address holding CR, LF or NUL, or longer than 998 octets, is never put on the wire: that
 //   recipient (or the whole transaction, for the sender) fails locally with 501.
-// - STARTTLS is only reported as a capability here; the TLS layer drives it.
+// - STARTTLS (RFC 3207) by client_config::starttls: after EHLO, when the peer offers it, the
+//   session sends STARTTLS; on 220 it waits (wants_tls()) for the caller's handshake, then
+//   sends EHLO again and learns the capabilities anew. Opportunistic: a peer that does not
+//   offer it or refuses it gets plaintext. Required: that fails the session with 451 4.7.0
+//   (transient: the message is deferred, never sent in the clear). Any byte the server sends
+//   after its 220 and before the handshake fails the session (response injection).
+// - AUTH (RFC 4954), for the load generator: with client_config::credentials the session sends
+//   AUTH PLAIN with an initial response after EHLO (after the TLS EHLO when TLS is used) and
+//   requires 235; anything else fails the session with that reply (5xx permanent, 4xx
+//   transient). A peer that does not offer AUTH PLAIN fails it with 530 5.7.0.
 #pragma once
 
 #include "ringmail/smtp/reply_parser.h"
@@ -33,8 +42,21 @@
 
 namespace ringmail::smtp {
 
+enum class tls_policy : std::uint8_t {
+    none,           // never STARTTLS
+    opportunistic,  // STARTTLS when offered; plaintext when not offered or refused
+    required,       // STARTTLS or a transient failure
+};
+
+struct client_credentials {
+    std::string user;
+    std::string password;
+};
+
 struct client_config {
     std::string helo_name;
+    tls_policy starttls = tls_policy::none;
+    std::optional<client_credentials> credentials;  // AUTH PLAIN after EHLO when set
     // RFC 5321 4.5.3.2.
     std::chrono::seconds greeting_timeout{300};
     std::chrono::seconds ehlo_timeout{300};
@@ -55,6 +77,8 @@ struct peer_capabilities {
     bool chunking = false;
     bool starttls = false;
     bool enhanced_status_codes = false;
+    bool auth_plain = false;  // "AUTH ... PLAIN ..." (or the old "AUTH=PLAIN")
+    bool auth_login = false;
 };
 
 // Everything is borrowed and must stay valid until the transaction's result is taken.
@@ -111,16 +135,37 @@ class client_session {
     void on_timeout();
     void on_connection_lost();
 
+    // The server said 220 to STARTTLS: send what begin_send() still gives, then run the
+    // handshake on the connection and report its end.
+    bool wants_tls() const { return _state == state::tls_wait; }
+    void on_tls_established();                    // sends EHLO again (nothing once closed())
+    void on_tls_failed(std::string_view reason);  // fails with 451 4.7.0 (deferred)
+    bool tls_active() const { return _tls_active; }
+    bool authenticated() const { return _authenticated; }
+
     // The caller should close the connection (after sending what begin_send() still gives).
     bool closed() const { return _state == state::closed; }
     bool failed() const { return _failed; }
     const server_reply& last_error() const { return _last_error; }
-    // Deadline for the awaited reply; zero when nothing is awaited (idle).
+    // Deadline for the awaited reply; zero when nothing is awaited (idle, or the caller's
+    // handshake while wants_tls()).
     std::chrono::seconds current_timeout() const;
     const peer_capabilities& capabilities() const { return _caps; }
 
   private:
-    enum class state : std::uint8_t { greeting, ehlo, helo, idle, transaction, rset, quit, closed };
+    enum class state : std::uint8_t {
+        greeting,
+        ehlo,
+        helo,
+        starttls,  // STARTTLS sent
+        tls_wait,  // 220 received: the caller runs the handshake
+        auth,      // AUTH PLAIN sent
+        idle,
+        transaction,
+        rset,
+        quit,
+        closed
+    };
     enum class expect_kind : std::uint8_t { mail, rcpt, data, data_end };
     struct expect {
         expect_kind kind;
@@ -144,6 +189,10 @@ class client_session {
     void on_greeting(server_reply& reply);
     void on_ehlo(server_reply& reply);
     void on_helo(server_reply& reply);
+    void on_starttls(server_reply& reply);
+    void on_auth(server_reply& reply);
+    void after_hello();  // STARTTLS, then AUTH, then idle, as configured and offered
+    void after_tls_decision();
     void on_transaction_reply(server_reply& reply);
     void send_command(std::string_view a, std::string_view b = {}, std::string_view c = {});
     void send_borrowed(std::string_view bytes);
@@ -161,6 +210,8 @@ class client_session {
     state _state = state::greeting;
     reply_parser _parser;
     peer_capabilities _caps;
+    bool _tls_active = false;
+    bool _authenticated = false;
     bool _failed = false;
     bool _quit_requested = false;
     server_reply _last_error;
@@ -172,7 +223,7 @@ class client_session {
     std::vector<expect> _expected;  // replies awaited, oldest first (pipelined flight)
     std::size_t _expected_head = 0;
     std::uint32_t _next_rcpt = 0;  // lock-step: next RCPT to send
-    bool _body_sent = false;  // the body pieces left in end_send()
+    bool _body_sent = false;       // the body pieces left in end_send()
 
     out_buffer _buffers[2];
     out_buffer* _back = &_buffers[0];   // gathers new output

@@ -13,19 +13,27 @@
 namespace ringmail::smtp {
 
 // MAIL FROM BODY= (RFC 6152, RFC 3030).
-enum class body_type : std::uint8_t { unspecified = 0, seven_bit = 1, eight_bit_mime = 2, binary_mime = 3 };
+enum class body_type : std::uint8_t {
+    unspecified = 0,
+    seven_bit = 1,
+    eight_bit_mime = 2,
+    binary_mime = 3
+};
 
 struct envelope {
     std::string mail_from;             // reverse-path without <>; empty for the null sender
     std::vector<std::string> rcpt_to;  // forward-paths without <>, in RCPT order
     body_type body = body_type::unspecified;
-    bool smtputf8 = false;           // MAIL FROM ... SMTPUTF8
+    bool smtputf8 = false;            // MAIL FROM ... SMTPUTF8
     std::uint64_t declared_size = 0;  // MAIL FROM ... SIZE=, 0 when absent
 
     // Reception facts.
-    std::string helo_name;       // argument of EHLO/HELO
-    std::string client_address;  // textual IP of the client
-    std::string protocol;        // RFC 3848 "with" value: SMTP, ESMTP, UTF8SMTP, ...
+    std::string helo_name;          // argument of EHLO/HELO
+    std::string client_address;     // textual IP of the client
+    std::string protocol;           // RFC 3848 "with" value: SMTP, ESMTP, ESMTPSA, UTF8SMTPS, ...
+    std::string auth_user;          // SASL identity after a successful AUTH; never in Received
+    std::string tls_protocol;       // "TLSv1.3" when received inside TLS, else empty
+    std::string tls_cipher;         // "TLS_AES_256_GCM_SHA384"
     std::int64_t arrival_time = 0;  // unix seconds
 };
 

@@ -12,11 +12,15 @@
 
 namespace ringmail::smtp {
 
-// "Received: from HELO ([ip])\r\n\tby HOST (ringmail) with PROTO id QID (shard N)\r\n
+// "Received: from HELO ([ip])\r\n[\t(using TLSv1.3 with cipher C)\r\n]
+//  \tby HOST (ringmail) with PROTO id QID (shard N)\r\n
 //  \t[for <rcpt>]; Mon, 23 Nov 2026 10:00:00 +0000\r\n" — folded, ending in CRLF.
+// PROTO is env.protocol (RFC 3848: ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTP*; SMTP when
+// empty). The TLS comment appears when env.tls_protocol is set.
 // `for` appears only with exactly one recipient (more would disclose the others).
+// env.auth_user is never written: the header travels with the message to every later hop and
+// would disclose the account (Postfix's default, smtpd_sasl_authenticated_header = no).
 std::string format_received(const envelope& env, std::string_view hostname,
                             std::string_view queue_id, unsigned shard, std::int64_t now_unix);
-
 
 }  // namespace ringmail::smtp

@@ -8,6 +8,21 @@
 //
 // Lines end in CRLF only. A bare CR or LF never ends a command line or the data, and a message
 // containing one is refused (SMTP smuggling, CVE-2023-51764 class).
+//
+// STARTTLS (RFC 3207) and AUTH (RFC 4954) are framed here; the TLS pump and the SASL mechanisms
+// live elsewhere. Decisions:
+// - STARTTLS on a listener without a certificate answers 502 5.5.1 (never offered, retrying
+//   cannot help), not 454. Inside a transaction or inside TLS: 503 5.5.1. It is accepted
+//   before EHLO (RFC 3207 does not require one).
+// - After "220 2.0.0 Ready to start TLS" every plaintext octet still buffered or received
+//   before on_tls_established() is dropped unread (command injection, CVE-2011-0411 class) and
+//   counted in session_stats::starttls_discarded. Establishment resets the session to the
+//   fresh state (RFC 3207 4.2): no EHLO, no envelope, not authenticated; no new greeting.
+// - AUTH is offered only inside TLS (or with server_config::auth_plaintext) and only with an
+//   auth_backend; otherwise 538 5.7.11 / 502 5.5.1. A continuation line "*" is handled here
+//   (501 5.0.0, auth_backend::cancel()); the backend never sees it. AUTH lines (command and
+//   continuation) may be max_auth_line octets; past it 500 5.5.6 and the exchange ends.
+// - A successful AUTH allows relaying and gives the Received protocol its "A" (RFC 3848).
 #pragma once
 
 #include "ringmail/core/result.h"
@@ -15,6 +30,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -32,13 +48,74 @@ struct server_config {
     std::chrono::seconds command_timeout{300};  // RFC 5321 4.5.3.2
     std::chrono::seconds data_timeout{180};
     std::vector<std::string> relay_domains;  // lower-case; RCPT domains accepted from anyone
-    // Pipelined input held while awaiting_commit(); input_full() once reached.
+    // Pipelined input held while awaiting_commit() or awaiting_auth(); input_full() once reached.
     std::uint32_t max_buffered_input = 65536;
+
+    bool tls_available = false;   // the listener has a certificate: STARTTLS offered outside TLS
+    bool auth_plaintext = false;  // AUTH offered outside TLS too (tests, trusted loopback only)
+    bool require_auth = false;    // submission/smtps: MAIL before AUTH -> 530 5.7.0
+    // Mechanisms advertised and accepted, upper case, in EHLO order; empty: auth_backend's list.
+    std::vector<std::string> auth_mechanisms;
+    std::uint32_t max_auth_line = 12288;  // AUTH command/continuation line incl. CRLF (RFC 4954 4)
+};
+
+// What the TLS layer tells the session (and the Received header) about an established session.
+struct tls_details {
+    std::string protocol;  // "TLSv1.3"
+    std::string cipher;    // "TLS_AES_256_GCM_SHA384"
 };
 
 struct peer_info {
     std::string address;         // textual IP, goes into envelope::client_address
     bool relay_allowed = false;  // client in relay.allow_networks
+    // Set when the connection is inside TLS from the start (role smtps, implicit TLS): the
+    // daemon completes the handshake before start(). STARTTLS is then refused with 503.
+    std::optional<tls_details> tls{};
+};
+
+// One step of a SASL exchange, as the auth backend answers it.
+struct auth_step {
+    enum class kind : std::uint8_t {
+        challenge,  // send "334 <text>" and pass the client's next line to step()
+        pending,    // verification runs asynchronously: on_auth_result() follows
+        success,    // 235 2.7.0; `user` is the authenticated identity
+        failure,    // `code` `enhanced` `text`, e.g. 535 5.7.8, 501 5.5.2, 454 4.7.0, 421 4.7.0
+    };
+    kind what = kind::failure;
+    std::string text;   // challenge: base64 text (may be empty, no CR/LF); failure: reply text
+    std::string user;   // success
+    unsigned code = 0;  // failure: 4xx or 5xx
+    std::string enhanced;
+    bool close = false;  // failure: close the connection after the reply (rate limiting)
+
+    static auth_step challenge(std::string base64_text);
+    static auth_step pending();
+    static auth_step success(std::string user);
+    static auth_step failure(unsigned code, std::string enhanced, std::string text,
+                             bool close = false);
+};
+
+// Implemented by the daemon (over the auth part), one per connection so that a pending result
+// finds its session. Runs at most one SASL exchange at a time; start() begins a new one and
+// forgets any earlier state. Text in and out is base64 as on the wire: the backend decodes.
+// It must never call server_session::on_auth_result() from inside start() or step(): a result
+// known at once is returned instead of pending().
+class auth_backend {
+  public:
+    virtual ~auth_backend() = default;
+    // Mechanism names the backend implements, upper case ("PLAIN", "LOGIN").
+    virtual std::vector<std::string> mechanisms() const = 0;
+    // `mechanism` is one of the advertised names (canonical case). `initial_response` is the
+    // AUTH command's second argument; "=" (an empty initial response) is given as "".
+    virtual auth_step start(std::string_view mechanism,
+                            std::optional<std::string_view> initial_response) = 0;
+    // The client's answer to a challenge: one line without CRLF, never "*" (the session
+    // cancels then), never holding CR or LF.
+    virtual auth_step step(std::string_view response) = 0;
+    // The session dropped the exchange (client cancel, over-long line, close, timeout, TLS
+    // reset). A pending verification may still complete; its on_auth_result() is ignored if
+    // the session is closed.
+    virtual void cancel() noexcept {}
 };
 
 // Implemented by the daemon: streams one message into the spool.
@@ -60,14 +137,21 @@ class transaction_sink {
 struct session_stats {
     std::uint64_t ehlo = 0, helo = 0, mail = 0, rcpt = 0, data = 0, bdat = 0, rset = 0, noop = 0,
                   quit = 0, other = 0;
-    std::uint64_t messages_accepted = 0;  // on_commit() with a queue id
-    std::uint64_t messages_rejected = 0;  // content refused at end of data
-    std::uint64_t errors = 0;             // 4xx/5xx replies sent
+    std::uint64_t messages_accepted = 0;   // on_commit() with a queue id
+    std::uint64_t messages_rejected = 0;   // content refused at end of data
+    std::uint64_t errors = 0;              // 4xx/5xx replies sent
+    std::uint64_t starttls = 0, auth = 0;  // commands received
+    std::uint64_t tls_established = 0;     // on_tls_established() calls
+    std::uint64_t authenticated = 0;       // successful AUTH exchanges
+    std::uint64_t auth_failures = 0;       // AUTH exchanges ending in a failure reply
+    std::uint64_t starttls_discarded = 0;  // plaintext octets dropped after STARTTLS's 220
 };
 
 class server_session {
   public:
-    server_session(const server_config& config, peer_info peer, transaction_sink& sink);
+    // `auth` may be null: AUTH is then neither advertised nor accepted (502 5.5.1).
+    server_session(const server_config& config, peer_info peer, transaction_sink& sink,
+                   auth_backend* auth = nullptr);
     server_session(const server_session&) = delete;
     server_session& operator=(const server_session&) = delete;
 
@@ -78,17 +162,32 @@ class server_session {
     void on_commit(result<std::string> queue_id);
     // The same with any final reply (a sink injecting 4xx/5xx): 2xx counts as accepted.
     void on_commit_reply(unsigned code, std::string_view enhanced, std::string_view text);
-    void on_timeout();      // 421 4.4.2 and close
+    // 421 4.4.2 and close (while wants_tls(): close without a reply, the handshake owns the
+    // connection).
+    void on_timeout();
     // The daemon is stopping: 421 4.3.2 and close, unless a commit is pending (the daemon
-    // calls it between transactions, see in_transaction()).
+    // calls it between transactions, see in_transaction()). While wants_tls(): close silently.
     void shutdown();
-    void on_peer_closed();  // aborts an open (uncommitted) transaction
+    void on_peer_closed();  // aborts an open (uncommitted) transaction and a SASL exchange
+
+    // STARTTLS: after the 220 (take_output() it and send it in plaintext) the session waits
+    // with wants_tls() until the handshake ends. Established: the session is fresh again and
+    // reads plaintext from the TLS layer. Failed: the session closes without a reply.
+    void on_tls_established(tls_details details);
+    void on_tls_failed();
+    // After auth_backend answered pending(): the outcome (challenge, success or failure, never
+    // pending); then resumes the held input. Ignored once the session is closed.
+    void on_auth_result(auth_step result);
     // Swaps pending reply bytes into `out` (pass it empty; its capacity is reused).
     void take_output(std::string& out);
 
     bool has_output() const noexcept { return !_out.empty(); }
     bool wants_close() const noexcept { return _state == state::closed; }
     bool awaiting_commit() const noexcept { return _state == state::awaiting_commit; }
+    bool awaiting_auth() const noexcept { return _state == state::auth_pending; }
+    bool wants_tls() const noexcept { return _state == state::tls_wait; }
+    bool tls_active() const noexcept { return _tls.has_value(); }
+    bool authenticated() const noexcept { return _authenticated; }
     // MAIL accepted and the transaction neither committed nor reset yet.
     bool in_transaction() const noexcept {
         return _in_mail || _begun || _state == state::awaiting_commit;
@@ -99,13 +198,24 @@ class server_session {
     const envelope& current_envelope() const noexcept { return _env; }
 
   private:
-    enum class state : std::uint8_t { command, discard_line, data, bdat, awaiting_commit, closed };
+    enum class state : std::uint8_t {
+        command,
+        discard_line,
+        data,
+        bdat,
+        awaiting_commit,
+        auth_response,  // a 334 was sent: the next line answers it
+        auth_pending,   // auth_backend verifies: input held
+        tls_wait,       // 220 to STARTTLS sent: input discarded until the handshake ends
+        closed
+    };
     // Where the content scanner is within a line.
     enum class scan : std::uint8_t { line_start, mid_line, cr, dot, dot_cr };
     enum class content_error : std::uint8_t { none, bare_cr_lf, line_too_long, too_big, storage };
 
     std::size_t process(std::string_view in);
-    std::size_t process_command(std::string_view in);
+    std::size_t process_line(std::string_view in);
+    std::size_t discard_plaintext(std::string_view in);
     std::size_t discard_line(std::string_view in);
     std::size_t scan_data(std::string_view in);
     std::size_t scan_bdat(std::string_view in);
@@ -119,6 +229,17 @@ class server_session {
     void cmd_data(std::string_view arg);
     void cmd_bdat(std::string_view arg);
     void cmd_rset(std::string_view arg);
+    void cmd_starttls(std::string_view arg);
+    void cmd_auth(std::string_view arg);
+    void auth_line(std::string_view line);
+    void apply_auth_step(auth_step step);
+    void cancel_auth();
+    bool relay_allowed() const noexcept { return _peer.relay_allowed || _authenticated; }
+    bool auth_offered() const noexcept;
+    std::vector<std::string> advertised_mechanisms() const;
+    bool holding_input() const noexcept {
+        return _state == state::awaiting_commit || _state == state::auth_pending;
+    }
 
     bool begin_content();
     void emit(const char* p, std::size_t n);
@@ -140,11 +261,15 @@ class server_session {
     static canned_reply storage_reply(std::error_code ec) noexcept;
     void reply(unsigned code, std::string_view enhanced, std::string_view text, bool counts = true);
     void reply(const canned_reply& r) { reply(r.code, r.enhanced, r.text, r.counts); }
-    void close_with(std::string_view enhanced, std::string_view text);
+    void close_with(std::string_view enhanced, std::string_view text, unsigned code = 421);
 
     const server_config& _config;
     peer_info _peer;
     transaction_sink& _sink;
+    auth_backend* _auth;
+    std::optional<tls_details> _tls;
+    bool _authenticated = false;
+    bool _discard_auth = false;  // the line being discarded is an AUTH line: 500 5.5.6
     state _state = state::command;
     bool _greeted = false;    // EHLO/HELO seen
     bool _extended = false;   // EHLO rather than HELO

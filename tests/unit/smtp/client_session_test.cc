@@ -30,7 +30,8 @@ constexpr std::string_view ehlo_pipelining =
     "250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n";
 
 struct harness {
-    client_session s{test_config()};
+    explicit harness(const client_config& config = test_config()) : s(config) {}
+    client_session s;
     std::vector<std::string> rcpts{"b@example.org", "c@example.org"};
     std::string headers = "Received: from x by y; Mon, 1 Jan 2024 00:00:00 +0000\r\n";
     std::string body = "Subject: hi\r\n\r\n..dot\r\nbye\r\n";
@@ -641,6 +642,224 @@ TEST(client_session, body_without_final_crlf_gets_one_before_the_dot) {
     h.drain();
     h.s.receive("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
     EXPECT_EQ(h.drain(), h.headers + h.body + "\r\n.\r\n");
+}
+
+// --- STARTTLS and AUTH ---------------------------------------------------------------------
+
+constexpr std::string_view ehlo_tls_offered =
+    "250-mx.example.test hello\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 AUTH LOGIN\r\n";
+constexpr std::string_view ehlo_inside_tls =
+    "250-mx.example.test hello\r\n250-PIPELINING\r\n250-SIZE 2000000\r\n"
+    "250 AUTH PLAIN LOGIN\r\n";
+
+client_config tls_config(tls_policy policy) {
+    client_config c = test_config();
+    c.starttls = policy;
+    return c;
+}
+
+// Greeting and first EHLO; returns what the session sends after that EHLO reply.
+std::string hello(harness& h, std::string_view ehlo_reply) {
+    EXPECT_EQ(h.drain(), "");
+    h.s.receive("220 mx.example.test ESMTP\r\n");
+    EXPECT_EQ(h.drain(), "EHLO relay.example.test\r\n");
+    h.s.receive(ehlo_reply);
+    return h.drain();
+}
+
+TEST(client_session, starttls_offered_then_ehlo_again) {
+    for (tls_policy policy : {tls_policy::opportunistic, tls_policy::required}) {
+        harness h(tls_config(policy));
+        EXPECT_EQ(hello(h, ehlo_tls_offered), "STARTTLS\r\n");
+        EXPECT_FALSE(h.s.ready());
+        EXPECT_EQ(h.s.current_timeout(), 12s);
+        h.s.receive("220 2.0.0 Ready to start TLS\r\n");
+        EXPECT_TRUE(h.s.wants_tls());
+        EXPECT_FALSE(h.s.ready());
+        EXPECT_EQ(h.drain(), "");
+        EXPECT_EQ(h.s.current_timeout(), 0s);
+        h.s.on_tls_established();
+        EXPECT_TRUE(h.s.tls_active());
+        EXPECT_FALSE(h.s.wants_tls());
+        EXPECT_EQ(h.drain(), "EHLO relay.example.test\r\n");
+        EXPECT_FALSE(h.s.capabilities().starttls);  // forgotten until the new EHLO reply
+        h.s.receive(ehlo_inside_tls);
+        ASSERT_TRUE(h.s.ready());
+        EXPECT_EQ(h.drain(), "");  // no second STARTTLS
+        EXPECT_EQ(h.s.capabilities().max_size, 2000000u);
+        EXPECT_TRUE(h.s.capabilities().auth_plain);
+        EXPECT_FALSE(h.s.failed());
+    }
+}
+
+TEST(client_session, starttls_not_offered) {
+    struct case_t {
+        tls_policy policy;
+        bool fails;
+    };
+    for (auto c : {case_t{tls_policy::none, false}, case_t{tls_policy::opportunistic, false},
+                   case_t{tls_policy::required, true}}) {
+        harness h(tls_config(c.policy));
+        EXPECT_EQ(hello(h, ehlo_plain), "");
+        EXPECT_EQ(h.s.failed(), c.fails);
+        EXPECT_EQ(h.s.ready(), !c.fails);
+        EXPECT_FALSE(h.s.tls_active());
+        if (c.fails) {
+            EXPECT_TRUE(h.s.closed());
+            EXPECT_TRUE(h.s.last_error().transient());
+            EXPECT_EQ(h.s.last_error().to_string(),
+                      "451 4.7.0 TLS required but not offered by peer");
+        }
+    }
+    harness h(tls_config(tls_policy::none));  // offered but not wanted
+    EXPECT_EQ(hello(h, ehlo_tls_offered), "");
+    EXPECT_TRUE(h.s.ready());
+}
+
+struct starttls_refused_case {
+    tls_policy policy;
+    std::string_view reply;
+    bool fails;
+};
+
+class starttls_refused : public testing::TestWithParam<starttls_refused_case> {};
+
+TEST_P(starttls_refused, opportunistic_carries_on_required_defers) {
+    const auto& c = GetParam();
+    harness h(tls_config(c.policy));
+    EXPECT_EQ(hello(h, ehlo_tls_offered), "STARTTLS\r\n");
+    h.s.receive(c.reply);
+    EXPECT_FALSE(h.s.wants_tls());
+    EXPECT_FALSE(h.s.tls_active());
+    EXPECT_EQ(h.s.failed(), c.fails);
+    EXPECT_EQ(h.s.ready(), !c.fails);
+    if (c.fails) {
+        EXPECT_TRUE(h.s.last_error().transient()) << h.s.last_error().to_string();
+        EXPECT_EQ(h.s.last_error().enhanced, "4.7.0");
+        EXPECT_NE(h.s.last_error().text.find("STARTTLS refused"), std::string::npos);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    replies, starttls_refused,
+    testing::Values(
+        starttls_refused_case{tls_policy::opportunistic, "454 4.7.0 TLS not available\r\n", false},
+        starttls_refused_case{tls_policy::opportunistic, "502 5.5.1 not implemented\r\n", false},
+        starttls_refused_case{tls_policy::required, "454 4.7.0 TLS not available\r\n", true},
+        starttls_refused_case{tls_policy::required, "502 5.5.1 not implemented\r\n", true}));
+
+TEST(client_session, starttls_failures) {
+    {
+        harness h(tls_config(tls_policy::opportunistic));
+        hello(h, ehlo_tls_offered);
+        h.s.receive("220 go ahead\r\n");
+        h.s.on_tls_failed("certificate verify failed");
+        EXPECT_TRUE(h.s.failed());
+        EXPECT_TRUE(h.s.closed());
+        EXPECT_EQ(h.s.last_error().to_string(),
+                  "451 4.7.0 TLS handshake failed: certificate verify failed");
+    }
+    {
+        // Bytes behind the 220 (in the same read or later) are never read as replies.
+        harness h(tls_config(tls_policy::opportunistic));
+        hello(h, ehlo_tls_offered);
+        h.s.receive("220 go ahead\r\n250 injected\r\n");
+        EXPECT_TRUE(h.s.failed());
+        EXPECT_TRUE(h.s.last_error().transient());
+        h.s.on_tls_established();  // a handshake already under way ends: nothing happens
+        EXPECT_EQ(h.drain(), "");
+        EXPECT_FALSE(h.s.tls_active());
+        harness h2(tls_config(tls_policy::opportunistic));
+        hello(h2, ehlo_tls_offered);
+        h2.s.receive("220 go ahead\r\n");
+        h2.s.receive("2");
+        EXPECT_TRUE(h2.s.failed());
+    }
+    {
+        harness h(tls_config(tls_policy::required));
+        hello(h, ehlo_tls_offered);
+        h.s.receive("421 4.3.2 shutting down\r\n");
+        EXPECT_TRUE(h.s.failed());
+        EXPECT_EQ(h.s.last_error().code, 421);
+    }
+}
+
+client_config auth_config(tls_policy policy = tls_policy::none) {
+    client_config c = tls_config(policy);
+    c.credentials = client_credentials{"alice", "secret"};
+    return c;
+}
+
+// base64("\0alice\0secret")
+constexpr std::string_view auth_line = "AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n";
+
+struct auth_reply_case {
+    std::string_view reply;
+    bool ok;
+    bool permanent;
+};
+
+class client_auth : public testing::TestWithParam<auth_reply_case> {};
+
+TEST_P(client_auth, plain_reply) {
+    const auto& c = GetParam();
+    harness h(auth_config());
+    EXPECT_EQ(hello(h, ehlo_inside_tls), auth_line);
+    EXPECT_FALSE(h.s.ready());
+    EXPECT_EQ(h.s.current_timeout(), 12s);
+    h.s.receive(c.reply);
+    EXPECT_EQ(h.s.ready(), c.ok);
+    EXPECT_EQ(h.s.authenticated(), c.ok);
+    EXPECT_EQ(h.s.failed(), !c.ok);
+    if (!c.ok) {
+        EXPECT_EQ(h.s.last_error().permanent(), c.permanent);
+        EXPECT_EQ(h.s.last_error().transient(), !c.permanent);
+        std::string_view first = c.reply.substr(0, c.reply.find('\r'));
+        EXPECT_EQ(h.s.last_error().to_string(), first);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    replies, client_auth,
+    testing::Values(auth_reply_case{"235 2.7.0 Authentication successful\r\n", true, false},
+                    auth_reply_case{"535 5.7.8 Authentication credentials invalid\r\n", false,
+                                    true},
+                    auth_reply_case{"454 4.7.0 Temporary authentication failure\r\n", false, false},
+                    auth_reply_case{"538 5.7.11 Encryption required\r\n", false, true}));
+
+TEST(client_session, auth_plain_not_offered) {
+    for (std::string_view ehlo : {ehlo_plain, ehlo_tls_offered}) {  // none / only LOGIN
+        harness h(auth_config());
+        EXPECT_EQ(hello(h, ehlo), "");
+        EXPECT_TRUE(h.s.failed());
+        EXPECT_EQ(h.s.last_error().to_string(),
+                  "530 5.7.0 AUTH PLAIN required but not offered by peer");
+    }
+    harness h(auth_config());  // the pre-standard keyword
+    EXPECT_EQ(hello(h, "250-mx\r\n250-AUTH=PLAIN LOGIN\r\n250 AUTH PLAIN\r\n"), auth_line);
+}
+
+TEST(client_session, starttls_then_auth_then_mail_byte_by_byte) {
+    harness h(auth_config(tls_policy::required));
+    auto feed = [&](std::string_view bytes) {
+        for (char c : bytes)
+            h.s.receive(std::string_view(&c, 1));
+    };
+    feed("220 mx.example.test ESMTP\r\n");
+    EXPECT_EQ(h.drain(), "EHLO relay.example.test\r\n");
+    feed("250-mx\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n");  // AUTH waits for TLS
+    EXPECT_EQ(h.drain(), "STARTTLS\r\n");
+    feed("220 2.0.0 Ready to start TLS\r\n");
+    ASSERT_TRUE(h.s.wants_tls());
+    h.s.on_tls_established();
+    EXPECT_EQ(h.drain(), "EHLO relay.example.test\r\n");
+    feed(ehlo_inside_tls);
+    EXPECT_EQ(h.drain(), auth_line);
+    feed("235 2.7.0 Authentication successful\r\n");
+    ASSERT_TRUE(h.s.ready());
+    EXPECT_TRUE(h.s.tls_active() && h.s.authenticated());
+    h.s.start_transaction(h.message());
+    EXPECT_TRUE(h.drain().starts_with("MAIL FROM:<a@example.com>"));
 }
 
 TEST(reply_parser, enhanced_codes_and_lf_lines) {

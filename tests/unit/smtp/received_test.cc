@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
 namespace ringmail::smtp {
 namespace {
 
@@ -57,6 +60,37 @@ TEST(received, every_line_ends_crlf_and_folds_with_tab) {
         if (h[i] == '\n') {
             EXPECT_EQ(h[i - 1], '\r');
             EXPECT_EQ(h[i + 1], '\t');
+        }
+    }
+}
+
+TEST(received, tls_comment_and_protocol_never_the_auth_user) {
+    struct tls_case {
+        std::string protocol, tls_protocol, tls_cipher, user, expected_middle;
+    };
+    const std::vector<tls_case> cases = {
+        {"ESMTPS", "TLSv1.3", "TLS_AES_256_GCM_SHA384", "",
+         "\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n"
+         "\tby mx (ringmail) with ESMTPS id Q (shard 0)\r\n"},
+        {"ESMTPSA", "TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256", "alice@example.test",
+         "\t(using TLSv1.2 with cipher ECDHE-RSA-AES128-GCM-SHA256)\r\n"
+         "\tby mx (ringmail) with ESMTPSA id Q (shard 0)\r\n"},
+        {"ESMTPA", "", "", "bob", "\tby mx (ringmail) with ESMTPA id Q (shard 0)\r\n"},
+        {"ESMTPS", "TLS)v1\r\n", "", "",
+         "\t(using TLS?v1?"
+         "?)\r\n"},  // sanitised
+    };
+    for (const auto& c : cases) {
+        auto env = sample();
+        env.protocol = c.protocol;
+        env.tls_protocol = c.tls_protocol;
+        env.tls_cipher = c.tls_cipher;
+        env.auth_user = c.user;
+        std::string h = format_received(env, "mx", "Q", 0, when);
+        EXPECT_EQ(h.rfind("Received: from client.example.test ([192.0.2.7])\r\n", 0), 0u) << h;
+        EXPECT_NE(h.find(c.expected_middle), std::string::npos) << h;
+        if (!c.user.empty()) {
+            EXPECT_EQ(h.find(c.user), std::string::npos) << h;
         }
     }
 }
