@@ -1,0 +1,469 @@
+#include "ringmail/dns/resolver.h"
+
+#include "ringmail/core/errc.h"
+#include "ringmail/core/log.h"
+#include "ringmail/core/member_completion.h"
+#include "ringmail/core/socket.h"
+#include "ringmail/dns/wire.h"
+
+#include <ares.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <poll.h>
+#include <sys/socket.h>
+
+namespace ringmail::dns {
+
+namespace {
+
+constexpr int class_in = 1;
+
+std::span<const std::uint8_t> answer_bytes(const unsigned char* abuf, int alen) {
+    if (abuf == nullptr || alen <= 0)
+        return {};
+    return {abuf, static_cast<std::size_t>(alen)};
+}
+
+[[noreturn]] void invariant(const char* what) {
+    core::log::error("dns: invariant broken: {}", what);
+    std::abort();
+}
+
+// "1.2.3.4", "1.2.3.4:5353", "::1", "[::1]:5353" -> an endpoint (port 53 when absent).
+result<core::endpoint> parse_server(const std::string& text) {
+    if (auto ep = core::parse_endpoint(text))
+        return ep;
+    if (auto ep = core::parse_endpoint(text + ":53"))
+        return ep;
+    return core::parse_endpoint("[" + text + "]:53");
+}
+
+}  // namespace
+
+struct resolver::query_context {
+    lookup* owner = nullptr;
+    std::size_t host = 0;
+    int family = AF_INET;
+};
+
+struct resolver::lookup {
+    resolver* owner = nullptr;
+    std::string domain;
+    std::vector<callback> waiters;
+    mx_step mx;
+    std::vector<address_step> v4;
+    std::vector<address_step> v6;
+    std::vector<query_context> queries;  // sized once before the address queries start
+    std::size_t pending = 0;             // address queries c-ares has not answered yet
+};
+
+// One per socket c-ares opens. A closed socket's watch lives on until the ring has returned
+// its poll and cancel, so a late completion never lands on a watch for a newer socket that
+// reuses the fd number (each socket gets its own watch, numbered by generation).
+struct resolver::socket_watch {
+    void on_poll(int res, std::uint32_t flags);
+    void on_cancel(int res, std::uint32_t flags);
+    bool ops() const noexcept { return poll_in_flight || cancel_in_flight; }
+
+    resolver* owner;  // nullptr once the resolver is gone: free at the last completion
+    int fd;
+    std::uint64_t generation;
+    unsigned wanted = 0;  // POLLIN/POLLOUT c-ares wants now
+    unsigned armed = 0;   // mask of the poll in flight
+    bool poll_in_flight = false;
+    bool cancel_in_flight = false;
+    bool cancel_sent = false;  // for the poll in flight: at most one cancel per poll
+    bool closed = false;       // c-ares closed the fd
+    bool busy = false;         // inside on_poll: sync and release wait for its end
+    core::member_completion<socket_watch, &socket_watch::on_poll> poll_done{this};
+    core::member_completion<socket_watch, &socket_watch::on_cancel> cancel_done{this};
+
+    socket_watch(resolver* r, int f, std::uint64_t g) : owner(r), fd(f), generation(g) {}
+};
+
+// The wake-up that delivers queued callbacks from the loop: a NOP on the ring.
+struct resolver::waker final : core::completion {
+    explicit waker(resolver* r) : owner(r) {}
+    void complete(int, std::uint32_t) override {
+        in_flight = false;
+        if (owner == nullptr) {
+            delete this;
+            return;
+        }
+        --owner->_ops_in_flight;
+        owner->deliver_ready();
+    }
+    resolver* owner;
+    bool in_flight = false;
+};
+
+void resolver::socket_watch::on_poll(int res, std::uint32_t) {
+    poll_in_flight = false;
+    armed = 0;
+    if (owner == nullptr) {
+        if (!ops())
+            delete this;
+        return;
+    }
+    resolver& r = *owner;
+    --r._ops_in_flight;
+    if (!closed && res != -ECANCELED) {
+        auto it = r._sockets.find(fd);
+        if (it == r._sockets.end() || it->second != this)
+            invariant("poll completion for a socket c-ares no longer owns");
+        int rfd = ARES_SOCKET_BAD;
+        int wfd = ARES_SOCKET_BAD;
+        if (res < 0) {
+            // Unexpected (the ring holds the file): let c-ares find the error on the socket.
+            core::log::warn("dns: poll on socket {} (generation {}) failed: {}", fd, generation,
+                            std::strerror(-res));
+            res = POLLERR;
+        }
+        const auto events = static_cast<unsigned>(res);
+        if ((events & (POLLIN | POLLERR | POLLHUP)) && (wanted & POLLIN))
+            rfd = fd;
+        if ((events & (POLLOUT | POLLERR | POLLHUP)) && (wanted & POLLOUT))
+            wfd = fd;
+        if (rfd != ARES_SOCKET_BAD || wfd != ARES_SOCKET_BAD) {
+            busy = true;  // c-ares may close this very socket inside
+            r.process_fd(rfd, wfd);
+            busy = false;
+        }
+    }
+    r.sync(*this);  // re-arm while c-ares still wants the socket; may free this
+}
+
+void resolver::socket_watch::on_cancel(int, std::uint32_t) {
+    cancel_in_flight = false;
+    if (owner == nullptr) {
+        if (!ops())
+            delete this;
+        return;
+    }
+    --owner->_ops_in_flight;
+    owner->sync(*this);
+}
+
+resolver::resolver(core::reactor& reactor, resolver_options options)
+    : _reactor(reactor),
+      _opts(std::move(options)),
+      _rng(std::random_device{}()),
+      _cache(_opts.cache_entries) {
+    if (!_opts.random)
+        _opts.random = [this] { return _rng(); };
+    _timer.owner = this;
+    _waker = new waker(this);
+}
+
+result<std::unique_ptr<resolver>> resolver::create(core::reactor& reactor, resolver_options options,
+                                                   std::string* why) {
+    std::string csv;
+    for (const auto& s : options.servers) {
+        auto ep = parse_server(s);
+        if (!ep) {
+            if (why)
+                *why = "DNS server '" + s + "' is not an IP address with an optional port";
+            return failure(ep.error());
+        }
+        if (!csv.empty())
+            csv += ',';
+        csv += core::to_string(*ep);
+    }
+    if (options.tries < 1 || options.timeout.count() < 1) {
+        if (why)
+            *why = "DNS timeout and tries must be positive";
+        return errc::internal;
+    }
+
+    std::unique_ptr<resolver> r(new resolver(reactor, std::move(options)));
+    ares_options o{};
+    o.sock_state_cb = &resolver::socket_state_cb;
+    o.sock_state_cb_data = r.get();
+    o.timeout = static_cast<int>(r->_opts.timeout.count());
+    o.tries = r->_opts.tries;
+    const int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
+    ares_channel channel = nullptr;
+    int status = ares_init_options(&channel, &o, mask);
+    if (status != ARES_SUCCESS) {
+        if (why)
+            *why = std::string("c-ares init: ") + ares_strerror(status);
+        return errc::internal;
+    }
+    r->_channel = channel;
+    // Before any query: c-ares refuses to change servers while queries are outstanding.
+    if (!csv.empty()) {
+        status = ares_set_servers_ports_csv(channel, csv.c_str());
+        if (status != ARES_SUCCESS) {
+            if (why)
+                *why = "c-ares servers '" + csv + "': " + ares_strerror(status);
+            return errc::internal;
+        }
+    }
+    return r;
+}
+
+resolver::~resolver() {
+    shutdown();
+    // Whatever the ring still names detaches and frees itself at its last completion.
+    for (socket_watch* w : _watches) {
+        if (w->ops())
+            w->owner = nullptr;
+        else
+            delete w;
+    }
+    _watches.clear();
+    if (_waker->in_flight)
+        _waker->owner = nullptr;
+    else
+        delete _waker;
+}
+
+clock::time_point resolver::now() const {
+    return _opts.now ? _opts.now() : _reactor.now();
+}
+
+void resolver::resolve_route(std::string_view domain, callback cb) {
+    ++_stats.requests;
+    if (_stopping) {
+        complete_later(std::move(cb), std::make_shared<const result<route>>(errc::cancelled));
+        return;
+    }
+    auto name = normalize_domain(domain);
+    if (!name) {
+        complete_later(std::move(cb), std::make_shared<const result<route>>(name.error()));
+        return;
+    }
+    if (const result<route>* hit = _cache.find(*name, now())) {
+        ++_stats.cache_hits;
+        complete_later(std::move(cb), std::make_shared<const result<route>>(*hit));
+        return;
+    }
+    if (auto it = _lookups.find(*name); it != _lookups.end()) {
+        if (it->second->waiters.size() >= _opts.max_waiters) {
+            complete_later(std::move(cb), std::make_shared<const result<route>>(errc::overloaded));
+            return;
+        }
+        ++_stats.joined;
+        it->second->waiters.push_back(std::move(cb));
+        return;
+    }
+    if (_lookups.size() >= _opts.max_lookups) {
+        complete_later(std::move(cb), std::make_shared<const result<route>>(errc::overloaded));
+        return;
+    }
+    auto l = std::make_unique<lookup>();
+    l->owner = this;
+    l->domain = *name;
+    l->waiters.push_back(std::move(cb));
+    lookup& ref = *l;
+    _lookups.emplace(*name, std::move(l));
+    ++_stats.lookups;
+    start_lookup(ref);
+}
+
+void resolver::start_lookup(lookup& l) {
+    ++_stats.dns_queries;
+    // May complete (and free `l`) before returning: nothing touches it afterwards.
+    ares_query(_channel, l.domain.c_str(), class_in, type_mx, &resolver::mx_cb, &l);
+    update_timer();
+}
+
+void resolver::mx_cb(void* arg, int status, int, unsigned char* abuf, int alen) {
+    auto* l = static_cast<lookup*>(arg);
+    l->owner->on_mx(*l, status, answer_bytes(abuf, alen));
+}
+
+void resolver::address_cb(void* arg, int status, int, unsigned char* abuf, int alen) {
+    auto* q = static_cast<query_context*>(arg);
+    q->owner->owner->on_address(*q, status, answer_bytes(abuf, alen));
+}
+
+void resolver::on_mx(lookup& l, int status, std::span<const std::uint8_t> answer) {
+    l.mx = interpret_mx(l.domain, status, answer, _opts.ttl, _opts.random, _opts.max_mx_hosts);
+    if (l.mx.error) {
+        finish(l, failure(l.mx.error), l.mx.ttl);
+        return;
+    }
+    if (_stopping || _channel == nullptr) {
+        finish(l, errc::cancelled, std::chrono::seconds(0));
+        return;
+    }
+    start_address_queries(l);
+}
+
+void resolver::start_address_queries(lookup& l) {
+    const std::size_t hosts = l.mx.hosts.size();
+    l.v4.resize(hosts);
+    l.v6.resize(hosts);
+    l.queries.resize(hosts * 2);
+    for (std::size_t i = 0; i < hosts; ++i) {
+        l.queries[2 * i] = query_context{&l, i, AF_INET};
+        l.queries[2 * i + 1] = query_context{&l, i, AF_INET6};
+    }
+    // Every query is counted before the first is sent, so only the last one can complete
+    // the lookup (and free `l`, perhaps synchronously inside ares_query).
+    l.pending = hosts * 2;
+    const std::size_t total = hosts * 2;
+    for (std::size_t k = 0; k < total; ++k) {
+        query_context& q = l.queries[k];
+        const int type = q.family == AF_INET ? type_a : type_aaaa;
+        ++_stats.dns_queries;
+        ares_query(_channel, l.mx.hosts[q.host].name.c_str(), class_in, type, &resolver::address_cb,
+                   &q);
+    }
+    update_timer();
+}
+
+void resolver::on_address(query_context& q, int status, std::span<const std::uint8_t> answer) {
+    lookup& l = *q.owner;
+    auto step =
+        interpret_address(q.family, status, answer, _opts.port, _opts.ttl, _opts.max_addresses);
+    (q.family == AF_INET ? l.v4 : l.v6)[q.host] = std::move(step);
+    if (--l.pending > 0)
+        return;
+    std::chrono::seconds ttl{0};
+    auto value = assemble_route(l.domain, std::move(l.mx), l.v6, l.v4, _opts.ttl, now(), ttl);
+    finish(l, std::move(value), ttl);
+}
+
+void resolver::finish(lookup& l, result<route> value, std::chrono::seconds ttl) {
+    auto shared = std::make_shared<const result<route>>(std::move(value));
+    const auto t = now();
+    if (ttl > std::chrono::seconds(0) && !_stopping)
+        _cache.insert(l.domain, *shared, t + ttl, t);
+    std::vector<callback> waiters = std::move(l.waiters);
+    auto it = _lookups.find(l.domain);
+    if (it == _lookups.end() || it->second.get() != &l)
+        invariant("finished a lookup the resolver does not hold");
+    _lookups.erase(it);  // frees `l`
+    for (auto& cb : waiters)
+        complete_later(std::move(cb), shared);
+}
+
+void resolver::complete_later(callback cb, shared_result value) {
+    _ready.emplace_back(std::move(cb), std::move(value));
+    wake();
+}
+
+void resolver::wake() {
+    if (_waker->in_flight)
+        return;
+    _waker->in_flight = true;
+    ++_ops_in_flight;
+    _reactor.nop(_waker);
+}
+
+void resolver::deliver_ready() {
+    // One batch per wake-up: callbacks that ask again are answered on the next iteration.
+    auto batch = std::move(_ready);
+    _ready.clear();
+    for (auto& [cb, value] : batch)
+        cb(*value);
+}
+
+void resolver::shutdown() {
+    if (_stopping)
+        return;
+    _stopping = true;
+    if (_channel != nullptr) {
+        // Calls every pending query back with ARES_EDESTRUCTION and closes the sockets.
+        ares_channel channel = _channel;
+        ares_destroy(channel);
+        _channel = nullptr;
+    }
+    _reactor.disarm(_timer);
+    // Sockets c-ares did not report closed are closed now all the same.
+    while (!_sockets.empty())
+        on_socket_state(_sockets.begin()->first, false, false);
+    if (!_lookups.empty())
+        invariant("lookups left after ares_destroy");
+    while (!_ready.empty())
+        deliver_ready();
+}
+
+void resolver::socket_state_cb(void* data, int fd, int readable, int writable) {
+    static_cast<resolver*>(data)->on_socket_state(fd, readable != 0, writable != 0);
+}
+
+void resolver::on_socket_state(int fd, bool readable, bool writable) {
+    auto it = _sockets.find(fd);
+    if (readable || writable) {
+        socket_watch* w;
+        if (it == _sockets.end()) {
+            w = new socket_watch(this, fd, ++_generation);
+            _watches.insert(w);
+            _sockets.emplace(fd, w);
+        } else {
+            w = it->second;
+        }
+        w->wanted = (readable ? POLLIN : 0u) | (writable ? POLLOUT : 0u);
+        sync(*w);
+        return;
+    }
+    if (it == _sockets.end())
+        return;
+    socket_watch* w = it->second;
+    _sockets.erase(it);
+    w->closed = true;  // c-ares closes the fd right after this call
+    w->wanted = 0;
+    sync(*w);
+}
+
+void resolver::sync(socket_watch& w) {
+    if (w.busy)
+        return;
+    const unsigned want = w.closed ? 0 : w.wanted;
+    if (w.poll_in_flight) {
+        if (w.armed != want && !w.cancel_in_flight && !w.cancel_sent) {
+            w.cancel_in_flight = true;
+            w.cancel_sent = true;
+            ++_ops_in_flight;
+            _reactor.cancel(&w.poll_done, &w.cancel_done);
+        }
+    } else if (!w.cancel_in_flight && want != 0) {
+        // A cancel in flight could still match a new poll: re-arm only after its completion.
+        w.poll_in_flight = true;
+        w.cancel_sent = false;
+        w.armed = want;
+        ++_ops_in_flight;
+        _reactor.poll_add(w.fd, want, &w.poll_done);
+    }
+    release_if_done(w);
+}
+
+void resolver::release_if_done(socket_watch& w) {
+    if (!w.closed || w.ops() || w.busy)
+        return;
+    _watches.erase(&w);
+    delete &w;
+}
+
+void resolver::process_fd(int rfd, int wfd) {
+    if (_channel == nullptr)
+        return;
+    ares_process_fd(_channel, rfd, wfd);
+    update_timer();
+}
+
+void resolver::on_timeout() {
+    process_fd(ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+}
+
+void resolver::update_timer() {
+    if (_channel == nullptr) {
+        _reactor.disarm(_timer);
+        return;
+    }
+    timeval tv{};
+    if (ares_timeout(_channel, nullptr, &tv) == nullptr) {
+        _reactor.disarm(_timer);
+        return;
+    }
+    // The wall of the steady clock, not the reactor's cached now(): never early.
+    const auto delay = std::chrono::seconds(tv.tv_sec) + std::chrono::microseconds(tv.tv_usec);
+    _reactor.arm(_timer, clock::now() + delay);
+}
+
+}  // namespace ringmail::dns
