@@ -35,6 +35,9 @@ namespace ringmail::smtp {
 
 struct client_config {
     std::string helo_name;
+    // Use PIPELINING when the server offers it; false: lock-step always (capabilities() then
+    // reports pipelining as not offered).
+    bool pipelining = true;
     // RFC 5321 4.5.3.2.
     std::chrono::seconds greeting_timeout{300};
     std::chrono::seconds ehlo_timeout{300};
