@@ -37,9 +37,10 @@ constexpr std::uint64_t recipient_number(std::uint64_t index, unsigned recipient
     const std::uint64_t k = index * recipients + slot;
     return spread ? k % spread : k;
 }
-// The {n} of the sender of message `index`: the message index, modulo `spread` when > 0.
-constexpr std::uint64_t sender_number(std::uint64_t index, std::uint64_t spread) noexcept {
-    return spread ? index % spread : index;
+// The {n} of the sender of message `index`: the message index itself (never taken modulo,
+// so each message can be traced back to its number at the receiving end).
+constexpr std::uint64_t sender_number(std::uint64_t index) noexcept {
+    return index;
 }
 
 }  // namespace ringmail::blast

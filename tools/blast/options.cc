@@ -73,11 +73,12 @@ parse_outcome parse_command_line(int argc, const char* const* argv) {
         ->check(CLI::Range(1u, 10000u));
     app.add_option("--per-connection", o.per_connection,
                    "transactions per connection, then QUIT and reconnect (0: unlimited)");
-    app.add_option("--from", o.from, "envelope sender; {n} expands to the message number");
+    app.add_option("--from", o.from,
+                   "envelope sender; {n} expands to the message number (0, 1, 2, ...)");
     app.add_option("--to", o.to, "recipient; {n} expands to the recipient number");
     app.add_option("--domains", o.domains,
-                   "{n} is taken modulo this (0: no modulo): --to 'u{n}@d{n}.test' --domains 10 "
-                   "spreads over 10 domains");
+                   "recipients' {n} is taken modulo this (0: no modulo): --to 'u{n}@d{n}.test' "
+                   "--domains 10 spreads over 10 domains");
     app.add_option("--helo", o.helo, "EHLO name (default ringmail-blast.test)");
     app.add_flag("--pipelining", o.pipelining, "use PIPELINING when the server offers it");
     app.add_flag("--json", o.json, "print the summary as JSON on stdout");

@@ -28,7 +28,7 @@ struct options {
     std::uint32_t per_connection = 0;  // transactions per connection; 0: unlimited
     std::string from = "blast@ringmail-blast.test";
     std::string to = "user{n}@blast.test";
-    std::uint64_t domains = 0;  // {n} is taken modulo this; 0: no modulo
+    std::uint64_t domains = 0;  // the recipients' {n} is taken modulo this; 0: no modulo
     std::string helo = "ringmail-blast.test";
     bool pipelining = false;
     bool json = false;

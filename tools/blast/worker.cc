@@ -249,7 +249,7 @@ void connection::begin_transaction(const job& j) {
     const plan& p = _w.p();
     _job = j;
     _tx_start = p.rate > 0 ? j.scheduled : clock::now();
-    expand_address(_from, p.from, sender_number(j.index, p.domains));
+    expand_address(_from, p.from, sender_number(j.index));
     for (unsigned i = 0; i < p.recipients; ++i) {
         expand_address(_rcpts[i], p.to, recipient_number(j.index, p.recipients, i, p.domains));
     }
@@ -346,16 +346,21 @@ void connection::on_result(const smtp::transaction_result& r, bool cut) {
         ++c.cut;
         return;
     }
+    // The reply that decided the message: MAIL's if refused; else, when no RCPT was accepted,
+    // the mildest RCPT refusal (a pipelined DATA then only says "no valid recipients");
+    // else the final reply to the data.
     int code = 0;
+    bool any_rcpt = false;
+    for (const auto& x : r.rcpts)
+        any_rcpt = any_rcpt || x.positive();
     if (!r.mail.positive()) {
         code = r.mail.code;
-    } else if (r.data.code != 0) {
-        code = r.data.code;
-    } else {
-        // Every RCPT refused in lock-step, so DATA never went out: the mildest refusal decides.
+    } else if (!any_rcpt) {
         code = 599;
         for (const auto& x : r.rcpts)
             code = std::min(code, x.code);
+    } else {
+        code = r.data.code;
     }
     if (r.mail.positive()) {
         for (const auto& x : r.rcpts) {
