@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
   --connections) CONNECTIONS=$2; shift 2 ;;
   --size) SIZE=$2; shift 2 ;;
   --shards) SHARDS=$2; shift 2 ;;
-  -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
   *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
