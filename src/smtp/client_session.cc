@@ -339,7 +339,7 @@ void client_session::on_ehlo(server_reply& reply) {
         std::string_view line = reply.lines[i];
         std::string_view param;
         if (keyword_is(line, "PIPELINING", nullptr)) {
-            _caps.pipelining = true;
+            _caps.pipelining = _config.pipelining;
         } else if (keyword_is(line, "SIZE", &param)) {
             _caps.size = true;
             _caps.max_size = parse_size(param);

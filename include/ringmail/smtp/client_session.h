@@ -57,6 +57,9 @@ struct client_config {
     std::string helo_name;
     tls_policy starttls = tls_policy::none;
     std::optional<client_credentials> credentials;  // AUTH PLAIN after EHLO when set
+    // Use PIPELINING when the server offers it; false: lock-step always (capabilities() then
+    // reports pipelining as not offered).
+    bool pipelining = true;
     // RFC 5321 4.5.3.2.
     std::chrono::seconds greeting_timeout{300};
     std::chrono::seconds ehlo_timeout{300};
