@@ -1,0 +1,570 @@
+#include "ringmail/queue/scheduler.h"
+
+#include "ringmail/queue/errc.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+
+namespace ringmail::queue {
+
+namespace {
+[[noreturn]] void die(const char* what) {
+    std::fprintf(stderr, "ringmail: invariant broken: scheduler: %s\n", what);
+    std::abort();
+}
+
+std::uint64_t lease_key(unsigned lender, std::uint32_t lease) {
+    return (std::uint64_t{lender} << 32) | lease;
+}
+}  // namespace
+
+struct scheduler::dest {
+    dest(std::uint64_t id_, std::string key, const destination_policy& p, steady_time now)
+        : id(id_), q(std::move(key), p, now) {}
+
+    std::uint64_t id;
+    destination_queue q;
+    std::unique_ptr<destination_slots> own_slots;  // owner: the global counter lives here
+    destination_slots* slots = nullptr;            // owner: own_slots; borrower: the lender's
+    bool borrowed = false;
+    unsigned lender = 0;
+    std::uint32_t lease = 0;
+    std::uint32_t conn_cap = 0;    // this shard's cap for the destination
+    std::uint32_t leases_out = 0;  // owner: leases not yet returned
+    std::uint32_t connecting = 0;
+    std::uint32_t established = 0;  // opened and not yet closed (idle, busy or closing)
+    std::vector<std::uint64_t> idle_conns;
+    bool listed = false;
+    std::list<dest*>::iterator pos;
+    std::optional<steady_time> armed;  // earliest deferred-timer entry pushed for it
+};
+
+struct scheduler::conn {
+    dest* d = nullptr;
+    conn_state st = conn_state::connecting;
+    std::uint32_t messages = 0;
+    std::uint64_t job = 0;
+    std::uint64_t epoch = 0;
+};
+
+scheduler::scheduler(scheduler_config config) : _cfg(std::move(config)), _rng(_cfg.seed) {
+    if (_cfg.shards == 0 || _cfg.shard >= _cfg.shards)
+        die("bad shard numbers");
+    if (!_cfg.retry.validate())
+        die("retry policy not validated");
+    if (_cfg.gauges && _cfg.gauges->shards() != _cfg.shards)
+        die("spare gauges sized for another shard count");
+}
+
+scheduler::~scheduler() = default;
+
+scheduler::dest& scheduler::owned_dest(std::string_view key, steady_time now) {
+    auto it = _owned.find(std::string(key));
+    if (it != _owned.end())
+        return *it->second;
+    const destination_policy& p = _cfg.policies.lookup(key);
+    auto d = std::make_unique<dest>(_next_dest++, std::string(key), p, now);
+    d->own_slots = std::make_unique<destination_slots>(p.max_connections);
+    d->slots = d->own_slots.get();
+    d->conn_cap = p.max_connections;
+    dest& ref = *d;
+    _by_id.emplace(ref.id, &ref);
+    _owned.emplace(ref.q.key(), std::move(d));
+    return ref;
+}
+
+void scheduler::note_runnable(dest& d) {
+    if (d.listed)
+        return;
+    d.listed = true;
+    d.pos = _runnable.insert(_runnable.end(), &d);
+}
+
+void scheduler::arm_deferred(dest& d) {
+    auto next = d.q.next_deferred();
+    if (!next || (d.armed && *d.armed <= *next))
+        return;
+    d.armed = *next;
+    _timers.push_back({*next, d.id});
+    std::push_heap(_timers.begin(), _timers.end(), std::greater<>{});
+}
+
+void scheduler::enqueue(dest& d, delivery_job job, steady_time now) {
+    std::size_t before = d.q.counts().ready;
+    d.q.push(std::move(job), now);
+    ++_jobs;
+    if (d.q.counts().ready > before) {
+        ++_ready;
+        note_runnable(d);
+    } else {
+        arm_deferred(d);
+    }
+}
+
+void scheduler::push_out(unsigned to, shard_message msg) {
+    _outbox.push_back({to, std::move(msg)});
+}
+
+result<void> scheduler::submit(std::string_view domain, delivery_job job, steady_time now) {
+    _oncore.check();
+    if (_jobs >= _cfg.max_jobs || _outbox.size() >= _cfg.max_outbox)
+        return errc::queue_full;
+    if (job.rcpts.empty())
+        return errc::no_recipients;
+    std::string key = destination_key(domain);
+    job.origin = static_cast<std::uint16_t>(_cfg.shard);
+    unsigned owner = owner_shard(key, _cfg.shards);
+    if (owner == _cfg.shard) {
+        enqueue(owned_dest(key, now), std::move(job), now);
+    } else {
+        push_out(owner, job_handoff{std::move(key), std::move(job), 0});
+    }
+    return {};
+}
+
+std::optional<job_notice> scheduler::receive(unsigned from, shard_message&& msg, steady_time now) {
+    _oncore.check();
+    if (auto* h = std::get_if<job_handoff>(&msg)) {
+        if (h->lease == 0) {
+            if (owner_shard(h->domain, _cfg.shards) != _cfg.shard)
+                die("job handed to a shard that does not own its destination");
+            enqueue(owned_dest(h->domain, now), std::move(h->job), now);
+        } else {
+            auto it = _borrowed.find(lease_key(from, h->lease));
+            if (it == _borrowed.end())
+                die("lent job for an unknown lease");
+            enqueue(*it->second, std::move(h->job), now);
+        }
+        return std::nullopt;
+    }
+    if (auto* g = std::get_if<lease_grant>(&msg)) {
+        destination_policy p = g->policy;
+        p.rate = 0.0;
+        auto d = std::make_unique<dest>(_next_dest++, std::move(g->domain), p, now);
+        d->borrowed = true;
+        d->lender = from;
+        d->lease = g->lease;
+        d->slots = g->slots;
+        d->conn_cap = std::max<std::uint32_t>(1, g->max_connections);
+        if (!d->slots)
+            die("lease without a slot counter");
+        _by_id.emplace(d->id, d.get());
+        if (!_borrowed.emplace(lease_key(from, g->lease), std::move(d)).second)
+            die("lease granted twice");
+        return std::nullopt;
+    }
+    if (auto* r = std::get_if<lease_return>(&msg)) {
+        auto it = _owned.find(r->domain);
+        if (it == _owned.end() || it->second->leases_out == 0)
+            die("lease returned for a destination without leases out");
+        --it->second->leases_out;
+        --_leases_out;
+        maybe_retire(*it->second);
+        return std::nullopt;
+    }
+    return std::move(std::get<job_notice>(msg));
+}
+
+std::optional<action> scheduler::expire_idle(steady_time now) {
+    while (!_idle.empty()) {
+        const idle_entry e = _idle.front();
+        auto it = _conns.find(e.conn);
+        if (it == _conns.end() || it->second.st != conn_state::idle ||
+            it->second.epoch != e.epoch) {
+            _idle.pop_front();
+            continue;
+        }
+        if (e.since + _cfg.idle_timeout > now)
+            break;
+        _idle.pop_front();
+        conn& c = it->second;
+        c.st = conn_state::closing;
+        std::erase(c.d->idle_conns, e.conn);
+        return close_connection{e.conn};
+    }
+    return std::nullopt;
+}
+
+action scheduler::next_action(steady_time now) {
+    _oncore.check();
+    while (!_to_close.empty()) {
+        std::uint64_t id = _to_close.front();
+        _to_close.pop_front();
+        auto it = _conns.find(id);
+        if (it == _conns.end() || it->second.st != conn_state::idle)
+            continue;
+        it->second.st = conn_state::closing;
+        std::erase(it->second.d->idle_conns, id);
+        return close_connection{id};
+    }
+    if (auto a = expire_idle(now))
+        return *a;
+
+    while (!_timers.empty() && _timers.front().when <= now) {
+        std::pop_heap(_timers.begin(), _timers.end(), std::greater<>{});
+        std::uint64_t id = _timers.back().dest_id;
+        _timers.pop_back();
+        auto it = _by_id.find(id);
+        if (it == _by_id.end())
+            continue;
+        dest& d = *it->second;
+        std::size_t n = d.q.promote(now);
+        _ready += n;
+        if (n > 0)
+            note_runnable(d);
+        d.armed.reset();
+        arm_deferred(d);
+    }
+
+    maybe_lend(now);
+    publish_spare();
+
+    std::optional<steady_time> soonest;
+    auto consider = [&](steady_time t) {
+        if (!soonest || t < *soonest)
+            soonest = t;
+    };
+    for (std::size_t i = 0, n = _runnable.size(); i < n; ++i) {
+        dest& d = *_runnable.front();
+        _runnable.splice(_runnable.end(), _runnable, _runnable.begin());
+        const destination_counts dc = d.q.counts();
+        if (dc.ready == 0) {
+            _runnable.erase(d.pos);
+            d.listed = false;
+            continue;
+        }
+        if (!d.idle_conns.empty()) {
+            if (d.q.bucket().try_take(now)) {
+                std::uint64_t cid = d.idle_conns.back();
+                d.idle_conns.pop_back();
+                conn& c = find_conn(cid);
+                c.st = conn_state::busy;
+                c.job = _next_job++;
+                delivery_job job = *d.q.pop_ready();
+                --_ready;
+                d.q.job_started();
+                _running.emplace(c.job, running{job, &d, cid});
+                if (d.borrowed && d.q.counts().ready == 0 && d.q.counts().deferred == 0) {
+                    // The lease drains: idle connections are not kept for jobs that will
+                    // not come.
+                    for (auto other : d.idle_conns)
+                        _to_close.push_back(other);
+                }
+                return run_job{cid, c.job, std::move(job)};
+            }
+            consider(d.q.bucket().next_available(now));
+            continue;  // more connections would not beat the rate
+        }
+        if (dc.ready > d.connecting && d.q.below_connection_cap(d.conn_cap) &&
+            _conns.size() < _cfg.max_total_connections) {
+            if (!d.slots->try_acquire()) {
+                consider(now + _cfg.slot_poll);
+                continue;
+            }
+            std::uint64_t cid = _next_conn++;
+            _conns.emplace(cid, conn{&d, conn_state::connecting, 0, 0, 0});
+            ++d.connecting;
+            d.q.connection_opening();
+            return open_connection{cid, d.q.key(), d.q.policy().connect_timeout};
+        }
+    }
+    if (!_idle.empty())
+        consider(_idle.front().since + _cfg.idle_timeout);
+    if (!_timers.empty())
+        consider(_timers.front().when);
+    if (_cfg.gauges && _ready >= _cfg.spread_backlog)
+        consider(_last_spread + _cfg.spread_interval);
+    return wait{soonest};
+}
+
+scheduler::conn& scheduler::find_conn(std::uint64_t id) {
+    auto it = _conns.find(id);
+    if (it == _conns.end())
+        die("unknown connection id");
+    return it->second;
+}
+
+void scheduler::connection_opened(std::uint64_t id, steady_time now) {
+    _oncore.check();
+    conn& c = find_conn(id);
+    if (c.st != conn_state::connecting)
+        die("connection_opened on a connection that is not connecting");
+    --c.d->connecting;
+    ++c.d->established;
+    c.st = conn_state::idle;
+    ++c.epoch;
+    dest& d = *c.d;
+    const destination_counts dc = d.q.counts();
+    if (d.borrowed && dc.ready == 0 && dc.deferred == 0) {
+        _to_close.push_back(id);
+        return;
+    }
+    d.idle_conns.push_back(id);
+    _idle.push_back({now, id, c.epoch});
+}
+
+void scheduler::release_conn(std::unordered_map<std::uint64_t, conn>::iterator it) {
+    dest& d = *it->second.d;
+    // Slot first: a borrower's last release must precede its lease_return.
+    d.slots->release();
+    d.q.connection_gone();
+    _conns.erase(it);
+    maybe_retire(d);
+}
+
+void scheduler::connection_failed(std::uint64_t id, const attempt_reply& why, steady_time now,
+                                  std::int64_t now_unix) {
+    _oncore.check();
+    auto it = _conns.find(id);
+    if (it == _conns.end() || it->second.st != conn_state::connecting)
+        die("connection_failed on a connection that is not connecting");
+    dest& d = *it->second.d;
+    --d.connecting;
+    if (d.established == 0) {
+        auto jobs = d.q.take_all_ready();
+        _ready -= jobs.size();
+        for (auto& j : jobs) {
+            finish_job(d, std::move(j), {}, &why, now, now_unix);
+        }
+    }
+    release_conn(it);
+}
+
+void scheduler::connection_closed(std::uint64_t id, steady_time) {
+    _oncore.check();
+    auto it = _conns.find(id);
+    if (it == _conns.end())
+        die("connection_closed on an unknown connection");
+    conn& c = it->second;
+    dest& d = *c.d;
+    switch (c.st) {
+        case conn_state::busy:
+            die("connection_closed with a job running: report it first");
+        case conn_state::connecting:
+            --d.connecting;
+            break;
+        case conn_state::idle:
+            std::erase(d.idle_conns, id);
+            --d.established;
+            break;
+        case conn_state::closing:
+            --d.established;
+            break;
+    }
+    release_conn(it);
+}
+
+void scheduler::finish_job(dest& d, delivery_job job, std::span<const rcpt_result> results,
+                           const attempt_reply* all, steady_time now, std::int64_t now_unix) {
+    --_jobs;
+    ++job.attempts;
+    job_notice n;
+    n.queue_id = job.queue_id;
+    n.attempts = job.attempts;
+    rcpt_list again;
+    for (std::uint16_t r : job.rcpts) {
+        rcpt_status st = rcpt_status::deferred;
+        const attempt_reply* reply = all;
+        for (const auto& res : results) {
+            if (res.rcpt == r) {
+                st = res.status;
+                reply = res.reply;
+                break;
+            }
+        }
+        if (st == rcpt_status::expired)
+            st = rcpt_status::deferred;  // expiry is the schedule's call
+        n.status[n.rcpts.size()] = st;
+        n.rcpts.push_back(r);
+        if (st == rcpt_status::deferred)
+            again.push_back(r);
+        if (st != rcpt_status::delivered && reply) {
+            if (!n.detail)
+                n.detail = std::make_unique<notice_detail>();
+            n.detail->replies.emplace_back(r, *reply);
+        }
+    }
+    if (!again.empty()) {
+        auto next = _cfg.retry.next_attempt(job.attempts, job.arrival_unix, now_unix, _rng);
+        if (!next) {
+            for (std::size_t i = 0; i < n.rcpts.size(); ++i) {
+                if (n.status[i] == rcpt_status::deferred)
+                    n.status[i] = rcpt_status::expired;
+            }
+        } else {
+            n.next_attempt_unix = *next;
+            job.rcpts = again;
+            job.next_attempt = now + std::chrono::seconds(*next - now_unix);
+            if (d.borrowed) {
+                push_out(d.lender, job_handoff{d.q.key(), job, 0});
+            } else {
+                enqueue(d, job, now);
+            }
+        }
+    }
+    push_out(job.origin, std::move(n));
+}
+
+void scheduler::complete(std::uint64_t conn_id, std::uint64_t job_id,
+                         std::span<const rcpt_result> results, steady_time now,
+                         std::int64_t now_unix) {
+    _oncore.check();
+    auto rit = _running.find(job_id);
+    if (rit == _running.end() || rit->second.conn != conn_id)
+        die("complete on a job not running on that connection");
+    conn& c = find_conn(conn_id);
+    if (c.st != conn_state::busy || c.job != job_id)
+        die("complete on a connection not running that job");
+    dest& d = *rit->second.d;
+    delivery_job job = std::move(rit->second.job);
+    _running.erase(rit);
+    d.q.job_finished();
+    ++c.messages;
+    c.job = 0;
+    finish_job(d, std::move(job), results, nullptr, now, now_unix);
+
+    c.st = conn_state::idle;
+    ++c.epoch;
+    const destination_counts dc = d.q.counts();
+    if (c.messages >= d.q.policy().max_messages_per_connection ||
+        (d.borrowed && dc.ready == 0 && dc.deferred == 0)) {
+        _to_close.push_back(conn_id);
+        return;
+    }
+    d.idle_conns.push_back(conn_id);
+    _idle.push_back({now, conn_id, c.epoch});
+}
+
+void scheduler::job_failed(std::uint64_t conn_id, std::uint64_t job_id, const attempt_reply& why,
+                           steady_time now, std::int64_t now_unix) {
+    _oncore.check();
+    auto rit = _running.find(job_id);
+    if (rit == _running.end() || rit->second.conn != conn_id)
+        die("job_failed on a job not running on that connection");
+    conn& c = find_conn(conn_id);
+    dest& d = *rit->second.d;
+    delivery_job job = std::move(rit->second.job);
+    _running.erase(rit);
+    d.q.job_finished();
+    c.job = 0;
+    c.st = conn_state::closing;
+    finish_job(d, std::move(job), {}, &why, now, now_unix);
+}
+
+void scheduler::maybe_retire(dest& d) {
+    if (!d.q.empty() || d.leases_out != 0 || d.connecting != 0 || d.established != 0)
+        return;
+    if (d.listed) {
+        _runnable.erase(d.pos);
+        d.listed = false;
+    }
+    _by_id.erase(d.id);
+    if (d.borrowed) {
+        push_out(d.lender, lease_return{d.q.key(), d.lease});
+        _borrowed.erase(lease_key(d.lender, d.lease));
+    } else {
+        std::string key = d.q.key();
+        _owned.erase(key);
+    }
+}
+
+std::uint32_t scheduler::spare() const noexcept {
+    std::size_t load = _conns.size() + _ready;
+    return load >= _cfg.max_total_connections
+               ? 0
+               : static_cast<std::uint32_t>(_cfg.max_total_connections - load);
+}
+
+void scheduler::publish_spare() {
+    if (!_cfg.gauges)
+        return;
+    std::uint32_t v = spare();
+    if (v != _published) {
+        _cfg.gauges->publish(_cfg.shard, v);
+        _published = v;
+    }
+}
+
+void scheduler::maybe_lend(steady_time now) {
+    if (!_cfg.gauges || _cfg.shards < 2 || _ready < _cfg.spread_backlog)
+        return;
+    if (now < _last_spread + _cfg.spread_interval)
+        return;
+    _last_spread = now;
+    if (_outbox.size() + _cfg.lend_batch + 1 > _cfg.max_outbox)
+        return;
+    const std::uint32_t mine = spare();
+    unsigned best = _cfg.shard;
+    std::uint32_t best_spare = 0;
+    for (unsigned s = 0; s < _cfg.shards; ++s) {
+        if (s == _cfg.shard)
+            continue;
+        std::uint32_t v = _cfg.gauges->read(s);
+        if (v > best_spare) {
+            best_spare = v;
+            best = s;
+        }
+    }
+    if (best == _cfg.shard || best_spare < std::uint64_t{mine} + _cfg.spread_margin)
+        return;
+    for (dest* dp : _runnable) {
+        dest& d = *dp;
+        const destination_counts dc = d.q.counts();
+        if (d.borrowed || d.q.policy().rate > 0.0 || dc.ready < _cfg.spread_backlog ||
+            d.leases_out >= _cfg.max_leases_per_destination)
+            continue;
+        std::uint32_t in_use = d.slots->in_use();
+        if (in_use >= d.slots->limit())
+            continue;  // every slot is busy: another shard could not connect anyway
+        std::size_t batch = std::min(_cfg.lend_batch, dc.ready / 2);
+        if (batch == 0)
+            continue;
+        const auto& p = d.q.policy();
+        std::size_t conns =
+            (batch + p.max_messages_per_connection - 1) / p.max_messages_per_connection;
+        lease_grant g;
+        g.domain = d.q.key();
+        g.slots = d.slots;
+        g.lease = _next_lease++;
+        g.max_connections = static_cast<std::uint32_t>(
+            std::clamp<std::size_t>(conns, 1, d.slots->limit() - in_use));
+        g.policy = p;
+        g.policy.rate = 0.0;
+        const std::uint32_t lease = g.lease;
+        push_out(best, std::move(g));
+        for (std::size_t i = 0; i < batch; ++i) {
+            push_out(best, job_handoff{d.q.key(), *d.q.pop_ready(), lease});
+        }
+        _ready -= batch;
+        _jobs -= batch;
+        _lent_jobs += batch;
+        ++d.leases_out;
+        ++_leases_out;
+        return;  // one lease per decision; the gauges change after it
+    }
+}
+
+scheduler_counts scheduler::counts() const {
+    scheduler_counts c;
+    c.destinations = _owned.size();
+    c.borrowed = _borrowed.size();
+    for (const auto& [id, d] : _by_id) {
+        auto dc = d->q.counts();
+        c.ready += dc.ready;
+        c.deferred += dc.deferred;
+        c.in_flight += dc.in_flight;
+    }
+    c.connections = _conns.size();
+    c.leases_out = _leases_out;
+    c.outbox = _outbox.size();
+    c.lent_jobs = _lent_jobs;
+    return c;
+}
+
+bool scheduler::idle() const {
+    return _jobs == 0 && _conns.empty() && _leases_out == 0 && _borrowed.empty() && _outbox.empty();
+}
+
+}  // namespace ringmail::queue
