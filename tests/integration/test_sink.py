@@ -269,9 +269,14 @@ class SinkTest(unittest.TestCase):
 
     def test_exit_after(self):
         sink = self.start("--exit-after", "25")
-        with sink.smtp() as s:
-            for i in range(25):
-                s.sendmail("a@x.test", ["b@y.test", "c@y.test"], message(i))
+        s = sink.smtp()
+        for i in range(25):
+            s.sendmail("a@x.test", ["b@y.test", "c@y.test"], message(i))
+        try:
+            s.quit()  # may meet the sink's 421 or its close: it is stopping by now
+        except smtplib.SMTPServerDisconnected:
+            pass
+        s.close()
         summary = sink.wait_exit(20)  # no signal: it stops by itself
         self.assertEqual((summary.received, summary.recipients), (25, 50), summary)
 
@@ -294,9 +299,9 @@ class SinkTest(unittest.TestCase):
         sink = self.start("--exit-after", str(n))
         p = harness.smtp_source(sink.port, n, sessions=20, length=1024,
                                 timeout=harness.scaled(120))
-        self.assertEqual(p.returncode, 0, p.stderr)
+        # smtp-source's QUIT may meet the stopping sink: its exit status is not the point.
         summary = sink.wait_exit(30)
-        self.assertEqual((summary.received, summary.recipients), (n, n), summary)
+        self.assertEqual((summary.received, summary.recipients), (n, n), (summary, p.stderr))
         self.assertEqual(summary.deferred + summary.rejected + summary.disconnected, 0)
 
 
