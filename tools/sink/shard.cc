@@ -33,82 +33,6 @@ std::string ip_text(const core::endpoint& ep) {
 }
 }  // namespace
 
-// One --listen address on this shard: a multishot accept on its SO_REUSEPORT socket. Accept
-// errors (EMFILE, ENFILE, ENOMEM) pause it for 100 ms instead of spinning.
-class listener final : private core::timer {
-  public:
-    listener(shard& owner, int fd) : _shard(owner), _fd(fd) {}
-    ~listener() {
-        if (_fd >= 0)
-            ::close(_fd);  // only when the ring is gone without a drain
-    }
-
-    void arm() {
-        if (_armed || _closing)
-            return;
-        _armed = true;
-        ++_in_flight;
-        _shard.reactor().accept_multishot(_fd, &_accept_op);
-    }
-
-    void close() {
-        if (_closing)
-            return;
-        _closing = true;
-        _shard.reactor().disarm(*this);
-        if (_armed) {
-            ++_in_flight;
-            _shard.reactor().cancel(&_accept_op, &_cancel_op);
-        }
-        finish();
-    }
-
-    bool done() const noexcept { return _closing && _in_flight == 0 && _fd < 0; }
-
-  private:
-    void on_accept(int res, std::uint32_t flags) {
-        if (!(flags & IORING_CQE_F_MORE)) {
-            _armed = false;
-            --_in_flight;
-        }
-        if (res >= 0) {
-            if (_closing) {
-                _shard.reactor().close(res);
-            } else {
-                _shard.accepted_connection(res);
-            }
-        } else if (res != -ECANCELED) {
-            log::warn("accept: {}", std::strerror(-res));
-            if (!_armed && !_closing) {
-                _shard.reactor().arm(*this, _shard.reactor().now() + 100ms);
-                return;
-            }
-        }
-        if (!_armed && !_closing && !armed())
-            arm();
-        finish();
-    }
-    void on_cancel(int, std::uint32_t) {
-        --_in_flight;
-        finish();
-    }
-    void on_expire() override { arm(); }
-    void finish() {
-        if (_closing && _in_flight == 0 && _fd >= 0) {
-            _shard.reactor().close(_fd);
-            _fd = -1;
-        }
-    }
-
-    shard& _shard;
-    int _fd;
-    bool _armed = false;
-    bool _closing = false;
-    unsigned _in_flight = 0;
-    core::member_completion<listener, &listener::on_accept> _accept_op{this};
-    core::member_completion<listener, &listener::on_cancel> _cancel_op{this};
-};
-
 shard::shard(unsigned id, const sink_config& cfg, std::vector<int> listen_fds)
     : _id(id), _cfg(cfg), _listen_fds(std::move(listen_fds)), _inject(cfg.inject, cfg.seed, id) {
     _wake_fd = ::eventfd(0, EFD_CLOEXEC);
@@ -158,7 +82,9 @@ bool shard::start(std::string& why) {
     }
     _buffers = std::move(*b);
     for (int fd : _listen_fds)
-        _listeners.push_back(std::make_unique<listener>(*this, fd));
+        _listeners.push_back(std::make_unique<core::acceptor>(
+            *_reactor, fd, true, "sink listener",
+            [this](int conn_fd) { accepted_connection(conn_fd); }));
     _listen_fds.clear();
     arm_wake();
     for (auto& l : _listeners)

@@ -10,6 +10,7 @@
 // sessions get 421 4.3.2, open transactions finish (up to a grace period), then run() returns.
 #pragma once
 
+#include "ringmail/core/acceptor.h"
 #include "ringmail/core/buffer_ring.h"
 #include "ringmail/core/member_completion.h"
 #include "ringmail/core/reactor.h"
@@ -28,7 +29,6 @@
 namespace ringmail::sink {
 
 class connection;
-class listener;
 
 // Everything the command line decided; read-only once the shards run.
 struct sink_config {
@@ -116,7 +116,7 @@ class shard {
     injector _inject;
     std::unique_ptr<core::reactor> _reactor;
     std::unique_ptr<core::buffer_ring> _buffers;
-    std::vector<std::unique_ptr<listener>> _listeners;
+    std::vector<std::unique_ptr<core::acceptor>> _listeners;
     std::unordered_map<std::uint64_t, std::unique_ptr<connection>> _connections;
     std::uint64_t _next_conn_id = 1;
     std::uint64_t _seq = 0;
