@@ -103,7 +103,7 @@ chmod 644 "$CERT" "$KEY"
 
 cat >"$WORK/tls_load.py" <<'EOF'
 """STARTTLS load: handshakes or messages, over processes x threads. Prints seconds."""
-import argparse, multiprocessing, os, socket, ssl, sys, threading, time
+import argparse, multiprocessing, os, socket, ssl, sys, threading, time, traceback
 
 p = argparse.ArgumentParser()
 p.add_argument("--port", type=int, required=True)
@@ -184,7 +184,8 @@ def process(shares, q):
         try:
             worker(n)
         except Exception as e:
-            errors.append(repr(e))
+            errors.append(f"{e!r} in " + " < ".join(
+                f.name for f in reversed(traceback.extract_tb(e.__traceback__))))
     ts = [threading.Thread(target=run, args=(n,)) for n in shares]
     for t in ts: t.start()
     for t in ts: t.join()
@@ -369,6 +370,10 @@ EOF
     return 0
   fi
   load "$port"
+  if [ "$HS" = fail ] || [ "$MSG" = fail ]; then
+    log "  ringmaild's log, failures:"
+    grep -E 'failed|error|timeout|warn' "$dir/ringmaild.log" | tail -5 >&2 || true
+  fi
   kill -TERM "$pid" 2>/dev/null || true
   timeout 30 tail --pid="$pid" -f /dev/null || kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || log "ringmaild exited with $?"

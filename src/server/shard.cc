@@ -348,6 +348,7 @@ void shard::run() {
         _reactor->run_once(10ms);
     }
     _status.store(startup_state::stopped, std::memory_order_release);
+    tls::release_thread_cache();
     log::info("shard {} stopped (TLS handshakes failed: {})", _id, _tls_failures);
 }
 
