@@ -4,6 +4,7 @@
 #include <liburing.h>
 
 #include "blast/message.h"
+#include "tls_thread.h"
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -623,6 +624,8 @@ bool worker::run(std::string& why) {
     }
     _reactor->disarm(_schedule_timer);
     _reactor->disarm(_deadline_timer);
+    if (_tls)
+        tools::release_tls_thread_caches();  // this thread's wolfSSL ECC cache
     publish();
     return true;
 }

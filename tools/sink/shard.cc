@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "sink/connection.h"
+#include "tls_thread.h"
 #include <cerrno>
 #include <cstring>
 #include <sys/eventfd.h>
@@ -199,6 +200,8 @@ void shard::run() {
         if (_connections.empty() && listeners_done)
             _stopped = true;
     }
+    if (_tls)
+        tools::release_tls_thread_caches();  // this thread's wolfSSL ECC cache
     _status.store(startup_state::stopped, std::memory_order_release);
 }
 
