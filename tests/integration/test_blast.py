@@ -1,8 +1,12 @@
 """ringmail-blast against real and fake SMTP servers on loopback: exact counts against
-Postfix's smtp-sink and the harness's Python sink, refusals (4xx/5xx), broken servers
-(disconnect, stall, garbage) that must end in bounded time with the failures counted, and
-an open-loop run (--rate with --duration). Binary from $RINGMAIL_BLAST."""
+Postfix's smtp-sink and the harness's Python sink, refusals (4xx/5xx), AUTH PLAIN (accepted,
+refused, not offered), STARTTLS failures (not offered, garbage instead of a handshake), broken
+servers (disconnect, stall, garbage) that must end in bounded time with the failures counted,
+and an open-loop run (--rate with --duration). Binary from $RINGMAIL_BLAST. STARTTLS that
+works is tested against ringmail-sink in test_blast_sink.py."""
 
+import base64
+import binascii
 import collections
 import json
 import os
@@ -116,13 +120,15 @@ class Lines:
         return True
 
 
-def smtp_loop(conn: socket.socket, on_mail=None, on_dot=None) -> None:
+def smtp_loop(conn: socket.socket, on_mail=None, on_dot=None, on_auth=None) -> None:
     """A minimal lock-step SMTP server (no PIPELINING offered). on_mail(n) / on_dot(n) may
     return a reply line, None for the default, or "close" / "stall"; n counts MAIL/dots on
-    this connection from 0."""
+    this connection from 0. With on_auth, AUTH PLAIN is offered and on_auth(argument line)
+    returns the reply to AUTH; MAIL before a 235 is refused."""
     r = Lines(conn)
     conn.sendall(b"220 fake ESMTP\r\n")
     mails = dots = 0
+    authenticated = False
     while True:
         line = r.line()
         if line is None:
@@ -131,6 +137,13 @@ def smtp_loop(conn: socket.socket, on_mail=None, on_dot=None) -> None:
         reply = b"250 2.0.0 ok"
         if verb == b"EHLO":
             reply = b"250-fake\r\n250 ENHANCEDSTATUSCODES"
+            if on_auth:
+                reply = b"250-fake\r\n250-AUTH LOGIN PLAIN\r\n250 ENHANCEDSTATUSCODES"
+        elif verb == b"AUTH" and on_auth:
+            reply = on_auth(line[5:].decode()).encode()
+            authenticated = reply.startswith(b"235")
+        elif verb == b"MAIL" and on_auth and not authenticated:
+            reply = b"530 5.7.0 authentication required"
         elif verb == b"MAIL":
             action = on_mail(mails) if on_mail else None
             mails += 1
@@ -274,6 +287,92 @@ class BlastTest(unittest.TestCase):
                          (9, 3, 3, 3))
         self.assertEqual(s["connections"]["established"], 1)
 
+    # -- AUTH ---------------------------------------------------------------------------
+
+    def auth_server(self, password: str) -> tuple[FakeServer, list[str]]:
+        """Offers AUTH PLAIN; 235 for bench / the given password, else 535. Returns the
+        server and the decoded credentials it saw ("user:password" each)."""
+        seen: list[str] = []
+
+        def on_auth(arg: str) -> str:
+            mech, _, b64 = arg.partition(" ")
+            if mech.upper() != "PLAIN" or not b64:
+                return "504 5.5.4 PLAIN with an initial response, please"
+            try:
+                authzid, user, pw = base64.b64decode(b64, validate=True).split(b"\0")
+            except (ValueError, binascii.Error):
+                return "501 5.5.2 bad base64"
+            seen.append(f"{user.decode()}:{pw.decode()}")
+            if authzid == b"" and user == b"bench" and pw == password.encode():
+                return "235 2.7.0 ok"
+            return "535 5.7.8 authentication credentials invalid"
+
+        return self.fake(lambda c, i: smtp_loop(c, on_auth=on_auth)), seen
+
+    def test_auth_plain(self):
+        server, seen = self.auth_server("s3:cr et")
+        rc, s, err = blast(server.port, "--messages", "12", "--connections", "3", "--shards", "1",
+                           "--auth", "bench:s3:cr et")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(s["auth"], True)
+        self.assertEqual(s["messages"]["accepted"], 12)
+        self.assertEqual(s["connections"]["established"], 3)
+        self.assertEqual(seen, ["bench:s3:cr et"] * 3)  # once per connection
+
+    def test_auth_refused_is_an_error(self):
+        server, seen = self.auth_server("right")
+        rc, s, err = blast(server.port, "--messages", "4", "--connections", "2", "--shards", "1",
+                           "--auth", "bench:wrong", "--timeout", "5", timeout=60)
+        self.assertEqual(rc, 1, err)
+        m = s["messages"]
+        self.assertEqual((m["sent"], m["accepted"], m["not_sent"]), (0, 0, 4))
+        rejected = s["connections"]["error_kinds"]["rejected"]
+        self.assertEqual(rejected, s["connections"]["attempts"])
+        self.assertEqual(rejected, len(seen))
+        self.assertIn(rejected, (4, 5))
+        self.assertEqual(s["connections"]["established"], 0)
+        self.assertTrue(s["errors"])
+
+    def test_auth_not_offered(self):
+        server = self.fake(lambda c, i: smtp_loop(c))
+        rc, s, err = blast(server.port, "--messages", "2", "--connections", "1",
+                           "--auth", "bench:x", "--timeout", "5", timeout=60)
+        self.assertEqual(rc, 1, err)
+        self.assertEqual(s["messages"]["not_sent"], 2)
+        self.assertEqual(s["connections"]["error_kinds"]["rejected"],
+                         s["connections"]["attempts"])
+
+    def test_starttls_not_offered_is_a_tls_error(self):
+        server = self.fake(lambda c, i: smtp_loop(c))
+        rc, s, err = blast(server.port, "--messages", "2", "--connections", "1", "--starttls",
+                           "--timeout", "5", timeout=60)
+        self.assertEqual(rc, 1, err)
+        self.assertEqual(s["messages"]["sent"], 0)
+        self.assertEqual(s["messages"]["not_sent"], 2)
+        self.assertEqual(s["connections"]["error_kinds"]["tls"], s["connections"]["attempts"])
+        self.assertEqual(s["connections"]["tls_established"], 0)
+
+    def test_starttls_handshake_with_garbage_fails_in_bounded_time(self):
+        def serve(conn, i):
+            r = Lines(conn)
+            conn.sendall(b"220 fake ESMTP\r\n")
+            while (line := r.line()) is not None:
+                if line.upper().startswith(b"EHLO"):
+                    conn.sendall(b"250-fake\r\n250 STARTTLS\r\n")
+                elif line.upper() == b"STARTTLS":
+                    conn.sendall(b"220 2.0.0 go ahead\r\n")
+                    conn.recv(65536)  # the ClientHello
+                    conn.sendall(b"this is not a TLS record\r\n" * 4)
+                    while conn.recv(65536):
+                        pass
+                    return
+        server = self.fake(serve)
+        rc, s, err = blast(server.port, "--messages", "3", "--connections", "1", "--starttls",
+                           "--timeout", "5", timeout=60)
+        self.assertEqual(rc, 1, err)
+        self.assertEqual(s["messages"]["not_sent"], 3)
+        self.assertEqual(s["connections"]["error_kinds"]["tls"], s["connections"]["attempts"])
+
     # -- broken servers ------------------------------------------------------------------
 
     def test_disconnect_mid_transaction(self):
@@ -356,7 +455,7 @@ class BlastTest(unittest.TestCase):
     # -- command line --------------------------------------------------------------------
 
     def test_usage_errors_exit_2(self):
-        for args in (["--starttls"], ["--auth", "u:p"], ["--connections", "0"], ["--bogus"]):
+        for args in (["--auth", "no-colon"], ["--connections", "0"], ["--bogus"]):
             rc, _, err = blast(harness.free_port(), *args)
             self.assertEqual(rc, 2, args)
             self.assertIn("ringmail-blast", err)

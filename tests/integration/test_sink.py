@@ -1,7 +1,8 @@
 """ringmail-sink (build/tools/ringmail-sink, path from $RINGMAIL_SINK): exact counts in the
 summary line, byte-exact --dump files with their envelope, failure injection (reject, defer,
 disconnect), --delay-ms that holds one session without stalling another, --exit-after,
-SIGTERM, and Postfix's smtp-source as a load."""
+SIGTERM, STARTTLS (Python's ssl as the client, failed handshakes counted) and Postfix's
+smtp-source as a load."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import re
 import select
 import signal
 import smtplib
+import socket
+import ssl
 import subprocess
 import unittest
 
@@ -17,7 +20,8 @@ import harness
 
 SUMMARY = re.compile(
     r"^ringmail-sink: received (\d+) messages, (\d+) recipients, (\d+) deferred, "
-    r"(\d+) rejected, (\d+) disconnected in ([0-9.]+) s \((\d+) msg/s\)$", re.M)
+    r"(\d+) rejected, (\d+) disconnected(?:, (\d+) tls failures)? in ([0-9.]+) s "
+    r"\((\d+) msg/s\)$", re.M)
 
 
 def sink_path() -> str:
@@ -32,8 +36,10 @@ class Summary:
     def __init__(self, m: re.Match) -> None:
         self.received, self.recipients, self.deferred, self.rejected, self.disconnected = (
             int(m.group(i)) for i in range(1, 6))
-        self.seconds = float(m.group(6))
-        self.rate = int(m.group(7))
+        # None when the sink runs without --tls-cert (the line then has no such part).
+        self.tls_failures = int(m.group(6)) if m.group(6) is not None else None
+        self.seconds = float(m.group(7))
+        self.rate = int(m.group(8))
 
     def __repr__(self) -> str:
         return repr(self.__dict__)
@@ -108,6 +114,18 @@ class Sink:
         code, text = c.read_reply()
         assert code == 220, text
         return c
+
+
+def make_certificate(directory: str, name: str = "sink.test") -> tuple[str, str]:
+    """A self-signed P-256 certificate and its key, made with the openssl CLI."""
+    cert = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", f"/CN={name}", "-addext",
+                    f"subjectAltName=DNS:{name},IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    return cert, key
 
 
 def message(i: int) -> bytes:
@@ -293,6 +311,65 @@ class SinkTest(unittest.TestCase):
         # The idle session was told 421 and closed.
         code, text = idle.read_reply()
         self.assertEqual(code, 421, text)
+
+    def test_starttls_with_python_ssl(self):
+        # An independent TLS stack (OpenSSL through Python's ssl) as the client.
+        cert, key = make_certificate(harness.temp_dir("ringmail-sink-tls-"))
+        sink = self.start("--tls-cert", cert, "--tls-key", key)
+        ctx = ssl.create_default_context(cafile=cert)
+        for conn in range(3):
+            with sink.smtp() as s:
+                s.ehlo("tls.test")
+                self.assertTrue(s.has_extn("starttls"))
+                s.starttls(context=ctx)  # verifies the chain and the name
+                s.ehlo("tls.test")
+                self.assertFalse(s.has_extn("starttls"))
+                for i in range(5):
+                    s.sendmail("a@x.test", ["b@y.test", "c@y.test"], message(conn * 5 + i))
+        summary = sink.stop()
+        self.assertEqual((summary.received, summary.recipients), (15, 30), summary)
+        self.assertEqual(summary.tls_failures, 0)
+
+    def test_starttls_failures_close_that_connection_only(self):
+        cert, key = make_certificate(harness.temp_dir("ringmail-sink-tls-"))
+        sink = self.start("--tls-cert", cert, "--tls-key", key)
+        # 1: garbage instead of a ClientHello; 2: EOF right after the 220.
+        for ending in (b"this is no ClientHello\r\n" * 8, b""):
+            c = sink.raw()
+            self.assertEqual(c.cmd("EHLO bad.test")[0], 250)
+            self.assertEqual(c.cmd("STARTTLS")[0], 220)
+            if ending:
+                c.send(ending)
+            else:
+                c.sock.shutdown(socket.SHUT_WR)
+            c.sock.settimeout(harness.scaled(10))
+            rest = b""
+            while chunk := c.sock.recv(4096):  # an alert at most, then the close
+                rest += chunk
+            self.assertFalse(b"250" in rest, rest)
+            c.close()
+        # Plaintext pipelined behind STARTTLS is never executed.
+        c = sink.raw()
+        self.assertEqual(c.cmd("EHLO smuggle.test")[0], 250)
+        c.send(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n")
+        self.assertEqual(c.read_reply()[0], 220)
+        c.close()
+        with sink.smtp() as s:  # the sink is fine
+            s.sendmail("a@x.test", ["b@y.test"], message(1))
+        summary = sink.stop()
+        self.assertEqual(summary.received, 1)
+        self.assertEqual(summary.tls_failures, 3)
+
+    def test_tls_options(self):
+        d = harness.temp_dir("ringmail-sink-tls-")
+        cert, key = make_certificate(d)
+        for args in (["--tls-cert", cert], ["--tls-key", key],
+                     ["--tls-cert", cert, "--tls-key", os.path.join(d, "missing.pem")],
+                     ["--tls-cert", key, "--tls-key", key]):
+            p = subprocess.run([sink_path(), "--listen", f"{harness.LOOPBACK}:0", *args],
+                               capture_output=True, timeout=20)
+            self.assertEqual(p.returncode, 2, (args, p.stderr))
+            self.assertIn(b"ringmail-sink:", p.stderr)
 
     def test_smtp_source_5000(self):
         n = 5000

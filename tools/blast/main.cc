@@ -129,6 +129,13 @@ int main(int argc, char** argv) {
     p.timeout = o.timeout;
     p.client.helo_name = o.helo;
     p.client.pipelining = o.pipelining;
+    if (o.starttls) {
+        p.starttls = true;
+        p.tls_host = o.target_host;
+        p.client.starttls = ringmail::smtp::tls_policy::required;
+    }
+    if (o.auth)
+        p.client.credentials = ringmail::smtp::client_credentials{o.auth_user, o.auth_password};
     p.client.greeting_timeout = p.client.ehlo_timeout = p.client.mail_timeout = o.timeout;
     p.client.rcpt_timeout = p.client.data_init_timeout = o.timeout;
     p.client.data_block_timeout = p.client.data_term_timeout = o.timeout;
@@ -233,6 +240,8 @@ int main(int argc, char** argv) {
     run.message_size = p.body.size();
     run.recipients = p.recipients;
     run.pipelining = o.pipelining;
+    run.starttls = o.starttls;
+    run.auth = o.auth;
     run.elapsed_s = std::chrono::duration<double>(last - p.start).count();
     run.interrupted = interrupted;
     std::string report = o.json ? blast::format_json(run, total) : blast::format_text(run, total);

@@ -85,8 +85,14 @@ parse_outcome parse_command_line(int argc, const char* const* argv) {
     app.add_flag("--allow-errors", o.allow_errors, "exit 0 even when errors occurred");
     app.add_flag("--no-progress", no_progress, "no progress line on stderr");
     app.add_option("--timeout", timeout_text, "connect and per-reply timeout (default 30s)");
-    app.add_flag("--starttls", o.starttls, "STARTTLS (not yet supported)");
-    app.add_option("--auth", o.auth, "AUTH user:pass (not yet supported)");
+    app.add_flag("--starttls", o.starttls,
+                 "STARTTLS on every connection (required: a server that does not offer it "
+                 "fails the connection). Certificates are NOT verified: this measures, it "
+                 "does not protect");
+    std::string auth_text;
+    auto* auth = app.add_option("--auth", auth_text,
+                                "AUTH PLAIN with user:pass (the first ':' separates them) after "
+                                "EHLO (after STARTTLS with --starttls)");
     (void)messages;
     (void)duration;
 
@@ -114,10 +120,14 @@ parse_outcome parse_command_line(int argc, const char* const* argv) {
         out.message = std::move(msg);
         return out;
     };
-    if (o.starttls)
-        return usage("--starttls: not yet supported");
-    if (!o.auth.empty())
-        return usage("--auth: not yet supported");
+    if (auth->count() > 0) {
+        auto colon = auth_text.find(':');
+        if (colon == std::string::npos || colon == 0)
+            return usage("--auth: expected user:pass");
+        o.auth = true;
+        o.auth_user = auth_text.substr(0, colon);
+        o.auth_password = auth_text.substr(colon + 1);
+    }
     if (!split_host_port(o.target_text, o.target_host, o.target_port))
         return usage(fmt::format("--target: \"{}\" is not host:port", o.target_text));
     if (!duration_text.empty()) {

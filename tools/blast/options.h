@@ -1,8 +1,7 @@
 // ringmail-blast's command line: what to send, where, how fast, and how to report it.
 //
 // Parsed once on the main thread before any shard starts; the shards read the result only.
-// Bad input is a usage error (exit status 2) with one message naming the option; --starttls
-// and --auth are accepted by the parser but refused as not yet supported (also status 2).
+// Bad input is a usage error (exit status 2) with one message naming the option.
 #pragma once
 
 #include <chrono>
@@ -35,8 +34,10 @@ struct options {
     bool allow_errors = false;
     bool progress = true;              // only shown when stderr is a terminal anyway
     std::chrono::seconds timeout{30};  // connect and every reply
-    bool starttls = false;
-    std::string auth;
+    bool starttls = false;             // STARTTLS required, certificates not verified
+    bool auth = false;                 // AUTH PLAIN with auth_user / auth_password
+    std::string auth_user;
+    std::string auth_password;
 };
 
 enum class parse_status { run, exit_ok, usage_error };

@@ -18,6 +18,8 @@ std::string_view conn_error_name(conn_error e) noexcept {
             return "rejected";
         case conn_error::other:
             return "other";
+        case conn_error::tls:
+            return "tls";
     }
     return "other";
 }
@@ -47,6 +49,7 @@ void counters::merge(const counters& o) noexcept {
     established += o.established;
     pipelined += o.pipelined;
     idle_closed += o.idle_closed;
+    tls_established += o.tls_established;
     for (std::size_t i = 0; i < conn_error_kinds; ++i)
         conn_errors[i] += o.conn_errors[i];
 }
@@ -147,7 +150,14 @@ std::string format_text(const run_info& run, const shard_stats& s) {
                        run.elapsed_s);
     out += fmt::format("latency      {}  [{}]\n", latency_line(s.latency, true),
                        run.rate > 0 ? "scheduled time to final reply" : "MAIL to final reply");
-    out += fmt::format("connect      {}  [connect to EHLO done]\n", latency_line(s.connect, false));
+    out += fmt::format("connect      {}  [connect to {} done]\n", latency_line(s.connect, false),
+                       run.auth       ? "AUTH"
+                       : run.starttls ? "EHLO in TLS"
+                                      : "EHLO");
+    if (run.starttls) {
+        out += fmt::format("tls          {}  [220 to STARTTLS to handshake done; {} established]\n",
+                           latency_line(s.tls, false), c.tls_established);
+    }
     return out;
 }
 
@@ -163,24 +173,27 @@ std::string format_json(const run_info& run, const shard_stats& s) {
     return fmt::format(
         R"({{"target": {}, "shards": {}, "connections": {}, "mode": "{}", "rate": {:g}, )"
         R"("requested": {{"messages": {}, "duration_s": {:g}}}, "message_size": {}, )"
-        R"("recipients_per_message": {}, "pipelining_requested": {}, "interrupted": {}, )"
+        R"("recipients_per_message": {}, "pipelining_requested": {}, "starttls": {}, )"
+        R"("auth": {}, "interrupted": {}, )"
         R"("elapsed_s": {:.6f}, )"
         R"("messages": {{"sent": {}, "accepted": {}, "temp_failed": {}, "perm_failed": {}, )"
         R"("cut": {}, "not_sent": {}, "behind_schedule": {}}}, )"
         R"("recipients": {{"accepted": {}, "refused": {}}}, )"
         R"("connections": {{"attempts": {}, "established": {}, "pipelining": {}, )"
-        R"("idle_closed": {}, "errors": {}, "error_kinds": {{{}}}}}, )"
+        R"("idle_closed": {}, "tls_established": {}, "errors": {}, "error_kinds": {{{}}}}}, )"
         R"("throughput": {{"accepted_per_s": {:.3f}, "sent_per_s": {:.3f}}}, )"
-        R"("latency_us": {}, "connect_us": {}, "errors": {}}})"
+        R"("latency_us": {}, "connect_us": {}, "tls_handshake_us": {}, "errors": {}}})"
         "\n",
         json_string(run.target), run.shards, run.connections, run.rate > 0 ? "open" : "closed",
         run.rate, run.messages, run.duration_s, run.message_size, run.recipients,
-        run.pipelining ? "true" : "false", run.interrupted ? "true" : "false", run.elapsed_s,
-        c.sent, c.accepted, c.temp_failed, c.perm_failed, c.cut, c.not_sent, c.behind,
-        c.rcpt_accepted, c.rcpt_refused, c.connects, c.established, c.pipelined, c.idle_closed,
+        run.pipelining ? "true" : "false", run.starttls ? "true" : "false",
+        run.auth ? "true" : "false", run.interrupted ? "true" : "false", run.elapsed_s, c.sent,
+        c.accepted, c.temp_failed, c.perm_failed, c.cut, c.not_sent, c.behind, c.rcpt_accepted,
+        c.rcpt_refused, c.connects, c.established, c.pipelined, c.idle_closed, c.tls_established,
         c.connection_errors(), errors, per_second(c.accepted, run.elapsed_s),
         per_second(c.sent, run.elapsed_s), histogram_json(s.latency, true),
-        histogram_json(s.connect, false), c.any_error() ? "true" : "false");
+        histogram_json(s.connect, false), histogram_json(s.tls, false),
+        c.any_error() ? "true" : "false");
 }
 
 }  // namespace ringmail::blast

@@ -22,8 +22,9 @@ enum class conn_error : std::uint8_t {
     garbage,   // the server's bytes are not SMTP replies (or out of sequence)
     rejected,  // greeting or EHLO refused, or 421
     other,     // any other socket error
+    tls,       // --starttls: not offered or refused, or the handshake or a record failed
 };
-inline constexpr std::size_t conn_error_kinds = 6;
+inline constexpr std::size_t conn_error_kinds = 7;
 std::string_view conn_error_name(conn_error e) noexcept;
 
 struct counters {
@@ -34,12 +35,13 @@ struct counters {
     std::uint64_t cut = 0;          // started, but the connection failed before the final reply
     std::uint64_t not_sent = 0;     // never started: its connection attempt failed
     std::uint64_t behind = 0;  // open loop: scheduled before the end of --duration, not started
-    std::uint64_t rcpt_accepted = 0;  // recipients of accepted messages whose RCPT got 2xx
-    std::uint64_t rcpt_refused = 0;   // recipients refused at RCPT
-    std::uint64_t connects = 0;       // connection attempts
-    std::uint64_t established = 0;    // greeting and EHLO done
-    std::uint64_t pipelined = 0;      // established sessions that used PIPELINING
-    std::uint64_t idle_closed = 0;    // closed by the server between transactions
+    std::uint64_t rcpt_accepted = 0;    // recipients of accepted messages whose RCPT got 2xx
+    std::uint64_t rcpt_refused = 0;     // recipients refused at RCPT
+    std::uint64_t connects = 0;         // connection attempts
+    std::uint64_t established = 0;      // greeting and EHLO done
+    std::uint64_t pipelined = 0;        // established sessions that used PIPELINING
+    std::uint64_t idle_closed = 0;      // closed by the server between transactions
+    std::uint64_t tls_established = 0;  // STARTTLS handshakes completed
     std::array<std::uint64_t, conn_error_kinds> conn_errors{};
 
     std::uint64_t connection_errors() const noexcept;
@@ -51,11 +53,13 @@ struct counters {
 struct shard_stats {
     counters c;
     histogram latency;  // ns, accepted messages: MAIL (or scheduled time) to the final reply
-    histogram connect;  // ns, connect() to EHLO done
+    histogram connect;  // ns, connect() to the session ready (EHLO, STARTTLS, AUTH done)
+    histogram tls;      // ns, the 220 to STARTTLS to the handshake's end
     void merge(const shard_stats& o) noexcept {
         c.merge(o.c);
         latency.merge(o.latency);
         connect.merge(o.connect);
+        tls.merge(o.tls);
     }
 };
 
@@ -69,6 +73,8 @@ struct run_info {
     std::size_t message_size = 0;
     unsigned recipients = 0;
     bool pipelining = false;  // requested
+    bool starttls = false;    // requested
+    bool auth = false;        // requested
     double elapsed_s = 0;     // start to the last outcome
     bool interrupted = false;
 };

@@ -67,6 +67,9 @@ void connection::open() {
     _recv_armed = _send_in_flight = _established = _failure_seen = false;
     _parked = _finishing = _closing = _cancel_sent = _attempt_failed = false;
     _idle_slot = false;
+    _tls.reset();
+    _pieces = {};
+    _pieces_held = _tls_up = _send_is_tls = false;
     _connect_start = clock::now();
     ++_w.count().connects;
     const core::endpoint& ep = _w.p().target;
@@ -154,6 +157,11 @@ void connection::on_send(int res, std::uint32_t) {
         return;
     }
     if (res < 0) {
+        // Nothing of this send is retried: release the pieces, or the next pump sends them
+        // again on a dead socket.
+        if (!_send_is_tls)
+            _session->end_send();
+        _send_is_tls = false;
         _cause = errno_kind(-res);
         _session->on_connection_lost();
         pump();
@@ -171,7 +179,11 @@ void connection::on_send(int res, std::uint32_t) {
         submit_send();
         return;
     }
-    _session->end_send();
+    if (_send_is_tls) {
+        _send_is_tls = false;  // the session's pieces were released when the pump took them
+    } else {
+        _session->end_send();
+    }
     pump();
 }
 
@@ -212,14 +224,61 @@ void connection::on_expire() {
     }
 }
 
-// The TLS seam, inbound: wire bytes to the session (a record pump would decrypt here).
+// The TLS seam, inbound: wire bytes to the session, through the record pump after STARTTLS.
 void connection::from_wire(std::string_view bytes) {
-    _session->receive(bytes);
+    if (!_tls) {
+        _session->receive(bytes);
+        return;
+    }
+    _tls->feed(bytes);
+    tls_progress();
 }
 
-// The TLS seam, outbound: the session's pieces as iovecs (a record pump would encrypt them
-// into its own buffer and point one iovec at that).
+// The 220 to STARTTLS is in and everything before it is sent: the handshake starts (its
+// time is measured from here) under the reply timeout.
+void connection::start_tls() {
+    _tls = std::make_unique<tls::session>(_w.tls(), _w.p().tls_host);
+    _tls_start = clock::now();
+    arm_wait(wait_kind::reply, _w.p().timeout);
+    tls_progress();  // the ClientHello
+}
+
+void connection::tls_progress() {
+    _tls->step();
+    if (!_tls_up && _tls->established()) {
+        _tls_up = true;
+        ++_w.count().tls_established;
+        _w.stats_mut().tls.record(ns(clock::now() - _tls_start));
+        _session->on_tls_established();  // EHLO again, now inside TLS
+    }
+    if (_tls_up) {
+        _plain.clear();
+        _tls->read(_plain);
+        if (!_plain.empty())
+            _session->receive(_plain);
+    }
+    if (_tls->failed())
+        tls_failed();
+}
+
+void connection::tls_failed() {
+    if (_session->closed())
+        return;
+    _cause = conn_error::tls;
+    if (!_tls_up) {
+        _session->on_tls_failed(_tls->error());
+    } else {
+        _session->on_connection_lost();  // a bad record: nothing more can be read
+    }
+}
+
+// The TLS seam, outbound: the session's pieces as iovecs, or after STARTTLS encrypted into
+// one buffer.
 void connection::to_wire() {
+    if (_tls) {
+        to_wire_tls();
+        return;
+    }
     auto pieces = _session->begin_send();
     if (pieces.empty())
         return;
@@ -233,6 +292,44 @@ void connection::to_wire() {
         _session->end_send();
         return;
     }
+    submit_send();
+}
+
+void connection::to_wire_tls() {
+    if (!_pieces_held && !_tls->failed()) {
+        _pieces = _session->begin_send();
+        _piece = _piece_offset = 0;
+        _pieces_held = !_pieces.empty();
+    }
+    if (_pieces_held) {
+        // The pump copies what it takes; it stops taking while its output holds 256 KiB, and
+        // the rest waits for the next send (a large --size goes out in slices).
+        while (_piece < _pieces.size()) {
+            auto rest = _pieces[_piece].substr(_piece_offset);
+            const std::size_t n = rest.empty() ? 0 : _tls->write(rest);
+            _piece_offset += n;
+            if (_piece_offset < _pieces[_piece].size())
+                break;
+            ++_piece;
+            _piece_offset = 0;
+        }
+        if (_piece == _pieces.size()) {
+            _pieces_held = false;
+            _pieces = {};
+            _session->end_send();
+        }
+    }
+    if (_tls->failed()) {
+        tls_failed();
+        return;
+    }
+    if (!_tls->has_output())
+        return;
+    _cipher.clear();
+    _tls->take_output(_cipher);
+    _iov.assign(1, iovec{_cipher.data(), _cipher.size()});
+    _iov_first = 0;
+    _send_is_tls = true;
     submit_send();
 }
 
@@ -297,6 +394,10 @@ void connection::pump() {
         }
         if (!_send_in_flight)
             to_wire();
+        if (!_tls && _session->wants_tls() && !_send_in_flight) {
+            start_tls();
+            continue;  // the handshake may have failed at once
+        }
         if (_session->closed()) {
             _w.reactor().disarm(*this);
             _wait = wait_kind::none;
@@ -328,6 +429,8 @@ void connection::pump() {
         auto t = _session->current_timeout();
         if (t.count() > 0) {
             arm_wait(wait_kind::reply, t);
+        } else if (_session->wants_tls()) {
+            // The handshake keeps the deadline start_tls() set.
         } else {
             _w.reactor().disarm(*this);
             _wait = wait_kind::none;
@@ -389,6 +492,8 @@ void connection::on_session_failed_busy(bool busy) {
         kind = *_cause;
     } else if (e.code == 451 && e.enhanced == "4.5.0") {
         kind = conn_error::garbage;  // malformed, unexpected or out-of-sequence reply
+    } else if (e.code == 451 && e.enhanced == "4.7.0") {
+        kind = conn_error::tls;  // STARTTLS not offered or refused, bytes behind its 220
     }
     if (!_established) {
         attempt_failed(kind);
@@ -468,6 +573,7 @@ worker::worker(const plan& p, unsigned shard, const std::atomic<bool>& stop, pro
 worker::~worker() {
     _parked.clear();
     _connections.clear();
+    _tls.reset();
 }
 
 bool worker::run(std::string& why) {
@@ -486,6 +592,20 @@ bool worker::run(std::string& why) {
         return false;
     }
     _buffers = std::move(*b);
+    if (_plan.starttls) {
+        // A benchmark measures, it does not protect: encrypt to whatever certificate the
+        // server shows (opportunistic, no CA store to load).
+        tls::client_options o;
+        o.mode = tls::verify_mode::opportunistic;
+        o.system_ca = false;
+        std::string twhy;
+        auto ctx = tls::client_context::create(o, twhy);
+        if (!ctx) {
+            why = "tls: " + (twhy.empty() ? ctx.error().message() : twhy);
+            return false;
+        }
+        _tls = std::move(*ctx);
+    }
     _connections.reserve(_conns);
     for (unsigned i = 0; i < _conns; ++i)
         _connections.push_back(std::make_unique<connection>(*this, i));
@@ -503,6 +623,8 @@ bool worker::run(std::string& why) {
     }
     _reactor->disarm(_schedule_timer);
     _reactor->disarm(_deadline_timer);
+    if (_tls)
+        tls::release_thread_cache();  // this thread's wolfSSL ECC cache
     publish();
     return true;
 }

@@ -18,6 +18,8 @@
 #include "ringmail/core/socket.h"
 #include "ringmail/core/timer.h"
 #include "ringmail/smtp/client_session.h"
+#include "ringmail/tls/context.h"
+#include "ringmail/tls/session.h"
 
 #include "blast/stats.h"
 #include <atomic>
@@ -26,6 +28,7 @@
 #include <deque>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -50,7 +53,9 @@ struct plan {
     std::string to;
     std::uint64_t domains = 0;
     std::chrono::seconds timeout{30};
-    smtp::client_config client;
+    smtp::client_config client;  // starttls = required with --starttls, credentials with --auth
+    bool starttls = false;
+    std::string tls_host;     // SNI (not sent for an IP literal); certificates are not verified
     clock::time_point start;  // the run's start (for --duration and the elapsed time)
 };
 
@@ -72,7 +77,8 @@ class worker;
 // One SMTP connection slot: connects, runs transactions one after the other on the same
 // session, and when the session ends (per-connection limit, failure) opens a new one while the
 // worker has work. The bytes between the socket and the session pass through from_wire() and
-// to_wire(): plain TCP today; a TLS record pump (STARTTLS, implicit TLS) goes there.
+// to_wire(): as they are, or after STARTTLS through a tls::session (a record pump over memory)
+// that decrypts what comes in and encrypts the session's pieces into one buffer to send.
 class connection final : private core::timer {
   public:
     connection(worker& w, unsigned slot);
@@ -97,6 +103,10 @@ class connection final : private core::timer {
 
     void from_wire(std::string_view bytes);
     void to_wire();
+    void to_wire_tls();
+    void start_tls();
+    void tls_progress();
+    void tls_failed();
     void submit_send();
     void pump();
     void begin_transaction(const job& j);
@@ -122,6 +132,18 @@ class connection final : private core::timer {
     std::vector<iovec> _iov;
     std::size_t _iov_first = 0;
     msghdr _msg{};
+    // STARTTLS: the record pump, the session's pieces it has not taken yet, and the ciphertext
+    // being sent (a send is either the session's pieces or ciphertext: _send_is_tls).
+    std::unique_ptr<tls::session> _tls;
+    clock::time_point _tls_start;
+    std::span<const std::string_view> _pieces;
+    std::size_t _piece = 0;
+    std::size_t _piece_offset = 0;
+    bool _pieces_held = false;
+    bool _tls_up = false;
+    bool _send_is_tls = false;
+    std::string _plain;
+    std::string _cipher;
     unsigned _in_flight = 0;
     wait_kind _wait = wait_kind::none;
     bool _connecting = false;
@@ -172,6 +194,7 @@ class worker {
     unsigned shard() const noexcept { return _shard; }
     core::reactor& reactor() noexcept { return *_reactor; }
     core::buffer_ring& buffers() noexcept { return *_buffers; }
+    const std::shared_ptr<const tls::client_context>& tls() const noexcept { return _tls; }
     counters& count() noexcept { return _stats.c; }
     shard_stats& stats_mut() noexcept { return _stats; }
 
@@ -195,6 +218,7 @@ class worker {
     unsigned _conns = 0;
     std::unique_ptr<core::reactor> _reactor;
     std::unique_ptr<core::buffer_ring> _buffers;
+    std::shared_ptr<const tls::client_context> _tls;  // with --starttls
     std::vector<std::unique_ptr<connection>> _connections;
     std::deque<connection*> _parked;
     callback_timer _schedule_timer;

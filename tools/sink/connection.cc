@@ -7,7 +7,9 @@
 #include <liburing.h>
 
 #include "sink/shard.h"
+#include "sink/tls_transform.h"
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <sys/socket.h>
 
@@ -159,8 +161,17 @@ void connection::receive_wire(std::string_view bytes) {
         return;
     }
     _plain.clear();
-    if (auto r = _transform->decode(bytes, _plain); !r) {
-        log::debug("connection {}: transform: {}", _id, r.error().message());
+    auto r = _transform->decode(bytes, _plain);
+    // Before any plaintext: the session drops input until it is told the handshake is done.
+    if (auto details = _transform->take_established())
+        _session.on_tls_established(std::move(*details));
+    if (!r) {
+        log::debug("connection {}: tls: {}", _id, _transform->error());
+        if (_session.wants_tls()) {
+            // Handshake failed: the pump's alert (if any) goes out, then the session closes.
+            _session.on_tls_failed();
+            return;
+        }
         _peer_gone = true;
         _session.on_peer_closed();
         start_close();
@@ -168,6 +179,18 @@ void connection::receive_wire(std::string_view bytes) {
     }
     if (!_plain.empty())
         _session.receive(_plain);
+}
+
+// The 220 to STARTTLS has left the session (it is in _sending, or sent): from here on every
+// byte goes through the record pump.
+void connection::start_tls() {
+    const auto& ctx = _shard.tls();
+    if (!ctx) {
+        // STARTTLS is offered only with a certificate: a session asking without one is a bug.
+        log::error("connection {}: STARTTLS without a TLS context", _id);
+        std::abort();
+    }
+    _transform = std::make_unique<tls_transform>(ctx);
 }
 
 // Moves what is owed to the peer into _sending (empty, nothing in flight). False: nothing.
@@ -274,6 +297,8 @@ void connection::pump() {
         _sent = 0;
         send_pending();
     }
+    if (_session.wants_tls() && !_transform && !_session.has_output())
+        start_tls();
     if (_session.wants_close()) {
         if (!_send_in_flight || _peer_gone)
             start_close();
@@ -315,6 +340,8 @@ void connection::start_close() {
         return;
     _closing = true;
     _reply_owed = false;
+    if (_transform && !_transform->established())
+        shard_counters::add(_shard.counters().tls_failures);  // a handshake that never ended
     _shard.reactor().disarm(_idle);
     _shard.reactor().disarm(_delay);
     _dump.abort();

@@ -16,6 +16,7 @@
 #include "sink/injector.h"
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -23,9 +24,10 @@ namespace ringmail::sink {
 
 class shard;
 
-// Sits between the socket and the session; none today (plain SMTP). STARTTLS will put the TLS
-// record pump here: wire bytes in -> plaintext for the session, the session's replies (and
-// the pump's own handshake records) -> wire bytes. An error closes the connection.
+// Sits between the socket and the session; none for plain SMTP, the TLS record pump
+// (sink/tls_transform.h) after STARTTLS: wire bytes in -> plaintext for the session, the
+// session's replies (and the pump's own handshake records) -> wire bytes. An error closes the
+// connection.
 class byte_transform {
   public:
     virtual ~byte_transform() = default;
@@ -35,6 +37,12 @@ class byte_transform {
     virtual result<void> encode(std::string_view plain, std::string& wire) = 0;
     // Bytes of its own to send even though the session has none (handshake, alerts).
     virtual bool has_output() const noexcept = 0;
+    // The handshake has completed: application data flows.
+    virtual bool established() const noexcept = 0;
+    // Once, right after the handshake completed: what the session is told about it.
+    virtual std::optional<smtp::tls_details> take_established() = 0;
+    // Why decode()/encode() failed, for the debug log.
+    virtual std::string_view error() const noexcept = 0;
 };
 
 // A timer that calls a member function of its owner (one owner, several timers).
@@ -82,6 +90,7 @@ class connection final : private smtp::transaction_sink {
     void pump();
     void send_pending();
     void start_close();
+    void start_tls();
     void maybe_finish();
     bool busy() const noexcept;  // inside a transaction or owing its final reply
 

@@ -9,6 +9,7 @@
 #include "ringmail/core/log.h"
 #include "ringmail/core/shard_runner.h"
 #include "ringmail/core/socket.h"
+#include "ringmail/tls/credentials.h"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -36,7 +37,8 @@ using sink::startup_state;
 constexpr int listen_backlog = 4096;
 
 struct totals {
-    std::uint64_t accepted = 0, recipients = 0, deferred = 0, rejected = 0, disconnected = 0;
+    std::uint64_t accepted = 0, recipients = 0, deferred = 0, rejected = 0, disconnected = 0,
+                  tls_failures = 0;
     std::int64_t first_ns = 0, last_ns = 0;
 };
 
@@ -49,6 +51,7 @@ totals sum(const std::vector<std::unique_ptr<shard>>& shards) {
         t.deferred += c.deferred.load(std::memory_order_relaxed);
         t.rejected += c.rejected.load(std::memory_order_relaxed);
         t.disconnected += c.disconnected.load(std::memory_order_relaxed);
+        t.tls_failures += c.tls_failures.load(std::memory_order_relaxed);
         auto f = c.first_connection_ns.load(std::memory_order_relaxed);
         if (f != 0 && (t.first_ns == 0 || f < t.first_ns))
             t.first_ns = f;
@@ -103,7 +106,9 @@ int main(int argc, char** argv) {
         "Accepts any sender and recipients and counts exactly; the final summary goes to stdout:\n"
         "  ringmail-sink: received N messages, R recipients, D deferred, J rejected, "
         "X disconnected in T s (M msg/s)\n"
-        "(T runs from the first connection to the last final reply.)\n"
+        "(T runs from the first connection to the last final reply; with --tls-cert the line\n"
+        "also says \"F tls failures\" before \"in T s\": STARTTLS handshakes that did not\n"
+        "complete.)\n"
         "--dump DIR writes DIR/<shard>-<seq>.eml (the content as the client meant it:\n"
         "dot-unstuffed, byte-exact; BDAT content gets a final CRLF if it lacks one) and then\n"
         "DIR/<shard>-<seq>.env (lines \"MAIL FROM:<a>[ BODY=..][ SMTPUTF8]\", \"RCPT TO:<r>\"\n"
@@ -148,8 +153,10 @@ int main(int argc, char** argv) {
     app.add_option("--max-message-size", max_message_size,
                    "SIZE limit in bytes (default 52428800)");
     app.add_flag("--quiet", quiet, "no running count on stderr");
-    app.add_option("--tls-cert", tls_cert, "STARTTLS certificate (not yet supported)");
-    app.add_option("--tls-key", tls_key, "STARTTLS key (not yet supported)");
+    app.add_option("--tls-cert", tls_cert,
+                   "offer STARTTLS with this certificate chain (PEM, leaf first); needs "
+                   "--tls-key");
+    app.add_option("--tls-key", tls_key, "the private key (PEM) of --tls-cert");
     app.set_version_flag("--version", std::string("ringmail-sink ") + RINGMAIL_VERSION);
     try {
         app.parse(argc, argv);
@@ -162,9 +169,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ringmail-sink: %s\n", msg.c_str());
         return 2;
     };
-    if (!tls_cert.empty() || !tls_key.empty()) {
-        return usage_error("STARTTLS (--tls-cert/--tls-key) is not yet supported");
-    }
+    if (tls_cert.empty() != tls_key.empty())
+        return usage_error("--tls-cert and --tls-key go together");
     if (auto why = sink::validate(inj); !why.empty())
         return usage_error(why);
 
@@ -201,6 +207,23 @@ int main(int argc, char** argv) {
     cfg.quiet = quiet;
     cfg.session.hostname = hostname;
     cfg.session.max_message_size = max_message_size;
+    if (!tls_cert.empty()) {
+        // Loaded and checked once here; every shard builds its own context from them.
+        const tls::cert_key_files pair[] = {{tls_cert, tls_key}};
+        std::string why;
+        auto creds = tls::server_credentials::load(pair, why);
+        if (!creds)
+            return usage_error(why.empty() ? creds.error().message() : why);
+        auto tickets = tls::ticket_key::generate();
+        if (!tickets) {
+            std::fprintf(stderr, "ringmail-sink: tls: ticket key: %s\n",
+                         tickets.error().message().c_str());
+            return 1;
+        }
+        cfg.tls_credentials = std::move(*creds);
+        cfg.tls_tickets = std::move(*tickets);
+        cfg.session.tls_available = true;
+    }
 
     core::log::set_level(core::log::level::warn);
 
@@ -293,12 +316,15 @@ int main(int argc, char** argv) {
                          ? static_cast<double>(t.last_ns - t.first_ns) / 1e9
                          : 0.0;
     double rate = seconds > 0 ? static_cast<double>(t.accepted) / seconds : 0.0;
+    std::string tls_part;
+    if (cfg.tls_credentials)
+        tls_part = fmt::format(", {} tls failures", t.tls_failures);
     std::printf(
         "ringmail-sink: received %llu messages, %llu recipients, %llu deferred, %llu rejected, "
-        "%llu disconnected in %.3f s (%.0f msg/s)\n",
+        "%llu disconnected%s in %.3f s (%.0f msg/s)\n",
         static_cast<unsigned long long>(t.accepted), static_cast<unsigned long long>(t.recipients),
         static_cast<unsigned long long>(t.deferred), static_cast<unsigned long long>(t.rejected),
-        static_cast<unsigned long long>(t.disconnected), seconds, rate);
+        static_cast<unsigned long long>(t.disconnected), tls_part.c_str(), seconds, rate);
     std::fflush(stdout);
     return 0;
 }

@@ -41,6 +41,7 @@ shard::shard(unsigned id, const sink_config& cfg, std::vector<int> listen_fds)
 shard::~shard() {
     _connections.clear();
     _listeners.clear();
+    _tls.reset();
     _buffers.reset();
     _reactor.reset();
     for (int fd : _listen_fds)
@@ -81,6 +82,16 @@ bool shard::start(std::string& why) {
         return false;
     }
     _buffers = std::move(*b);
+    if (_cfg.tls_credentials) {
+        // Built here, on the shard's thread: a context belongs to the shard that uses it.
+        std::string twhy;
+        auto ctx = tls::server_context::create(_cfg.tls_credentials, _cfg.tls_tickets, twhy);
+        if (!ctx) {
+            why = fmt::format("tls: {}", twhy.empty() ? ctx.error().message() : twhy);
+            return false;
+        }
+        _tls = std::move(*ctx);
+    }
     for (int fd : _listen_fds)
         _listeners.push_back(std::make_unique<core::acceptor>(
             *_reactor, fd, true, "sink listener",
@@ -114,6 +125,8 @@ void shard::run() {
         if (_connections.empty() && listeners_done)
             _stopped = true;
     }
+    if (_tls)
+        tls::release_thread_cache();  // this thread's wolfSSL ECC cache
     _status.store(startup_state::stopped, std::memory_order_release);
 }
 

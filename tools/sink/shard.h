@@ -16,6 +16,8 @@
 #include "ringmail/core/reactor.h"
 #include "ringmail/core/socket.h"
 #include "ringmail/smtp/server_session.h"
+#include "ringmail/tls/context.h"
+#include "ringmail/tls/credentials.h"
 
 #include "sink/injector.h"
 #include <atomic>
@@ -41,6 +43,9 @@ struct sink_config {
     std::uint64_t seed = 0;
     bool quiet = false;
     smtp::server_config session;
+    // STARTTLS (both set, or neither): shared read-only; each shard builds its own context.
+    std::shared_ptr<const tls::server_credentials> tls_credentials;
+    std::shared_ptr<const tls::ticket_key> tls_tickets;
 };
 
 // Written by its shard only (load + store, no read-modify-write), read by the main thread.
@@ -50,6 +55,7 @@ struct alignas(64) shard_counters {
     std::atomic<std::uint64_t> deferred{0};
     std::atomic<std::uint64_t> rejected{0};
     std::atomic<std::uint64_t> disconnected{0};
+    std::atomic<std::uint64_t> tls_failures{0};  // STARTTLS handshakes that did not complete
     // steady_clock nanoseconds; 0 = not yet.
     std::atomic<std::int64_t> first_connection_ns{0};
     std::atomic<std::int64_t> last_reply_ns{0};
@@ -88,6 +94,8 @@ class shard {
     core::reactor& reactor() noexcept { return *_reactor; }
     core::buffer_ring& buffers() noexcept { return *_buffers; }
     injector& inject() noexcept { return _inject; }
+    // This shard's TLS context; null without --tls-cert.
+    const std::shared_ptr<const tls::server_context>& tls() const noexcept { return _tls; }
     shard_counters& counters() noexcept { return _counters; }
     std::uint64_t next_seq() noexcept { return ++_seq; }
     std::int64_t now_ns() const noexcept;
@@ -116,6 +124,7 @@ class shard {
     injector _inject;
     std::unique_ptr<core::reactor> _reactor;
     std::unique_ptr<core::buffer_ring> _buffers;
+    std::shared_ptr<const tls::server_context> _tls;
     std::vector<std::unique_ptr<core::acceptor>> _listeners;
     std::unordered_map<std::uint64_t, std::unique_ptr<connection>> _connections;
     std::uint64_t _next_conn_id = 1;

@@ -76,16 +76,32 @@ TEST(blast_options, usage_errors) {
         {"--target", "h:25", "--timeout", "0"},
         {"--target", "h:25", "--size", "10", "--message-file", "/dev/null"},
         {"--target", "h:25", "--bogus"},
-        {"--target", "h:25", "--starttls"},
-        {"--target", "h:25", "--auth", "u:p"},
+        {"--target", "h:25", "--auth", "no-colon"},
+        {"--target", "h:25", "--auth", ":password-only"},
     };
     for (const auto& args : bad) {
         auto r = parse(args);
         EXPECT_EQ(r.status, parse_status::usage_error) << (args.empty() ? "" : args.back());
         EXPECT_FALSE(r.message.empty());
     }
-    EXPECT_NE(parse({"--target", "h:25", "--starttls"}).message.find("not yet supported"),
+    EXPECT_NE(parse({"--target", "h:25", "--auth", "x"}).message.find("user:pass"),
               std::string::npos);
+}
+
+TEST(blast_options, starttls_and_auth) {
+    auto r = parse({"--target", "h:25"});
+    ASSERT_EQ(r.status, parse_status::run) << r.message;
+    EXPECT_FALSE(r.opts.starttls || r.opts.auth);
+    r = parse({"--target", "h:25", "--starttls", "--auth", "bench:pa:ss word"});
+    ASSERT_EQ(r.status, parse_status::run) << r.message;
+    EXPECT_TRUE(r.opts.starttls);
+    EXPECT_TRUE(r.opts.auth);
+    EXPECT_EQ(r.opts.auth_user, "bench");
+    EXPECT_EQ(r.opts.auth_password, "pa:ss word");  // the first ':' separates them
+    r = parse({"--target", "h:25", "--auth", "u:"});
+    ASSERT_EQ(r.status, parse_status::run) << r.message;
+    EXPECT_EQ(r.opts.auth_user, "u");
+    EXPECT_EQ(r.opts.auth_password, "");
 }
 
 TEST(blast_options, help_and_version) {
@@ -128,6 +144,29 @@ TEST(blast_stats, json_is_one_line_with_the_counts) {
     EXPECT_NE(j.find(R"("errors": true)"), std::string::npos) << j;
     std::string t = format_text(run, s);
     EXPECT_NE(t.find("sent 10  accepted 9  4xx 0  5xx 1"), std::string::npos) << t;
+    EXPECT_EQ(t.find("\ntls "), std::string::npos) << t;  // no TLS line without --starttls
+}
+
+TEST(blast_stats, tls_handshake_times_are_reported) {
+    shard_stats s;
+    s.c.sent = s.c.accepted = 2;
+    s.c.tls_established = 2;
+    s.c.conn_errors[static_cast<std::size_t>(conn_error::tls)] = 1;
+    s.tls.record(2'000'000);
+    s.tls.record(4'000'000);
+    run_info run;
+    run.target = "127.0.0.1:25";
+    run.starttls = true;
+    run.elapsed_s = 1;
+    std::string j = format_json(run, s);
+    EXPECT_NE(j.find(R"("starttls": true)"), std::string::npos) << j;
+    EXPECT_NE(j.find(R"("tls_established": 2)"), std::string::npos) << j;
+    EXPECT_NE(j.find(R"("tls": 1)"), std::string::npos) << j;
+    EXPECT_NE(j.find(R"("tls_handshake_us": {"count": 2, "p50": )"), std::string::npos) << j;
+    std::string t = format_text(run, s);
+    EXPECT_NE(t.find("tls          p50 2.0"), std::string::npos) << t;
+    EXPECT_NE(t.find("2 established"), std::string::npos) << t;
+    EXPECT_NE(t.find("[connect to EHLO in TLS done]"), std::string::npos) << t;
 }
 
 }  // namespace
