@@ -167,9 +167,11 @@ class BlastSinkTest(unittest.TestCase):
         self.assertEqual(c["errors"], summary.disconnected)
         self.assertEqual(m["accepted"] + m["cut"], n)
         self.assertTrue(self.within(summary.disconnected, n, 5), summary)
-        # blast reconnected after every one of them.
+        # blast reconnected after each of them, except where a connection had no message
+        # left to send (at most once per connection, at the very end).
         self.assertEqual(c["attempts"], c["established"])
-        self.assertGreaterEqual(c["attempts"], 6 + summary.disconnected)
+        self.assertLessEqual(c["attempts"], 6 + summary.disconnected)
+        self.assertGreaterEqual(c["attempts"], summary.disconnected)
 
     # -- STARTTLS --------------------------------------------------------------------------
 
