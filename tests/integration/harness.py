@@ -952,7 +952,7 @@ class Dnsmasq:
         for name, ip in hosts:
             conf.append(f"host-record={name},{ip}")
         for dom in null_mx:
-            conf.append(f"dns-rr={dom},15,0000")  # preference 0, root name
+            conf.append(f"dns-rr={dom},15,000000")  # preference 0, root name (one 0 octet)
         self.conf_path = os.path.join(self.workdir, "dnsmasq.conf")
         with open(self.conf_path, "w", encoding="utf-8") as f:
             f.write("\n".join(conf) + "\n")
