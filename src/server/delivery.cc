@@ -472,8 +472,9 @@ void delivery::kick() {
             t.endpoint = *_shard.ctx().smarthost;
             t.host = _shard.ctx().cfg.delivery.smarthost->host;
             t.ip = std::string(smarthost_ip());
-            auto c = std::make_unique<outbound_connection>(static_cast<outbound_handler&>(*this), _shard, _next_conn_id++,
-                                                           std::move(t), _settings);
+            auto c =
+                std::make_unique<outbound_connection>(static_cast<outbound_handler&>(*this), _shard,
+                                                      _next_conn_id++, std::move(t), _settings);
             auto* raw = c.get();
             _conns.push_back(std::move(c));
             ++spare;

@@ -59,8 +59,10 @@ std::string one_line(std::string_view text) {
 }
 
 queue::attempt_reply to_attempt(const smtp::server_reply& r, std::string_view host) {
-    return queue::attempt_reply{
-        .code = r.code, .enhanced = r.enhanced, .text = one_line(r.text), .remote_mta = std::string(host)};
+    return queue::attempt_reply{.code = r.code,
+                                .enhanced = r.enhanced,
+                                .text = one_line(r.text),
+                                .remote_mta = std::string(host)};
 }
 }  // namespace
 
@@ -561,10 +563,11 @@ void mx_delivery::connect_next(std::uint64_t cid, mx_conn& mc) {
         _dead.push_back(std::move(mc.c));
     if (mc.next_target >= mc.targets.size() || _draining) {
         // Every address refused or failed: the attempt defers what is ready there.
-        smtp::server_reply last =
-            mc.last_error.code != 0 ? mc.last_error
-                                    : smtp::make_reply(451, "4.4.4", "no usable mail exchanger");
-        queue::attempt_reply why = to_attempt(last, mc.targets.empty() ? "" : mc.targets.back().host);
+        smtp::server_reply last = mc.last_error.code != 0
+                                      ? mc.last_error
+                                      : smtp::make_reply(451, "4.4.4", "no usable mail exchanger");
+        queue::attempt_reply why =
+            to_attempt(last, mc.targets.empty() ? "" : mc.targets.back().host);
         if (why.code < 400 || why.code >= 500)
             why.code = 451;  // a refusing greeting defers; only replies to mail bounce
         if (why.enhanced.empty() || why.enhanced[0] != '4')
@@ -579,7 +582,8 @@ void mx_delivery::connect_next(std::uint64_t cid, mx_conn& mc) {
         return;
     }
     const outbound_target& t = mc.targets[mc.next_target++];
-    mc.c = std::make_unique<outbound_connection>(static_cast<outbound_handler&>(*this), _shard, cid, t, mc.settings);
+    mc.c = std::make_unique<outbound_connection>(static_cast<outbound_handler&>(*this), _shard, cid,
+                                                 t, mc.settings);
     mc.c->connect();
 }
 
@@ -610,11 +614,11 @@ void mx_delivery::run_job(queue::run_job& a) {
     }
     auto vit = _views.find(j.job.queue_id);
     if (vit == _views.end() || !mc.c || !mc.c->ready()) {
-        queue::attempt_reply why{.code = 451,
-                                 .enhanced = vit == _views.end() ? "4.3.0" : "4.4.2",
-                                 .text = vit == _views.end() ? "message not available"
-                                                             : "connection lost",
-                                 .remote_mta = mc.c ? mc.c->target().host : ""};
+        queue::attempt_reply why{
+            .code = 451,
+            .enhanced = vit == _views.end() ? "4.3.0" : "4.4.2",
+            .text = vit == _views.end() ? "message not available" : "connection lost",
+            .remote_mta = mc.c ? mc.c->target().host : ""};
         _sched.job_failed(a.conn, a.job, why, _shard.reactor().now(), _shard.unix_now());
         if (mc.c && !mc.c->finished()) {
             mc.c->stop(true);  // on_closed reports connection_closed
@@ -698,8 +702,8 @@ void mx_delivery::on_transaction(outbound_connection& c, const smtp::transaction
             replies.back().code = 451;  // a made-up reply (no server answer) is transient
         }
         log::info("{}: to=<{}>, relay={}[{}], attempt={}, status={} ({}){}",
-                  spool::format_queue_id(j.job.queue_id), log::sanitize(j.rcpts[i]), t.host,
-                  t.ip, j.job.attempts + 1,
+                  spool::format_queue_id(j.job.queue_id), log::sanitize(j.rcpts[i]), t.host, t.ip,
+                  j.job.attempts + 1,
                   st == queue::rcpt_status::delivered ? "sent"
                   : st == queue::rcpt_status::failed  ? "bounced"
                                                       : "deferred",

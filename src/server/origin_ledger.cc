@@ -75,8 +75,8 @@ ledger_actions origin_ledger::apply(const queue::job_notice& n) {
             case queue::rcpt_status::expired: {
                 bool expired = n.status[i] == queue::rcpt_status::expired;
                 e.m.state[r] = expired ? queue::rcpt_state::expired : queue::rcpt_state::bounced;
-                a.outcomes.emplace_back(r, expired ? spool::outcome::expired
-                                                   : spool::outcome::bounced);
+                a.outcomes.emplace_back(
+                    r, expired ? spool::outcome::expired : spool::outcome::bounced);
                 --e.pending;
                 queue::failed_recipient f;
                 f.address = e.m.rcpts[r];

@@ -137,8 +137,8 @@ void outbound_connection::on_recv(int res, std::uint32_t flags) {
         auto bytes = bufs.data(bid, static_cast<std::size_t>(res));
         if (!_closing) {
             if (_tls) {
-                _tls->feed(std::string_view(reinterpret_cast<const char*>(bytes.data()),
-                                            bytes.size()));
+                _tls->feed(
+                    std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
                 bufs.recycle(bid);
                 tls_receive();
             } else {
@@ -329,8 +329,7 @@ void outbound_connection::tls_fill() {
     if (_wire_off < _wire.size()) {
         _send_in_flight = true;
         ++_in_flight;
-        _shard.reactor().send(_fd, _wire.data() + _wire_off, _wire.size() - _wire_off,
-                              &_send_op);
+        _shard.reactor().send(_fd, _wire.data() + _wire_off, _wire.size() - _wire_off, &_send_op);
         return;
     }
     if (_pieces_pending && _piece >= _pieces.size()) {

@@ -9,9 +9,9 @@
 
 #include "ringmail/core/config.h"
 #include "ringmail/core/mailbox.h"
-#include "ringmail/queue/handoff.h"
 #include "ringmail/core/result.h"
 #include "ringmail/core/socket.h"
+#include "ringmail/queue/handoff.h"
 #include "ringmail/smtp/client_session.h"
 #include "ringmail/smtp/server_session.h"
 

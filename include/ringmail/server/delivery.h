@@ -25,9 +25,9 @@
 #include <random>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unordered_map>
 #include <vector>
 
 namespace ringmail::server {

@@ -37,7 +37,7 @@ struct ledger_message {
 
 struct ledger_actions {
     std::vector<std::pair<std::uint32_t, spool::outcome>> outcomes;  // recipient, final state
-    std::optional<queue::retry_record> retry;  // some recipient still pending
+    std::optional<queue::retry_record> retry;                        // some recipient still pending
     std::optional<queue::bounce_request> bounce;
     bool done = false;                 // no recipient pending: record_done
     bool null_sender_failure = false;  // failures that get no DSN (null sender)

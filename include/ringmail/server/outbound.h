@@ -80,7 +80,7 @@ class outbound_connection final : private core::timer {
     // Finish what is in flight, then QUIT (force: close now).
     void stop(bool force);
 
-    bool ready() const noexcept;                                 // usable, no transaction
+    bool ready() const noexcept;                                // usable, no transaction
     bool established() const noexcept { return _established; }  // greeting + EHLO succeeded
     bool busy() const noexcept { return _busy; }
     bool finished() const noexcept { return _finished; }  // closed, nothing in flight
