@@ -3,11 +3,11 @@
 #include "ringmail/core/shard_runner.h"
 
 #include <fmt/format.h>
+#include <netdb.h>
 
 #include <algorithm>
 #include <charconv>
 #include <filesystem>
-#include <netdb.h>
 #include <system_error>
 
 namespace ringmail::server {
@@ -21,8 +21,7 @@ std::optional<core::endpoint> resolve_smarthost(const core::host_port& hp, std::
     std::string literal = hp.host.find(':') != std::string::npos
                               ? fmt::format("[{}]:{}", hp.host, hp.port)
                               : fmt::format("{}:{}", hp.host, hp.port);
-    if (auto ep = core::parse_endpoint(literal))
-        return *ep;
+    if (auto ep = core::parse_endpoint(literal)) return *ep;
     addrinfo hints{};
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_family = AF_UNSPEC;
@@ -50,13 +49,11 @@ std::vector<unsigned> existing_shard_dirs(const std::string& spool_dir) {
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(spool_dir, ec)) {
         std::string name = e.path().filename().string();
-        if (name.rfind("shard-", 0) != 0 || !e.is_directory(ec))
-            continue;
+        if (name.rfind("shard-", 0) != 0 || !e.is_directory(ec)) continue;
         unsigned n = 0;
         auto digits = std::string_view(name).substr(6);
         auto [p, err] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
-        if (err == std::errc() && p == digits.data() + digits.size())
-            found.push_back(n);
+        if (err == std::errc() && p == digits.data() + digits.size()) found.push_back(n);
     }
     std::sort(found.begin(), found.end());
     return found;
@@ -67,8 +64,7 @@ std::vector<unsigned> existing_shard_dirs(const std::string& spool_dir) {
 std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
     daemon_context ctx;
     ctx.shards = core::effective_shards(cfg.server);
-    if (ctx.shards == 0)
-        ctx.shards = 1;
+    if (ctx.shards == 0) ctx.shards = 1;
 
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
         const auto& l = cfg.listen[i];
@@ -103,12 +99,12 @@ std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
 
     if (cfg.delivery.smarthost) {
         ctx.smarthost = resolve_smarthost(*cfg.delivery.smarthost, why);
-        if (!ctx.smarthost)
-            return std::nullopt;
-        ctx.smarthost_text =
-            cfg.delivery.smarthost->host.find(':') != std::string::npos
-                ? fmt::format("[{}]:{}", cfg.delivery.smarthost->host, cfg.delivery.smarthost->port)
-                : fmt::format("{}:{}", cfg.delivery.smarthost->host, cfg.delivery.smarthost->port);
+        if (!ctx.smarthost) return std::nullopt;
+        ctx.smarthost_text = cfg.delivery.smarthost->host.find(':') != std::string::npos
+                                 ? fmt::format("[{}]:{}", cfg.delivery.smarthost->host,
+                                               cfg.delivery.smarthost->port)
+                                 : fmt::format("{}:{}", cfg.delivery.smarthost->host,
+                                               cfg.delivery.smarthost->port);
     }
     if (!cfg.delivery.smarthost) {
         // MX routing: destination queues owned by hash of the domain, jobs handed over
@@ -134,11 +130,9 @@ std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
         return std::nullopt;
     }
     ctx.spool_dirs.resize(ctx.shards);
-    for (unsigned i = 0; i < ctx.shards; ++i)
-        ctx.spool_dirs[i].push_back(i);
+    for (unsigned i = 0; i < ctx.shards; ++i) ctx.spool_dirs[i].push_back(i);
     for (unsigned n : existing_shard_dirs(cfg.server.spool_dir)) {
-        if (n >= ctx.shards)
-            ctx.spool_dirs[n % ctx.shards].push_back(n);
+        if (n >= ctx.shards) ctx.spool_dirs[n % ctx.shards].push_back(n);
     }
     ctx.cfg = std::move(cfg);
     return ctx;

@@ -23,7 +23,7 @@ namespace ringmail::server {
 class shard;
 
 class inbound_connection final : private smtp::transaction_sink, private core::timer {
-  public:
+public:
     inbound_connection(shard& owner, std::uint64_t id, int fd, const core::endpoint& peer,
                        const listener_settings& listener, bool relay_allowed);
     ~inbound_connection() override;
@@ -38,7 +38,7 @@ class inbound_connection final : private smtp::transaction_sink, private core::t
     void shutdown(bool force);
     std::uint64_t id() const noexcept { return _id; }
 
-  private:
+private:
     // transaction_sink
     result<void> begin(const smtp::envelope& env) override;
     result<void> append(std::string_view bytes) override;
