@@ -439,6 +439,8 @@ void mx_delivery::run() {
             release(id, n);
             return true;
         });
+        if (!_draining)
+            reclaim_idle();
     } while (_dirty);
     _running = false;
     if (_sched.has_outgoing()) {
@@ -455,6 +457,37 @@ void mx_delivery::run() {
         _journaled = false;
         _shard.reactor().nop(nullptr);
     }
+}
+
+// The scheduler keeps an idle connection until delivery.idle_timeout even when this shard's
+// connection cap (delivery.max_connections) then keeps other destinations with ready jobs from
+// opening one: with more destinations than connections, delivery would stall for the idle
+// timeout. When jobs wait, the cap is reached and few connections are being opened, one idle
+// connection is handed back to the scheduler at once (its QUIT goes out afterwards, so the
+// destination's global limit may be passed by that one closing connection for a moment).
+void mx_delivery::reclaim_idle() {
+    constexpr std::size_t max_opening = 8;
+    const auto counts = _sched.counts();
+    if (counts.ready == 0 || counts.connections < _ctx.cfg.delivery.max_connections)
+        return;
+    std::size_t opening = 0;
+    auto victim = _conns.end();
+    for (auto it = _conns.begin(); it != _conns.end(); ++it) {
+        const mx_conn& mc = it->second;
+        if (!mc.opened)
+            ++opening;
+        else if (victim == _conns.end() && mc.c && !mc.job && mc.c->ready())
+            victim = it;
+    }
+    if (opening >= max_opening || victim == _conns.end())
+        return;
+    const std::uint64_t cid = victim->first;
+    auto c = std::move(victim->second.c);
+    _conns.erase(victim);
+    _sched.connection_closed(cid, _shard.reactor().now());
+    c->stop(false);  // QUIT; its on_closed finds no connection record and is ignored
+    _dead.push_back(std::move(c));
+    _dirty = true;
 }
 
 outbound_settings mx_delivery::settings_for(const std::string& domain) {

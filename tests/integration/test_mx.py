@@ -238,7 +238,8 @@ class OutcomeTest(MxTestCase):
 
 class VolumeTest(MxTestCase):
     def test_50_domains_2000_messages(self):
-        self.start(shards=2)
+        # 4 connections per shard for 25 destinations each: idle connections must give way.
+        self.start(shards=2, delivery_options={"max_connections": 4})
         n = 2000
         with smtplib.SMTP(harness.LOOPBACK, self.daemon.port, timeout=60) as s:
             s.ehlo("client.test")

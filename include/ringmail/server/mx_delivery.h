@@ -106,7 +106,7 @@ class mx_delivery final : private core::timer, private outbound_handler {
     void close(std::uint64_t cid);
     void finish_pseudo(std::uint64_t cid, mx_conn& mc, running_job& j);
     outbound_settings settings_for(const std::string& domain);
-    void retire(std::uint64_t cid);
+    void reclaim_idle();
 
     // outbound_handler
     void on_ready(outbound_connection& c) override;
