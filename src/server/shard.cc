@@ -1,5 +1,6 @@
 #include "ringmail/server/shard.h"
 
+#include "ringmail/core/acceptor.h"
 #include "ringmail/core/log.h"
 #include "ringmail/core/oncore.h"
 #include "ringmail/server/delivery.h"
@@ -27,85 +28,6 @@ constexpr unsigned recv_buffer_count = 2048;  // 32 MiB per shard
 constexpr unsigned recv_buffer_size = 16384;
 constexpr std::uint16_t recv_buffer_group = 1;
 }  // namespace
-
-// One [[listen]] address on this shard: a SO_REUSEPORT socket with a multishot accept (or a
-// single-shot one re-armed per connection when server.multishot_accept is off).
-class listener final : private core::timer {
-  public:
-    listener(shard& owner, const listener_settings& settings, int fd)
-        : _shard(owner), _settings(settings), _fd(fd) {}
-
-    void arm() {
-        if (_armed || _closing)
-            return;
-        _armed = true;
-        ++_in_flight;
-        if (_shard.ctx().cfg.server.multishot_accept) {
-            _shard.reactor().accept_multishot(_fd, &_accept_op);
-        } else {
-            _shard.reactor().accept(_fd, &_accept_op);  // its CQE never has F_MORE: re-armed
-        }
-    }
-
-    void close() {
-        if (_closing)
-            return;
-        _closing = true;
-        _shard.reactor().disarm(*this);
-        if (_armed) {
-            ++_in_flight;
-            _shard.reactor().cancel(&_accept_op, &_cancel_op);
-        }
-        finish();
-    }
-
-    bool done() const noexcept { return _closing && _in_flight == 0 && _fd < 0; }
-
-  private:
-    void on_accept(int res, std::uint32_t flags) {
-        if (!(flags & IORING_CQE_F_MORE)) {
-            _armed = false;
-            --_in_flight;
-        }
-        if (res >= 0) {
-            if (_closing) {
-                _shard.reactor().close(res);
-            } else {
-                _shard.accepted_connection(res, _settings);
-            }
-        } else if (res != -ECANCELED) {
-            // EMFILE/ENFILE/ENOMEM: back off instead of spinning on a failing accept.
-            log::warn("accept on {}: {}", core::to_string(_settings.endpoint), std::strerror(-res));
-            if (!_armed && !_closing) {
-                _shard.reactor().arm(*this, _shard.reactor().now() + 100ms);
-                return;
-            }
-        }
-        if (!_armed && !_closing && !armed())
-            arm();
-        finish();
-    }
-    void on_cancel(int, std::uint32_t) {
-        --_in_flight;
-        finish();
-    }
-    void on_expire() override { arm(); }
-    void finish() {
-        if (_closing && _in_flight == 0 && _fd >= 0) {
-            _shard.reactor().close(_fd);
-            _fd = -1;
-        }
-    }
-
-    shard& _shard;
-    const listener_settings& _settings;
-    int _fd;
-    bool _armed = false;
-    bool _closing = false;
-    unsigned _in_flight = 0;
-    core::member_completion<listener, &listener::on_accept> _accept_op{this};
-    core::member_completion<listener, &listener::on_cancel> _cancel_op{this};
-};
 
 namespace {
 // A connection refused at accept time (too many connections, draining): one 421 line, then
@@ -248,7 +170,9 @@ bool shard::start(std::string& why) {
                 fmt::format("listen on {}: {}", core::to_string(l.endpoint), fd.error().message());
             return false;
         }
-        _listeners.push_back(std::make_unique<listener>(*this, l, *fd));
+        _listeners.push_back(std::make_unique<core::acceptor>(
+            *_reactor, *fd, _ctx.cfg.server.multishot_accept, core::to_string(l.endpoint),
+            [this, &l](int conn_fd) { accepted_connection(conn_fd, l); }));
     }
 
     _reactor->on_iteration_end([this] { flush_commits(); });

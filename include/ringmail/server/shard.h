@@ -9,6 +9,7 @@
 // commit, deliveries in flight finish, then run() returns.
 #pragma once
 
+#include "ringmail/core/acceptor.h"
 #include "ringmail/core/buffer_ring.h"
 #include "ringmail/core/member_completion.h"
 #include "ringmail/core/reactor.h"
@@ -29,7 +30,6 @@ namespace ringmail::server {
 class inbound_connection;
 class delivery;
 class delivery_log;
-class listener;
 
 enum class startup_state : int { pending = 0, ready = 1, failed = 2, stopped = 3 };
 
@@ -107,7 +107,7 @@ class shard {
 
     std::unique_ptr<core::reactor> _reactor;
     std::unique_ptr<core::buffer_ring> _buffers;
-    std::vector<std::unique_ptr<listener>> _listeners;
+    std::vector<std::unique_ptr<core::acceptor>> _listeners;
     std::vector<std::unique_ptr<spool_slot>> _spools;  // stable addresses: ops point at them
     std::unique_ptr<delivery_log> _events;
     std::unique_ptr<delivery> _delivery;

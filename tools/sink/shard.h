@@ -1,0 +1,128 @@
+// One shard of ringmail-sink: a pinned thread with its own io_uring reactor, provided-buffer
+// ring, SO_REUSEPORT listeners (one per --listen address), the SMTP sessions it accepted, its
+// failure-injection PRNG and its counters. Nothing here is shared between shards except the
+// read-only sink_config and the counters, which only this shard writes and the main thread
+// only reads (one cache line per shard, so no line is written by two threads).
+//
+// Created on the main thread, which afterwards only calls request_stop(), status() and reads
+// counters(); run() is the shard thread's body. Start-up failures (ring, buffers) are reported
+// through status()/startup_error() and the tool exits 1. Stopping: listeners close, idle
+// sessions get 421 4.3.2, open transactions finish (up to a grace period), then run() returns.
+#pragma once
+
+#include "ringmail/core/acceptor.h"
+#include "ringmail/core/buffer_ring.h"
+#include "ringmail/core/member_completion.h"
+#include "ringmail/core/reactor.h"
+#include "ringmail/core/socket.h"
+#include "ringmail/smtp/server_session.h"
+
+#include "sink/injector.h"
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace ringmail::sink {
+
+class connection;
+
+// Everything the command line decided; read-only once the shards run.
+struct sink_config {
+    std::vector<core::endpoint> listen;
+    unsigned shards = 1;
+    std::string dump_dir;  // empty: no dump
+    injection inject;
+    std::chrono::milliseconds delay{0};
+    std::uint64_t exit_after = 0;  // 0: run until a signal
+    std::uint64_t seed = 0;
+    bool quiet = false;
+    smtp::server_config session;
+};
+
+// Written by its shard only (load + store, no read-modify-write), read by the main thread.
+struct alignas(64) shard_counters {
+    std::atomic<std::uint64_t> accepted{0};
+    std::atomic<std::uint64_t> recipients{0};  // of accepted messages
+    std::atomic<std::uint64_t> deferred{0};
+    std::atomic<std::uint64_t> rejected{0};
+    std::atomic<std::uint64_t> disconnected{0};
+    // steady_clock nanoseconds; 0 = not yet.
+    std::atomic<std::int64_t> first_connection_ns{0};
+    std::atomic<std::int64_t> last_reply_ns{0};
+
+    static void add(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
+        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+    static void set(std::atomic<std::int64_t>& c, std::int64_t v) noexcept {
+        c.store(v, std::memory_order_relaxed);
+    }
+};
+static_assert(sizeof(shard_counters) == 64);
+
+enum class startup_state : int { pending = 0, ready = 1, failed = 2, stopped = 3 };
+
+class shard {
+  public:
+    // `listen_fds`: this shard's listening sockets, one per sink_config::listen entry; the
+    // shard owns (and closes) them.
+    shard(unsigned id, const sink_config& cfg, std::vector<int> listen_fds);
+    ~shard();
+    shard(const shard&) = delete;
+    shard& operator=(const shard&) = delete;
+
+    void run();
+
+    // Main thread.
+    void request_stop() noexcept;
+    startup_state status() const noexcept { return _status.load(std::memory_order_acquire); }
+    const std::string& startup_error() const noexcept { return _startup_error; }
+    const shard_counters& counters() const noexcept { return _counters; }
+
+    // Shard-internal API for listeners and connections.
+    unsigned id() const noexcept { return _id; }
+    const sink_config& cfg() const noexcept { return _cfg; }
+    core::reactor& reactor() noexcept { return *_reactor; }
+    core::buffer_ring& buffers() noexcept { return *_buffers; }
+    injector& inject() noexcept { return _inject; }
+    shard_counters& counters() noexcept { return _counters; }
+    std::uint64_t next_seq() noexcept { return ++_seq; }
+    std::int64_t now_ns() const noexcept;
+    void accepted_connection(int fd);
+    // The connection closed its fd and has no ring operation left: destroy it.
+    void forget(std::uint64_t connection_id);
+
+  private:
+    bool start(std::string& why);
+    void on_wake(int res, std::uint32_t flags);
+    void arm_wake();
+    void begin_drain();
+
+    const unsigned _id;
+    const sink_config& _cfg;
+    std::vector<int> _listen_fds;
+    shard_counters _counters;
+    std::atomic<startup_state> _status{startup_state::pending};
+    std::string _startup_error;
+    std::atomic<bool> _stop_requested{false};
+    int _wake_fd = -1;
+    std::uint64_t _wake_buf = 0;
+    bool _wake_armed = false;
+    core::member_completion<shard, &shard::on_wake> _wake_op{this};
+
+    injector _inject;
+    std::unique_ptr<core::reactor> _reactor;
+    std::unique_ptr<core::buffer_ring> _buffers;
+    std::vector<std::unique_ptr<core::acceptor>> _listeners;
+    std::unordered_map<std::uint64_t, std::unique_ptr<connection>> _connections;
+    std::uint64_t _next_conn_id = 1;
+    std::uint64_t _seq = 0;
+    bool _draining = false;
+    bool _stopped = false;
+    core::reactor::clock::time_point _drain_deadline{};
+};
+
+}  // namespace ringmail::sink
