@@ -2,8 +2,10 @@
 //
 // The main thread only starts and stops shards: it blocks the shutdown signals (every shard
 // inherits the mask), waits for them with sigwaitinfo and asks each shard to drain. Start-up
-// failures (bad config, spool locked, address in use, io_uring unusable) print one clear
-// message and exit non-zero.
+// failures (bad config, spool locked, address in use, io_uring unusable, a certificate or
+// users file that does not load) print one clear message and exit non-zero. SIGHUP reloads
+// the certificates and the users file here, on the main thread; a reload that fails is logged
+// and the running ones stay.
 #include "ringmail/core/config.h"
 #include "ringmail/core/log.h"
 #include "ringmail/core/shard_runner.h"
@@ -31,20 +33,46 @@ int check_config(const std::string& path) {
         return 1;
     }
     std::string why;
-    // Validates what only start-up would otherwise find (roles, smarthost name resolution),
-    // without touching the spool or binding anything.
-    auto cfg = *parsed.cfg;
-    for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
-        if (cfg.listen[i].role != ringmail::core::listener_role::relay) {
-            std::fprintf(stderr,
-                         "%s: listen[%zu].role = \"%s\": this build serves role \"relay\" only\n",
-                         path.c_str(), i,
-                         std::string(ringmail::core::role_name(cfg.listen[i].role)).c_str());
-            return 1;
-        }
+    // Validates what only start-up would otherwise find (unsupported listener features,
+    // certificates and keys, the users file), without touching the spool or binding anything.
+    if (!ringmail::server::check_context(*parsed.cfg, why)) {
+        std::fprintf(stderr, "%s: %s\n", path.c_str(), why.c_str());
+        return 1;
     }
     std::printf("%s: configuration OK\n", path.c_str());
     return 0;
+}
+
+// SIGHUP: certificates and users file are read again; what fails to load keeps the old one.
+void reload(ringmail::server::daemon_context& ctx,
+            std::vector<std::unique_ptr<ringmail::server::shard>>& shards) {
+    std::string why;
+    if (auto creds = ringmail::server::load_tls_credentials(ctx.cfg, why)) {
+        ctx.reload->tls.store(
+            std::make_shared<const ringmail::server::tls_credentials_set>(std::move(*creds)));
+        bool any = false;
+        for (const auto& l : ctx.cfg.listen)
+            any = any || !l.tls_certificates.empty();
+        if (any)
+            log::info("SIGHUP: certificates reloaded");
+    } else {
+        log::error("SIGHUP: certificates not reloaded, keeping the old ones: {}", why);
+    }
+    if (ctx.verifier) {
+        if (auto store = ringmail::server::load_users(ctx.cfg, why)) {
+            auto users = store->size();
+            if (ctx.verifier->reload(std::move(store))) {
+                log::info("SIGHUP: users file reloaded ({} user(s))", users);
+            } else {
+                log::error("SIGHUP: users file not reloaded: the verifier is busy, try again");
+            }
+        } else {
+            log::error("SIGHUP: users file not reloaded, keeping the old one: {}", why);
+        }
+    }
+    ctx.reload->generation.fetch_add(1, std::memory_order_release);
+    for (auto& s : shards)
+        s->wake();
 }
 
 int serve(ringmail::core::config cfg) {
@@ -107,10 +135,8 @@ int serve(ringmail::core::config cfg) {
             break;
         }
         if (*sig == SIGHUP) {
-            ctx->reload->generation.fetch_add(1, std::memory_order_release);
-            for (auto& s : shards)
-                s->wake();
-            log::info("SIGHUP: reopening the delivery log");
+            log::info("SIGHUP: reopening the delivery log, reloading certificates and users");
+            reload(*ctx, shards);
             continue;
         }
         if (*sig == SIGTERM || *sig == SIGINT) {
@@ -121,6 +147,8 @@ int serve(ringmail::core::config cfg) {
     for (auto& s : shards)
         s->request_stop();
     runner.join();
+    if (ctx->verifier)
+        ctx->verifier->stop();
     log::info("ringmaild stopped");
     return 0;
 }

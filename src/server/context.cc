@@ -68,13 +68,6 @@ std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
 
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
         const auto& l = cfg.listen[i];
-        if (l.role != core::listener_role::relay) {
-            why = fmt::format(
-                "listen[{}].role = \"{}\": this build serves role \"relay\" only (submission and "
-                "smtps need TLS and AUTH)",
-                i, core::role_name(l.role));
-            return std::nullopt;
-        }
         if (l.proxy_protocol) {
             why = fmt::format("listen[{}].proxy_protocol: not supported by this build", i);
             return std::nullopt;
@@ -94,8 +87,30 @@ std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
         ls.session.command_timeout = cfg.server.command_timeout;
         ls.session.data_timeout = cfg.server.data_timeout;
         ls.session.relay_domains = cfg.relay.domains;
+        ls.index = i;
+        ls.implicit_tls = l.role == core::listener_role::smtps;
+        ls.auth = cfg.auth.enabled();
+        ls.session.tls_available = !l.tls_certificates.empty();
+        ls.session.auth_plaintext = l.auth_plaintext;
+        ls.session.require_auth = l.role != core::listener_role::relay;
+        if (ls.auth)
+            ls.session.auth_mechanisms = {"PLAIN", "LOGIN"};
         ctx.listeners.push_back(std::move(ls));
     }
+
+    auto creds = load_tls_credentials(cfg, why);
+    if (!creds)
+        return std::nullopt;
+    if (std::any_of(creds->begin(), creds->end(), [](const auto& c) { return c != nullptr; })) {
+        auto key = tls::ticket_key::generate();
+        if (!key) {
+            why =
+                fmt::format("tls: cannot create the session ticket key: {}", key.error().message());
+            return std::nullopt;
+        }
+        ctx.tickets = std::move(*key);
+    }
+    ctx.reload->tls.store(std::make_shared<const tls_credentials_set>(std::move(*creds)));
 
     if (cfg.delivery.smarthost) {
         ctx.smarthost = resolve_smarthost(*cfg.delivery.smarthost, why);
@@ -134,8 +149,71 @@ std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
     for (unsigned n : existing_shard_dirs(cfg.server.spool_dir)) {
         if (n >= ctx.shards) ctx.spool_dirs[n % ctx.shards].push_back(n);
     }
+
+    if (cfg.auth.enabled()) {
+        auto store = load_users(cfg, why);
+        if (!store)
+            return std::nullopt;
+        auth::verifier_options vo;
+        vo.workers = std::max(1u, cfg.auth.verify_threads);
+        auto v = auth::verifier::create(std::move(store), ctx.shards, vo);
+        if (!v) {
+            why = fmt::format("auth: cannot start the verifier: {}", v.error().message());
+            return std::nullopt;
+        }
+        ctx.verifier = std::move(*v);
+    }
     ctx.cfg = std::move(cfg);
     return ctx;
+}
+
+std::optional<tls_credentials_set> load_tls_credentials(const core::config& cfg, std::string& why) {
+    tls_credentials_set set;
+    for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
+        const auto& l = cfg.listen[i];
+        if (l.tls_certificates.empty()) {
+            set.emplace_back();
+            continue;
+        }
+        std::vector<tls::cert_key_files> pairs;
+        for (const auto& c : l.tls_certificates)
+            pairs.push_back({c.cert_file, c.key_file});
+        std::string text;
+        auto loaded = tls::server_credentials::load(pairs, text);
+        if (!loaded) {
+            why = fmt::format("listen[{}] ({}): {}", i, l.address,
+                              text.empty() ? loaded.error().message() : text);
+            return std::nullopt;
+        }
+        set.push_back(std::move(*loaded));
+    }
+    return set;
+}
+
+std::shared_ptr<const auth::credential_store> load_users(const core::config& cfg,
+                                                         std::string& why) {
+    if (!cfg.auth.enabled())
+        return std::make_shared<const auth::credential_store>();
+    auto loaded = auth::load_users_file(cfg.auth.users_file);
+    if (!loaded) {
+        why = fmt::format("auth.users_file: {}", loaded.error);
+        while (!why.empty() && why.back() == '\n')
+            why.pop_back();
+        return nullptr;
+    }
+    return std::make_shared<const auth::credential_store>(std::move(*loaded.store));
+}
+
+bool check_context(const core::config& cfg, std::string& why) {
+    for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
+        if (cfg.listen[i].proxy_protocol) {
+            why = fmt::format("listen[{}].proxy_protocol: not supported by this build", i);
+            return false;
+        }
+    }
+    if (!load_tls_credentials(cfg, why))
+        return false;
+    return load_users(cfg, why) != nullptr;
 }
 
 }  // namespace ringmail::server

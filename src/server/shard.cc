@@ -54,7 +54,17 @@ void shard::spool_slot::on_written(int res, std::uint32_t) {
     owner->batch_done(*this, res);
 }
 
-shard::shard(unsigned id, const daemon_context& ctx) : _id(id), _ctx(ctx) {
+namespace {
+auth::failure_limiter_options limiter_options(const core::auth_config& a) {
+    auth::failure_limiter_options o;
+    o.max_failures = a.max_failures;
+    o.window = a.failure_window;
+    return o;
+}
+}  // namespace
+
+shard::shard(unsigned id, const daemon_context& ctx)
+    : _id(id), _ctx(ctx), _auth_limiter(limiter_options(ctx.cfg.auth)) {
     _wake_fd = ::eventfd(0, EFD_CLOEXEC);
 }
 
@@ -163,6 +173,10 @@ bool shard::start(std::string& why) {
         _delivery->add_recovered(*recovered_slots[i]->sp, recovered_all[i]);
     }
 
+    _tls_contexts.resize(_ctx.listeners.size());
+    if (!refresh_tls(why))
+        return false;
+
     for (const auto& l : _ctx.listeners) {
         auto fd = core::make_listener(l.endpoint, 1024);
         if (!fd) {
@@ -179,9 +193,55 @@ bool shard::start(std::string& why) {
     _reactor->on_iteration_end([this] { _delivery->reap(); });
     _reactor->on_iteration_end([this] { _events->flush(); });
     arm_wake();
+    arm_auth();
     for (auto& l : _listeners)
         l->arm();
     return true;
+}
+
+bool shard::refresh_tls(std::string& why) {
+    auto set = _ctx.reload->tls.load(std::memory_order_acquire);
+    if (set == _tls_seen || set == nullptr)
+        return true;
+    std::vector<std::shared_ptr<const tls::server_context>> fresh(_tls_contexts.size());
+    for (std::size_t i = 0; i < fresh.size() && i < set->size(); ++i) {
+        if ((*set)[i] == nullptr)
+            continue;
+        if (_tls_seen != nullptr && i < _tls_seen->size() && (*_tls_seen)[i] == (*set)[i]) {
+            fresh[i] = _tls_contexts[i];
+            continue;
+        }
+        std::string text;
+        auto c = tls::server_context::create((*set)[i], _ctx.tickets, text);
+        if (!c) {
+            why = fmt::format("listen[{}]: TLS context: {}", i,
+                              text.empty() ? c.error().message() : text);
+            return false;
+        }
+        fresh[i] = std::move(*c);
+    }
+    _tls_contexts = std::move(fresh);
+    _tls_seen = std::move(set);
+    return true;
+}
+
+void shard::arm_auth() {
+    if (!_ctx.verifier || _auth_armed)
+        return;
+    _auth_armed = true;
+    _reactor->read(_ctx.verifier->response_fd(_id), &_auth_buf, sizeof _auth_buf, &_auth_op);
+}
+
+void shard::on_auth_ready(int res, std::uint32_t) {
+    _auth_armed = false;
+    if (res == -ECANCELED)
+        return;
+    while (auto r = _ctx.verifier->poll(_id)) {
+        auto it = _connections.find(r->token);
+        if (it != _connections.end())
+            it->second->on_auth_verdict(r->result);  // else the client left: dropped
+    }
+    arm_auth();
 }
 
 void shard::run() {
@@ -212,7 +272,8 @@ void shard::run() {
         _reactor->run_once(10ms);
     }
     _status.store(startup_state::stopped, std::memory_order_release);
-    log::info("shard {} stopped", _id);
+    tls::release_thread_cache();
+    log::info("shard {} stopped (TLS handshakes failed: {})", _id, _tls_failures);
 }
 
 bool shard::any_batch_in_flight() const {
@@ -246,6 +307,9 @@ void shard::on_wake(int, std::uint32_t) {
     _wake_armed = false;
     if (_stop_requested.load(std::memory_order_acquire) && !_draining)
         begin_drain();
+    std::string why;
+    if (!refresh_tls(why))
+        log::error("shard {}: certificates not reloaded, keeping the old ones: {}", _id, why);
     arm_wake();
 }
 

@@ -210,4 +210,8 @@ result<std::shared_ptr<const client_context>> client_context::create(const clien
     return std::shared_ptr<const client_context>(std::move(self));
 }
 
+void release_thread_cache() noexcept {
+    wc_ecc_fp_free();
+}
+
 }  // namespace ringmail::tls

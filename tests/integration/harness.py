@@ -191,10 +191,14 @@ def make_config(
     extra_listen: Iterable[dict[str, Any]] = (),
     delivery_options: dict[str, Any] | None = None,
     server_options: dict[str, Any] | None = None,
+    listen_options: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A config dict with the contract keys; admin is disabled ("").
 
-    delivery_options: more [delivery] keys (connect_timeout, max_connections, ...)."""
+    delivery_options: more [delivery] keys (connect_timeout, max_connections, ...).
+    listen_options: more keys of the first [[listen]] (role, tls_cert, tls_key, ...).
+    auth: an [auth] table (users_file, max_failures, ...); none when not given."""
     server: dict[str, Any] = {"hostname": hostname, "shards": shards, "spool_dir": spool_dir}
     if max_message_size is not None:
         server["max_message_size"] = max_message_size
@@ -206,13 +210,18 @@ def make_config(
     if smarthost is not None:
         delivery["smarthost"] = smarthost
     delivery.update(delivery_options or {})
-    return {
+    first = {"address": f"{LOOPBACK}:{port}", "role": "relay"}
+    first.update(listen_options or {})
+    config = {
         "server": server,
-        "listen": [{"address": f"{LOOPBACK}:{port}", "role": "relay"}, *extra_listen],
+        "listen": [first, *extra_listen],
         "relay": {"allow_networks": list(allow_networks), "domains": list(domains)},
         "delivery": delivery,
         "admin": {"address": ""},
     }
+    if auth is not None:
+        config["auth"] = dict(auth)
+    return config
 
 
 # ---------------------------------------------------------------------------------------

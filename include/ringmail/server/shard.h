@@ -9,6 +9,7 @@
 // commit, deliveries in flight finish, then run() returns.
 #pragma once
 
+#include "ringmail/auth/failure_limiter.h"
 #include "ringmail/core/acceptor.h"
 #include "ringmail/core/buffer_ring.h"
 #include "ringmail/core/member_completion.h"
@@ -16,6 +17,7 @@
 #include "ringmail/core/socket.h"
 #include "ringmail/server/context.h"
 #include "ringmail/spool/spool.h"
+#include "ringmail/tls/context.h"
 
 #include <atomic>
 #include <chrono>
@@ -62,6 +64,14 @@ class shard {
     delivery_log& events() noexcept { return *_events; }
     bool draining() const noexcept { return _draining; }
 
+    // Inbound TLS/AUTH. The server context of listener `index` as of the last reload (null
+    // without certificates); a session holds the one it started with.
+    const std::shared_ptr<const tls::server_context>& tls_context(std::size_t index) const {
+        return _tls_contexts[index];
+    }
+    void count_tls_failure() noexcept { ++_tls_failures; }
+    auth::failure_limiter& auth_limiter() noexcept { return _auth_limiter; }
+
     // A listener accepted `fd`: the shard makes the session (or refuses it with 421).
     void accepted_connection(int fd, const listener_settings& l);
     // The connection has closed its fd and has no operation in flight: destroy it.
@@ -92,6 +102,10 @@ class shard {
     void on_wake(int res, std::uint32_t flags);
     void arm_wake();
     void begin_drain();
+    // Builds this shard's server contexts from the published credentials if they changed.
+    bool refresh_tls(std::string& why);
+    void arm_auth();
+    void on_auth_ready(int res, std::uint32_t flags);
     bool drained() const;
     bool any_batch_in_flight() const;
 
@@ -116,6 +130,14 @@ class shard {
     bool _draining = false;
     bool _stopped = false;
     core::reactor::clock::time_point _drain_deadline{};
+
+    std::vector<std::shared_ptr<const tls::server_context>> _tls_contexts;  // per listener
+    std::shared_ptr<const tls_credentials_set> _tls_seen;  // what _tls_contexts were built from
+    std::uint64_t _tls_failures = 0;                       // handshakes failed or timed out
+    auth::failure_limiter _auth_limiter;
+    std::uint64_t _auth_buf = 0;
+    bool _auth_armed = false;
+    core::member_completion<shard, &shard::on_auth_ready> _auth_op{this};
 };
 
 }  // namespace ringmail::server

@@ -89,4 +89,9 @@ class client_context {
     core::oncore _oncore;
 };
 
+// wolfSSL (built with FP_ECC) keeps a per-thread cache of precomputed ECC points. A thread that
+// ran handshakes (a shard) calls this before it exits, or the cache is lost memory
+// (LeakSanitizer reports it). Harmless on a thread that never used ECC.
+void release_thread_cache() noexcept;
+
 }  // namespace ringmail::tls
