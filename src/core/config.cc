@@ -661,6 +661,7 @@ void read_delivery(context& ctx, const toml::table* t, delivery_config& d,
     read_duration(r, "max_lifetime", d.max_lifetime);
     read_duration(r, "connect_timeout", d.connect_timeout);
     read_uint(r, "max_connections", d.max_connections, 1);
+    read_uint(r, "destination_max_connections", d.destination_max_connections, 1, 100000);
     read_uint(r, "max_messages_per_connection", d.max_messages_per_connection, 1);
     read_duration(r, "idle_timeout", d.idle_timeout);
     if (const toml::node* n = read_string(r, "helo_name", text)) {
@@ -749,6 +750,18 @@ void read_domains(context& ctx, table_reader& root, std::vector<domain_config>& 
                 ctx.fail(*rt, r.key("rate"), "expected messages per second, a number > 0");
             } else {
                 d.rate = v;
+            }
+        }
+        if (const toml::node* bt = r.take("burst")) {
+            double v = -1;
+            if (bt->is_integer())
+                v = static_cast<double>(bt->as_integer()->get());
+            else if (bt->is_floating_point())
+                v = bt->as_floating_point()->get();
+            if (!(v >= 1) || v > 1e9) {
+                ctx.fail(*bt, r.key("burst"), "expected a bucket size in messages, a number >= 1");
+            } else {
+                d.burst = v;
             }
         }
         d.tls = read_tls_policy(r, "tls");

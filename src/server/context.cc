@@ -121,6 +121,19 @@ std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
                                  : fmt::format("{}:{}", cfg.delivery.smarthost->host,
                                                cfg.delivery.smarthost->port);
     }
+    if (!cfg.delivery.smarthost) {
+        // MX routing: destination queues owned by hash of the domain, jobs handed over
+        // through these rings.
+        auto mb = mx_mailbox::create(ctx.shards);
+        if (!mb) {
+            why = fmt::format("cross-shard mailbox: {}", mb.error().message());
+            return std::nullopt;
+        }
+        ctx.mx.mailbox = std::move(*mb);
+        if (ctx.shards > 1)
+            ctx.mx.gauges = std::make_unique<queue::spare_gauges>(ctx.shards);
+        ctx.mx.quiet = std::make_unique<std::atomic<bool>[]>(ctx.shards);
+    }
     ctx.client.helo_name =
         cfg.delivery.helo_name.empty() ? cfg.server.hostname : cfg.delivery.helo_name;
 

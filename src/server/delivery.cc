@@ -4,6 +4,7 @@
 #include "ringmail/core/socket.h"
 #include "ringmail/queue/dsn.h"
 #include "ringmail/server/delivery_log.h"
+#include "ringmail/server/mx_delivery.h"
 #include "ringmail/server/shard.h"
 
 #include <fmt/format.h>
@@ -86,270 +87,24 @@ void delivery::log_outcomes(const attempt_context& at, const queue::apply_action
     }
 }
 
-// --- outbound_connection ---
-
-outbound_connection::outbound_connection(delivery& owner, shard& sh, std::uint64_t id)
-    : _owner(owner), _shard(sh), _id(id), _session(sh.ctx().client) {}
-
-outbound_connection::~outbound_connection() = default;
-
-bool outbound_connection::ready() const noexcept {
-    return !_closing && !_job && _session.ready() && !_stopping;
-}
-
-void outbound_connection::connect() {
-    const core::endpoint& ep = *_shard.ctx().smarthost;
-    auto fd = core::make_tcp_socket(ep.family());
-    if (!fd) {
-        fail(fmt::format("socket: {}", fd.error().message()));
-        return;
-    }
-    _fd = *fd;
-    (void)core::set_nodelay(_fd);
-    _connecting = true;
-    ++_in_flight;
-    _shard.reactor().connect(_fd, ep.addr(), ep.len, &_connect_op);
-    _shard.reactor().arm(*this, _shard.reactor().now() + _shard.ctx().cfg.delivery.connect_timeout);
-}
-
-void outbound_connection::start(delivery_job job) {
-    _job = std::move(job);
-    _idle = false;
-    const auto& env = _job->msg.env;
-    smtp::outbound_message m;
-    m.mail_from = env.mail_from;
-    m.rcpts = _job->rcpts;
-    m.added_headers = _job->msg.added_headers;
-    m.body = _job->msg.body;
-    m.size = _job->msg.added_headers.size() + _job->msg.body.size();
-    m.eight_bit = env.body == smtp::body_type::eight_bit_mime;
-    m.smtputf8 = env.smtputf8;
-    _session.start_transaction(m);
-    pump();
-}
-
-void outbound_connection::stop(bool force) {
-    _stopping = true;
-    if (force) {
-        start_close();
-        return;
-    }
-    pump();
-}
-
-void outbound_connection::on_connect(int res, std::uint32_t) {
-    --_in_flight;
-    _connecting = false;
-    if (_closing) {
-        check_finished();
-        return;
-    }
-    if (res < 0) {
-        fail(fmt::format("connect to {}: {}", _owner.smarthost_text(), std::strerror(-res)));
-        return;
-    }
-    _recv_armed = true;
-    ++_in_flight;
-    _shard.reactor().recv_multishot(_fd, _shard.buffers().group(), &_recv_op);
-    pump();
-}
-
-void outbound_connection::on_recv(int res, std::uint32_t flags) {
-    if (!(flags & IORING_CQE_F_MORE)) {
-        _recv_armed = false;
-        --_in_flight;
-    }
-    if (res > 0) {
-        auto& bufs = _shard.buffers();
-        auto bid = core::buffer_ring::buffer_id(flags);
-        auto bytes = bufs.data(bid, static_cast<std::size_t>(res));
-        if (!_closing)
-            _session.receive(bytes);
-        bufs.recycle(bid);
-    } else if (res == 0 || (res != -ENOBUFS && res != -ECANCELED)) {
-        if (!_closing)
-            _session.on_connection_lost();
-    }
-    if (!_closing && !_recv_armed && !_session.closed()) {
-        _recv_armed = true;
-        ++_in_flight;
-        _shard.reactor().recv_multishot(_fd, _shard.buffers().group(), &_recv_op);
-    }
-    pump();
-}
-
-void outbound_connection::on_send(int res, std::uint32_t) {
-    --_in_flight;
-    _send_in_flight = false;
-    if (_closing) {
-        check_finished();
-        return;
-    }
-    if (res < 0) {
-        _session.on_connection_lost();
-        pump();
-        return;
-    }
-    // Advance over what went out; resubmit the rest of a partial send.
-    auto left = static_cast<std::size_t>(res);
-    while (_iov_first < _iov.size() && left >= _iov[_iov_first].iov_len) {
-        left -= _iov[_iov_first].iov_len;
-        ++_iov_first;
-    }
-    if (_iov_first < _iov.size()) {
-        auto& v = _iov[_iov_first];
-        v.iov_base = static_cast<char*>(v.iov_base) + left;
-        v.iov_len -= left;
-        _msg = msghdr{};
-        _msg.msg_iov = &_iov[_iov_first];
-        _msg.msg_iovlen = std::min<std::size_t>(_iov.size() - _iov_first, IOV_MAX);
-        _send_in_flight = true;
-        ++_in_flight;
-        _shard.reactor().sendmsg(_fd, &_msg, &_send_op);
-        return;
-    }
-    _session.end_send();
-    pump();
-}
-
-void outbound_connection::on_cancel(int, std::uint32_t) {
-    --_in_flight;
-    check_finished();
-}
-
-void outbound_connection::on_close(int, std::uint32_t) {
-    --_in_flight;
-    check_finished();
-}
-
-void outbound_connection::on_expire() {
-    if (_closing)
-        return;
-    if (_connecting) {
-        fail(fmt::format("connect to {}: timed out", _owner.smarthost_text()));
-        return;
-    }
-    if (_idle) {
-        _stopping = true;  // idle_timeout: QUIT politely
-        pump();
-        return;
-    }
-    _session.on_timeout();
-    pump();
-}
-
-void outbound_connection::send_pieces() {
-    auto pieces = _session.begin_send();
-    if (pieces.empty())
-        return;
-    _iov.clear();
-    for (auto p : pieces) {
-        if (!p.empty())
-            _iov.push_back(iovec{const_cast<char*>(p.data()), p.size()});
-    }
-    _iov_first = 0;
-    if (_iov.empty()) {
-        _session.end_send();
-        return;
-    }
-    _msg = msghdr{};
-    _msg.msg_iov = _iov.data();
-    _msg.msg_iovlen = std::min<std::size_t>(_iov.size(), IOV_MAX);
-    _send_in_flight = true;
-    ++_in_flight;
-    _shard.reactor().sendmsg(_fd, &_msg, &_send_op);
-}
-
-void outbound_connection::pump() {
-    if (_closing) {
-        check_finished();
-        return;
-    }
-    if (auto r = _session.take_result()) {
-        delivery_job job = std::move(*_job);
-        _job.reset();
-        ++_transactions;
-        _owner.finished(*this, job, *r);
-    }
-    if (_session.ready())
-        _established = true;
-    if (!_send_in_flight)
-        send_pieces();
-    if (_session.closed()) {
-        if (!_established && _session.failed()) {
-            // Greeting or EHLO refused, or the server went away before we could use it.
-            _owner.connection_failed(*this, std::nullopt, _session.last_error());
-        }
-        if (!_send_in_flight)
-            start_close();
-        return;
-    }
-    if (_session.ready() && !_job) {
-        std::uint32_t limit = _shard.ctx().cfg.delivery.max_messages_per_connection;
-        if (_stopping || (limit != 0 && _transactions >= limit)) {
-            _session.quit();
-            if (!_send_in_flight)
-                send_pieces();
-            _shard.reactor().arm(*this, _shard.reactor().now() + _session.current_timeout() + 1s);
-            _idle = false;
-            return;
-        }
-        _idle = true;
-        _shard.reactor().arm(*this,
-                             _shard.reactor().now() + _shard.ctx().cfg.delivery.idle_timeout);
-        _owner.kick();
-        return;
-    }
-    auto t = _session.current_timeout();
-    if (t.count() > 0) {
-        _idle = false;
-        _shard.reactor().arm(*this, _shard.reactor().now() + t);
-    }
-}
-
-void outbound_connection::fail(std::string_view why) {
-    log::warn("smarthost {}: {}", _owner.smarthost_text(), why);
-    auto reply = smtp::make_reply(421, "4.4.1", why);
-    auto job = std::move(_job);
-    _job.reset();
-    _owner.connection_failed(*this, std::move(job), reply);
-    start_close();
-}
-
-void outbound_connection::start_close() {
-    if (_closing)
-        return;
-    _closing = true;
-    _shard.reactor().disarm(*this);
-    if ((_recv_armed || _connecting) && !_cancel_sent) {
-        _cancel_sent = true;
-        ++_in_flight;
-        _shard.reactor().cancel(_connecting ? static_cast<core::completion*>(&_connect_op)
-                                            : static_cast<core::completion*>(&_recv_op),
-                                &_cancel_op);
-    }
-    if (_send_in_flight && _fd >= 0)
-        _shard.reactor().shutdown(_fd, SHUT_RDWR);
-    check_finished();
-}
-
-void outbound_connection::check_finished() {
-    if (!_closing || _in_flight != 0 || _finished)
-        return;
-    if (_fd >= 0) {
-        ++_in_flight;
-        _shard.reactor().close(_fd, &_close_op);
-        _fd = -1;
-        return;
-    }
-    _finished = true;
-    _owner.connection_closed(*this);
-}
-
 // --- delivery ---
 
 delivery::delivery(shard& sh)
-    : _shard(sh), _queue(make_queue_config(sh.ctx())), _rng(std::random_device{}()) {}
+    : _shard(sh), _queue(make_queue_config(sh.ctx())), _rng(std::random_device{}()) {
+    const auto& d = sh.ctx().cfg.delivery;
+    _settings.client = sh.ctx().client;
+    _settings.client.starttls = to_smtp_policy(d.tls);
+    _settings.connect_timeout = d.connect_timeout;
+    _settings.idle_timeout = d.idle_timeout;
+    _settings.max_transactions = d.max_messages_per_connection;
+    if (!sh.ctx().smarthost) {
+        _mx = std::make_unique<mx_delivery>(sh);
+    } else if (_settings.client.starttls != smtp::tls_policy::none) {
+        _settings.tls = make_client_tls(d, d.tls_verify);
+        if (!_settings.tls)
+            _settings.client.starttls = smtp::tls_policy::none;
+    }
+}
 
 delivery::~delivery() {
     _conns.clear();
@@ -370,11 +125,16 @@ std::string_view delivery::smarthost_ip() const {
 }
 
 bool delivery::can_accept() const {
+    if (_mx)
+        return _mx->can_accept();
     return _queue.counts().queued < _queue.max_entries();
 }
 
 void delivery::add_recovered(spool::spool& sp, const spool::recovered_message& m) {
-    (void)sp;
+    if (_mx) {
+        _mx->add_recovered(sp, m);
+        return;
+    }
     queue::queue_entry e;
     e.id = m.msg.id;
     e.sender = m.msg.env.mail_from;
@@ -402,6 +162,10 @@ void delivery::add_recovered(spool::spool& sp, const spool::recovered_message& m
 }
 
 void delivery::add_committed(spool::spool& sp, spool::queue_id id) {
+    if (_mx) {
+        _mx->add_committed(sp, id);
+        return;
+    }
     auto m = sp.read(id);
     if (!m) {
         log::error("{}: committed but unreadable: {}", spool::format_queue_id(id),
@@ -438,12 +202,6 @@ void delivery::add_committed(spool::spool& sp, spool::queue_id id) {
                    spool::format_queue_id(id));
         return;
     }
-    if (!_shard.ctx().smarthost && _warned_no_route++ % 1000 == 0) {
-        log::warn(
-            "{}: no delivery.smarthost configured and MX routing is not available in this build: "
-            "message stays queued",
-            spool::format_queue_id(id));
-    }
     kick();
 }
 
@@ -452,7 +210,7 @@ void delivery::internal_committed(const result<spool::queue_id>& id) {
         log::error("a delivery status notification could not be spooled: {}", id.error().message());
 }
 
-std::optional<delivery_job> delivery::next_job() {
+std::optional<smarthost_job> delivery::next_job() {
     std::int64_t now = _shard.unix_now();
     while (auto id = _queue.pop_ready(now)) {
         const queue::queue_entry* e = _queue.find(*id);
@@ -471,7 +229,7 @@ std::optional<delivery_job> delivery::next_job() {
                 apply(*sp, *id, a, sender);
             continue;
         }
-        delivery_job job;
+        smarthost_job job;
         job.sp = sp;
         job.msg = std::move(*m);
         job.attempt = e->attempts + 1;
@@ -486,8 +244,7 @@ std::optional<delivery_job> delivery::next_job() {
     return std::nullopt;
 }
 
-void delivery::finished(outbound_connection&, delivery_job& job,
-                        const smtp::transaction_result& r) {
+void delivery::finished(smarthost_job& job, const smtp::transaction_result& r) {
     std::int64_t now = _shard.unix_now();
     std::vector<queue::rcpt_outcome> outcomes;
     outcomes.reserve(job.rcpts.size());
@@ -513,7 +270,7 @@ void delivery::finished(outbound_connection&, delivery_job& job,
     kick();
 }
 
-delivery::attempt_context delivery::job_context(const delivery_job& job) const {
+delivery::attempt_context delivery::job_context(const smarthost_job& job) const {
     return attempt_context{.id = job.msg.id,
                            .sender = job.msg.env.mail_from,
                            .arrival = job.msg.env.arrival_time,
@@ -524,7 +281,7 @@ delivery::attempt_context delivery::job_context(const delivery_job& job) const {
                            .rcpt_index = job.rcpt_index};
 }
 
-void delivery::connection_failed(outbound_connection& c, std::optional<delivery_job> job,
+void delivery::connection_failed(outbound_connection& c, std::optional<smarthost_job> job,
                                  const smtp::server_reply& why) {
     std::int64_t now = _shard.unix_now();
     queue::attempt_reply a{.code = why.transient() ? why.code : 421,
@@ -548,7 +305,7 @@ void delivery::connection_failed(outbound_connection& c, std::optional<delivery_
     // the retry schedule paces reconnection instead of a connect storm.
     bool any_working = false;
     for (const auto& o : _conns) {
-        if (o.get() != &c && o->working() && !o->finished())
+        if (o.get() != &c && o->established() && !o->finished())
             any_working = true;
     }
     if (!any_working)
@@ -611,7 +368,7 @@ void delivery::apply(spool::spool& sp, spool::queue_id id, const queue::apply_ac
     if (a.retry)
         sp.record_attempt(id, a.retry->attempts, a.retry->next_attempt);
     if (a.bounce) {
-        spool_bounce(sp, *a.bounce);
+        spool_bounce(_shard, sp, *a.bounce);
     } else if (sender.empty() && (!a.bounced.empty() || !a.expired.empty())) {
         // RFC 5321 6.1: never a notification about a notification (or any null-sender mail).
         log::info("{}: undeliverable, null sender: no notification sent",
@@ -621,7 +378,7 @@ void delivery::apply(spool::spool& sp, spool::queue_id id, const queue::apply_ac
         sp.record_done(id);
 }
 
-void delivery::spool_bounce(spool::spool& sp, const queue::bounce_request& b) {
+void spool_bounce(shard& _shard, spool::spool& sp, const queue::bounce_request& b) {
     std::int64_t now = _shard.unix_now();
     auto orig = sp.read(b.id);
     if (!orig) {
@@ -682,7 +439,7 @@ void delivery::kick() {
     _kicking = true;
     do {
         _rekick = false;
-        if (_draining || !_shard.ctx().smarthost)
+        if (_draining || _mx)
             break;
         for (auto& c : _conns) {
             if (!c->ready())
@@ -690,17 +447,34 @@ void delivery::kick() {
             auto job = next_job();
             if (!job)
                 break;
-            c->start(std::move(*job));
+            auto [it, fresh] = _jobs.insert_or_assign(c->id(), std::move(*job));
+            (void)fresh;
+            const auto& env = it->second.msg.env;
+            smtp::outbound_message m;
+            m.mail_from = env.mail_from;
+            m.rcpts = it->second.rcpts;
+            m.added_headers = it->second.msg.added_headers;
+            m.body = it->second.msg.body;
+            m.size = m.added_headers.size() + m.body.size();
+            m.eight_bit = env.body == smtp::body_type::eight_bit_mime;
+            m.smtputf8 = env.smtputf8;
+            c->start(m);
         }
         std::size_t spare = 0;
         for (auto& c : _conns) {
-            if (!c->has_job() && !c->finished())
+            if (!c->busy() && !c->finished())
                 ++spare;
         }
         std::size_t ready = _queue.due(_shard.unix_now());
         std::size_t limit = _shard.ctx().cfg.delivery.max_connections;
         while (ready > spare && _conns.size() < limit) {
-            auto c = std::make_unique<outbound_connection>(*this, _shard, _next_conn_id++);
+            outbound_target t;
+            t.endpoint = *_shard.ctx().smarthost;
+            t.host = _shard.ctx().cfg.delivery.smarthost->host;
+            t.ip = std::string(smarthost_ip());
+            auto c =
+                std::make_unique<outbound_connection>(static_cast<outbound_handler&>(*this), _shard,
+                                                      _next_conn_id++, std::move(t), _settings);
             auto* raw = c.get();
             _conns.push_back(std::move(c));
             ++spare;
@@ -729,12 +503,51 @@ void delivery::on_expire() {
     kick();
 }
 
-void delivery::connection_closed(outbound_connection&) {
+void delivery::on_ready(outbound_connection&) {
+    kick();
+}
+
+void delivery::on_transaction(outbound_connection& c, const smtp::transaction_result& r) {
+    auto it = _jobs.find(c.id());
+    if (it == _jobs.end())
+        return;
+    smarthost_job job = std::move(it->second);
+    _jobs.erase(it);
+    finished(job, r);
+}
+
+void delivery::on_failed(outbound_connection& c, const smtp::server_reply& why) {
+    std::optional<smarthost_job> job;
+    if (auto it = _jobs.find(c.id()); it != _jobs.end()) {
+        job = std::move(it->second);
+        _jobs.erase(it);
+    }
+    if (c.established() && !job) {
+        kick();
+        return;  // a working session broke between transactions: nothing was lost
+    }
+    if (!c.established())
+        log::warn("smarthost {}: {}", smarthost_text(), log::sanitize(one_line(why.text)));
+    connection_failed(c, std::move(job), why);
+}
+
+void delivery::on_closed(outbound_connection& c) {
+    if (auto it = _jobs.find(c.id()); it != _jobs.end()) {
+        // Closed by force with a transaction running: its recipients wait for their retry.
+        smarthost_job job = std::move(it->second);
+        _jobs.erase(it);
+        connection_failed(c, std::move(job),
+                          smtp::make_reply(421, "4.4.2", "connection closed during delivery"));
+    }
     // Destroyed at the end of this loop iteration, never inside its own call stack.
     _reap_pending = true;
 }
 
 void delivery::reap() {
+    if (_mx) {
+        _mx->reap();
+        return;
+    }
     if (!_reap_pending)
         return;
     _reap_pending = false;
@@ -745,12 +558,18 @@ void delivery::reap() {
 }
 
 void delivery::begin_drain(bool force) {
+    if (_mx) {
+        _mx->begin_drain(force);
+        return;
+    }
     _draining = true;
     for (auto& c : _conns)
         c->stop(force);
 }
 
 bool delivery::idle() const {
+    if (_mx)
+        return _mx->idle();
     return _conns.empty();
 }
 

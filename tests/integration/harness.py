@@ -413,6 +413,7 @@ class Transaction:
     helo: str
     peer: tuple
     accepted: bool  # False if the sink answered the end of data with 4xx/5xx
+    tls: bool = False  # the transaction came over STARTTLS
 
 
 _PATH_RE = re.compile(rb"^(?:MAIL FROM|RCPT TO):\s*<([^>]*)>\s*(.*)$", re.IGNORECASE | re.DOTALL)
@@ -452,7 +453,9 @@ class SmtpSink:
         tempfail_first: int = 0,
         tempfail_rcpts: dict[str, int] | None = None,
         max_line: int = 1 << 20,
+        tls_context: Any = None,
     ) -> None:
+        """tls_context: an ssl.SSLContext (server side): STARTTLS is offered and served."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -469,6 +472,7 @@ class SmtpSink:
         self.tempfail_first = tempfail_first
         self.tempfail_rcpts = dict(tempfail_rcpts or {})
         self.max_line = max_line
+        self.tls_context = tls_context
         self._rcpt_attempts: dict[str, int] = {}
 
         self._cond = threading.Condition()
@@ -587,7 +591,7 @@ class SmtpSink:
                 self._threads.append(t)
             t.start()
 
-    def _ehlo_reply(self) -> bytes:
+    def _ehlo_reply(self, in_tls: bool = False) -> bytes:
         caps = [self.hostname]
         if self.pipelining:
             caps.append("PIPELINING")
@@ -597,6 +601,8 @@ class SmtpSink:
             caps.append("SMTPUTF8")
         caps.append(f"SIZE {self.size_limit}")
         caps.append("ENHANCEDSTATUSCODES")
+        if self.tls_context is not None and not in_tls:
+            caps.append("STARTTLS")
         lines = [f"250-{c}" for c in caps[:-1]] + [f"250 {caps[-1]}"]
         return ("\r\n".join(lines) + "\r\n").encode()
 
@@ -604,6 +610,7 @@ class SmtpSink:
         conn.settimeout(300)
         buf = bytearray()
         helo = ""
+        in_tls = False
         mail: tuple[str, list[str]] | None = None
         rcpts: list[str] = []
         try:
@@ -626,8 +633,18 @@ class SmtpSink:
                     if verb in (b"EHLO", b"HELO"):
                         helo = line[5:].decode("utf-8", "replace")
                         mail, rcpts = None, []
-                        out += self._ehlo_reply() if verb == b"EHLO" else (
+                        out += self._ehlo_reply(in_tls) if verb == b"EHLO" else (
                             f"250 {self.hostname}\r\n".encode())
+                    elif line.upper() == b"STARTTLS" and self.tls_context is not None and not in_tls:
+                        conn.sendall(out + b"220 2.0.0 go ahead\r\n")
+                        out = bytearray()
+                        if buf:
+                            return  # response injection: bytes behind STARTTLS
+                        conn = self.tls_context.wrap_socket(conn, server_side=True)
+                        with self._cond:
+                            self._conns.add(conn)
+                        in_tls = True
+                        helo, mail, rcpts = "", None, []
                     elif verb == b"MAIL":
                         parsed = _split_path(line)
                         if parsed is None:
@@ -672,7 +689,7 @@ class SmtpSink:
                         raw = self._read_data(conn, buf)
                         if raw is None:
                             return
-                        out += self._finish(mail, rcpts, raw, helo, peer)
+                        out += self._finish(mail, rcpts, raw, helo, peer, in_tls)
                         mail, rcpts = None, []
                     elif verb == b"RSET":
                         mail, rcpts = None, []
@@ -735,7 +752,7 @@ class SmtpSink:
                 return None
             buf += chunk
 
-    def _finish(self, mail, rcpts, raw: bytes, helo: str, peer) -> bytes:
+    def _finish(self, mail, rcpts, raw: bytes, helo: str, peer, tls: bool = False) -> bytes:
         with self._cond:
             self._attempts += 1
             accepted = self._attempts > self.tempfail_first
@@ -749,6 +766,7 @@ class SmtpSink:
                     helo=helo,
                     peer=peer,
                     accepted=accepted,
+                    tls=tls,
                 )
             )
             self._cond.notify_all()
@@ -911,6 +929,79 @@ class RawSmtp:
             pass
 
     def __enter__(self) -> "RawSmtp":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------
+# dnsmasq: a DNS server on loopback for MX routing tests
+
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+
+
+class Dnsmasq:
+    """dnsmasq answering for one local zone (e.g. "test") on 127.0.0.1:<port>, nothing else.
+
+    mx: [(domain, host, preference)]; hosts: [(name, ip)] (A records); null_mx: domains that
+    publish "0 ." (RFC 7505). Every other name under the zone is NXDOMAIN."""
+
+    def __init__(self, zone: str = "test", *, mx: Iterable[tuple[str, str, int]] = (),
+                 hosts: Iterable[tuple[str, str]] = (), null_mx: Iterable[str] = (),
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = temp_dir("ringmail-dns-")
+        conf = [f"local=/{zone}/", "no-resolv", "no-hosts", "bind-interfaces",
+                f"listen-address={LOOPBACK}", f"port={self.port}", "no-negcache",
+                "log-facility=-"]
+        for dom, host, pref in mx:
+            conf.append(f"mx-host={dom},{host},{pref}")
+        for name, ip in hosts:
+            conf.append(f"host-record={name},{ip}")
+        for dom in null_mx:
+            conf.append(f"dns-rr={dom},15,000000")  # preference 0, root name (one 0 octet)
+        self.conf_path = os.path.join(self.workdir, "dnsmasq.conf")
+        with open(self.conf_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(conf) + "\n")
+        self.proc = spawn([DNSMASQ, "--no-daemon", f"--conf-file={self.conf_path}",
+                           f"--pid-file={os.path.join(self.workdir, 'pid')}"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+        if not wait_until(self._answers, scaled(10)):
+            self.close()
+            raise RuntimeError("dnsmasq did not start")
+
+    @property
+    def server(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"dnsmasq exited with {self.proc.returncode}")
+        # A minimal query for "." NS; any answer means it listens.
+        q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x01"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            try:
+                s.sendto(q, (LOOPBACK, self.port))
+                s.recvfrom(512)
+                return True
+            except OSError:
+                return False
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "Dnsmasq":
         return self
 
     def __exit__(self, *exc) -> None:

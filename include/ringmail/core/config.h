@@ -93,7 +93,10 @@ struct delivery_config {
     std::vector<std::chrono::seconds> retry_schedule;  // non-empty; the last interval repeats
     std::chrono::seconds max_lifetime{5 * 86400};
     std::chrono::seconds connect_timeout{30};
-    std::uint32_t max_connections = 32;  // per shard, to the smarthost
+    std::uint32_t max_connections = 32;  // per shard: to the smarthost, or all MX connections
+    // MX routing: connections to one destination (routing domain) over all shards, unless
+    // its [[domain]] says otherwise.
+    std::uint32_t destination_max_connections = 10;
     std::uint32_t max_messages_per_connection = 1000;
     std::chrono::seconds idle_timeout{60};
     std::string helo_name;                       // default: server.hostname
@@ -109,7 +112,8 @@ struct domain_config {
     std::optional<std::uint32_t> max_connections;
     std::optional<std::uint32_t> max_messages_per_connection;
     std::optional<std::chrono::seconds> connect_timeout;
-    std::optional<double> rate;  // messages per second (token bucket)
+    std::optional<double> rate;   // messages per second (token bucket)
+    std::optional<double> burst;  // bucket size (messages); default max(1, rate)
     std::optional<tls_policy> tls;
     std::optional<bool> tls_verify;  // system CA store (+ delivery.tls_ca_file), host name check
 };

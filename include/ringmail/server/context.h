@@ -12,8 +12,10 @@
 #include "ringmail/auth/credential_store.h"
 #include "ringmail/auth/verifier.h"
 #include "ringmail/core/config.h"
+#include "ringmail/core/mailbox.h"
 #include "ringmail/core/result.h"
 #include "ringmail/core/socket.h"
+#include "ringmail/queue/handoff.h"
 #include "ringmail/smtp/client_session.h"
 #include "ringmail/smtp/server_session.h"
 #include "ringmail/tls/credentials.h"
@@ -23,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ringmail::server {
@@ -48,6 +51,41 @@ struct reload_state {
     std::atomic<std::shared_ptr<const tls_credentials_set>> tls;
 };
 
+// A message spooled on one shard as another shard delivers it (MX routing): the envelope copied,
+// the bytes as views into the origin spool's read-only mapping. Immutable once built; shared
+// (shared_ptr) by the jobs of the message on every shard that holds one. Lifetime rule: the
+// views stay valid until the origin journals the message done, which it does only after every
+// recipient's final job_notice came back, i.e. after the last transaction that read the bytes;
+// and the spools are destroyed only after every shard thread has been joined.
+struct message_view {
+    std::uint64_t id = 0;  // spool queue id
+    std::string mail_from;
+    std::vector<std::string> rcpts;  // every recipient of the message (jobs hold indexes)
+    std::string_view added_headers;
+    std::string_view body;
+    bool eight_bit = false;
+    bool smtputf8 = false;
+    std::int64_t arrival = 0;
+    std::string message_id;  // for the delivery log
+};
+
+// What shards send each other: a scheduler message, and with a job_handoff the message it
+// names (a pointer, never bytes).
+struct mx_message {
+    queue::shard_message msg;
+    std::shared_ptr<const message_view> view;
+};
+using mx_mailbox = core::mailbox<mx_message, 1024>;
+
+// Shared by the shards in MX routing mode; built before they start, destroyed after.
+struct mx_shared {
+    std::unique_ptr<mx_mailbox> mailbox;
+    std::unique_ptr<queue::spare_gauges> gauges;  // null with one shard
+    // Drain: a shard that has nothing in flight (no connection, nothing to send) says so here;
+    // every shard stops only once all of them are quiet (see mx_delivery::idle).
+    std::unique_ptr<std::atomic<bool>[]> quiet;
+};
+
 struct daemon_context {
     core::config cfg;
     unsigned shards = 1;
@@ -58,6 +96,7 @@ struct daemon_context {
     // spool_dirs[i]: the shard-<N> directories shard i recovers and drains. Its own comes
     // first; directories left by a run with more shards are spread over the current ones.
     std::vector<std::vector<unsigned>> spool_dirs;
+    mx_shared mx;  // mailbox, gauges (MX routing only; empty with a smarthost)
     // Behind a pointer so the context stays movable; shards reach it through a const context.
     std::unique_ptr<reload_state> reload = std::make_unique<reload_state>();
     // One process-wide session ticket key (tickets resume on any shard and across reloads);

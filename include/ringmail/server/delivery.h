@@ -1,18 +1,20 @@
-// Delivery of one shard's queued mail to the smarthost: the per-shard delivery queue, a pool
-// of persistent SMTP client connections (EHLO once, many transactions, PIPELINING when
-// offered) and the bookkeeping after each attempt (journal outcomes, retries, bounces).
+// Delivery of one shard's queued mail. With delivery.smarthost: the per-shard delivery queue, a
+// pool of persistent SMTP client connections to the smarthost (EHLO once, many transactions,
+// PIPELINING and STARTTLS when offered) and the bookkeeping after each attempt (journal
+// outcomes, retries, bounces). Without one, everything is handed to mx_delivery (MX routing,
+// destination queues, cross-shard scheduler; mx_delivery.h).
 //
-// Owned by one shard; messages never leave it (each shard delivers what it spooled, so no
-// cross-shard hand-off is needed for a smarthost). Failures are outcomes: a refused or
-// broken connection defers the messages it carried and, when no connection to the smarthost
-// works, every message due (the retry schedule then paces reconnection); 5xx and expiry
-// produce a DSN to the sender (never to the null sender). With no smarthost configured
-// (MX routing is a later part) messages stay queued and a log line says so.
+// Owned by one shard; in smarthost mode messages never leave it (each shard delivers what it
+// spooled: every message has the same destination, so a hand-off would buy nothing). Failures
+// are outcomes: a refused or broken connection defers the messages it carried and, when no
+// connection to the smarthost works, every message due (the retry schedule then paces
+// reconnection); 5xx and expiry produce a DSN to the sender (never to the null sender).
 #pragma once
 
 #include "ringmail/core/member_completion.h"
 #include "ringmail/core/timer.h"
 #include "ringmail/queue/delivery_queue.h"
+#include "ringmail/server/outbound.h"
 #include "ringmail/smtp/client_session.h"
 #include "ringmail/spool/spool.h"
 
@@ -25,6 +27,7 @@
 #include <string>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unordered_map>
 #include <vector>
 
 namespace ringmail::server {
@@ -32,8 +35,8 @@ namespace ringmail::server {
 class shard;
 class delivery;
 
-// One message being sent on a connection.
-struct delivery_job {
+// One message being sent to the smarthost on a connection.
+struct smarthost_job {
     spool::spool* sp = nullptr;
     spool::stored_message msg;
     std::vector<std::string> rcpts;         // the pending recipients, in send order
@@ -41,68 +44,13 @@ struct delivery_job {
     std::uint32_t attempt = 0;
 };
 
-class outbound_connection final : private core::timer {
-  public:
-    outbound_connection(delivery& owner, shard& sh, std::uint64_t id);
-    ~outbound_connection();
-    outbound_connection(const outbound_connection&) = delete;
-    outbound_connection& operator=(const outbound_connection&) = delete;
+class mx_delivery;
 
-    void connect();
-    // Give it a message (only when ready()).
-    void start(delivery_job job);
-    // Finish what is in flight, then QUIT (force: close now).
-    void stop(bool force);
+// Spools an RFC 3464 DSN for `b` into the shard's own spool (from <>, to b.sender); the
+// original message is read from `sp`. Failures are logged (the bounce is lost).
+void spool_bounce(shard& sh, spool::spool& sp, const queue::bounce_request& b);
 
-    bool ready() const noexcept;                            // connected, EHLO done, no job
-    bool working() const noexcept { return _established; }  // greeting + EHLO succeeded once
-    bool has_job() const noexcept { return _job.has_value(); }
-    bool finished() const noexcept { return _finished; }  // closed, nothing in flight
-    std::uint64_t id() const noexcept { return _id; }
-
-  private:
-    void on_connect(int res, std::uint32_t flags);
-    void on_recv(int res, std::uint32_t flags);
-    void on_send(int res, std::uint32_t flags);
-    void on_cancel(int res, std::uint32_t flags);
-    void on_close(int res, std::uint32_t flags);
-    void on_expire() override;
-    void pump();
-    void send_pieces();
-    void fail(std::string_view why);
-    void start_close();
-    void check_finished();
-
-    delivery& _owner;
-    shard& _shard;
-    const std::uint64_t _id;
-    int _fd = -1;
-    smtp::client_session _session;
-    std::optional<delivery_job> _job;
-    std::uint32_t _transactions = 0;
-    // The sendmsg in flight: iovecs over the session's pieces, advanced on partial sends.
-    std::vector<iovec> _iov;
-    std::size_t _iov_first = 0;
-    msghdr _msg{};
-    unsigned _in_flight = 0;
-    bool _connecting = false;
-    bool _established = false;
-    bool _recv_armed = false;
-    bool _send_in_flight = false;
-    bool _cancel_sent = false;
-    bool _stopping = false;
-    bool _closing = false;
-    bool _finished = false;
-    bool _idle = false;  // armed with the idle timeout rather than a reply deadline
-    core::member_completion<outbound_connection, &outbound_connection::on_connect> _connect_op{
-        this};
-    core::member_completion<outbound_connection, &outbound_connection::on_recv> _recv_op{this};
-    core::member_completion<outbound_connection, &outbound_connection::on_send> _send_op{this};
-    core::member_completion<outbound_connection, &outbound_connection::on_cancel> _cancel_op{this};
-    core::member_completion<outbound_connection, &outbound_connection::on_close> _close_op{this};
-};
-
-class delivery final : private core::timer {
+class delivery final : private core::timer, private outbound_handler {
   public:
     explicit delivery(shard& sh);
     ~delivery();
@@ -119,14 +67,7 @@ class delivery final : private core::timer {
     void begin_drain(bool force);
     bool idle() const;
 
-    // For connections.
-    std::optional<delivery_job> next_job();
-    void finished(outbound_connection& c, delivery_job& job, const smtp::transaction_result& r);
-    void connection_failed(outbound_connection& c, std::optional<delivery_job> job,
-                           const smtp::server_reply& why);
-    void connection_closed(outbound_connection& c);
-    void kick();
-    const std::string& smarthost_text() const;
+    void reap();  // end of each loop iteration: destroy closed connections
 
   private:
     // What the delivery log needs about one attempt (views valid during the call).
@@ -140,22 +81,33 @@ class delivery final : private core::timer {
         std::span<const std::string> rcpts;
         std::span<const std::uint32_t> rcpt_index;
     };
-    attempt_context job_context(const delivery_job& job) const;
+    attempt_context job_context(const smarthost_job& job) const;
     void log_outcomes(const attempt_context& at, const queue::apply_actions& a,
                       const std::function<const queue::attempt_reply&(std::size_t)>& reply);
     std::string_view smarthost_ip() const;
     void on_expire() override;
     void apply(spool::spool& sp, spool::queue_id id, const queue::apply_actions& a,
                std::string_view sender);
-    void spool_bounce(spool::spool& sp, const queue::bounce_request& b);
     void defer_all_ready(const smtp::server_reply& why);
     void arm_wakeup();
 
-  public:
-    void reap();  // end of each loop iteration: destroy closed connections
+    // outbound_handler
+    void on_ready(outbound_connection& c) override;
+    void on_transaction(outbound_connection& c, const smtp::transaction_result& r) override;
+    void on_failed(outbound_connection& c, const smtp::server_reply& why) override;
+    void on_closed(outbound_connection& c) override;
 
-  private:
+    std::optional<smarthost_job> next_job();
+    void finished(smarthost_job& job, const smtp::transaction_result& r);
+    void connection_failed(outbound_connection& c, std::optional<smarthost_job> job,
+                           const smtp::server_reply& why);
+    void kick();
+    const std::string& smarthost_text() const;
+
     shard& _shard;
+    std::unique_ptr<mx_delivery> _mx;  // MX routing (no delivery.smarthost)
+    outbound_settings _settings;
+    std::unordered_map<std::uint64_t, smarthost_job> _jobs;  // by connection id
     queue::delivery_queue _queue;
     std::mt19937_64 _rng;
     std::list<std::unique_ptr<outbound_connection>> _conns;
