@@ -10,6 +10,19 @@ namespace ringmail::smtp {
 
 namespace {
 
+// Whether the content really holds octets above 127: a message declared BODY=8BITMIME is
+// often plain ASCII, and then it can go to a 7-bit server as it is.
+bool has_8bit_octets(const outbound_message& m) {
+    auto any = [](std::string_view s) {
+        for (const char c : s) {
+            if (static_cast<unsigned char>(c) >= 0x80)
+                return true;
+        }
+        return false;
+    };
+    return any(m.added_headers) || any(m.body);
+}
+
 // RFC 5321 4.5.3.1.3: a path is at most 256 octets; we refuse only what could break the
 // command line (line breaks, NUL) or is absurdly long, and leave the rest to the server.
 bool sendable_address(std::string_view a) {
@@ -494,7 +507,14 @@ void client_session::start_transaction(const outbound_message& message) {
         refuse_locally(make_reply(501, "5.1.3", "no recipient address can be sent"));
         return;
     }
-    _tx->sent_8bit_without_8bitmime = message.eight_bit && !_caps.eight_bit_mime;
+    if (message.eight_bit && !_caps.eight_bit_mime && has_8bit_octets(message)) {
+        // RFC 6152 section 3: never 8-bit octets to a server that did not announce 8BITMIME;
+        // ringmail does not downgrade MIME, so the message goes back to its sender.
+        refuse_locally(make_reply(554, "5.6.3",
+                                  "8-bit message and the receiving server does not support "
+                                  "8BITMIME"));
+        return;
+    }
 
     _state = state::transaction;
     append_mail_command();

@@ -357,5 +357,29 @@ class DeliveryLogTest(DeliveryTestCase):
         self.daemon.stop()
 
 
+class EightBitTest(DeliveryTestCase):
+    """RFC 6152: 8-bit octets never go to a server without 8BITMIME; 7-bit content declared
+    BODY=8BITMIME still does."""
+
+    def test_8bit_to_a_7bit_server(self):
+        self.start(sink_kwargs={"eightbitmime": False})
+        with smtplib.SMTP(harness.LOOPBACK, self.daemon.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.sendmail(SENDER, ["seven@dest.test"], message("ascii@origin.test", "plain"),
+                       mail_options=["BODY=8BITMIME"])
+            # 8-bit in the body only, so the DSN (which quotes the headers) is 7-bit itself.
+            eight = message("eight@origin.test", "eight").replace(b"body of", "caf\u00e9".encode())
+            s.sendmail(SENDER, ["eight@dest.test"], eight, mail_options=["BODY=8BITMIME"])
+        self.wait("the 7-bit message was not delivered",
+                  lambda: self.to_rcpt("seven@dest.test", b"<ascii@origin.test>"))
+        self.wait("no DSN for the 8-bit message", lambda: self.dsns())
+        self.assertEqual(self.to_rcpt("eight@dest.test"), [], "8-bit octets sent to a 7-bit server")
+        [dsn] = self.dsns()
+        r = self.parse_dsn(dsn)["recipients"][0]
+        self.assertEqual(r["Final-Recipient"], "rfc822; eight@dest.test")
+        self.assertEqual(r["Status"], "5.6.3")
+        self.daemon.stop()
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -11,8 +11,9 @@
 // Decisions:
 // - PIPELINING (RFC 2920) when offered: MAIL, every RCPT and DATA go in one flight; otherwise
 //   lock-step, and DATA is not sent when no RCPT was accepted.
-// - 8-bit body to a peer without 8BITMIME: sent anyway without BODY= (common practice; most
-//   servers are 8-bit clean), and transaction_result::sent_8bit_without_8bitmime says so.
+// - A message declared 8BITMIME to a peer without 8BITMIME (RFC 6152 section 3): when its
+//   content is in fact 7-bit it is sent without BODY=; when it holds 8-bit octets the
+//   transaction fails locally with 554 5.6.3 (bounced: no MIME downgrade is done).
 // - RSET follows a transaction that ended before the final reply to the message data (MAIL,
 //   all RCPTs or DATA refused); after the final reply the server has reset itself already.
 // - An address holding CR, LF or NUL, or longer than 998 octets, is never put on the wire: that
@@ -101,7 +102,6 @@ struct transaction_result {
     std::vector<server_reply> rcpts;  // one per outbound_message::rcpts, same order
     server_reply data;  // final reply to the message data, or to DATA if refused; code 0: not sent
     bool accepted_any = false;  // at least one recipient got a final 2xx
-    bool sent_8bit_without_8bitmime = false;
 
     // The reply that decides recipient i: MAIL's if MAIL failed, else its RCPT's if that
     // failed, else the final data reply.

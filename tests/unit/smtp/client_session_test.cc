@@ -511,7 +511,7 @@ TEST(client_session, mail_parameters) {
             h.drain().starts_with("MAIL FROM:<a@example.com> SIZE=42 BODY=8BITMIME SMTPUTF8\r\n"));
     }
     {
-        harness h;  // no 8BITMIME: sent anyway, flagged
+        harness h;  // no 8BITMIME, but the content is 7-bit: sent as it is, without BODY=
         h.connect("250-mx\r\n250 SIZE\r\n");
         h.rcpts = {"b@e.org"};
         outbound_message m = h.message();
@@ -526,8 +526,31 @@ TEST(client_session, mail_parameters) {
         h.s.receive("250 ok\r\n");
         auto r = h.s.take_result();
         ASSERT_TRUE(r);
-        EXPECT_TRUE(r->sent_8bit_without_8bitmime);
         EXPECT_TRUE(r->delivered(0));
+    }
+    for (bool in_headers : {false, true}) {
+        harness h;  // no 8BITMIME and 8-bit octets: refused here (RFC 6152), nothing sent
+        h.connect("250-mx\r\n250 SIZE\r\n");
+        h.rcpts = {"b@e.org", "c@e.org"};
+        outbound_message m = h.message();
+        m.eight_bit = true;
+        const std::string headers = "Subject: caf\xc3\xa9\r\n";
+        const std::string body = "caf\xc3\xa9\r\n";
+        if (in_headers) {
+            m.added_headers = headers;
+        } else {
+            m.body = body;
+        }
+        h.s.start_transaction(m);
+        EXPECT_EQ(h.drain(), "");
+        auto r = h.s.take_result();
+        ASSERT_TRUE(r);
+        for (std::size_t i = 0; i < 2; ++i) {
+            EXPECT_EQ(r->outcome(i).code, 554);
+            EXPECT_EQ(r->outcome(i).enhanced, "5.6.3");
+            EXPECT_TRUE(r->permanent(i));
+        }
+        EXPECT_TRUE(h.s.ready());
     }
 }
 
