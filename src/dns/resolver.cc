@@ -230,6 +230,10 @@ void resolver::resolve_route(std::string_view domain, callback cb) {
         complete_later(std::move(cb), std::make_shared<const result<route>>(errc::cancelled));
         return;
     }
+    if (auto literal = address_literal_route(domain, _opts.port, now())) {
+        complete_later(std::move(cb), std::make_shared<const result<route>>(std::move(*literal)));
+        return;
+    }
     auto name = normalize_domain(domain);
     if (!name) {
         complete_later(std::move(cb), std::make_shared<const result<route>>(name.error()));

@@ -4,6 +4,7 @@
 #include "ringmail/dns/wire.h"
 
 #include <ares.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <arpa/inet.h>
@@ -101,6 +102,31 @@ std::error_code from_ares_status(int status) noexcept {
         default:  // ARES_ENODATA is handled by the callers; ENOMEM and the like
             return errc::internal;
     }
+}
+
+std::optional<result<route>> address_literal_route(std::string_view domain, std::uint16_t port,
+                                                   clock::time_point now) {
+    if (domain.size() < 2 || domain.front() != '[' || domain.back() != ']')
+        return std::nullopt;
+    std::string_view inner = domain.substr(1, domain.size() - 2);
+    std::string text;
+    if (inner.size() > 5 && (inner.substr(0, 5) == "IPv6:" || inner.substr(0, 5) == "ipv6:" ||
+                             inner.substr(0, 5) == "IPV6:")) {
+        text = fmt::format("[{}]:{}", inner.substr(5), port);
+    } else if (inner.find(':') == std::string_view::npos) {
+        text = fmt::format("{}:{}", inner, port);
+    } else {
+        return result<route>(errc::bad_domain);  // IPv6 needs its "IPv6:" tag
+    }
+    auto ep = core::parse_endpoint(text);
+    if (!ep)
+        return result<route>(errc::bad_domain);
+    route r;
+    r.domain = std::string(domain);
+    r.implicit = true;
+    r.hosts.push_back(mx_host{std::string(domain), 0, {*ep}});
+    r.expires = now + std::chrono::hours(24);
+    return result<route>(std::move(r));
 }
 
 result<std::string> normalize_domain(std::string_view domain) {

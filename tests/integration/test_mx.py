@@ -144,6 +144,15 @@ class RoutingTest(MxTestCase):
         self.wait("implicit MX not used", lambda: self.with_marker(b"<imp@origin.test>"))
         self.daemon.stop()
 
+    def test_address_literal(self):
+        # RFC 5321 4.1.3: user@[ip] goes to that address, with no DNS lookup.
+        self.start()
+        self.send(SENDER, ["lit@[127.0.0.2]"], message("lit@origin.test", "literal"))
+        self.wait("address literal not delivered", lambda: self.with_marker(b"<lit@origin.test>"))
+        [t] = self.with_marker(b"<lit@origin.test>")
+        self.assertEqual(t.rcpts, ["lit@[127.0.0.2]"])
+        self.daemon.stop()
+
     def test_null_mx_and_nxdomain_bounce(self):
         self.start()
         self.send(SENDER, ["a@nullmx.test"], message("null@origin.test", "null mx"))

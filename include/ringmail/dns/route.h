@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -60,6 +61,12 @@ std::error_code from_ares_status(int status) noexcept;
 // Lower-cases, drops one final dot and checks the syntax (labels of 1..63 octets, at most 253
 // octets in all, no empty label, no octet that cannot appear in a DNS name we would query).
 result<std::string> normalize_domain(std::string_view domain);
+
+// An address literal domain (RFC 5321 section 4.1.3: "[192.0.2.1]", "[IPv6:2001:db8::1]",
+// prefix case-insensitive): its route is that one address, no DNS involved. nullopt when
+// `domain` is not bracketed; errc::bad_domain when it is but does not hold a valid address.
+std::optional<result<route>> address_literal_route(std::string_view domain, std::uint16_t port,
+                                                   clock::time_point now);
 
 // The MX step. `error` set: the lookup ends with it. Otherwise `hosts` lists the exchangers
 // to resolve (addresses empty), ordered, at most `max_hosts`.

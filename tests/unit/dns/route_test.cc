@@ -111,6 +111,43 @@ TEST(normalize_domain, accepts_and_refuses) {
     EXPECT_FALSE(normalize_domain(too_long));
 }
 
+TEST(address_literal_route, one_address_no_dns) {
+    const auto now = clock::now();
+    struct {
+        const char* domain;
+        const char* endpoint;  // "" = not a literal, "bad" = bad_domain
+    } cases[] = {
+        {"[127.0.0.2]", "127.0.0.2:2525"},
+        {"[IPv6:::1]", "[::1]:2525"},
+        {"[ipv6:2001:db8::1]", "[2001:db8::1]:2525"},
+        {"example.test", ""},
+        {"[example.test]", "bad"},
+        {"[::1]", "bad"},
+        {"[300.1.1.1]", "bad"},
+        {"[]", "bad"},
+        {"[127.0.0.1", ""},
+    };
+    for (const auto& c : cases) {
+        auto r = address_literal_route(c.domain, 2525, now);
+        if (std::string_view(c.endpoint).empty()) {
+            EXPECT_FALSE(r.has_value()) << c.domain;
+            continue;
+        }
+        ASSERT_TRUE(r.has_value()) << c.domain;
+        if (std::string_view(c.endpoint) == "bad") {
+            ASSERT_FALSE(*r) << c.domain;
+            EXPECT_EQ(r->error(), make_error_code(errc::bad_domain)) << c.domain;
+            continue;
+        }
+        ASSERT_TRUE(*r) << c.domain;
+        const route& rt = **r;
+        ASSERT_EQ(rt.hosts.size(), 1u);
+        ASSERT_EQ(rt.hosts[0].addresses.size(), 1u);
+        EXPECT_EQ(core::to_string(rt.hosts[0].addresses[0]), c.endpoint);
+        EXPECT_GT(rt.expires, now);
+    }
+}
+
 TEST(errc, permanence_status_and_reply) {
     struct row {
         errc e;
