@@ -20,6 +20,9 @@ namespace {
 // Addresses tried per attempt over all MX hosts (RFC 5321 5.1 asks for "multiple
 // addresses"; a bound keeps a broken domain from holding a connection slot for long).
 constexpr std::size_t max_targets = 10;
+// Parked sessions (idle, belonging to no destination): per shard and per MX address.
+constexpr std::size_t max_parked = 32;
+constexpr std::size_t max_parked_per_address = 4;
 
 queue::scheduler_config make_scheduler_config(const daemon_context& ctx, unsigned shard) {
     const auto& d = ctx.cfg.delivery;
@@ -88,6 +91,7 @@ mx_delivery::mx_delivery(shard& sh)
 
 mx_delivery::~mx_delivery() {
     _conns.clear();
+    _parked.clear();
     _dead.clear();
     if (_resolver)
         _resolver->shutdown();
@@ -443,6 +447,8 @@ void mx_delivery::run() {
             reclaim_idle();
     } while (_dirty);
     _running = false;
+    if (auto p = expire_parked(); p && (!until || *p < *until))
+        until = p;
     if (_sched.has_outgoing()) {
         // A ring is full: try again soon (the consumer is draining it).
         until = _shard.reactor().now() + 1ms;
@@ -482,12 +488,115 @@ void mx_delivery::reclaim_idle() {
     if (opening >= max_opening || victim == _conns.end())
         return;
     const std::uint64_t cid = victim->first;
-    auto c = std::move(victim->second.c);
+    park(victim->second);
+    auto c = std::move(victim->second.c);  // null when parked
     _conns.erase(victim);
     _sched.connection_closed(cid, _shard.reactor().now());
-    c->stop(false);  // QUIT; its on_closed finds no connection record and is ignored
-    _dead.push_back(std::move(c));
+    if (c) {
+        c->stop(false);  // QUIT; its on_closed finds no connection record and is ignored
+        _dead.push_back(std::move(c));
+    }
     _dirty = true;
+}
+
+// --- parked sessions: reuse across destinations that share an MX address ---
+
+// Takes mc's idle session into the pool; false (mc untouched) when it cannot be kept. A
+// session past the default message limit per connection is not kept: the scheduler counts
+// messages per its own connection only.
+bool mx_delivery::park(mx_conn& mc) {
+    const auto& d = _ctx.cfg.delivery;
+    if (_draining || !mc.c || mc.job || !mc.c->ready() || !mc.c->established() ||
+        d.idle_timeout.count() <= 0 || _parked.size() >= max_parked ||
+        (d.max_messages_per_connection != 0 &&
+         mc.c->transactions() >= d.max_messages_per_connection))
+        return false;
+    const auto& ep = mc.c->target().endpoint;
+    std::size_t same = 0;
+    for (const auto& p : _parked) {
+        if (p.c->target().endpoint == ep)
+            ++same;
+    }
+    if (same >= max_parked_per_address)
+        return false;
+    parked_session p;
+    p.verified = mc.c->tls_active() && mc.settings.tls && mc.settings.tls == _tls_verify;
+    p.until = _shard.reactor().now() + d.idle_timeout;
+    p.c = std::move(mc.c);
+    p.c->rebind(0);  // scheduler ids start at 1: events of a parked session find no record
+    log::debug("{}: {} [{}] session parked", log::sanitize(mc.domain), p.c->target().host,
+               p.c->target().ip);
+    _parked.push_back(std::move(p));
+    return true;
+}
+
+// Before connecting to mc's next target: a parked session to any address of the same
+// preference level whose TLS state satisfies mc's policy becomes mc's connection, opened at
+// once. Lower preference levels are only reached after this level failed.
+bool mx_delivery::adopt(std::uint64_t cid, mx_conn& mc) {
+    if (_parked.empty() || mc.next_target >= mc.targets.size())
+        return false;
+    const std::uint16_t level = mc.preferences[mc.next_target];
+    const auto& s = mc.settings;
+    const bool verify = s.tls && s.tls == _tls_verify;
+    for (std::size_t i = mc.next_target; i < mc.targets.size() && mc.preferences[i] == level; ++i) {
+        const outbound_target& t = mc.targets[i];
+        for (auto it = _parked.begin(); it != _parked.end(); ++it) {
+            const outbound_connection& c = *it->c;
+            if (!(c.target().endpoint == t.endpoint) || !c.ready())
+                continue;
+            if (s.client.starttls == smtp::tls_policy::required && !c.tls_active())
+                continue;
+            // Opportunistic: not plaintext where a fresh session would have had TLS.
+            if (s.client.starttls != smtp::tls_policy::none && s.tls && !c.tls_active() &&
+                c.capabilities().starttls)
+                continue;
+            if (verify && (!it->verified || c.target().host != t.host))
+                continue;
+            auto conn = std::move(it->c);
+            _parked.erase(it);
+            conn->rebind(cid);
+            log::debug("{}: reusing the session to {} [{}]", log::sanitize(mc.domain),
+                       conn->target().host, conn->target().ip);
+            mc.c = std::move(conn);
+            mc.next_target = mc.targets.size();
+            mc.opened = true;
+            _sched.connection_opened(cid, _shard.reactor().now());
+            _dirty = true;
+            return true;
+        }
+    }
+    return false;
+}
+
+// QUITs parked sessions idle for delivery.idle_timeout; the next expiry, if any.
+std::optional<queue::steady_time> mx_delivery::expire_parked() {
+    const auto now = _shard.reactor().now();
+    std::optional<queue::steady_time> next;
+    for (auto it = _parked.begin(); it != _parked.end();) {
+        if (it->until <= now) {
+            it->c->stop(false);
+            _dead.push_back(std::move(it->c));
+            it = _parked.erase(it);
+            continue;
+        }
+        if (!next || it->until < *next)
+            next = it->until;
+        ++it;
+    }
+    return next;
+}
+
+// The peer closed (or broke) a parked session: it leaves the pool.
+bool mx_delivery::parked_closed(outbound_connection& c) {
+    for (auto it = _parked.begin(); it != _parked.end(); ++it) {
+        if (it->c.get() == &c) {
+            _dead.push_back(std::move(it->c));
+            _parked.erase(it);
+            return true;
+        }
+    }
+    return false;
 }
 
 outbound_settings mx_delivery::settings_for(const std::string& domain) {
@@ -583,6 +692,7 @@ void mx_delivery::on_route(std::uint64_t cid, const result<dns::route>& r) {
             if (mc.targets.size() >= max_targets)
                 break;
             mc.targets.push_back(outbound_target{ep, h.name, endpoint_ip(ep)});
+            mc.preferences.push_back(h.preference);
         }
     }
     mc.next_target = 0;
@@ -614,6 +724,8 @@ void mx_delivery::connect_next(std::uint64_t cid, mx_conn& mc) {
         _dirty = true;
         return;
     }
+    if (adopt(cid, mc))
+        return;
     const outbound_target& t = mc.targets[mc.next_target++];
     mc.c = std::make_unique<outbound_connection>(static_cast<outbound_handler&>(*this), _shard, cid,
                                                  t, mc.settings);
@@ -683,7 +795,7 @@ void mx_delivery::close(std::uint64_t cid) {
     auto it = _conns.find(cid);
     if (it == _conns.end())
         return;
-    if (it->second.c) {
+    if (it->second.c && !park(it->second)) {
         it->second.c->stop(false);  // QUIT; on_closed reports it
         return;
     }
@@ -771,6 +883,10 @@ void mx_delivery::on_failed(outbound_connection& c, const smtp::server_reply& wh
 }
 
 void mx_delivery::on_closed(outbound_connection& c) {
+    if (c.id() == 0 && parked_closed(c)) {
+        _dirty = true;
+        return;
+    }
     auto it = _conns.find(c.id());
     if (it == _conns.end() || it->second.c.get() != &c)
         return;  // a failed fallback attempt, already replaced: reaped from _dead
@@ -817,6 +933,11 @@ void mx_delivery::begin_drain(bool force) {
             }
         }
     }
+    for (auto& p : _parked) {
+        p.c->stop(force);
+        _dead.push_back(std::move(p.c));
+    }
+    _parked.clear();
     if (_resolver)
         _resolver->shutdown();  // callbacks run now with errc::cancelled: on_route closes
     _dirty = true;
@@ -831,7 +952,7 @@ bool mx_delivery::idle() {
         if (mb.pending_approx(from, self) != 0)
             inbox_empty = false;
     }
-    bool quiet = _conns.empty() && !_sched.has_outgoing() && inbox_empty &&
+    bool quiet = _conns.empty() && _parked.empty() && !_sched.has_outgoing() && inbox_empty &&
                  (!_resolver || _resolver->idle());
     _ctx.mx.quiet[self].store(quiet, std::memory_order_seq_cst);
     if (!quiet)

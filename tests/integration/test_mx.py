@@ -268,6 +268,20 @@ class VolumeTest(MxTestCase):
         self.daemon.stop()
 
 
+class SharedMxTest(MxTestCase):
+    def test_domains_sharing_an_mx_reuse_one_session(self):
+        # d1.test and d2.test both have MX mx-live.test. One connection per shard: the idle
+        # session of d1 is handed back when d2 has mail, parked, and adopted by d2.
+        self.start(shards=1, delivery_options={"max_connections": 1})
+        self.send(SENDER, ["a@d1.test"], message("share1@origin.test", "first domain"))
+        self.wait("d1 not delivered", lambda: self.with_marker(b"<share1@origin.test>"))
+        self.send(SENDER, ["b@d2.test"], message("share2@origin.test", "second domain"))
+        self.wait("d2 not delivered", lambda: self.with_marker(b"<share2@origin.test>"))
+        self.assertEqual(self.sink.connections, 1, self.daemon.log_text())
+        self.assertEqual(self.dsns(), [])
+        self.daemon.stop()
+
+
 class TlsTest(MxTestCase):
     def test_starttls_to_mx(self):
         self.start(tls_sink=True)

@@ -12,6 +12,11 @@
 // null MX) fail the destination's jobs with the resolver's status (5.1.2, 556 5.1.10);
 // temporary ones defer them.
 //
+// A session the scheduler closes while idle and healthy is parked (keyed by MX address and
+// port, at most 32 per shard and 4 per address, QUIT after delivery.idle_timeout) and adopted
+// by the next connection of any destination whose route reaches that address at the
+// preference level being tried, when its TLS state satisfies that destination's policy.
+//
 // Failures are outcomes, never exceptions. Bounded: the ledger (500,000 messages per shard;
 // new mail then gets 452), the scheduler (max_jobs, outbox), the mailbox rings (a full ring
 // leaves the message in the scheduler's outbox for the next iteration).
@@ -68,12 +73,19 @@ class mx_delivery final : private core::timer, private outbound_handler {
         std::string domain;
         outbound_settings settings;
         std::vector<outbound_target> targets;
+        std::vector<std::uint16_t> preferences;  // parallel to targets
         std::size_t next_target = 0;
         std::unique_ptr<outbound_connection> c;
         std::optional<queue::attempt_reply> dns_failure;  // permanent: every job fails with it
         std::optional<running_job> job;
         bool opened = false;  // connection_opened reported
         smtp::server_reply last_error;
+    };
+    // An idle SMTP session that belongs to no scheduler connection.
+    struct parked_session {
+        std::unique_ptr<outbound_connection> c;
+        bool verified = false;  // TLS active under the verifying context (names target().host)
+        queue::steady_time until;
     };
     struct view_ref {
         std::shared_ptr<const message_view> view;
@@ -107,6 +119,10 @@ class mx_delivery final : private core::timer, private outbound_handler {
     void finish_pseudo(std::uint64_t cid, mx_conn& mc, running_job& j);
     outbound_settings settings_for(const std::string& domain);
     void reclaim_idle();
+    bool park(mx_conn& mc);
+    bool adopt(std::uint64_t cid, mx_conn& mc);
+    std::optional<queue::steady_time> expire_parked();
+    bool parked_closed(outbound_connection& c);
 
     // outbound_handler
     void on_ready(outbound_connection& c) override;
@@ -122,6 +138,7 @@ class mx_delivery final : private core::timer, private outbound_handler {
     std::unordered_map<std::uint64_t, view_ref> _views;  // by queue id
     std::unordered_map<std::uint64_t, mx_conn> _conns;   // by scheduler connection id
     std::vector<std::unique_ptr<outbound_connection>> _dead;
+    std::vector<parked_session> _parked;  // oldest first; bounded by max_parked
     std::unordered_map<std::uint64_t, std::vector<tx_note>> _notes;  // by queue id
     std::shared_ptr<const tls::client_context> _tls_opportunistic;
     std::shared_ptr<const tls::client_context> _tls_verify;

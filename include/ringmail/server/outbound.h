@@ -85,7 +85,10 @@ class outbound_connection final : private core::timer {
     bool busy() const noexcept { return _busy; }
     bool finished() const noexcept { return _finished; }  // closed, nothing in flight
     bool tls_active() const noexcept { return _session.tls_active(); }
+    std::uint32_t transactions() const noexcept { return _transactions; }
     std::uint64_t id() const noexcept { return _id; }
+    // The handler hands an idle session to another of its connection records (MX pooling).
+    void rebind(std::uint64_t id) noexcept { _id = id; }
     const outbound_target& target() const noexcept { return _target; }
     std::string_view tls_version() const noexcept;
     const smtp::peer_capabilities& capabilities() const noexcept { return _session.capabilities(); }
@@ -110,9 +113,10 @@ class outbound_connection final : private core::timer {
 
     outbound_handler& _handler;
     shard& _shard;
-    const std::uint64_t _id;
+    std::uint64_t _id;
     outbound_target _target;
-    const outbound_settings& _settings;
+    // A copy: a pooled session outlives the handler's record it was made for.
+    const outbound_settings _settings;
     int _fd = -1;
     smtp::client_session _session;
     std::unique_ptr<tls::session> _tls;
