@@ -177,9 +177,9 @@ cmd_test() {
     FAILED=$((FAILED + 1))
   fi
 
-  # -O1: the sanitizer tree compiles about twice as fast as at -O2 and still runs the
-  # integration tests at a useful speed.
-  if setup_dir build-asan --buildtype=debugoptimized -Doptimization=1 \
+  # -O1 -g1 (line tables, enough for sanitizer stack traces): the sanitizer tree compiles
+  # about 3x faster than at -O2 -g and still runs the integration tests at a useful speed.
+  if setup_dir build-asan -Doptimization=1 -Ddebug=false -Dcpp_args=-g1 \
     -Db_sanitize=address,undefined -Db_lundef=false -Dmimalloc=disabled -Dbenchmarks=false; then
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
       UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
