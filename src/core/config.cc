@@ -486,8 +486,10 @@ bool read_paths(table_reader& r, std::string_view k, std::vector<std::string>& o
 void read_tls_files(table_reader& r, listener_config& l) {
     std::vector<std::string> certs;
     std::vector<std::string> keys;
-    const bool ok = read_paths(r, "tls_cert", certs) & read_paths(r, "tls_key", keys);
-    if (!ok)
+    // Both are read (and their errors reported) whatever the first one gave.
+    const bool certs_ok = read_paths(r, "tls_cert", certs);
+    const bool keys_ok = read_paths(r, "tls_key", keys);
+    if (!certs_ok || !keys_ok)
         return;
     if (certs.size() != keys.size()) {
         const toml::node* at = r.table().get(certs.size() > keys.size() ? "tls_cert" : "tls_key");
