@@ -114,6 +114,21 @@ std::string to_string(const endpoint& ep) {
     return "<unknown address family>";
 }
 
+std::string ip_text(const endpoint& ep) {
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (ep.family() == AF_INET) {
+        auto* sin = reinterpret_cast<const sockaddr_in*>(&ep.storage);
+        inet_ntop(AF_INET, &sin->sin_addr, buf, sizeof buf);
+        return buf;
+    }
+    if (ep.family() == AF_INET6) {
+        auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ep.storage);
+        inet_ntop(AF_INET6, &sin6->sin6_addr, buf, sizeof buf);
+        return buf;
+    }
+    return "<unknown address family>";
+}
+
 result<endpoint> endpoint_from_sockaddr(const sockaddr* sa, socklen_t len) {
     endpoint ep;
     if (sa == nullptr)

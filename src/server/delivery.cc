@@ -116,10 +116,7 @@ const std::string& delivery::smarthost_text() const {
 
 std::string_view delivery::smarthost_ip() const {
     if (_smarthost_ip.empty() && _shard.ctx().smarthost) {
-        _smarthost_ip = core::to_string(*_shard.ctx().smarthost);
-        _smarthost_ip.resize(_smarthost_ip.rfind(':'));
-        if (_smarthost_ip.size() > 2 && _smarthost_ip.front() == '[')
-            _smarthost_ip = _smarthost_ip.substr(1, _smarthost_ip.size() - 2);
+        _smarthost_ip = core::ip_text(*_shard.ctx().smarthost);
     }
     return _smarthost_ip;
 }

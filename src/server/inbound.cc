@@ -18,17 +18,6 @@ namespace ringmail::server {
 namespace log = core::log;
 
 namespace {
-// The bare IP of "a.b.c.d:port" / "[v6]:port": what the envelope and Received header record.
-std::string ip_text(const core::endpoint& ep) {
-    std::string t = core::to_string(ep);
-    t.resize(t.rfind(':'));
-    if (t.size() > 2 && t.front() == '[')
-        t = t.substr(1, t.size() - 2);
-    return t;
-}
-}  // namespace
-
-namespace {
 // A handshake must finish within this (RFC 3207 leaves it to the server); a slow or silent
 // client is closed, not kept.
 constexpr auto handshake_timeout = std::chrono::seconds(30);
@@ -146,12 +135,12 @@ inbound_connection::~inbound_connection() {
 }
 
 void inbound_connection::make_session(std::optional<smtp::tls_details> tls) {
-    _session.emplace(
-        _listener.session,
-        smtp::peer_info{
-            .address = ip_text(_peer), .relay_allowed = _relay_allowed, .tls = std::move(tls)},
-        static_cast<smtp::transaction_sink&>(*this),
-        _listener.auth ? static_cast<smtp::auth_backend*>(&_auth) : nullptr);
+    _session.emplace(_listener.session,
+                     smtp::peer_info{.address = core::ip_text(_peer),
+                                     .relay_allowed = _relay_allowed,
+                                     .tls = std::move(tls)},
+                     static_cast<smtp::transaction_sink&>(*this),
+                     _listener.auth ? static_cast<smtp::auth_backend*>(&_auth) : nullptr);
 }
 
 void inbound_connection::start() {

@@ -691,7 +691,7 @@ void mx_delivery::on_route(std::uint64_t cid, const result<dns::route>& r) {
         for (const auto& ep : h.addresses) {
             if (mc.targets.size() >= max_targets)
                 break;
-            mc.targets.push_back(outbound_target{ep, h.name, endpoint_ip(ep)});
+            mc.targets.push_back(outbound_target{ep, h.name, core::ip_text(ep)});
             mc.preferences.push_back(h.preference);
         }
     }

@@ -21,16 +21,6 @@ namespace {
 constexpr auto handshake_timeout = 60s;
 }  // namespace
 
-std::string endpoint_ip(const core::endpoint& ep) {
-    std::string s = core::to_string(ep);
-    auto colon = s.rfind(':');
-    if (colon != std::string::npos)
-        s.resize(colon);
-    if (s.size() > 2 && s.front() == '[')
-        s = s.substr(1, s.size() - 2);
-    return s;
-}
-
 smtp::tls_policy to_smtp_policy(core::tls_policy p) noexcept {
     switch (p) {
         case core::tls_policy::none:

@@ -23,14 +23,6 @@ constexpr std::uint16_t recv_buffer_group = 1;
 // How long a stop waits for open transactions (plus --delay-ms) before closing what is left.
 constexpr auto drain_grace = 2s;
 
-// The bare IP of "a.b.c.d:port" / "[v6]:port".
-std::string ip_text(const core::endpoint& ep) {
-    std::string t = core::to_string(ep);
-    t.resize(t.rfind(':'));
-    if (t.size() > 2 && t.front() == '[')
-        t = t.substr(1, t.size() - 2);
-    return t;
-}
 }  // namespace
 
 shard::shard(unsigned id, const sink_config& cfg, std::vector<int> listen_fds)
@@ -171,7 +163,7 @@ void shard::accepted_connection(int fd) {
     std::string peer;
     if (!_cfg.dump_dir.empty()) {
         if (auto p = core::peer_endpoint(fd))
-            peer = ip_text(*p);
+            peer = core::ip_text(*p);
     }
     std::uint64_t id = _next_conn_id++;
     auto c = std::make_unique<connection>(*this, id, fd, std::move(peer));

@@ -32,6 +32,9 @@ bool operator==(const endpoint& a, const endpoint& b) noexcept;
 result<endpoint> parse_endpoint(std::string_view text);
 // The inverse: IPv4 as "a.b.c.d:port", IPv6 as "[addr]:port".
 std::string to_string(const endpoint& ep);
+// Just the address, without port or brackets ("192.0.2.1", "2001:db8::1"): what envelopes,
+// Received headers and the delivery log record.
+std::string ip_text(const endpoint& ep);
 result<endpoint> endpoint_from_sockaddr(const sockaddr* sa, socklen_t len);
 
 // Address a bound/connected socket has (getsockname / getpeername).

@@ -153,9 +153,6 @@ class outbound_connection final : private core::timer {
     core::member_completion<outbound_connection, &outbound_connection::on_close> _close_op{this};
 };
 
-// "192.0.2.1" / "2001:db8::1" of an endpoint (no port, no brackets).
-std::string endpoint_ip(const core::endpoint& ep);
-
 smtp::tls_policy to_smtp_policy(core::tls_policy p) noexcept;
 // A client TLS context for this shard (call on the shard's thread): system CAs plus
 // delivery.tls_ca_file; `verify`: the chain must verify and name the MX host. Null (logged)

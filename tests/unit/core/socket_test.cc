@@ -80,6 +80,18 @@ INSTANTIATE_TEST_SUITE_P(
         endpoint_case{"[fe80::1%eth0]:25", false, 0, 0, "", errc::bad_endpoint},
         endpoint_case{" 127.0.0.1:25", false, 0, 0, "", errc::bad_endpoint}));
 
+TEST(socket, ip_text_is_the_address_alone) {
+    for (auto [text, ip] : {std::pair{"127.0.0.1:25", "127.0.0.1"},
+                            {"[::1]:2525", "::1"},
+                            {"[2001:db8::1]:25", "2001:db8::1"},
+                            {"[::ffff:192.0.2.1]:25", "::ffff:192.0.2.1"}}) {
+        auto ep = parse_endpoint(text);
+        ASSERT_TRUE(ep) << text;
+        EXPECT_EQ(ip_text(*ep), ip) << text;
+    }
+    EXPECT_EQ(ip_text(endpoint{}), "<unknown address family>");
+}
+
 TEST(socket, endpoint_from_sockaddr_checks_family_and_length) {
     auto ep = parse_endpoint("192.0.2.7:25").value();
     auto copy = endpoint_from_sockaddr(ep.addr(), ep.len);
