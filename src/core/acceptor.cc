@@ -7,22 +7,19 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <unistd.h>
+#include <utility>
 
 namespace ringmail::core {
 
-acceptor::acceptor(reactor& r, int listen_fd, bool multishot, std::string name,
-                   std::function<void(int fd)> on_accepted)
+acceptor::acceptor(reactor& r, ring_fd listener, bool multishot, std::string name,
+                   std::function<void(ring_fd fd)> on_accepted)
     : _reactor(r),
-      _fd(listen_fd),
+      _fd(std::move(listener)),
       _multishot(multishot),
       _name(std::move(name)),
       _on_accepted(std::move(on_accepted)) {}
 
-acceptor::~acceptor() {
-    if (_fd >= 0)
-        ::close(_fd);  // only when the ring went away without a close()
-}
+acceptor::~acceptor() = default;  // an fd still open (the ring went away) closes with _fd
 
 void acceptor::arm() {
     if (_armed || _closing)
@@ -55,9 +52,9 @@ void acceptor::on_accept(int res, std::uint32_t flags) {
     }
     if (res >= 0) {
         if (_closing) {
-            _reactor.close(res);
+            _reactor.close(ring_fd::adopt(res));
         } else {
-            _on_accepted(res);
+            _on_accepted(ring_fd::adopt(res));
         }
     } else if (res != -ECANCELED) {
         log::warn("accept on {}: {}", _name, std::strerror(-res));
@@ -77,10 +74,8 @@ void acceptor::on_cancel(int, std::uint32_t) {
 }
 
 void acceptor::finish() {
-    if (_closing && _in_flight == 0 && _fd >= 0) {
-        _reactor.close(_fd);
-        _fd = -1;
-    }
+    if (_closing && _in_flight == 0 && _fd.valid())
+        _reactor.close(std::move(_fd));
 }
 
 }  // namespace ringmail::core

@@ -1,6 +1,7 @@
 #include "ringmail/core/reactor.h"
 
 #include "ringmail/core/errc.h"
+#include "ringmail/core/panic.h"
 
 #include <climits>
 
@@ -219,54 +220,107 @@ void reactor::reserve_sqes(unsigned count) {
         fatal("no room for a link chain", EBUSY);
 }
 
-void reactor::accept_multishot(int listen_fd, completion* c) {
+// A close nobody waits for: in checked builds the table must still see its completion.
+class detached_close final : public completion {
+  public:
+    void complete(int, std::uint32_t) override { delete this; }
+};
+
+io_uring_sqe* reactor::socket_sqe(const ring_fd& fd, completion* c, op_kind kind, const char* op) {
+    if (!fd.valid())
+        invariant_broken("{} on a closed or empty ring_fd", op);
+    if (c == nullptr)
+        invariant_broken("{} on fd {} without a completion: its holder could not count it", op,
+                         fd.get());
+    if constexpr (fd_checks_enabled) {
+        if (c->_op_kind != static_cast<std::uint8_t>(op_kind::none)) {
+            invariant_broken("{} on fd {}: its completion still carries an operation on fd {}", op,
+                             fd.get(), c->_op_fd);
+        }
+        if (kind == op_kind::close) {
+            fd_checks::close_begin(fd.get(), fd.holder());
+        } else {
+            fd_checks::op_begin(fd.get(), fd.holder(), op);
+        }
+        c->_op_fd = fd.get();
+        c->_op_holder = fd.holder();
+        c->_op_kind = static_cast<std::uint8_t>(kind);
+    }
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_multishot_accept(sqe, listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    return sqe;
+}
+
+void reactor::accept_multishot(const ring_fd& listener, completion* c) {
+    io_uring_sqe* sqe = socket_sqe(listener, c, op_kind::multishot, "accept");
+    io_uring_prep_multishot_accept(sqe, listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
     io_uring_sqe_set_data(sqe, c);
 }
 
-void reactor::accept(int listen_fd, completion* c) {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_accept(sqe, listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+void reactor::accept(const ring_fd& listener, completion* c) {
+    io_uring_sqe* sqe = socket_sqe(listener, c, op_kind::single, "accept");
+    io_uring_prep_accept(sqe, listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
     io_uring_sqe_set_data(sqe, c);
 }
 
-void reactor::recv_multishot(int fd, std::uint16_t buf_group, completion* c) {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_recv_multishot(sqe, fd, nullptr, 0, 0);
+void reactor::recv_multishot(const ring_fd& fd, std::uint16_t buf_group, completion* c) {
+    io_uring_sqe* sqe = socket_sqe(fd, c, op_kind::multishot, "recv");
+    io_uring_prep_recv_multishot(sqe, fd.get(), nullptr, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = buf_group;
     io_uring_sqe_set_data(sqe, c);
 }
 
-void reactor::recv(int fd, void* buf, std::size_t len, completion* c) {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_recv(sqe, fd, buf, len, 0);
+void reactor::recv(const ring_fd& fd, void* buf, std::size_t len, completion* c) {
+    io_uring_sqe* sqe = socket_sqe(fd, c, op_kind::single, "recv");
+    io_uring_prep_recv(sqe, fd.get(), buf, len, 0);
     io_uring_sqe_set_data(sqe, c);
 }
 
-void reactor::send(int fd, const void* buf, std::size_t len, completion* c) {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+void reactor::send(const ring_fd& fd, const void* buf, std::size_t len, completion* c) {
+    io_uring_sqe* sqe = socket_sqe(fd, c, op_kind::single, "send");
+    io_uring_prep_send(sqe, fd.get(), buf, len, MSG_NOSIGNAL);
     io_uring_sqe_set_data(sqe, c);
 }
 
-void reactor::sendmsg(int fd, const msghdr* msg, completion* c) {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_sendmsg(sqe, fd, msg, MSG_NOSIGNAL);
+void reactor::sendmsg(const ring_fd& fd, const msghdr* msg, completion* c) {
+    io_uring_sqe* sqe = socket_sqe(fd, c, op_kind::single, "sendmsg");
+    io_uring_prep_sendmsg(sqe, fd.get(), msg, MSG_NOSIGNAL);
     io_uring_sqe_set_data(sqe, c);
 }
 
-void reactor::connect(int fd, const sockaddr* addr, socklen_t len, completion* c) {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_connect(sqe, fd, addr, len);
+void reactor::connect(const ring_fd& fd, const sockaddr* addr, socklen_t len, completion* c) {
+    io_uring_sqe* sqe = socket_sqe(fd, c, op_kind::single, "connect");
+    io_uring_prep_connect(sqe, fd.get(), addr, len);
     io_uring_sqe_set_data(sqe, c);
 }
 
-void reactor::close(int fd, completion* c) {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_close(sqe, fd);
+void reactor::shutdown(const ring_fd& fd, int how, completion* c) {
+    io_uring_sqe* sqe = socket_sqe(fd, c, op_kind::single, "shutdown");
+    io_uring_prep_shutdown(sqe, fd.get(), how);
     io_uring_sqe_set_data(sqe, c);
+}
+
+void reactor::poll_add(const ring_fd& fd, unsigned mask, completion* c) {
+    io_uring_sqe* sqe = socket_sqe(fd, c, op_kind::single, "poll");
+    io_uring_prep_poll_add(sqe, fd.get(), mask);
+    io_uring_sqe_set_data(sqe, c);
+}
+
+void reactor::close(ring_fd&& fd, completion* c) {
+    if (c == nullptr && fd_checks_enabled)
+        c = new detached_close;
+    io_uring_sqe* sqe;
+    if (c != nullptr) {
+        sqe = socket_sqe(fd, c, op_kind::close, "close");
+    } else {
+        if (!fd.valid())
+            invariant_broken("close on a closed or empty ring_fd");
+        sqe = get_sqe();
+    }
+    io_uring_prep_close(sqe, fd.get());
+    io_uring_sqe_set_data(sqe, c);
+    fd._fd = -1;
+    fd._holder = 0;
 }
 
 void reactor::cancel(completion* target, completion* c) {
@@ -275,21 +329,9 @@ void reactor::cancel(completion* target, completion* c) {
     io_uring_sqe_set_data(sqe, c);
 }
 
-void reactor::shutdown(int fd, int how, completion* c) {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_shutdown(sqe, fd, how);
-    io_uring_sqe_set_data(sqe, c);
-}
-
 void reactor::read(int fd, void* buf, std::size_t len, completion* c) {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_read(sqe, fd, buf, static_cast<unsigned>(len), static_cast<__u64>(-1));
-    io_uring_sqe_set_data(sqe, c);
-}
-
-void reactor::poll_add(int fd, unsigned mask, completion* c) {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_poll_add(sqe, fd, mask);
     io_uring_sqe_set_data(sqe, c);
 }
 
@@ -379,8 +421,21 @@ std::size_t reactor::dispatch_cqes() {
             ++dispatched;
             if (e.user_data == 0)
                 continue;  // fire and forget
-            reinterpret_cast<completion*>(static_cast<std::uintptr_t>(e.user_data))
-                ->complete(e.res, e.flags);
+            auto* c = reinterpret_cast<completion*>(static_cast<std::uintptr_t>(e.user_data));
+            if constexpr (fd_checks_enabled) {
+                const auto kind = static_cast<op_kind>(c->_op_kind);
+                if (kind != op_kind::none &&
+                    (kind != op_kind::multishot || !(e.flags & IORING_CQE_F_MORE))) {
+                    // The operation's last CQE: it names the fd no more.
+                    c->_op_kind = static_cast<std::uint8_t>(op_kind::none);
+                    if (kind == op_kind::close) {
+                        fd_checks::close_end(c->_op_fd, c->_op_holder);
+                    } else {
+                        fd_checks::op_end(c->_op_fd, c->_op_holder);
+                    }
+                }
+            }
+            c->complete(e.res, e.flags);
         }
     }
     return dispatched;

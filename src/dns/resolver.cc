@@ -13,6 +13,8 @@
 #include <cstring>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 namespace ringmail::dns {
 
@@ -59,28 +61,36 @@ struct resolver::lookup {
     std::size_t pending = 0;             // address queries c-ares has not answered yet
 };
 
-// One per socket c-ares opens. A closed socket's watch lives on until the ring has returned
-// its poll and cancel, so a late completion never lands on a watch for a newer socket that
-// reuses the fd number (each socket gets its own watch, numbered by generation).
+// One per socket c-ares opens, created by the socket functions we give c-ares (so the fd is a
+// ring_fd from its first moment). When c-ares closes a socket the fd stays open, held by its
+// watch, until the ring has returned the watch's poll and cancel: only then is it closed, so
+// no operation of the ring ever meets the number after it went to another socket (ring_fd.h).
+// c-ares never sees the number again; a new socket of its gets a new one.
 struct resolver::socket_watch {
     void on_poll(int res, std::uint32_t flags);
     void on_cancel(int res, std::uint32_t flags);
     bool ops() const noexcept { return poll_in_flight || cancel_in_flight; }
 
-    resolver* owner;  // nullptr once the resolver is gone: free at the last completion
-    int fd;
+    resolver* owner;  // nullptr once the resolver is gone: close and free at the last completion
+    core::ring_fd fd;
     std::uint64_t generation;
     unsigned wanted = 0;  // POLLIN/POLLOUT c-ares wants now
     unsigned armed = 0;   // mask of the poll in flight
     bool poll_in_flight = false;
     bool cancel_in_flight = false;
     bool cancel_sent = false;  // for the poll in flight: at most one cancel per poll
-    bool closed = false;       // c-ares closed the fd
+    bool closed = false;       // c-ares closed it: the fd closes once no operation names it
     bool busy = false;         // inside on_poll: sync and release wait for its end
     core::member_completion<socket_watch, &socket_watch::on_poll> poll_done{this};
     core::member_completion<socket_watch, &socket_watch::on_cancel> cancel_done{this};
 
-    socket_watch(resolver* r, int f, std::uint64_t g) : owner(r), fd(f), generation(g) {}
+    socket_watch(resolver* r, core::ring_fd f, std::uint64_t g)
+        : owner(r), fd(std::move(f)), generation(g) {}
+    // Nothing names the fd any more (no poll, no cancel in flight).
+    void close_and_free() {
+        fd.close_now();
+        delete this;
+    }
 };
 
 // The wake-up that delivers queued callbacks from the loop: a NOP on the ring.
@@ -104,28 +114,29 @@ void resolver::socket_watch::on_poll(int res, std::uint32_t) {
     armed = 0;
     if (owner == nullptr) {
         if (!ops())
-            delete this;
+            close_and_free();
         return;
     }
     resolver& r = *owner;
     --r._ops_in_flight;
     if (!closed && res != -ECANCELED) {
-        auto it = r._sockets.find(fd);
+        const int fd_number = fd.get();
+        auto it = r._sockets.find(fd_number);
         if (it == r._sockets.end() || it->second != this)
             invariant("poll completion for a socket c-ares no longer owns");
         int rfd = ARES_SOCKET_BAD;
         int wfd = ARES_SOCKET_BAD;
         if (res < 0) {
             // Unexpected (the ring holds the file): let c-ares find the error on the socket.
-            core::log::warn("dns: poll on socket {} (generation {}) failed: {}", fd, generation,
-                            std::strerror(-res));
+            core::log::warn("dns: poll on socket {} (generation {}) failed: {}", fd_number,
+                            generation, std::strerror(-res));
             res = POLLERR;
         }
         const auto events = static_cast<unsigned>(res);
         if ((events & (POLLIN | POLLERR | POLLHUP)) && (wanted & POLLIN))
-            rfd = fd;
+            rfd = fd_number;
         if ((events & (POLLOUT | POLLERR | POLLHUP)) && (wanted & POLLOUT))
-            wfd = fd;
+            wfd = fd_number;
         if (rfd != ARES_SOCKET_BAD || wfd != ARES_SOCKET_BAD) {
             busy = true;  // c-ares may close this very socket inside
             r.process_fd(rfd, wfd);
@@ -139,7 +150,7 @@ void resolver::socket_watch::on_cancel(int, std::uint32_t) {
     cancel_in_flight = false;
     if (owner == nullptr) {
         if (!ops())
-            delete this;
+            close_and_free();
         return;
     }
     --owner->_ops_in_flight;
@@ -156,6 +167,28 @@ resolver::resolver(core::reactor& reactor, resolver_options options)
     _timer.owner = this;
     _waker = new waker(this);
 }
+
+// The C entry points c-ares calls; the data pointer is the resolver.
+struct socket_hooks {
+    static ares_socket_t open(int family, int type, int protocol, void* data) {
+        return static_cast<resolver*>(data)->open_socket(family, type, protocol);
+    }
+    static int close(ares_socket_t fd, void* data) {
+        static_cast<resolver*>(data)->close_socket(fd);
+        return 0;
+    }
+    static int connect(ares_socket_t fd, const sockaddr* addr, ares_socklen_t len, void*) {
+        return ::connect(fd, addr, len);
+    }
+    static ares_ssize_t recvfrom(ares_socket_t fd, void* buf, std::size_t len, int flags,
+                                 sockaddr* from, ares_socklen_t* from_len, void*) {
+        return ::recvfrom(fd, buf, len, flags, from, from_len);
+    }
+    static ares_ssize_t sendv(ares_socket_t fd, const iovec* iov, int count, void*) {
+        return ::writev(fd, iov, count);
+    }
+    static constexpr ares_socket_functions functions = {&open, &close, &connect, &recvfrom, &sendv};
+};
 
 result<std::unique_ptr<resolver>> resolver::create(core::reactor& reactor, resolver_options options,
                                                    std::string* why) {
@@ -192,6 +225,7 @@ result<std::unique_ptr<resolver>> resolver::create(core::reactor& reactor, resol
         return errc::internal;
     }
     r->_channel = channel;
+    ares_set_socket_functions(channel, &socket_hooks::functions, r.get());
     // Before any query: c-ares refuses to change servers while queries are outstanding.
     if (!csv.empty()) {
         status = ares_set_servers_ports_csv(channel, csv.c_str());
@@ -211,7 +245,7 @@ resolver::~resolver() {
         if (w->ops())
             w->owner = nullptr;
         else
-            delete w;
+            w->close_and_free();
     }
     _watches.clear();
     if (_waker->in_flight)
@@ -378,9 +412,9 @@ void resolver::shutdown() {
         _channel = nullptr;
     }
     _reactor.disarm(_timer);
-    // Sockets c-ares did not report closed are closed now all the same.
+    // ares_destroy closed every socket through close_socket; should one be left, it goes too.
     while (!_sockets.empty())
-        on_socket_state(_sockets.begin()->first, false, false);
+        close_socket(_sockets.begin()->first);
     if (!_lookups.empty())
         invariant("lookups left after ares_destroy");
     while (!_ready.empty())
@@ -393,26 +427,34 @@ void resolver::socket_state_cb(void* data, int fd, int readable, int writable) {
 
 void resolver::on_socket_state(int fd, bool readable, bool writable) {
     auto it = _sockets.find(fd);
-    if (readable || writable) {
-        socket_watch* w;
-        if (it == _sockets.end()) {
-            w = new socket_watch(this, fd, ++_generation);
-            _watches.insert(w);
-            _sockets.emplace(fd, w);
-        } else {
-            w = it->second;
-        }
-        w->wanted = (readable ? POLLIN : 0u) | (writable ? POLLOUT : 0u);
-        sync(*w);
-        return;
-    }
     if (it == _sockets.end())
-        return;
+        return;  // not a socket of ours (cannot happen: c-ares opens them through us)
+    socket_watch* w = it->second;
+    w->wanted = (readable ? POLLIN : 0u) | (writable ? POLLOUT : 0u);
+    sync(*w);
+}
+
+// --- the sockets c-ares uses, opened and closed through us ---
+
+int resolver::open_socket(int family, int type, int protocol) {
+    const int fd = ::socket(family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, protocol);
+    if (fd < 0)
+        return ARES_SOCKET_BAD;
+    auto* w = new socket_watch(this, core::ring_fd::adopt(fd), ++_generation);
+    _watches.insert(w);
+    _sockets.emplace(fd, w);
+    return fd;
+}
+
+void resolver::close_socket(int fd) {
+    auto it = _sockets.find(fd);
+    if (it == _sockets.end())
+        invariant("c-ares closed a socket it did not open through the resolver");
     socket_watch* w = it->second;
     _sockets.erase(it);
-    w->closed = true;  // c-ares closes the fd right after this call
+    w->closed = true;
     w->wanted = 0;
-    sync(*w);
+    sync(*w);  // cancels the poll; the fd closes when the ring has given everything back
 }
 
 void resolver::sync(socket_watch& w) {
@@ -441,7 +483,7 @@ void resolver::release_if_done(socket_watch& w) {
     if (!w.closed || w.ops() || w.busy)
         return;
     _watches.erase(&w);
-    delete &w;
+    w.close_and_free();
 }
 
 void resolver::process_fd(int rfd, int wfd) {

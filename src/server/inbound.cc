@@ -117,12 +117,12 @@ std::optional<smtp::auth_step> inbound_auth::on_verdict(auth::verdict v) {
 
 // --- the connection ---
 
-inbound_connection::inbound_connection(shard& owner, std::uint64_t id, int fd,
+inbound_connection::inbound_connection(shard& owner, std::uint64_t id, core::ring_fd fd,
                                        const core::endpoint& peer,
                                        const listener_settings& listener, bool relay_allowed)
     : _shard(owner),
       _id(id),
-      _fd(fd),
+      _fd(std::move(fd)),
       _listener(listener),
       _peer(peer),
       _peer_text(core::to_string(peer)),
@@ -298,6 +298,11 @@ void inbound_connection::on_send(int res, std::uint32_t) {
 }
 
 void inbound_connection::on_cancel(int, std::uint32_t) {
+    --_in_flight;
+    pump();
+}
+
+void inbound_connection::on_shutdown(int, std::uint32_t) {
     --_in_flight;
     pump();
 }
@@ -567,8 +572,11 @@ void inbound_connection::start_close() {
         _shard.reactor().cancel(&_recv_op, &_cancel_op);
     }
     if (_send_in_flight) {
-        // A peer that does not read must not hold the connection: fail the send.
-        _shard.reactor().shutdown(_fd, SHUT_RDWR);
+        // A peer that does not read must not hold the connection: fail the send. Counted like
+        // every operation naming the fd: the kernel runs a shutdown late, in a worker, and it
+        // must not find the number already closed and handed to another socket.
+        ++_in_flight;
+        _shard.reactor().shutdown(_fd, SHUT_RDWR, &_shutdown_op);
     }
     const smtp::session_stats st = _session ? _session->stats() : smtp::session_stats{};
     log::info(
@@ -588,10 +596,9 @@ void inbound_connection::maybe_finish() {
         return;
     if (_commit_pending)
         return;  // the commit outcome still comes back here
-    if (_fd >= 0) {
+    if (_fd.valid()) {
         ++_in_flight;
-        _shard.reactor().close(_fd, &_close_op);
-        _fd = -1;
+        _shard.reactor().close(std::move(_fd), &_close_op);
         return;
     }
     if (_closed)

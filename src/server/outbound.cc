@@ -74,8 +74,8 @@ void outbound_connection::connect() {
         fail(fmt::format("socket: {}", fd.error().message()));
         return;
     }
-    _fd = *fd;
-    (void)core::set_nodelay(_fd);
+    _fd = core::ring_fd::adopt(*fd);
+    (void)core::set_nodelay(_fd.get());
     _connecting = true;
     ++_in_flight;
     _shard.reactor().connect(_fd, _target.endpoint.addr(), _target.endpoint.len, &_connect_op);
@@ -225,6 +225,11 @@ void outbound_connection::on_cancel(int, std::uint32_t) {
     check_finished();
 }
 
+void outbound_connection::on_shutdown(int, std::uint32_t) {
+    --_in_flight;
+    check_finished();
+}
+
 void outbound_connection::on_close(int, std::uint32_t) {
     --_in_flight;
     check_finished();
@@ -271,7 +276,7 @@ void outbound_connection::send_plain(std::span<const std::string_view> pieces) {
 }
 
 void outbound_connection::send_pieces() {
-    if (_send_in_flight || _fd < 0 || _connecting)
+    if (_send_in_flight || !_fd.valid() || _connecting)
         return;
     if (_tls) {
         if (_tls->established() && !_pieces_pending) {
@@ -295,7 +300,7 @@ void outbound_connection::send_pieces() {
 // Ciphertext goes out one buffer at a time: plaintext pieces are encrypted until the TLS
 // session's output bound, that output is sent, and the rest follows on the send's completion.
 void outbound_connection::tls_fill() {
-    if (_send_in_flight || _fd < 0)
+    if (_send_in_flight || !_fd.valid())
         return;
     if (_pieces_pending && _tls->established()) {
         while (_piece < _pieces.size()) {
@@ -422,18 +427,20 @@ void outbound_connection::start_close() {
                                             : static_cast<core::completion*>(&_recv_op),
                                 &_cancel_op);
     }
-    if (_send_in_flight && _fd >= 0)
-        _shard.reactor().shutdown(_fd, SHUT_RDWR);
+    if (_send_in_flight && _fd.valid()) {
+        // Counted: a shutdown runs late in a kernel worker; the close must wait for it.
+        ++_in_flight;
+        _shard.reactor().shutdown(_fd, SHUT_RDWR, &_shutdown_op);
+    }
     check_finished();
 }
 
 void outbound_connection::check_finished() {
     if (!_closing || _in_flight != 0 || _finished)
         return;
-    if (_fd >= 0) {
+    if (_fd.valid()) {
         ++_in_flight;
-        _shard.reactor().close(_fd, &_close_op);
-        _fd = -1;
+        _shard.reactor().close(std::move(_fd), &_close_op);
         return;
     }
     _finished = true;

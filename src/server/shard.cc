@@ -34,17 +34,18 @@ namespace {
 // close. Deletes itself when its last operation completes.
 class refusal final {
   public:
-    refusal(core::reactor& r, int fd, std::string line) : _r(r), _fd(fd), _line(std::move(line)) {
+    refusal(core::reactor& r, core::ring_fd fd, std::string line)
+        : _r(r), _fd(std::move(fd)), _line(std::move(line)) {
         _r.send(_fd, _line.data(), _line.size(), &_op);
     }
 
   private:
     void on_sent(int, std::uint32_t) {
-        _r.close(_fd);
+        _r.close(std::move(_fd));
         delete this;
     }
     core::reactor& _r;
-    int _fd;
+    core::ring_fd _fd;
     std::string _line;
     core::member_completion<refusal, &refusal::on_sent> _op{this};
 };
@@ -185,8 +186,9 @@ bool shard::start(std::string& why) {
             return false;
         }
         _listeners.push_back(std::make_unique<core::acceptor>(
-            *_reactor, *fd, _ctx.cfg.server.multishot_accept, core::to_string(l.endpoint),
-            [this, &l](int conn_fd) { accepted_connection(conn_fd, l); }));
+            *_reactor, core::ring_fd::adopt(*fd), _ctx.cfg.server.multishot_accept,
+            core::to_string(l.endpoint),
+            [this, &l](core::ring_fd conn) { accepted_connection(std::move(conn), l); }));
     }
 
     _reactor->on_iteration_end([this] { flush_commits(); });
@@ -332,29 +334,30 @@ void shard::begin_drain() {
     _delivery->begin_drain(false);
 }
 
-void shard::accepted_connection(int fd, const listener_settings& l) {
+void shard::accepted_connection(core::ring_fd fd, const listener_settings& l) {
     if (_draining) {
-        new refusal(*_reactor, fd, "421 4.3.2 Service shutting down\r\n");
+        new refusal(*_reactor, std::move(fd), "421 4.3.2 Service shutting down\r\n");
         return;
     }
     if (_connections.size() >= _ctx.cfg.server.max_connections) {
         log::warn("connection refused: {} connections open (server.max_connections)",
                   _connections.size());
-        new refusal(*_reactor, fd,
+        new refusal(*_reactor, std::move(fd),
                     fmt::format("421 4.7.0 {} Too many connections, try later\r\n",
                                 _ctx.cfg.server.hostname));
         return;
     }
-    auto peer = core::peer_endpoint(fd);
+    auto peer = core::peer_endpoint(fd.get());
     if (!peer) {
         // The client is already gone (ENOTCONN): nothing to say to it.
-        _reactor->close(fd);
+        _reactor->close(std::move(fd));
         return;
     }
-    (void)core::set_nodelay(fd);
+    (void)core::set_nodelay(fd.get());
     bool relay_allowed = _ctx.cfg.relay.allow_networks.contains(peer->addr());
     std::uint64_t id = _next_conn_id++;
-    auto c = std::make_unique<inbound_connection>(*this, id, fd, *peer, l, relay_allowed);
+    auto c =
+        std::make_unique<inbound_connection>(*this, id, std::move(fd), *peer, l, relay_allowed);
     auto* raw = c.get();
     _connections.emplace(id, std::move(c));
     raw->start();

@@ -53,10 +53,8 @@ connection::connection(worker& w, unsigned slot) : _w(w), _slot(slot) {
     _rcpts.resize(w.p().recipients);
 }
 
-connection::~connection() {
-    if (_fd >= 0)
-        ::close(_fd);  // only when the shard is torn down after a start-up failure
-}
+// An fd still open (the shard torn down after a start-up failure) closes with _fd.
+connection::~connection() = default;
 
 void connection::open() {
     _session.emplace(_w.p().client);
@@ -79,8 +77,8 @@ void connection::open() {
         start_close();
         return;
     }
-    _fd = *fd;
-    (void)core::set_nodelay(_fd);
+    _fd = core::ring_fd::adopt(*fd);
+    (void)core::set_nodelay(_fd.get());
     _connecting = true;
     ++_in_flight;
     _w.reactor().connect(_fd, ep.addr(), ep.len, &_connect_op);
@@ -188,6 +186,11 @@ void connection::on_send(int res, std::uint32_t) {
 }
 
 void connection::on_cancel(int, std::uint32_t) {
+    --_in_flight;
+    check_finished();
+}
+
+void connection::on_shutdown(int, std::uint32_t) {
     --_in_flight;
     check_finished();
 }
@@ -533,18 +536,19 @@ void connection::start_close() {
                                         : static_cast<core::completion*>(&_recv_op),
                             &_cancel_op);
     }
-    if (_send_in_flight && _fd >= 0)
-        _w.reactor().shutdown(_fd, SHUT_RDWR);
+    if (_send_in_flight && _fd.valid()) {
+        ++_in_flight;  // the close waits for it (ring_fd.h)
+        _w.reactor().shutdown(_fd, SHUT_RDWR, &_shutdown_op);
+    }
     check_finished();
 }
 
 void connection::check_finished() {
     if (!_closing || _in_flight != 0 || _idle_slot)
         return;
-    if (_fd >= 0) {
+    if (_fd.valid()) {
         ++_in_flight;
-        _w.reactor().close(_fd, &_close_op);
-        _fd = -1;
+        _w.reactor().close(std::move(_fd), &_close_op);
         return;
     }
     _idle_slot = true;

@@ -98,6 +98,7 @@ class connection final : private core::timer {
     void on_recv(int res, std::uint32_t flags);
     void on_send(int res, std::uint32_t flags);
     void on_cancel(int res, std::uint32_t flags);
+    void on_shutdown(int res, std::uint32_t flags);
     void on_close(int res, std::uint32_t flags);
     void on_expire() override;
 
@@ -120,7 +121,7 @@ class connection final : private core::timer {
 
     worker& _w;
     const unsigned _slot;
-    int _fd = -1;
+    core::ring_fd _fd;
     std::optional<smtp::client_session> _session;
     std::optional<job> _job;
     clock::time_point _tx_start;
@@ -162,6 +163,7 @@ class connection final : private core::timer {
     core::member_completion<connection, &connection::on_recv> _recv_op{this};
     core::member_completion<connection, &connection::on_send> _send_op{this};
     core::member_completion<connection, &connection::on_cancel> _cancel_op{this};
+    core::member_completion<connection, &connection::on_shutdown> _shutdown_op{this};
     core::member_completion<connection, &connection::on_close> _close_op{this};
 };
 

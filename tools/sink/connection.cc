@@ -17,10 +17,10 @@ namespace ringmail::sink {
 
 namespace log = core::log;
 
-connection::connection(shard& owner, std::uint64_t id, int fd, std::string peer_ip)
+connection::connection(shard& owner, std::uint64_t id, core::ring_fd fd, std::string peer_ip)
     : _shard(owner),
       _id(id),
-      _fd(fd),
+      _fd(std::move(fd)),
       _session(owner.cfg().session,
                smtp::peer_info{.address = std::move(peer_ip), .relay_allowed = true}, *this) {}
 
@@ -269,6 +269,11 @@ void connection::on_cancel(int, std::uint32_t) {
     pump();
 }
 
+void connection::on_shutdown(int, std::uint32_t) {
+    --_in_flight;
+    pump();
+}
+
 void connection::on_close(int, std::uint32_t) {
     --_in_flight;
     _closed = true;
@@ -351,8 +356,10 @@ void connection::start_close() {
         _shard.reactor().cancel(&_recv_op, &_cancel_op);
     }
     if (_send_in_flight) {
-        // A peer that does not read must not hold the connection: fail the send.
-        _shard.reactor().shutdown(_fd, SHUT_RDWR);
+        // A peer that does not read must not hold the connection: fail the send. Counted:
+        // the close waits for it (ring_fd.h).
+        ++_in_flight;
+        _shard.reactor().shutdown(_fd, SHUT_RDWR, &_shutdown_op);
     }
     maybe_finish();
 }
@@ -360,10 +367,9 @@ void connection::start_close() {
 void connection::maybe_finish() {
     if (!_closing || _in_flight != 0)
         return;
-    if (_fd >= 0) {
+    if (_fd.valid()) {
         ++_in_flight;
-        _shard.reactor().close(_fd, &_close_op);
-        _fd = -1;
+        _shard.reactor().close(std::move(_fd), &_close_op);
         return;
     }
     if (_closed)

@@ -59,7 +59,7 @@ class member_timer final : public core::timer {
 class connection final : private smtp::transaction_sink {
   public:
     // `peer_ip`: the client's address for the dump's envelope; empty when not dumping.
-    connection(shard& owner, std::uint64_t id, int fd, std::string peer_ip);
+    connection(shard& owner, std::uint64_t id, core::ring_fd fd, std::string peer_ip);
     ~connection() override;
     connection(const connection&) = delete;
     connection& operator=(const connection&) = delete;
@@ -80,6 +80,7 @@ class connection final : private smtp::transaction_sink {
     void on_recv(int res, std::uint32_t flags);
     void on_send(int res, std::uint32_t flags);
     void on_cancel(int res, std::uint32_t flags);
+    void on_shutdown(int res, std::uint32_t flags);
     void on_close(int res, std::uint32_t flags);
     void on_idle();
     void on_delay();
@@ -96,7 +97,7 @@ class connection final : private smtp::transaction_sink {
 
     shard& _shard;
     const std::uint64_t _id;
-    int _fd;
+    core::ring_fd _fd;
     smtp::server_session _session;
     std::unique_ptr<byte_transform> _transform;  // null: plaintext
     std::string _plain;                          // scratch for the transform
@@ -119,6 +120,7 @@ class connection final : private smtp::transaction_sink {
     core::member_completion<connection, &connection::on_recv> _recv_op{this};
     core::member_completion<connection, &connection::on_send> _send_op{this};
     core::member_completion<connection, &connection::on_cancel> _cancel_op{this};
+    core::member_completion<connection, &connection::on_shutdown> _shutdown_op{this};
     core::member_completion<connection, &connection::on_close> _close_op{this};
     member_timer<connection, &connection::on_idle> _idle{this};
     member_timer<connection, &connection::on_delay> _delay{this};

@@ -86,8 +86,8 @@ bool shard::start(std::string& why) {
     }
     for (int fd : _listen_fds)
         _listeners.push_back(std::make_unique<core::acceptor>(
-            *_reactor, fd, true, "sink listener",
-            [this](int conn_fd) { accepted_connection(conn_fd); }));
+            *_reactor, core::ring_fd::adopt(fd), true, "sink listener",
+            [this](core::ring_fd conn) { accepted_connection(std::move(conn)); }));
     _listen_fds.clear();
     arm_wake();
     for (auto& l : _listeners)
@@ -154,7 +154,7 @@ void shard::begin_drain() {
     }
 }
 
-void shard::accepted_connection(int fd) {
+void shard::accepted_connection(core::ring_fd fd) {
     if (_counters.first_connection_ns.load(std::memory_order_relaxed) == 0) {
         shard_counters::set(_counters.first_connection_ns, now_ns());
     }
@@ -162,11 +162,11 @@ void shard::accepted_connection(int fd) {
     // the fast path makes no setsockopt. The peer address is only needed by --dump.
     std::string peer;
     if (!_cfg.dump_dir.empty()) {
-        if (auto p = core::peer_endpoint(fd))
+        if (auto p = core::peer_endpoint(fd.get()))
             peer = core::ip_text(*p);
     }
     std::uint64_t id = _next_conn_id++;
-    auto c = std::make_unique<connection>(*this, id, fd, std::move(peer));
+    auto c = std::make_unique<connection>(*this, id, std::move(fd), std::move(peer));
     auto* raw = c.get();
     _connections.emplace(id, std::move(c));
     raw->start();

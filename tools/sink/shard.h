@@ -99,7 +99,7 @@ class shard {
     shard_counters& counters() noexcept { return _counters; }
     std::uint64_t next_seq() noexcept { return ++_seq; }
     std::int64_t now_ns() const noexcept;
-    void accepted_connection(int fd);
+    void accepted_connection(core::ring_fd fd);
     // The connection closed its fd and has no ring operation left: destroy it.
     void forget(std::uint64_t connection_id);
 

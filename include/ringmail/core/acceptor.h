@@ -6,11 +6,12 @@
 // it for 100 ms instead of spinning on a failing accept. close() cancels the accept and closes
 // the socket once the ring has given the operation back; the owner keeps the acceptor alive
 // until done(). Destroying it earlier is only allowed when the ring is gone (the fd is then
-// closed directly).
+// closed directly by its ring_fd).
 #pragma once
 
 #include "ringmail/core/member_completion.h"
 #include "ringmail/core/reactor.h"
+#include "ringmail/core/ring_fd.h"
 #include "ringmail/core/timer.h"
 
 #include <functional>
@@ -20,16 +21,16 @@ namespace ringmail::core {
 
 class acceptor final : private timer {
   public:
-    // `on_accepted(fd)` owns the new fd. `name` goes into log lines ("accept on NAME: ...").
-    acceptor(reactor& r, int listen_fd, bool multishot, std::string name,
-             std::function<void(int fd)> on_accepted);
+    // `on_accepted(fd)` owns the new socket. `name` goes into log lines ("accept on NAME: ...").
+    acceptor(reactor& r, ring_fd listener, bool multishot, std::string name,
+             std::function<void(ring_fd fd)> on_accepted);
     ~acceptor();
     acceptor(const acceptor&) = delete;
     acceptor& operator=(const acceptor&) = delete;
 
     void arm();
     void close();
-    bool done() const noexcept { return _closing && _in_flight == 0 && _fd < 0; }
+    bool done() const noexcept { return _closing && _in_flight == 0 && !_fd.valid(); }
 
   private:
     void on_accept(int res, std::uint32_t flags);
@@ -38,10 +39,10 @@ class acceptor final : private timer {
     void finish();
 
     reactor& _reactor;
-    int _fd;
+    ring_fd _fd;
     const bool _multishot;
     const std::string _name;
-    std::function<void(int)> _on_accepted;
+    std::function<void(ring_fd)> _on_accepted;
     bool _armed = false;
     bool _closing = false;
     unsigned _in_flight = 0;

@@ -21,9 +21,18 @@
 // - send/sendmsg may complete partially (res < len) on stream sockets: the caller resubmits
 //   the remainder. res == 0 from recv is EOF.
 // - Buffers passed to send/recv/read/sendmsg/write_chain must stay valid until the CQE.
+// - Sockets (ring_fd.h): an fd is closed only after every operation naming it has completed,
+//   and named by none after its close. So every socket operation takes the holder's ring_fd
+//   and a completion (no fire-and-forget operation names a socket; the holder counts each,
+//   shutdown included), and close() takes the ring_fd away from its holder. Checked builds
+//   verify the rule at every prep, completion and close (ring_fd.h). A completion carries at
+//   most one socket operation at a time.
+// - Plain int fds (read, write_chain) are for files and eventfds whose holders outlive the
+//   ring, or order their closes by their own rule (the spool's segments).
 #pragma once
 
 #include "ringmail/core/result.h"
+#include "ringmail/core/ring_fd.h"
 #include "ringmail/core/timer.h"
 
 #include <liburing.h>
@@ -48,6 +57,13 @@ class completion {
 
   protected:
     ~completion() = default;
+
+  private:
+    friend class reactor;
+    // The socket operation in flight with this completion, for the fd checks (ring_fd.h).
+    std::uint64_t _op_holder = 0;
+    int _op_fd = -1;
+    std::uint8_t _op_kind = 0;
 };
 
 struct reactor_options {
@@ -84,21 +100,26 @@ class reactor {
     // Preparation helpers: each takes an SQE (submitting first when the SQ is full) and sets
     // its user_data to the completion. Nothing reaches the kernel before the next run_once()
     // unless the SQ filled up.
-    void accept_multishot(int listen_fd, completion* c);  // res: new fd (SOCK_CLOEXEC)
-    void accept(int listen_fd, completion* c);            // one connection, then re-arm
-    void recv_multishot(int fd, std::uint16_t buf_group, completion* c);
-    void recv(int fd, void* buf, std::size_t len, completion* c);
-    void send(int fd, const void* buf, std::size_t len, completion* c);  // MSG_NOSIGNAL
-    void sendmsg(int fd, const msghdr* msg, completion* c);              // MSG_NOSIGNAL
-    void connect(int fd, const sockaddr* addr, socklen_t len, completion* c);
-    void close(int fd, completion* c = nullptr);  // nullptr: fire and forget
+    // Socket operations: `c` is required and names the operation until its last CQE.
+    // res of an accept: the new fd (SOCK_CLOEXEC), for ring_fd::adopt.
+    void accept_multishot(const ring_fd& listener, completion* c);
+    void accept(const ring_fd& listener, completion* c);  // one connection, then re-arm
+    void recv_multishot(const ring_fd& fd, std::uint16_t buf_group, completion* c);
+    void recv(const ring_fd& fd, void* buf, std::size_t len, completion* c);
+    void send(const ring_fd& fd, const void* buf, std::size_t len, completion* c);  // MSG_NOSIGNAL
+    void sendmsg(const ring_fd& fd, const msghdr* msg, completion* c);              // MSG_NOSIGNAL
+    void connect(const ring_fd& fd, const sockaddr* addr, socklen_t len, completion* c);
+    void shutdown(const ring_fd& fd, int how, completion* c);
+    void poll_add(const ring_fd& fd, unsigned mask, completion* c);  // one shot
+    // Takes the fd from its holder (`fd` is empty afterwards). Only once nothing names it.
+    // c == nullptr: nobody waits for the result.
+    void close(ring_fd&& fd, completion* c = nullptr);
+
     // Cancels every operation whose user_data is `target` (IORING_ASYNC_CANCEL_ALL).
     // `c` gets the number cancelled (0 when nothing matched: the target already completed)
     // or -errno; see the lifetime rule above.
     void cancel(completion* target, completion* c = nullptr);
-    void shutdown(int fd, int how, completion* c = nullptr);
     void read(int fd, void* buf, std::size_t len, completion* c);  // at the current offset
-    void poll_add(int fd, unsigned mask, completion* c);           // one shot
     void nop(completion* c);
 
     // Group commit: every write (vectored, positioned) then an fdatasync of every sync fd, as
@@ -140,6 +161,9 @@ class reactor {
 
   private:
     explicit reactor(const reactor_options& opts);
+    enum class op_kind : std::uint8_t { none, single, multishot, close };
+    // Preps an SQE for a socket operation: checks the rule (ring_fd.h) and records the fd in c.
+    io_uring_sqe* socket_sqe(const ring_fd& fd, completion* c, op_kind kind, const char* op);
     io_uring_sqe* get_sqe();
     void reserve_sqes(unsigned count);  // room for `count` consecutive SQEs (a link chain)
     std::size_t dispatch_cqes();

@@ -123,6 +123,10 @@ class resolver {
     void release_if_done(socket_watch& w);
 
     static void socket_state_cb(void* data, int fd, int readable, int writable);
+    // c-ares opens and closes its sockets through these (see socket_watch in resolver.cc).
+    friend struct socket_hooks;
+    int open_socket(int family, int type, int protocol);
+    void close_socket(int fd);
     static void mx_cb(void* arg, int status, int timeouts, unsigned char* abuf, int alen);
     static void address_cb(void* arg, int status, int timeouts, unsigned char* abuf, int alen);
 

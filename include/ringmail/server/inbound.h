@@ -55,7 +55,7 @@ class inbound_auth final : public smtp::auth_backend {
 
 class inbound_connection final : private smtp::transaction_sink, private core::timer {
   public:
-    inbound_connection(shard& owner, std::uint64_t id, int fd, const core::endpoint& peer,
+    inbound_connection(shard& owner, std::uint64_t id, core::ring_fd fd, const core::endpoint& peer,
                        const listener_settings& listener, bool relay_allowed);
     ~inbound_connection() override;
     inbound_connection(const inbound_connection&) = delete;
@@ -85,6 +85,7 @@ class inbound_connection final : private smtp::transaction_sink, private core::t
     void on_recv(int res, std::uint32_t flags);
     void on_send(int res, std::uint32_t flags);
     void on_cancel(int res, std::uint32_t flags);
+    void on_shutdown(int res, std::uint32_t flags);
     void on_close(int res, std::uint32_t flags);
     void make_session(std::optional<smtp::tls_details> tls);
     void pump();
@@ -101,7 +102,7 @@ class inbound_connection final : private smtp::transaction_sink, private core::t
 
     shard& _shard;
     const std::uint64_t _id;
-    int _fd;
+    core::ring_fd _fd;
     const listener_settings& _listener;
     core::endpoint _peer;
     std::string _peer_text;
@@ -142,6 +143,8 @@ class inbound_connection final : private smtp::transaction_sink, private core::t
     core::member_completion<inbound_connection, &inbound_connection::on_recv> _recv_op{this};
     core::member_completion<inbound_connection, &inbound_connection::on_send> _send_op{this};
     core::member_completion<inbound_connection, &inbound_connection::on_cancel> _cancel_op{this};
+    core::member_completion<inbound_connection, &inbound_connection::on_shutdown> _shutdown_op{
+        this};
     core::member_completion<inbound_connection, &inbound_connection::on_close> _close_op{this};
 };
 

@@ -98,6 +98,7 @@ class outbound_connection final : private core::timer {
     void on_recv(int res, std::uint32_t flags);
     void on_send(int res, std::uint32_t flags);
     void on_cancel(int res, std::uint32_t flags);
+    void on_shutdown(int res, std::uint32_t flags);
     void on_close(int res, std::uint32_t flags);
     void on_expire() override;
     void pump();
@@ -117,7 +118,7 @@ class outbound_connection final : private core::timer {
     outbound_target _target;
     // A copy: a pooled session outlives the handler's record it was made for.
     const outbound_settings _settings;
-    int _fd = -1;
+    core::ring_fd _fd;
     smtp::client_session _session;
     std::unique_ptr<tls::session> _tls;
     std::uint32_t _transactions = 0;
@@ -150,6 +151,8 @@ class outbound_connection final : private core::timer {
     core::member_completion<outbound_connection, &outbound_connection::on_recv> _recv_op{this};
     core::member_completion<outbound_connection, &outbound_connection::on_send> _send_op{this};
     core::member_completion<outbound_connection, &outbound_connection::on_cancel> _cancel_op{this};
+    core::member_completion<outbound_connection, &outbound_connection::on_shutdown> _shutdown_op{
+        this};
     core::member_completion<outbound_connection, &outbound_connection::on_close> _close_op{this};
 };
 

@@ -73,7 +73,7 @@ class shard {
     auth::failure_limiter& auth_limiter() noexcept { return _auth_limiter; }
 
     // A listener accepted `fd`: the shard makes the session (or refuses it with 421).
-    void accepted_connection(int fd, const listener_settings& l);
+    void accepted_connection(core::ring_fd fd, const listener_settings& l);
     // The connection has closed its fd and has no operation in flight: destroy it.
     void forget(std::uint64_t connection_id);
     std::int64_t unix_now() const noexcept;

@@ -62,7 +62,8 @@ TEST(buffer_ring, rejects_bad_geometry) {
 TEST(buffer_ring, enobufs_when_exhausted_then_recovers_after_recycle) {
     auto r = reactor::create().value();
     auto br = std::move(buffer_ring::create(*r, 3, 4, 16).value());
-    auto [server, client] = tcp_pair();
+    auto [server_fd, client] = tcp_pair();
+    ring_fd server = ring_fd::adopt(server_fd);
 
     std::string sent;
     for (int i = 0; i < 100; ++i)
@@ -113,7 +114,9 @@ TEST(buffer_ring, enobufs_when_exhausted_then_recovers_after_recycle) {
     ::close(client);
     ASSERT_TRUE(spin(*r, [&] { return log.ended(); }));
     EXPECT_EQ(log.events.back().res, 0);
-    ::close(server);
+    EXPECT_FALSE(log.events.back().flags & IORING_CQE_F_BUFFER);  // the end takes no buffer
+    EXPECT_EQ(br->available(), 4u);
+    server.close_now();
 }
 
 TEST(buffer_ring_death, recycling_a_buffer_not_held_aborts) {

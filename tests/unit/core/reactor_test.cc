@@ -73,16 +73,16 @@ TEST_P(reactor_modes, accept_recv_multishot_and_send_echo) {
     auto br = buffer_ring::create(*r, 7, 8, 4096);
     ASSERT_TRUE(br.has_value());
     std::uint16_t port = 0;
-    int lfd = listen_loopback(port);
+    ring_fd lfd = ring_fd::adopt(listen_loopback(port));
 
-    int conn = -1;
+    ring_fd conn;
     std::string echo;
     recorder accept_c, recv_c, send_c;
     accept_c.on = [&](int res, std::uint32_t flags) {
         if (res < 0)
             return;                              // the cancel at the end
         EXPECT_TRUE(flags & IORING_CQE_F_MORE);  // multishot accept stays armed
-        conn = res;
+        conn = ring_fd::adopt(res);
         r->recv_multishot(conn, 7, &recv_c);
     };
     recv_c.on = [&](int res, std::uint32_t flags) {
@@ -122,8 +122,8 @@ TEST_P(reactor_modes, accept_recv_multishot_and_send_echo) {
     EXPECT_EQ(accept_c.events.back().first, -ECANCELED);
     EXPECT_FALSE(accept_c.events.back().second & IORING_CQE_F_MORE);
 
-    r->close(conn);
-    r->close(lfd);
+    r->close(std::move(conn));
+    r->close(std::move(lfd));
     r->run_once(std::chrono::milliseconds(0));
 }
 
@@ -135,7 +135,7 @@ TEST(reactor, connect_to_listener_and_to_closed_port) {
     std::uint16_t port = 0;
     int lfd = listen_loopback(port);
     auto ep = parse_endpoint("127.0.0.1:" + std::to_string(port)).value();
-    int fd = make_tcp_socket(AF_INET).value();
+    ring_fd fd = ring_fd::adopt(make_tcp_socket(AF_INET).value());
     recorder ok;
     r->connect(fd, ep.addr(), ep.len, &ok);
 
@@ -144,14 +144,16 @@ TEST(reactor, connect_to_listener_and_to_closed_port) {
     auto any = parse_endpoint("127.0.0.1:0").value();
     ASSERT_EQ(::bind(bound, any.addr(), any.len), 0);
     auto closed_ep = local_endpoint(bound).value();
-    int fd2 = make_tcp_socket(AF_INET).value();
+    ring_fd fd2 = ring_fd::adopt(make_tcp_socket(AF_INET).value());
     recorder refused;
     r->connect(fd2, closed_ep.addr(), closed_ep.len, &refused);
 
     ASSERT_TRUE(spin(*r, [&] { return !ok.events.empty() && !refused.events.empty(); }));
     EXPECT_EQ(ok.events[0].first, 0);
     EXPECT_EQ(refused.events[0].first, -ECONNREFUSED);
-    for (int f : {fd, fd2, bound, lfd})
+    fd.close_now();
+    fd2.close_now();
+    for (int f : {bound, lfd})
         ::close(f);
 }
 
@@ -160,9 +162,10 @@ TEST(reactor, recv_send_partial_rules_and_cancel_of_pending_recv) {
     ASSERT_TRUE(r);
     int sv[2];
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    ring_fd sock = ring_fd::adopt(sv[0]);
     char buf[64];
     recorder rc, cc;
-    r->recv(sv[0], buf, sizeof buf, &rc);
+    r->recv(sock, buf, sizeof buf, &rc);
     r->run_once(std::chrono::milliseconds(0));
     EXPECT_TRUE(rc.events.empty());
     r->cancel(&rc, &cc);
@@ -179,10 +182,10 @@ TEST(reactor, recv_send_partial_rules_and_cancel_of_pending_recv) {
 
     recorder rd;
     ASSERT_EQ(::write(sv[1], "abc", 3), 3);
-    r->read(sv[0], buf, sizeof buf, &rd);
+    r->read(sock.get(), buf, sizeof buf, &rd);
     ASSERT_TRUE(spin(*r, [&] { return !rd.events.empty(); }));
     EXPECT_EQ(rd.events[0].first, 3);
-    ::close(sv[0]);
+    sock.close_now();
     ::close(sv[1]);
 }
 
