@@ -31,6 +31,7 @@ struct scheduler::dest {
     bool borrowed = false;
     unsigned lender = 0;
     std::uint32_t lease = 0;
+    std::uint32_t awaited = 0;     // borrower: lent jobs announced by the grant, not yet here
     std::uint32_t conn_cap = 0;    // this shard's cap for the destination
     std::uint32_t leases_out = 0;  // owner: leases not yet returned
     std::uint32_t connecting = 0;
@@ -135,6 +136,9 @@ std::optional<job_notice> scheduler::receive(unsigned from, shard_message&& msg,
             auto it = _borrowed.find(lease_key(from, h->lease));
             if (it == _borrowed.end())
                 die("lent job for an unknown lease");
+            if (it->second->awaited == 0)
+                die("more lent jobs than the lease announced");
+            --it->second->awaited;
             enqueue(*it->second, std::move(h->job), now);
         }
         return std::nullopt;
@@ -146,6 +150,7 @@ std::optional<job_notice> scheduler::receive(unsigned from, shard_message&& msg,
         d->borrowed = true;
         d->lender = from;
         d->lease = g->lease;
+        d->awaited = g->jobs;
         d->slots = g->slots;
         d->conn_cap = std::max<std::uint32_t>(1, g->max_connections);
         if (!d->slots)
@@ -454,7 +459,8 @@ void scheduler::job_failed(std::uint64_t conn_id, std::uint64_t job_id, const at
 }
 
 void scheduler::maybe_retire(dest& d) {
-    if (!d.q.empty() || d.leases_out != 0 || d.connecting != 0 || d.established != 0)
+    if (!d.q.empty() || d.leases_out != 0 || d.connecting != 0 || d.established != 0 ||
+        d.awaited != 0)
         return;
     if (d.listed) {
         _runnable.erase(d.pos);
@@ -528,6 +534,7 @@ void scheduler::maybe_lend(steady_time now) {
         g.domain = d.q.key();
         g.slots = d.slots;
         g.lease = _next_lease++;
+        g.jobs = static_cast<std::uint32_t>(batch);
         g.max_connections = static_cast<std::uint32_t>(
             std::clamp<std::size_t>(conns, 1, d.slots->limit() - in_use));
         g.policy = p;

@@ -115,6 +115,9 @@ struct lease_grant {
     std::uint32_t lease = 0;
     std::uint32_t max_connections = 1;
     destination_policy policy;  // rate is always 0: rate-limited destinations are not lent
+    // The job_handoffs of this lease that follow the grant. A full ring may hold some back
+    // for a later flush: the borrower keeps the lease until all of them have come.
+    std::uint32_t jobs = 0;
 };
 
 // The borrower holds nothing of the lease any more (no job, no connection, no slot).

@@ -443,6 +443,68 @@ TEST(scheduler_spreading, lends_a_hot_backlog_to_a_shard_with_spare_capacity) {
     EXPECT_TRUE(f.b->idle());
 }
 
+// A full ring holds back part of a lease: the borrower delivers the jobs that came and must
+// keep the lease (not return it) until the rest has arrived. This was an intermittent
+// "lent job for an unknown lease" in the stress test.
+TEST(scheduler_spreading, a_lease_split_over_two_flushes_stays_until_its_last_job) {
+    destination_policy p;
+    p.max_connections = 4;
+    p.max_messages_per_connection = 10;
+    pair_fixture f(p);
+    for (std::uint64_t i = 1; i <= 200; ++i)
+        ASSERT_TRUE(f.a->submit(f.hot, job(i), t0));
+    f.gauges.publish(1, 100);
+    expect<open_connection>(f.a->next_action(t0));
+    ASSERT_EQ(f.a->counts().leases_out, 1u);
+    // The ring takes the grant and 5 of the 20 jobs; the rest waits in a's outbox.
+    std::size_t taken = 0;
+    f.a->flush_outgoing([&](unsigned, shard_message& m) {
+        if (std::holds_alternative<job_handoff>(m) && taken == 5)
+            return false;
+        taken += std::holds_alternative<job_handoff>(m);
+        f.b->receive(0, std::move(m), t0);
+        return true;
+    });
+    ASSERT_EQ(f.b->counts().ready, 5u);
+    rcpt_result ok{0, rcpt_status::delivered, nullptr};
+    std::size_t done = 0;
+    auto run_b = [&] {
+        for (int guard = 0; guard < 1000; ++guard) {
+            auto act = f.b->next_action(t0);
+            if (auto* o = std::get_if<open_connection>(&act)) {
+                f.b->connection_opened(o->conn, t0);
+            } else if (auto* r = std::get_if<run_job>(&act)) {
+                f.b->complete(r->conn, r->job, {&ok, 1}, t0, unix0);
+                ++done;
+            } else if (auto* cl = std::get_if<close_connection>(&act)) {
+                f.b->connection_closed(cl->conn, t0);
+            } else {
+                break;
+            }
+        }
+    };
+    run_b();
+    EXPECT_EQ(done, 5u);
+    std::size_t returns = 0;
+    auto back_to_a = [&] {
+        f.b->flush_outgoing([&](unsigned, shard_message& m) {
+            returns += std::holds_alternative<lease_return>(m);
+            f.a->receive(1, std::move(m), t0);
+            return true;
+        });
+    };
+    back_to_a();
+    EXPECT_EQ(returns, 0u) << "returned with 15 lent jobs still on their way";
+    EXPECT_EQ(f.b->counts().borrowed, 1u);
+    f.pass_a_to_b();  // the other 15 arrive: no "unknown lease"
+    run_b();
+    back_to_a();
+    EXPECT_EQ(done, 20u);
+    EXPECT_EQ(returns, 1u);
+    EXPECT_EQ(f.a->counts().leases_out, 0u);
+    EXPECT_TRUE(f.b->idle());
+}
+
 TEST(scheduler_spreading, no_lending_without_a_less_loaded_shard) {
     pair_fixture f;
     for (std::uint64_t i = 1; i <= 200; ++i)
