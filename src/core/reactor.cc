@@ -125,12 +125,28 @@ void chain_step::complete(int res, std::uint32_t) {
 
 }  // namespace
 
+// A close nobody waits for: in checked builds the table must still see its completion. One
+// still in flight when the ring goes away is freed with it.
+class detached_close final : public completion {
+  public:
+    explicit detached_close(reactor& r) : _r(r) { _r._detached_closes.insert(this); }
+    void complete(int, std::uint32_t) override {
+        _r._detached_closes.erase(this);
+        delete this;
+    }
+
+  private:
+    reactor& _r;
+};
+
 reactor::reactor(const reactor_options& opts)
     : _opts(opts), _now(clock::now()), _timers(opts.max_timers) {}
 
 reactor::~reactor() {
     if (_ring_ready)
         io_uring_queue_exit(&_ring);
+    for (completion* c : _detached_closes)
+        delete static_cast<detached_close*>(c);
 }
 
 result<std::unique_ptr<reactor>> reactor::create(const reactor_options& opts, std::string* why) {
@@ -220,12 +236,6 @@ void reactor::reserve_sqes(unsigned count) {
         fatal("no room for a link chain", EBUSY);
 }
 
-// A close nobody waits for: in checked builds the table must still see its completion.
-class detached_close final : public completion {
-  public:
-    void complete(int, std::uint32_t) override { delete this; }
-};
-
 io_uring_sqe* reactor::socket_sqe(const ring_fd& fd, completion* c, op_kind kind, const char* op) {
     if (!fd.valid())
         invariant_broken("{} on a closed or empty ring_fd", op);
@@ -308,7 +318,7 @@ void reactor::poll_add(const ring_fd& fd, unsigned mask, completion* c) {
 
 void reactor::close(ring_fd&& fd, completion* c) {
     if (c == nullptr && fd_checks_enabled)
-        c = new detached_close;
+        c = new detached_close(*this);
     io_uring_sqe* sqe;
     if (c != nullptr) {
         sqe = socket_sqe(fd, c, op_kind::close, "close");

@@ -47,6 +47,7 @@
 #include <string>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unordered_set>
 #include <vector>
 
 namespace ringmail::core {
@@ -160,6 +161,7 @@ class reactor {
     const reactor_options& options() const noexcept { return _opts; }
 
   private:
+    friend class detached_close;
     explicit reactor(const reactor_options& opts);
     enum class op_kind : std::uint8_t { none, single, multishot, close };
     // Preps an SQE for a socket operation: checks the rule (ring_fd.h) and records the fd in c.
@@ -175,6 +177,8 @@ class reactor {
     clock::time_point _now;
     timer_queue _timers;
     std::vector<std::function<void()>> _hooks;
+    // Checked builds: closes nobody waits for, freed at their CQE or with the ring.
+    std::unordered_set<completion*> _detached_closes;
     bool _in_run = false;
 };
 
