@@ -10,7 +10,7 @@ namespace {
 
 class discard_sink final : public ringmail::smtp::transaction_sink {
   public:
-    ringmail::result<void> begin(const ringmail::smtp::envelope&) override { return {}; }
+    ringmail::result<void> begin(const ringmail::mail::envelope&) override { return {}; }
     ringmail::result<void> append(std::string_view bytes) override {
         appended += bytes.size();
         return {};

@@ -44,7 +44,7 @@ void bm_reception(benchmark::State& st) {
             st.SkipWithError("recover");
             return;
         }
-        smtp::envelope env;
+        mail::envelope env;
         env.mail_from = "sender@example.test";
         env.rcpt_to = {"a@dest.test", "b@dest.test"};
         env.helo_name = "client.example.test";

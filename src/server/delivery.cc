@@ -395,12 +395,12 @@ void spool_bounce(shard& _shard, spool::spool& sp, const queue::bounce_request& 
     req.message_id_token = token;
     std::string text = queue::build_dsn(req);
 
-    smtp::envelope env;
+    mail::envelope env;
     env.mail_from = "";
     env.rcpt_to.push_back(b.sender);
     env.smtputf8 = orig->env.smtputf8;
-    env.body = orig->env.body == smtp::body_type::seven_bit ? smtp::body_type::seven_bit
-                                                            : smtp::body_type::eight_bit_mime;
+    env.body = orig->env.body == mail::body_type::seven_bit ? mail::body_type::seven_bit
+                                                            : mail::body_type::eight_bit_mime;
     env.helo_name = _shard.ctx().cfg.server.hostname;
     env.protocol = "local";
     env.arrival_time = now;
@@ -453,7 +453,7 @@ void delivery::kick() {
             m.added_headers = it->second.msg.added_headers;
             m.body = it->second.msg.body;
             m.size = m.added_headers.size() + m.body.size();
-            m.eight_bit = env.body == smtp::body_type::eight_bit_mime;
+            m.eight_bit = env.body == mail::body_type::eight_bit_mime;
             m.smtputf8 = env.smtputf8;
             c->start(m);
         }

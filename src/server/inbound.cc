@@ -168,12 +168,12 @@ bool inbound_connection::in_transaction() const noexcept {
 
 // --- transaction_sink: the session streams the message into the shard's own spool ---
 
-result<void> inbound_connection::begin(const smtp::envelope& env) {
+result<void> inbound_connection::begin(const mail::envelope& env) {
     if (!_shard.outbound().can_accept()) {
         log::warn("connection {}: delivery queue full, new mail deferred", _id);
         return failure(std::make_error_code(std::errc::no_space_on_device));
     }
-    smtp::envelope stamped = env;
+    mail::envelope stamped = env;
     if (stamped.arrival_time == 0)
         stamped.arrival_time = _shard.unix_now();
     auto w = _shard.own_spool().begin(stamped);
@@ -193,7 +193,7 @@ result<void> inbound_connection::append(std::string_view bytes) {
 
 void inbound_connection::commit() {
     auto& sp = _shard.own_spool();
-    const smtp::envelope& env = _session->current_envelope();
+    const mail::envelope& env = _session->current_envelope();
     spool::queue_id qid = sp.writer_queue_id(*_writer);
     std::string received =
         smtp::format_received(env, _shard.ctx().cfg.server.hostname, spool::format_queue_id(qid),

@@ -148,7 +148,7 @@ std::shared_ptr<message_view> make_view(const spool::stored_message& m) {
     v->rcpts = m.env.rcpt_to;
     v->added_headers = m.added_headers;
     v->body = m.body;
-    v->eight_bit = m.env.body == smtp::body_type::eight_bit_mime;
+    v->eight_bit = m.env.body == mail::body_type::eight_bit_mime;
     v->smtputf8 = m.env.smtputf8;
     v->arrival = m.env.arrival_time;
     std::string scratch;

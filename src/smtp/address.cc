@@ -347,9 +347,9 @@ result<mail_parameters> parse_mail_parameters(std::string_view text) {
                 return errc::duplicate_parameter;
             seen_body = true;
             if (equals_nocase(value, "7BIT")) {
-                mp.body = body_type::seven_bit;
+                mp.body = mail::body_type::seven_bit;
             } else if (equals_nocase(value, "8BITMIME")) {
-                mp.body = body_type::eight_bit_mime;
+                mp.body = mail::body_type::eight_bit_mime;
             } else if (equals_nocase(value, "BINARYMIME")) {
                 return errc::binarymime_unsupported;
             } else {

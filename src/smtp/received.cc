@@ -39,7 +39,7 @@ std::string sanitise_token(std::string_view t) {
 
 }  // namespace
 
-std::string format_received(const envelope& env, std::string_view hostname,
+std::string format_received(const mail::envelope& env, std::string_view hostname,
                             std::string_view queue_id, unsigned shard, std::int64_t now_unix) {
     std::string out;
     out.reserve(256);

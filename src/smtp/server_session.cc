@@ -967,7 +967,7 @@ void server_session::reset_transaction() {
     _used_bdat = false;
     _env.mail_from.clear();
     _env.rcpt_to.clear();
-    _env.body = body_type::unspecified;
+    _env.body = mail::body_type::unspecified;
     _env.smtputf8 = false;
     _env.declared_size = 0;
     _content_error = content_error::none;
@@ -1019,7 +1019,7 @@ void server_session::on_tls_established(tls_details details) {
     _greeted = false;
     _extended = false;
     _authenticated = false;
-    _env = envelope{};
+    _env = mail::envelope{};
     _env.client_address = _peer.address;
     _env.tls_protocol = details.protocol;
     _env.tls_cipher = details.cipher;

@@ -59,7 +59,7 @@ class reader {
 
 }  // namespace
 
-std::string encode_envelope(const smtp::envelope& e) {
+std::string encode_envelope(const mail::envelope& e) {
     std::string out;
     std::size_t n = 4 + 16 + 4 * 5 + e.mail_from.size() + e.helo_name.size() +
                     e.client_address.size() + e.protocol.size();
@@ -86,9 +86,9 @@ std::string encode_envelope(const smtp::envelope& e) {
     return out;
 }
 
-result<smtp::envelope> decode_envelope(std::string_view b) {
+result<mail::envelope> decode_envelope(std::string_view b) {
     reader r(b);
-    smtp::envelope e;
+    mail::envelope e;
     std::uint8_t ver, body, utf8, pad;
     std::uint64_t size, arrival;
     std::uint32_t count;
@@ -100,7 +100,7 @@ result<smtp::envelope> decode_envelope(std::string_view b) {
     // Each recipient takes at least its 4-byte length: bounds the reservation by the input.
     if (count > r.left() / 4)
         return errc::corrupt;
-    e.body = static_cast<smtp::body_type>(body);
+    e.body = static_cast<mail::body_type>(body);
     e.smtputf8 = utf8 != 0;
     e.declared_size = size;
     e.arrival_time = static_cast<std::int64_t>(arrival);

@@ -17,7 +17,7 @@
 #pragma once
 
 #include "ringmail/core/result.h"
-#include "ringmail/smtp/envelope.h"
+#include "ringmail/mail/envelope.h"
 #include "ringmail/spool/errc.h"
 
 #include <cstdint>
@@ -69,8 +69,8 @@ inline std::uint64_t get64(const char* p) {
     return v;
 }
 
-std::string encode_envelope(const smtp::envelope&);
-result<smtp::envelope> decode_envelope(std::string_view);
+std::string encode_envelope(const mail::envelope&);
+result<mail::envelope> decode_envelope(std::string_view);
 
 struct record_header {
     std::uint64_t record_length = 0;

@@ -276,7 +276,7 @@ void spool::maybe_reclaim(segment* s) {
 
 // ---------------------------------------------------------------- reception
 
-result<spool::writer_id> spool::begin(const smtp::envelope& env) {
+result<spool::writer_id> spool::begin(const mail::envelope& env) {
     _oncore.check();
     if (!_recovered)
         invariant("begin() before recover()");

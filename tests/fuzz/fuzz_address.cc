@@ -24,7 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         check(a.size() + 2 <= max_path_length, "MAIL path within 256 octets");
         check(is_valid_utf8(a), "MAIL address is valid UTF-8");
         check(!m->reverse_path.utf8 || m->params.smtputf8, "UTF-8 sender needs SMTPUTF8");
-        check(m->params.body != body_type::binary_mime, "BINARYMIME refused");
+        check(m->params.body != mail::body_type::binary_mime, "BINARYMIME refused");
         for (unsigned char c : a)
             check(c > ' ' || a.front() == '"', "no controls outside quotes");
     }

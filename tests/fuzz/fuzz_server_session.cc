@@ -29,7 +29,7 @@ void check(bool ok, const char* what) {
 
 class checking_sink final : public ringmail::smtp::transaction_sink {
   public:
-    ringmail::result<void> begin(const ringmail::smtp::envelope& env) override {
+    ringmail::result<void> begin(const ringmail::mail::envelope& env) override {
         check(!open && !committed, "begin while a transaction is open");
         check(!env.rcpt_to.empty(), "begin without recipients");
         open = true;

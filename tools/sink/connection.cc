@@ -39,7 +39,7 @@ bool connection::busy() const noexcept {
 
 // --- transaction_sink ---
 
-result<void> connection::begin(const smtp::envelope&) {
+result<void> connection::begin(const mail::envelope&) {
     _seq = _shard.next_seq();
     if (_shard.cfg().dump_dir.empty())
         return {};

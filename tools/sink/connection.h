@@ -72,7 +72,7 @@ class connection final : private smtp::transaction_sink {
 
   private:
     // transaction_sink
-    result<void> begin(const smtp::envelope& env) override;
+    result<void> begin(const mail::envelope& env) override;
     result<void> append(std::string_view bytes) override;
     void commit() override;
     void abort() override;

@@ -25,15 +25,15 @@ result<void> write_all(int fd, std::string_view bytes) {
     return {};
 }
 
-std::string_view body_name(smtp::body_type b) noexcept {
+std::string_view body_name(mail::body_type b) noexcept {
     switch (b) {
-        case smtp::body_type::seven_bit:
+        case mail::body_type::seven_bit:
             return "7BIT";
-        case smtp::body_type::eight_bit_mime:
+        case mail::body_type::eight_bit_mime:
             return "8BITMIME";
-        case smtp::body_type::binary_mime:
+        case mail::body_type::binary_mime:
             return "BINARYMIME";
-        case smtp::body_type::unspecified:
+        case mail::body_type::unspecified:
         default:
             return {};
     }
@@ -66,7 +66,7 @@ void dot_unstuffer::feed(std::string_view in, std::string& out) {
     out.append(in.data() + from, in.size() - from);
 }
 
-std::string format_envelope(const smtp::envelope& env, std::string_view result) {
+std::string format_envelope(const mail::envelope& env, std::string_view result) {
     std::string s;
     s.append("MAIL FROM:<").append(env.mail_from).append(">");
     if (auto b = body_name(env.body); !b.empty())
@@ -106,7 +106,7 @@ result<void> dump_file::append(std::string_view bytes) {
     return write_all(_fd, _scratch);
 }
 
-result<void> dump_file::finish(const smtp::envelope& env, std::string_view result) {
+result<void> dump_file::finish(const mail::envelope& env, std::string_view result) {
     if (_fd < 0)
         return failure(std::make_error_code(std::errc::bad_file_descriptor));
     int rc = ::close(_fd);

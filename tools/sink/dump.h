@@ -9,7 +9,7 @@
 #pragma once
 
 #include "ringmail/core/result.h"
-#include "ringmail/smtp/envelope.h"
+#include "ringmail/mail/envelope.h"
 
 #include <cstdint>
 #include <string>
@@ -32,7 +32,7 @@ class dot_unstuffer {
 
 // The .env text: "MAIL FROM:<a>[ BODY=..][ SMTPUTF8]\n", one "RCPT TO:<r>\n" per recipient in
 // order, then "HELO name\n", "CLIENT ip\n" (when known) and "RESULT <result>\n".
-std::string format_envelope(const smtp::envelope& env, std::string_view result);
+std::string format_envelope(const mail::envelope& env, std::string_view result);
 
 class dump_file {
   public:
@@ -45,7 +45,7 @@ class dump_file {
     result<void> open(const std::string& dir, std::string_view name);
     result<void> append(std::string_view transmission_form);
     // Closes the .eml and writes `name`.env.
-    result<void> finish(const smtp::envelope& env, std::string_view result);
+    result<void> finish(const mail::envelope& env, std::string_view result);
     // Closes and removes the .eml (the transaction was dropped before end of data).
     void abort() noexcept;
     bool is_open() const noexcept { return _fd >= 0; }

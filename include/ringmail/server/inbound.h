@@ -75,7 +75,7 @@ class inbound_connection final : private smtp::transaction_sink, private core::t
     friend class inbound_auth;
 
     // transaction_sink
-    result<void> begin(const smtp::envelope& env) override;
+    result<void> begin(const mail::envelope& env) override;
     result<void> append(std::string_view bytes) override;
     void commit() override;
     void abort() override;

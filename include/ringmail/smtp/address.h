@@ -8,7 +8,7 @@
 #pragma once
 
 #include "ringmail/core/result.h"
-#include "ringmail/smtp/envelope.h"
+#include "ringmail/mail/envelope.h"
 #include "ringmail/smtp/errc.h"
 
 #include <cstdint>
@@ -37,7 +37,7 @@ result<path> parse_path(std::string_view text, path_kind kind, std::string_view*
 struct mail_parameters {
     bool has_size = false;
     std::uint64_t size = 0;  // SIZE= (RFC 1870)
-    body_type body = body_type::unspecified;
+    mail::body_type body = mail::body_type::unspecified;
     bool smtputf8 = false;
 };
 

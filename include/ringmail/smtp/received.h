@@ -4,7 +4,7 @@
 // Peer-supplied text (the HELO name) is sanitised so it cannot break the header.
 #pragma once
 
-#include "ringmail/smtp/envelope.h"
+#include "ringmail/mail/envelope.h"
 
 #include <cstdint>
 #include <string>
@@ -20,7 +20,7 @@ namespace ringmail::smtp {
 // `for` appears only with exactly one recipient (more would disclose the others).
 // env.auth_user is never written: the header travels with the message to every later hop and
 // would disclose the account (Postfix's default, smtpd_sasl_authenticated_header = no).
-std::string format_received(const envelope& env, std::string_view hostname,
+std::string format_received(const mail::envelope& env, std::string_view hostname,
                             std::string_view queue_id, unsigned shard, std::int64_t now_unix);
 
 }  // namespace ringmail::smtp

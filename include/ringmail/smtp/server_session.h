@@ -26,7 +26,7 @@
 #pragma once
 
 #include "ringmail/core/result.h"
-#include "ringmail/smtp/envelope.h"
+#include "ringmail/mail/envelope.h"
 
 #include <chrono>
 #include <cstdint>
@@ -124,7 +124,7 @@ class transaction_sink {
     virtual ~transaction_sink() = default;
     // Content starts (after 354, or at the first BDAT). Error: 452 4.3.1 for ENOSPC/EDQUOT/
     // errc::insufficient_storage, else 451 4.3.0; the transaction is reset.
-    virtual result<void> begin(const envelope& env) = 0;
+    virtual result<void> begin(const mail::envelope& env) = 0;
     // Content in transmission form (CRLF, dot-stuffed), any chunking, never the final ".\r\n".
     // Error: the rest of the content is consumed and discarded, then 451/452 as for begin().
     virtual result<void> append(std::string_view bytes) = 0;
@@ -195,7 +195,7 @@ class server_session {
     bool input_full() const noexcept { return _in.size() >= _config.max_buffered_input; }
     std::chrono::seconds current_timeout() const noexcept;
     const session_stats& stats() const noexcept { return _stats; }
-    const envelope& current_envelope() const noexcept { return _env; }
+    const mail::envelope& current_envelope() const noexcept { return _env; }
 
   private:
     enum class state : std::uint8_t {
@@ -290,7 +290,7 @@ class server_session {
     bool _committing = false;    // sink.commit() called, on_commit() not yet
     std::uint32_t _error_count = 0;
     canned_reply _pending;
-    envelope _env;
+    mail::envelope _env;
     session_stats _stats;
     std::string _in;   // unprocessed input: a partial command line, or input held for a commit
     std::string _out;  // replies not yet taken

@@ -32,7 +32,7 @@
 
 #include "ringmail/core/oncore.h"
 #include "ringmail/core/result.h"
-#include "ringmail/smtp/envelope.h"
+#include "ringmail/mail/envelope.h"
 #include "ringmail/spool/errc.h"
 
 #include <cstdint>
@@ -90,7 +90,7 @@ enum class outcome : std::uint8_t { delivered = 1, bounced = 2, expired = 3 };
 // that record committed) or the spool is destroyed.
 struct stored_message {
     queue_id id = 0;
-    smtp::envelope env;
+    mail::envelope env;
     std::string_view added_headers;
     std::string_view body;
 };
@@ -134,7 +134,7 @@ class spool {
     result<std::vector<recovered_message>> recover();
 
     // Reception: one message per session at a time, many sessions in parallel.
-    result<writer_id> begin(const smtp::envelope&);
+    result<writer_id> begin(const mail::envelope&);
     // The id the message gets if it is finished (drawn at begin(), for the Received header).
     queue_id writer_queue_id(writer_id) const;
     result<void> append(writer_id, std::string_view transmission_form_bytes);

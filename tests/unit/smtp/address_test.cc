@@ -157,16 +157,16 @@ TEST(mail_parameters, values) {
     ASSERT_TRUE(r.has_value());
     EXPECT_TRUE(r->has_size);
     EXPECT_EQ(r->size, UINT64_MAX);
-    EXPECT_EQ(r->body, body_type::eight_bit_mime);
+    EXPECT_EQ(r->body, mail::body_type::eight_bit_mime);
     EXPECT_TRUE(r->smtputf8);
     auto none = parse_mail_parameters("");
     ASSERT_TRUE(none.has_value());
     EXPECT_FALSE(none->has_size);
-    EXPECT_EQ(none->body, body_type::unspecified);
+    EXPECT_EQ(none->body, mail::body_type::unspecified);
     EXPECT_FALSE(none->smtputf8);
     auto seven = parse_mail_parameters("BODY=7BIT");
     ASSERT_TRUE(seven.has_value());
-    EXPECT_EQ(seven->body, body_type::seven_bit);
+    EXPECT_EQ(seven->body, mail::body_type::seven_bit);
 }
 
 struct rcpt_case {

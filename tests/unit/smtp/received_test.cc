@@ -8,8 +8,8 @@
 namespace ringmail::smtp {
 namespace {
 
-envelope sample() {
-    envelope env;
+mail::envelope sample() {
+    mail::envelope env;
     env.helo_name = "client.example.test";
     env.client_address = "192.0.2.7";
     env.protocol = "ESMTP";

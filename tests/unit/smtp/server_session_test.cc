@@ -19,7 +19,7 @@ using namespace std::chrono_literals;
 // Records every sink call; flags calls that break the transaction_sink contract.
 class fake_sink final : public transaction_sink {
   public:
-    result<void> begin(const envelope& env) override {
+    result<void> begin(const mail::envelope& env) override {
         if (open)
             violation = true;
         log += "begin " + env.mail_from + " ->";
@@ -59,7 +59,7 @@ class fake_sink final : public transaction_sink {
     }
 
     std::string log;
-    envelope last_env;
+    mail::envelope last_env;
     std::string content;
     std::vector<std::string> messages;
     std::error_code begin_error;
@@ -164,7 +164,7 @@ struct outcome {
     std::string output;
     std::string log;
     std::string auth_log;
-    envelope last_env;
+    mail::envelope last_env;
     std::vector<std::string> messages;
     session_stats stats;
     bool closed = false;
@@ -811,7 +811,7 @@ TEST(server_session, envelope_reception_facts) {
     EXPECT_EQ(env.client_address, "2001:db8::5");
     EXPECT_EQ(env.protocol, "ESMTP");
     EXPECT_EQ(env.declared_size, 123u);
-    EXPECT_EQ(env.body, body_type::eight_bit_mime);
+    EXPECT_EQ(env.body, mail::body_type::eight_bit_mime);
     EXPECT_EQ(env.rcpt_to, (std::vector<std::string>{"b@anywhere.test"}));
 }
 

@@ -37,7 +37,7 @@ TEST(spool, round_trip_byte_exact_with_odd_chunks) {
     test::temp_dir td;
     auto sp = open_recovered(td.shard(3), 3);
     ASSERT_TRUE(sp);
-    const smtp::envelope env = make_envelope(7, 3);
+    const mail::envelope env = make_envelope(7, 3);
     const std::string body = make_body(7, 300000);
     auto w = sp->begin(env);
     ASSERT_TRUE(w.has_value());

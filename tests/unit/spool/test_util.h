@@ -32,13 +32,13 @@ class temp_dir {
     std::filesystem::path _path;
 };
 
-inline smtp::envelope make_envelope(int i, int rcpts = 2) {
-    smtp::envelope e;
+inline mail::envelope make_envelope(int i, int rcpts = 2) {
+    mail::envelope e;
     e.mail_from = i % 5 == 0 ? "" : "sender" + std::to_string(i) + "@example.test";
     for (int r = 0; r < rcpts; ++r) {
         e.rcpt_to.push_back("rcpt" + std::to_string(r) + "-" + std::to_string(i) + "@dest.test");
     }
-    e.body = smtp::body_type(i % 4);
+    e.body = mail::body_type(i % 4);
     e.smtputf8 = i % 2 == 1;
     e.declared_size = std::uint64_t(i) * 1000;
     e.helo_name = "client" + std::to_string(i) + ".example.test";
@@ -64,7 +64,7 @@ inline std::string make_headers(int i) {
            "\r\n";
 }
 
-inline void expect_envelope_eq(const smtp::envelope& a, const smtp::envelope& b) {
+inline void expect_envelope_eq(const mail::envelope& a, const mail::envelope& b) {
     EXPECT_EQ(a.mail_from, b.mail_from);
     EXPECT_EQ(a.rcpt_to, b.rcpt_to);
     EXPECT_EQ(a.body, b.body);

@@ -51,10 +51,10 @@ TEST(sink_dump, reset_starts_a_new_message_at_a_line_start) {
 }
 
 TEST(sink_dump, envelope_lists_sender_recipients_in_order_and_result) {
-    smtp::envelope env;
+    mail::envelope env;
     env.mail_from = "a@x.test";
     env.rcpt_to = {"r1@y.test", "r2@y.test"};
-    env.body = smtp::body_type::eight_bit_mime;
+    env.body = mail::body_type::eight_bit_mime;
     env.helo_name = "client.test";
     env.client_address = "127.0.0.1";
     EXPECT_EQ(format_envelope(env, "250 2.0.0"),
@@ -64,7 +64,7 @@ TEST(sink_dump, envelope_lists_sender_recipients_in_order_and_result) {
               "HELO client.test\n"
               "CLIENT 127.0.0.1\n"
               "RESULT 250 2.0.0\n");
-    smtp::envelope null_sender;
+    mail::envelope null_sender;
     null_sender.rcpt_to = {"p@q"};
     null_sender.smtputf8 = true;
     null_sender.helo_name = "h";
@@ -95,7 +95,7 @@ TEST_F(sink_dump_file, writes_content_then_envelope) {
     ASSERT_TRUE(d.open(dir, "0-1"));
     ASSERT_TRUE(d.append("Subject: t\r\n\r\n.."));
     ASSERT_TRUE(d.append("dot\r\n"));
-    smtp::envelope env;
+    mail::envelope env;
     env.mail_from = "s@x";
     env.rcpt_to = {"r@y"};
     env.helo_name = "h";

@@ -1,16 +1,17 @@
 // The envelope of one message: what MAIL/RCPT said, plus the reception facts that the
 // Received header and the delivery log need.
 //
-// Plain data, shared by the server session (which fills it), the spool (which stores it with
-// the body) and the queue (which delivers it). Owned by one shard at a time; copied, never
-// shared, when it crosses shards.
+// Plain data of the mail part (types that protocol and storage both use, so that the spool
+// depends on no protocol code): the server session fills it, the spool stores it with the
+// body, delivery reads it back. Owned by one shard at a time; copied, never shared, when it
+// crosses shards.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-namespace ringmail::smtp {
+namespace ringmail::mail {
 
 // MAIL FROM BODY= (RFC 6152, RFC 3030).
 enum class body_type : std::uint8_t {
@@ -37,4 +38,4 @@ struct envelope {
     std::int64_t arrival_time = 0;  // unix seconds
 };
 
-}  // namespace ringmail::smtp
+}  // namespace ringmail::mail
