@@ -13,6 +13,7 @@
 // most max_read bytes per call.
 #pragma once
 
+#include "ringmail/core/stream_connection.h"
 #include "ringmail/tls/context.h"
 #include "ringmail/tls/errc.h"
 
@@ -51,7 +52,8 @@ class saved_session {
     std::unique_ptr<WOLFSSL_SESSION, deleter> _s;
 };
 
-class session {
+// The byte_transform of a core::stream_connection that speaks TLS.
+class session final : public core::byte_transform {
   public:
     // Server side: waits for a ClientHello; SNI picks the certificate.
     explicit session(std::shared_ptr<const server_context> context, session_limits limits = {});
@@ -59,44 +61,47 @@ class session {
     // checks the certificate names it. `resume` offers a saved session (may be null).
     session(std::shared_ptr<const client_context> context, std::string_view host,
             const saved_session* resume = nullptr, session_limits limits = {});
-    ~session();
+    ~session() override;
     session(const session&) = delete;
     session& operator=(const session&) = delete;
 
     // --- input -------------------------------------------------------------------------
     // Bytes received from the socket. Past max_input the session fails (input_overflow).
-    void feed(std::string_view ciphertext);
+    void feed(std::string_view ciphertext) override;
     // The socket returned 0. Mid-handshake this fails the session; afterwards it is
     // peer_closed() (a truncation unless close_notify_received()).
-    void on_eof();
+    void on_eof() override;
     bool input_full() const noexcept { return buffered_input() >= _limits.max_input; }
     std::size_t buffered_input() const noexcept { return _in.size() - _in_pos; }
+    std::size_t input_room() const noexcept override {
+        return input_full() ? 0 : _limits.max_input - buffered_input();
+    }
 
     // --- progress ----------------------------------------------------------------------
     // Advances the handshake with the input fed so far (the client's first step() produces
     // its ClientHello). No-op once established or failed.
-    void step();
+    void step() override;
     // Appends the application data available now (at most max_read bytes) to `out`; returns
     // how many bytes. Also consumes post-handshake messages (TLS 1.3 tickets, close_notify).
-    std::size_t read(std::string& out);
+    std::size_t read(std::string& out) override;
     // Encrypts plaintext; returns how much was taken (less than asked while the output holds
     // max_output bytes; 0 before the handshake ends or after close()).
-    std::size_t write(std::string_view plaintext);
+    std::size_t write(std::string_view plaintext) override;
     // Queues close_notify; write() takes nothing afterwards.
-    void close();
+    void close() override;
     // Swaps the pending ciphertext into `out` (pass an empty string; its capacity is reused).
-    void take_output(std::string& out);
-    bool has_output() const noexcept { return !_out.empty(); }
+    void take_output(std::string& out) override;
+    bool has_output() const noexcept override { return !_out.empty(); }
 
     // --- state -------------------------------------------------------------------------
-    bool handshaking() const noexcept { return _state == state::handshaking; }
-    bool established() const noexcept { return _state == state::established; }
-    bool failed() const noexcept { return _state == state::failed; }
+    bool handshaking() const noexcept override { return _state == state::handshaking; }
+    bool established() const noexcept override { return _state == state::established; }
+    bool failed() const noexcept override { return _state == state::failed; }
     bool peer_closed() const noexcept { return _close_notify || (_eof && _in_pos == _in.size()); }
-    bool close_notify_received() const noexcept { return _close_notify; }
+    bool close_notify_received() const noexcept override { return _close_notify; }
     std::error_code error_code() const noexcept { return _error_code; }
     // Short text for logs, e.g. "handshake failed: ASN no signer error to confirm failure".
-    const std::string& error() const noexcept { return _error; }
+    const std::string& error() const noexcept override { return _error; }
 
     // --- information (valid once established) -------------------------------------------
     bool is_server() const noexcept { return _server != nullptr; }
