@@ -7,6 +7,7 @@
 #include "ringmail/dns/wire.h"
 
 #include <ares.h>
+#include <fmt/format.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -52,7 +53,9 @@ struct resolver::query_context {
 
 struct resolver::lookup {
     resolver* owner = nullptr;
-    std::string domain;
+    std::string domain;  // the name looked up (the cache and _lookups key differ for hosts)
+    std::string key;
+    std::uint16_t port = 0;  // in every endpoint of the route
     std::vector<callback> waiters;
     mx_step mx;
     std::vector<address_step> v4;
@@ -294,11 +297,68 @@ void resolver::resolve_route(std::string_view domain, callback cb) {
     auto l = std::make_unique<lookup>();
     l->owner = this;
     l->domain = *name;
+    l->key = *name;
+    l->port = _opts.port;
     l->waiters.push_back(std::move(cb));
     lookup& ref = *l;
     _lookups.emplace(*name, std::move(l));
     ++_stats.lookups;
     start_lookup(ref);
+}
+
+void resolver::resolve_host(std::string_view host, std::uint16_t port, callback cb) {
+    ++_stats.requests;
+    if (_stopping) {
+        complete_later(std::move(cb), std::make_shared<const result<route>>(errc::cancelled));
+        return;
+    }
+    // An IP literal: the route is that address.
+    std::string literal = host.find(':') != std::string_view::npos ? fmt::format("[IPv6:{}]", host)
+                                                                   : fmt::format("[{}]", host);
+    if (auto r = address_literal_route(literal, port, now()); r && *r) {
+        (*r)->domain = std::string(host);
+        (*r)->hosts.front().name = std::string(host);
+        complete_later(std::move(cb), std::make_shared<const result<route>>(std::move(*r)));
+        return;
+    }
+    auto name = normalize_domain(host);
+    if (!name) {
+        complete_later(std::move(cb), std::make_shared<const result<route>>(name.error()));
+        return;
+    }
+    // Not a domain name, so never the key of a route: "\x01host:port".
+    std::string key = fmt::format("\x01{}:{}", *name, port);
+    if (const result<route>* hit = _cache.find(key, now())) {
+        ++_stats.cache_hits;
+        complete_later(std::move(cb), std::make_shared<const result<route>>(*hit));
+        return;
+    }
+    if (auto it = _lookups.find(key); it != _lookups.end()) {
+        if (it->second->waiters.size() >= _opts.max_waiters) {
+            complete_later(std::move(cb), std::make_shared<const result<route>>(errc::overloaded));
+            return;
+        }
+        ++_stats.joined;
+        it->second->waiters.push_back(std::move(cb));
+        return;
+    }
+    if (_lookups.size() >= _opts.max_lookups) {
+        complete_later(std::move(cb), std::make_shared<const result<route>>(errc::overloaded));
+        return;
+    }
+    auto l = std::make_unique<lookup>();
+    l->owner = this;
+    l->domain = *name;
+    l->key = key;
+    l->port = port;
+    l->waiters.push_back(std::move(cb));
+    // As an implicit MX: the host's own addresses, and no address at all is permanent.
+    l->mx.implicit = true;
+    l->mx.hosts.push_back(mx_host{*name, 0, {}});
+    lookup& ref = *l;
+    _lookups.emplace(key, std::move(l));
+    ++_stats.lookups;
+    start_address_queries(ref);
 }
 
 void resolver::start_lookup(lookup& l) {
@@ -356,8 +416,7 @@ void resolver::start_address_queries(lookup& l) {
 
 void resolver::on_address(query_context& q, int status, std::span<const std::uint8_t> answer) {
     lookup& l = *q.owner;
-    auto step =
-        interpret_address(q.family, status, answer, _opts.port, _opts.ttl, _opts.max_addresses);
+    auto step = interpret_address(q.family, status, answer, l.port, _opts.ttl, _opts.max_addresses);
     (q.family == AF_INET ? l.v4 : l.v6)[q.host] = std::move(step);
     if (--l.pending > 0)
         return;
@@ -370,9 +429,9 @@ void resolver::finish(lookup& l, result<route> value, std::chrono::seconds ttl) 
     auto shared = std::make_shared<const result<route>>(std::move(value));
     const auto t = now();
     if (ttl > std::chrono::seconds(0) && !_stopping)
-        _cache.insert(l.domain, *shared, t + ttl, t);
+        _cache.insert(l.key, *shared, t + ttl, t);
     std::vector<callback> waiters = std::move(l.waiters);
-    auto it = _lookups.find(l.domain);
+    auto it = _lookups.find(l.key);
     if (it == _lookups.end() || it->second.get() != &l)
         invariant("finished a lookup the resolver does not hold");
     _lookups.erase(it);  // frees `l`

@@ -19,13 +19,13 @@ rcpt_list::rcpt_list(std::initializer_list<std::uint16_t> init) {
     if (init.size() > max_job_rcpts)
         die("rcpt_list: more recipients than a job holds");
     for (auto r : init)
-        _items[_size++] = r;
+        _items.push_back(r);
 }
 
-bool rcpt_list::push_back(std::uint16_t rcpt) noexcept {
+bool rcpt_list::push_back(std::uint16_t rcpt) {
     if (full())
         return false;
-    _items[_size++] = rcpt;
+    _items.push_back(rcpt);
     return true;
 }
 
@@ -40,13 +40,20 @@ std::string destination_key(std::string_view domain) {
 
 std::vector<job_group> group_by_domain(std::span<const std::string> addresses,
                                        std::span<const std::uint32_t> pending) {
+    return group_by_destination(addresses, pending,
+                                [](std::string_view domain) { return destination_key(domain); });
+}
+
+std::vector<job_group> group_by_destination(
+    std::span<const std::string> addresses, std::span<const std::uint32_t> pending,
+    const std::function<std::string(std::string_view domain)>& key_of) {
     std::vector<job_group> groups;
     for (std::uint32_t index : pending) {
         if (index >= addresses.size() || index > 0xffff)
-            die("group_by_domain: recipient index out of range");
+            die("group_by_destination: recipient index out of range");
         std::string_view a = addresses[index];
         auto at = a.rfind('@');
-        std::string key = destination_key(at == std::string_view::npos ? "" : a.substr(at + 1));
+        std::string key = key_of(at == std::string_view::npos ? "" : a.substr(at + 1));
         // The open group of this domain is the last one with its name (earlier ones are full).
         auto it = std::find_if(groups.rbegin(), groups.rend(),
                                [&](const job_group& g) { return g.domain == key; });

@@ -82,7 +82,6 @@ std::string header_block(std::string_view added, std::string_view message, std::
 
 }  // namespace
 
-
 std::string build_dsn(const dsn_request& req) {
     if (req.original_sender.empty()) {
         std::fprintf(stderr, "ringmail: invariant broken: DSN requested for a null sender\n");

@@ -29,6 +29,7 @@ struct scheduler::dest {
     std::unique_ptr<destination_slots> own_slots;  // owner: the global counter lives here
     destination_slots* slots = nullptr;            // owner: own_slots; borrower: the lender's
     bool borrowed = false;
+    bool local = false;  // placement::local: this shard's own queue, never lent
     unsigned lender = 0;
     std::uint32_t lease = 0;
     std::uint32_t awaited = 0;     // borrower: lent jobs announced by the grant, not yet here
@@ -108,7 +109,8 @@ void scheduler::push_out(unsigned to, shard_message msg) {
     _outbox.push_back({to, std::move(msg)});
 }
 
-result<void> scheduler::submit(std::string_view domain, delivery_job job, steady_time now) {
+result<void> scheduler::submit(std::string_view domain, delivery_job job, steady_time now,
+                               placement where) {
     _oncore.check();
     if (_jobs >= _cfg.max_jobs || _outbox.size() >= _cfg.max_outbox)
         return errc::queue_full;
@@ -116,9 +118,12 @@ result<void> scheduler::submit(std::string_view domain, delivery_job job, steady
         return errc::no_recipients;
     std::string key = destination_key(domain);
     job.origin = static_cast<std::uint16_t>(_cfg.shard);
-    unsigned owner = owner_shard(key, _cfg.shards);
+    unsigned owner = where == placement::local ? _cfg.shard : owner_shard(key, _cfg.shards);
     if (owner == _cfg.shard) {
-        enqueue(owned_dest(key, now), std::move(job), now);
+        dest& d = owned_dest(key, now);
+        if (where == placement::local)
+            d.local = true;
+        enqueue(d, std::move(job), now);
     } else {
         push_out(owner, job_handoff{std::move(key), std::move(job), 0});
     }
@@ -381,7 +386,7 @@ void scheduler::finish_job(dest& d, delivery_job job, std::span<const rcpt_resul
         }
         if (st == rcpt_status::expired)
             st = rcpt_status::deferred;  // expiry is the schedule's call
-        n.status[n.rcpts.size()] = st;
+        n.status.push_back(st);
         n.rcpts.push_back(r);
         if (st == rcpt_status::deferred)
             again.push_back(r);
@@ -518,7 +523,7 @@ void scheduler::maybe_lend(steady_time now) {
     for (dest* dp : _runnable) {
         dest& d = *dp;
         const destination_counts dc = d.q.counts();
-        if (d.borrowed || d.q.policy().rate > 0.0 || dc.ready < _cfg.spread_backlog ||
+        if (d.borrowed || d.local || d.q.policy().rate > 0.0 || dc.ready < _cfg.spread_backlog ||
             d.leases_out >= _cfg.max_leases_per_destination)
             continue;
         std::uint32_t in_use = d.slots->in_use();

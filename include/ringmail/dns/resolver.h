@@ -81,6 +81,10 @@ class resolver {
     // Looks up the mail route of `domain` (an A-label domain, not an address literal); `cb`
     // runs later from the reactor loop, exactly once.
     void resolve_route(std::string_view domain, callback cb);
+    // The route to one fixed host (a relay named in the configuration): its addresses, with
+    // `port`, as a route of that one host at preference 0. No MX lookup; an IP literal is
+    // answered without DNS. Cached and shared like routes.
+    void resolve_host(std::string_view host, std::uint16_t port, callback cb);
 
     // Ends every lookup (callbacks get errc::cancelled before this returns) and closes the
     // DNS sockets; later requests fail with errc::cancelled. Idempotent.

@@ -8,6 +8,7 @@
 // zero) abort.
 #pragma once
 
+#include "ringmail/core/small_vector.h"
 #include "ringmail/queue/domain_policy.h"
 #include "ringmail/queue/token_bucket.h"
 
@@ -16,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <initializer_list>
 #include <optional>
 #include <span>
@@ -25,31 +27,29 @@
 
 namespace ringmail::queue {
 
-// Recipients per job. More recipients at one domain make several jobs (several transactions
-// on the same pooled connection), which keeps a job a fixed-size value for the rings.
-inline constexpr std::size_t max_job_rcpts = 16;
+// Recipients per job: one transaction. RFC 5321 4.5.3.1.8 asks servers to take at least 100
+// recipients; more at one destination make several jobs (several transactions, on the same
+// pooled connection). A job stays a small value for the rings: its first 16 recipients are
+// inline, the rest (rare) on the heap.
+inline constexpr std::size_t max_job_rcpts = 100;
 
-// Bounded small vector of recipient indexes (into the spool message's recipients).
+// Bounded list of recipient indexes (into the spool message's recipients).
 class rcpt_list {
   public:
     rcpt_list() = default;
     rcpt_list(std::initializer_list<std::uint16_t> init);
-
-    bool push_back(std::uint16_t rcpt) noexcept;  // false when full
-    std::size_t size() const noexcept { return _size; }
-    bool empty() const noexcept { return _size == 0; }
-    bool full() const noexcept { return _size == max_job_rcpts; }
+    bool push_back(std::uint16_t rcpt);  // false when full
+    std::size_t size() const noexcept { return _items.size(); }
+    bool empty() const noexcept { return _items.empty(); }
+    bool full() const noexcept { return _items.size() == max_job_rcpts; }
     std::uint16_t operator[](std::size_t i) const noexcept { return _items[i]; }
-    const std::uint16_t* begin() const noexcept { return _items.data(); }
-    const std::uint16_t* end() const noexcept { return _items.data() + _size; }
-    std::span<const std::uint16_t> view() const noexcept { return {_items.data(), _size}; }
-    bool operator==(const rcpt_list& o) const noexcept {
-        return std::equal(begin(), end(), o.begin(), o.end());
-    }
+    const std::uint16_t* begin() const noexcept { return _items.begin(); }
+    const std::uint16_t* end() const noexcept { return _items.end(); }
+    std::span<const std::uint16_t> view() const noexcept { return _items.view(); }
+    bool operator==(const rcpt_list& o) const noexcept { return _items == o._items; }
 
   private:
-    std::array<std::uint16_t, max_job_rcpts> _items{};
-    std::uint8_t _size = 0;
+    core::small_vector<std::uint16_t, 16> _items;
 };
 
 struct delivery_job {
@@ -72,6 +72,11 @@ struct job_group {
 };
 std::vector<job_group> group_by_domain(std::span<const std::string> addresses,
                                        std::span<const std::uint32_t> pending);
+// The same with the destination key of each recipient's domain given by `key_of` (routes:
+// every domain sent to one smarthost is one destination).
+std::vector<job_group> group_by_destination(
+    std::span<const std::string> addresses, std::span<const std::uint32_t> pending,
+    const std::function<std::string(std::string_view domain)>& key_of);
 
 struct destination_counts {
     std::size_t ready = 0;

@@ -39,5 +39,4 @@ struct dsn_request {
 
 std::string build_dsn(const dsn_request& request);
 
-
 }  // namespace ringmail::queue

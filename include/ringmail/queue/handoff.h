@@ -139,10 +139,10 @@ struct notice_detail {
 struct job_notice {
     std::uint64_t queue_id = 0;
     rcpt_list rcpts;
-    std::array<rcpt_status, max_job_rcpts> status{};  // parallel to rcpts
-    std::uint32_t attempts = 0;                       // attempts made, this one included
-    std::int64_t next_attempt_unix = 0;               // when some recipient is deferred
-    std::unique_ptr<notice_detail> detail;            // freed by the origin shard
+    core::small_vector<rcpt_status, 16> status;  // parallel to rcpts
+    std::uint32_t attempts = 0;                  // attempts made, this one included
+    std::int64_t next_attempt_unix = 0;          // when some recipient is deferred
+    std::unique_ptr<notice_detail> detail;       // freed by the origin shard
 };
 
 using shard_message = std::variant<job_handoff, lease_grant, lease_return, job_notice>;

@@ -112,9 +112,18 @@ class scheduler {
 
     unsigned shard() const noexcept { return _cfg.shard; }
 
-    // A job of a message spooled here, for routing domain `domain`: queued here when this shard
-    // owns the domain, else put in the outbox for the owner. job.origin is set to this shard.
-    result<void> submit(std::string_view domain, delivery_job job, steady_time now);
+    // Where a destination's queue lives. owner: on the shard its key hashes to (every shard
+    // hands its jobs there; one global connection limit, lending when hot). local: on every
+    // shard that has mail for it, each with its own queue, connections and limit, never
+    // handed over or lent: for a route the same for all mail (a smarthost), which must not
+    // funnel everything through one shard.
+    enum class placement : std::uint8_t { owner, local };
+
+    // A job of a message spooled here, for destination `key`: queued here when this shard
+    // owns it (or it is local), else put in the outbox for the owner. job.origin is set to
+    // this shard.
+    result<void> submit(std::string_view key, delivery_job job, steady_time now,
+                        placement where = placement::owner);
 
     // A message from shard `from`. A job_notice is for the daemon (this shard is the origin of
     // the message): it is returned, everything else is consumed.

@@ -258,6 +258,37 @@ TEST_F(resolver_test, implicit_mx) {
     EXPECT_EQ(addresses_of(got->value().hosts[0]), std::vector<std::string>{"127.0.0.4:25"});
 }
 
+TEST_F(resolver_test, a_fixed_host_by_name_and_by_address) {
+    auto& r = make();
+    std::optional<result<route>> got;
+    r.resolve_host("a.mx.test", 2525, [&](const result<route>& v) { got.emplace(v); });
+    ASSERT_TRUE(spin([&] { return got.has_value(); }));
+    ASSERT_TRUE(*got) << got->error().message();
+    ASSERT_EQ(got->value().hosts.size(), 1u);
+    EXPECT_EQ(got->value().hosts[0].name, "a.mx.test");
+    EXPECT_EQ(addresses_of(got->value().hosts[0]), std::vector<std::string>{"127.0.0.2:2525"});
+    // Names are case-insensitive; the port is part of the answer.
+    got.reset();
+    r.resolve_host("A.MX.TEST", 2626, [&](const result<route>& v) { got.emplace(v); });
+    ASSERT_TRUE(spin([&] { return got.has_value(); }));
+    ASSERT_TRUE(*got);
+    EXPECT_EQ(addresses_of(got->value().hosts[0]), std::vector<std::string>{"127.0.0.2:2626"});
+    // An address literal needs no DNS; a name that does not exist is permanent.
+    const auto lookups = r.stats().lookups;
+    got.reset();
+    r.resolve_host("::1", 26, [&](const result<route>& v) { got.emplace(v); });
+    ASSERT_TRUE(spin([&] { return got.has_value(); }));
+    ASSERT_TRUE(*got);
+    EXPECT_EQ(addresses_of(got->value().hosts[0]), std::vector<std::string>{"[::1]:26"});
+    EXPECT_EQ(got->value().hosts[0].name, "::1");
+    EXPECT_EQ(r.stats().lookups, lookups);
+    got.reset();
+    r.resolve_host("nowhere.test", 25, [&](const result<route>& v) { got.emplace(v); });
+    ASSERT_TRUE(spin([&] { return got.has_value(); }));
+    ASSERT_FALSE(*got);
+    EXPECT_TRUE(is_permanent(got->error())) << got->error().message();
+}
+
 TEST_F(resolver_test, permanent_failures) {
     auto& r = make();
     struct row {

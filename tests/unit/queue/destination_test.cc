@@ -33,6 +33,33 @@ TEST(rcpt_list, bounded) {
     EXPECT_EQ(l[3], 3);
 }
 
+TEST(rcpt_list, past_its_inline_part_it_is_the_same_list) {
+    rcpt_list a, b;
+    for (std::uint16_t i = 0; i < 40; ++i) {
+        a.push_back(i);
+        b.push_back(i);
+    }
+    EXPECT_EQ(a, b);
+    rcpt_list c = a;  // copies hold their own heap part
+    b.push_back(40);
+    EXPECT_FALSE(a == b);
+    EXPECT_EQ(c, a);
+    EXPECT_EQ(c[39], 39);
+    EXPECT_EQ(std::vector<std::uint16_t>(c.begin(), c.end()).size(), 40u);
+}
+
+TEST(group_by_destination, every_domain_of_a_route_is_one_destination) {
+    std::vector<std::string> addrs = {"a@x.test", "b@y.test", "c@x.test", "d@z.test"};
+    std::vector<std::uint32_t> pending = {0, 1, 2, 3};
+    auto g = group_by_destination(addrs, pending, [](std::string_view d) {
+        return d == "z.test" ? std::string("z.test") : std::string(":smarthost");
+    });
+    ASSERT_EQ(g.size(), 2u);
+    EXPECT_EQ(g[0].domain, ":smarthost");
+    EXPECT_EQ(g[0].rcpts, (rcpt_list{0, 1, 2}));
+    EXPECT_EQ(g[1].domain, "z.test");
+}
+
 TEST(group_by_domain, one_job_per_domain_split_when_full) {
     std::vector<std::string> addrs = {"a@X.test",  "b@y.test",    "c@x.test",
                                       "d@x.test.", "done@x.test", "e@y.test"};

@@ -40,7 +40,7 @@ queue::job_notice notice(spool::queue_id id, std::vector<item> items, std::uint3
     n.attempts = attempts;
     n.next_attempt_unix = next;
     for (auto& it : items) {
-        n.status[n.rcpts.size()] = it.status;
+        n.status.push_back(it.status);
         n.rcpts.push_back(it.rcpt);
         if (it.rep) {
             if (!n.detail)
