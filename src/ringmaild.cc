@@ -9,8 +9,9 @@
 #include "ringmail/core/config.h"
 #include "ringmail/core/log.h"
 #include "ringmail/core/shard_runner.h"
-#include "ringmail/server/context.h"
-#include "ringmail/server/shard.h"
+#include "ringmail/daemon/context.h"
+#include "ringmail/daemon/shard.h"
+#include "ringmail/delivery/router.h"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -24,7 +25,7 @@
 namespace {
 
 namespace log = ringmail::core::log;
-using ringmail::server::startup_state;
+using ringmail::core::startup_state;
 
 int check_config(const std::string& path) {
     auto parsed = ringmail::core::load_config_file(path);
@@ -35,7 +36,7 @@ int check_config(const std::string& path) {
     std::string why;
     // Validates what only start-up would otherwise find (unsupported listener features,
     // certificates and keys, the users file), without touching the spool or binding anything.
-    if (!ringmail::server::check_context(*parsed.cfg, why)) {
+    if (!ringmail::daemon::check_context(*parsed.cfg, why)) {
         std::fprintf(stderr, "%s: %s\n", path.c_str(), why.c_str());
         return 1;
     }
@@ -44,12 +45,12 @@ int check_config(const std::string& path) {
 }
 
 // SIGHUP: certificates and users file are read again; what fails to load keeps the old one.
-void reload(ringmail::server::daemon_context& ctx,
-            std::vector<std::unique_ptr<ringmail::server::shard>>& shards) {
+void reload(ringmail::daemon::daemon_context& ctx,
+            std::vector<std::unique_ptr<ringmail::daemon::shard>>& shards) {
     std::string why;
-    if (auto creds = ringmail::server::load_tls_credentials(ctx.cfg, why)) {
+    if (auto creds = ringmail::daemon::load_tls_credentials(ctx.cfg, why)) {
         ctx.reload->tls.store(
-            std::make_shared<const ringmail::server::tls_credentials_set>(std::move(*creds)));
+            std::make_shared<const ringmail::daemon::tls_credentials_set>(std::move(*creds)));
         bool any = false;
         for (const auto& l : ctx.cfg.listen)
             any = any || !l.tls_certificates.empty();
@@ -59,7 +60,7 @@ void reload(ringmail::server::daemon_context& ctx,
         log::error("SIGHUP: certificates not reloaded, keeping the old ones: {}", why);
     }
     if (ctx.verifier) {
-        if (auto store = ringmail::server::load_users(ctx.cfg, why)) {
+        if (auto store = ringmail::daemon::load_users(ctx.cfg, why)) {
             auto users = store->size();
             if (ctx.verifier->reload(std::move(store))) {
                 log::info("SIGHUP: users file reloaded ({} user(s))", users);
@@ -78,7 +79,7 @@ void reload(ringmail::server::daemon_context& ctx,
 int serve(ringmail::core::config cfg) {
     log::set_level(cfg.server.log_level);
     std::string why;
-    auto ctx = ringmail::server::make_context(std::move(cfg), why);
+    auto ctx = ringmail::daemon::make_context(std::move(cfg), why);
     if (!ctx) {
         std::fprintf(stderr, "ringmaild: %s\n", why.c_str());
         return 1;
@@ -90,9 +91,9 @@ int serve(ringmail::core::config cfg) {
         return 1;
     }
 
-    std::vector<std::unique_ptr<ringmail::server::shard>> shards;
+    std::vector<std::unique_ptr<ringmail::daemon::shard>> shards;
     for (unsigned i = 0; i < ctx->shards; ++i) {
-        shards.push_back(std::make_unique<ringmail::server::shard>(i, *ctx));
+        shards.push_back(std::make_unique<ringmail::daemon::shard>(i, *ctx));
     }
     ringmail::core::shard_runner runner;
     auto started = runner.start(ctx->shards, [&](unsigned i) { shards[i]->run(); });
@@ -126,7 +127,10 @@ int serve(ringmail::core::config cfg) {
     for (const auto& l : ctx->cfg.listen)
         addrs += (addrs.empty() ? "" : ", ") + l.address;
     log::info("ringmaild {} ready: {} shard(s), listening on {}, smarthost {}", RINGMAIL_VERSION,
-              ctx->shards, addrs, ctx->smarthost ? ctx->smarthost_text : std::string("none"));
+              ctx->shards, addrs,
+              ctx->cfg.delivery.smarthost
+                  ? ringmail::delivery::host_port_text(*ctx->cfg.delivery.smarthost)
+                  : std::string("none"));
 
     for (;;) {
         auto sig = ringmail::core::wait_for_signal(*sigs);

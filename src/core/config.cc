@@ -766,6 +766,15 @@ void read_domains(context& ctx, table_reader& root, std::vector<domain_config>& 
                 d.burst = v;
             }
         }
+        if (const toml::node* rn = read_string(r, "route", text)) {
+            if (auto hp = parse_smarthost(text)) {
+                d.route = std::move(*hp);
+            } else if (!text.empty()) {
+                ctx.fail(*rn, r.key("route"),
+                         fmt::format(R"(expected "host:port" (IPv6 as "[2001:db8::1]:25"), got {})",
+                                     shown(text)));
+            }
+        }
         d.tls = read_tls_policy(r, "tls");
         if (r.table().get("tls_verify") != nullptr) {
             bool v = false;

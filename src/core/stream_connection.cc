@@ -72,7 +72,7 @@ void stream_connection::update_input() {
     pump();
 }
 
-bool stream_connection::sending() const noexcept {
+bool stream_connection::output_pending() const noexcept {
     return _batch != batch::none || _send_in_flight || _wire_out_off < _wire_out.size() ||
            (_transform && _transform->has_output() && !_input_ended);
 }
@@ -455,7 +455,7 @@ void stream_connection::pump_recv() {
 void stream_connection::maybe_finish() {
     if (!_closing || _finished || _close_issued)
         return;
-    if (_flush_before_close && !_input_ended && sending())
+    if (_flush_before_close && !_input_ended && output_pending())
         return;  // the bytes owed go out first
     if (_connecting && !_cancel_sent) {
         _cancel_sent = true;

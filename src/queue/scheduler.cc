@@ -324,22 +324,25 @@ void scheduler::release_conn(std::unordered_map<std::uint64_t, conn>::iterator i
     maybe_retire(d);
 }
 
-void scheduler::connection_failed(std::uint64_t id, const attempt_reply& why, steady_time now,
-                                  std::int64_t now_unix) {
+std::size_t scheduler::connection_failed(std::uint64_t id, const attempt_reply& why,
+                                         steady_time now, std::int64_t now_unix) {
     _oncore.check();
     auto it = _conns.find(id);
     if (it == _conns.end() || it->second.st != conn_state::connecting)
         die("connection_failed on a connection that is not connecting");
     dest& d = *it->second.d;
     --d.connecting;
+    std::size_t deferred = 0;
     if (d.established == 0) {
         auto jobs = d.q.take_all_ready();
         _ready -= jobs.size();
+        deferred = jobs.size();
         for (auto& j : jobs) {
             finish_job(d, std::move(j), {}, &why, now, now_unix);
         }
     }
     release_conn(it);
+    return deferred;
 }
 
 void scheduler::connection_closed(std::uint64_t id, steady_time) {

@@ -116,6 +116,7 @@ struct domain_config {
     std::optional<double> burst;  // bucket size (messages); default max(1, rate)
     std::optional<tls_policy> tls;
     std::optional<bool> tls_verify;  // system CA store (+ delivery.tls_ca_file), host name check
+    std::optional<host_port> route;  // send there instead of the domain's MX hosts
 };
 
 struct auth_config {

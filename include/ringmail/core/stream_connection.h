@@ -92,8 +92,10 @@ class stream_connection : private timer {
     void update_input();
 
     // --- output ------------------------------------------------------------------------
-    // Bytes not yet on the wire (a batch, the transform's own records, a send in flight).
-    bool sending() const noexcept;
+    // A batch is in hand (on_sent() not yet called): the next one waits.
+    bool sending() const noexcept { return _batch != batch::none; }
+    // Bytes not yet on the wire: a batch, the transform's own records, a send in flight.
+    bool output_pending() const noexcept;
     // One batch at a time (sending() false, or an invariant failure): the bytes are taken by
     // swapping buffers (`bytes` comes back empty, perhaps with the capacity of an earlier
     // batch, so that reply buffers are reused rather than allocated)...

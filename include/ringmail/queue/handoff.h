@@ -29,8 +29,8 @@
 #pragma once
 
 #include "ringmail/core/spsc_ring.h"
-#include "ringmail/queue/delivery_queue.h"
 #include "ringmail/queue/destination.h"
+#include "ringmail/queue/outcome.h"
 
 #include <array>
 #include <atomic>

@@ -137,9 +137,9 @@ class scheduler {
     void connection_opened(std::uint64_t conn, steady_time now);
     // Connect, greeting, EHLO or TLS failed: the slot is given back and, when no other
     // connection to the destination works, every ready job there counts a failed attempt with
-    // `why` (the retry schedule paces reconnection, not a connect loop).
-    void connection_failed(std::uint64_t conn, const attempt_reply& why, steady_time now,
-                           std::int64_t now_unix);
+    // `why` (the retry schedule paces reconnection, not a connect loop). Returns how many.
+    std::size_t connection_failed(std::uint64_t conn, const attempt_reply& why, steady_time now,
+                                  std::int64_t now_unix);
     // The socket is gone (after close_connection, an idle timeout or a peer close). A job
     // still running on it must be reported first (job_failed).
     void connection_closed(std::uint64_t conn, steady_time now);

@@ -1,0 +1,88 @@
+// The daemon's wiring: what every shard reads and nobody writes once the shards run — the
+// parsed configuration and the values derived from it at start-up (parsed listener endpoints,
+// per-listener session settings, which spool directories each shard owns, the TLS credentials
+// and ticket key, the AUTH verifier, the rings between the delivery engines).
+//
+// Built on the main thread before the shards start, destroyed after they are joined; shards
+// hold a const reference. Building it fails with one clear message (bad endpoint, a
+// certificate or users file that does not load, PROXY protocol). The one thing that changes
+// while the shards run is reload_state (SIGHUP).
+#pragma once
+
+#include "ringmail/auth/credential_store.h"
+#include "ringmail/auth/verifier.h"
+#include "ringmail/core/config.h"
+#include "ringmail/core/mailbox.h"
+#include "ringmail/core/result.h"
+#include "ringmail/core/socket.h"
+#include "ringmail/delivery/messages.h"
+#include "ringmail/queue/handoff.h"
+#include "ringmail/reception/listener.h"
+#include "ringmail/tls/credentials.h"
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ringmail::daemon {
+
+// Every listener's certificates, indexed like cfg.listen; null for a listener without any.
+// Immutable once built: a reload builds a new set.
+using tls_credentials_set = std::vector<std::shared_ptr<const tls::server_credentials>>;
+
+// What SIGHUP changes while the shards run. The main thread writes, then wakes every shard; a
+// shard looks at it when woken or at its next flush (no lock on any mail path).
+struct reload_state {
+    std::atomic<std::uint64_t> generation{0};  // bumped by each SIGHUP: reopen log files
+    // Replaced whole by a successful certificate reload. A woken shard loads it and, when the
+    // pointer changed, rebuilds its server contexts; running sessions keep their old context.
+    std::atomic<std::shared_ptr<const tls_credentials_set>> tls;
+};
+
+// Shared by the shards' delivery engines; built before they start, destroyed after.
+struct delivery_shared {
+    std::unique_ptr<delivery::mailbox> mailbox;
+    std::unique_ptr<queue::spare_gauges> gauges;  // null with one shard
+    // Drain: a shard that has nothing in flight (no connection, nothing to send) says so here;
+    // every shard stops only once all of them are quiet (see delivery::engine::idle).
+    std::unique_ptr<std::atomic<bool>[]> quiet;
+};
+
+struct daemon_context {
+    core::config cfg;
+    unsigned shards = 1;
+    std::vector<reception::listener_settings> listeners;  // parallel to cfg.listen
+    // spool_dirs[i]: the shard-<N> directories shard i recovers and drains. Its own comes
+    // first; directories left by a run with more shards are spread over the current ones.
+    std::vector<std::vector<unsigned>> spool_dirs;
+    delivery_shared delivery;  // the rings between the engines, their gauges and drain flags
+    // Behind a pointer so the context stays movable; shards reach it through a const context.
+    std::unique_ptr<reload_state> reload = std::make_unique<reload_state>();
+    // One process-wide session ticket key (tickets resume on any shard and across reloads);
+    // null when no listener has certificates.
+    std::shared_ptr<const tls::ticket_key> tickets;
+    // Password verification off the shard threads; null without [auth] users_file. Shards use
+    // their own rings in it (submit/poll with their id); the main thread calls reload().
+    std::unique_ptr<auth::verifier> verifier;
+};
+
+// Derives everything from `cfg` (loads certificates and the users file, starts the verifier's
+// workers); `why` gets the one-line reason on failure.
+std::optional<daemon_context> make_context(core::config cfg, std::string& why);
+
+// Start-up, --check-config and SIGHUP (main thread): reads and checks every listener's
+// certificate/key pairs. nullopt with `why` naming the listener and the file on failure.
+std::optional<tls_credentials_set> load_tls_credentials(const core::config& cfg, std::string& why);
+
+// The same for `[auth] users_file` (a store without users when AUTH is off).
+std::shared_ptr<const auth::credential_store> load_users(const core::config& cfg, std::string& why);
+
+// What --check-config verifies beyond the parser, without binding or touching the spool:
+// listener features this build lacks, certificates, the users file. `why` on failure.
+bool check_context(const core::config& cfg, std::string& why);
+
+}  // namespace ringmail::daemon

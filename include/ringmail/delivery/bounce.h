@@ -1,0 +1,26 @@
+// Delivery status notifications: the RFC 3464 report for a message's failed recipients,
+// spooled as a new message from the null sender to the original sender, and then delivered
+// like any other.
+//
+// Called by the engine of the origin shard (it owns both spools named). Failures are values:
+// an unreadable original or a spool that refuses the notice are reported to the caller, which
+// logs them.
+#pragma once
+
+#include "ringmail/core/result.h"
+#include "ringmail/queue/dsn.h"
+#include "ringmail/queue/outcome.h"
+#include "ringmail/spool/spool.h"
+
+#include <cstdint>
+#include <string_view>
+
+namespace ringmail::delivery {
+
+// Builds the notice for `b` from the original in `original` and writes it into `into` (the
+// shard's own spool; finished with token 0, committed with the next batch).
+result<spool::queue_id> spool_dsn(spool::spool& original, spool::spool& into,
+                                  const queue::bounce_request& b, std::string_view reporting_mta,
+                                  std::int64_t now_unix);
+
+}  // namespace ringmail::delivery

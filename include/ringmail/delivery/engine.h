@@ -1,0 +1,176 @@
+// Delivery: the one engine that sends every message on (DESIGN.md "The path of a message",
+// steps 5-7), whatever the route — MX routing, a [[domain]] route, a smarthost.
+//
+// One per shard. As the ORIGIN of the messages it spooled it keeps an origin_ledger, splits
+// each message's pending recipients into jobs per destination (router.h) and submits them to
+// the queue::scheduler, which keeps them (this shard owns the destination, or it is local) or
+// hands them to the owner through the cross-shard rings with a shared_ptr to the immutable
+// message_view; the notices coming back are journaled in the origin's spool and end in at most
+// one DSN per message (RFC 3464), listing its failed recipients with the status and diagnostic
+// of the reply that decided. As the OWNER of destinations it runs the scheduler's actions:
+// resolve the route (MX records, or the fixed host of a route), connect to its addresses in
+// order (next address on a refused connect, a refused greeting or EHLO, a failed required
+// STARTTLS, all in the same attempt; a refused greeting defers with 451), run transactions and
+// report per-recipient outcomes. Permanent DNS errors (NXDOMAIN, null MX) fail the jobs with the
+// resolver's status (5.1.2, 556 5.1.10); temporary ones defer them. Idle healthy sessions are
+// parked (outbound::session_pool) and adopted by other destinations that reach the same host.
+// Every recipient's outcome is one delivery-log record and one log line, in one format.
+//
+// Failures are outcomes, never exceptions. Bounded: the ledger (max_messages per shard; new
+// mail then gets 452), the scheduler (max_jobs, outbox), the rings (a full ring leaves the
+// message in the scheduler's outbox for the next iteration). Time, timers, spools and rings
+// come through delivery::host, connections and lookups through outbound::network, so the
+// engine runs the same against the daemon's ring and against the fakes of its unit tests.
+#pragma once
+
+#include "ringmail/core/config.h"
+#include "ringmail/core/oncore.h"
+#include "ringmail/delivery/host.h"
+#include "ringmail/delivery/messages.h"
+#include "ringmail/delivery/origin_ledger.h"
+#include "ringmail/delivery/router.h"
+#include "ringmail/outbound/link.h"
+#include "ringmail/outbound/session_pool.h"
+#include "ringmail/queue/scheduler.h"
+#include "ringmail/spool/spool.h"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace ringmail::delivery {
+
+// What the engine takes from the configuration (built once per shard by make_settings).
+struct engine_settings {
+    queue::scheduler_config scheduler;
+    router routes;
+    smtp::client_config client;  // helo name, timeouts
+    core::tls_policy tls = core::tls_policy::opportunistic;
+    bool tls_verify = false;
+    std::vector<core::domain_config> domains;  // [[domain]]: tls, tls_verify overrides
+    std::string hostname;                      // reporting MTA of DSNs
+    std::chrono::milliseconds connect_timeout{30000};
+    std::chrono::seconds idle_timeout{60};  // of parked sessions
+    std::uint32_t max_messages_per_connection = 1000;
+    std::uint32_t max_connections = 32;  // this shard, all destinations
+    std::size_t max_messages = 500000;   // in the ledger: then new mail gets 452
+    std::size_t max_targets = 10;        // addresses tried per attempt, over all hosts
+};
+
+engine_settings make_settings(const core::config& cfg, unsigned shard, unsigned shards,
+                              queue::spare_gauges* gauges);
+
+class engine final : private outbound::link_handler {
+  public:
+    engine(host& h, outbound::network& net, engine_settings settings);
+    ~engine();
+    engine(const engine&) = delete;
+    engine& operator=(const engine&) = delete;
+
+    // Origin side: a message from the spool after a restart (its journaled recipient states
+    // and attempts), a message just committed, a DSN of ours committed (or not).
+    void add_recovered(spool::spool& sp, const spool::recovered_message& m);
+    void add_committed(spool::spool& sp, spool::queue_id id);
+    void internal_committed(const result<spool::queue_id>& id);
+    // New mail is refused (452) when the ledger is full.
+    bool can_accept() const;
+
+    // A message from another shard's engine.
+    void receive(unsigned from, shard_message&& m);
+    // The wake-up asked with host::wake_at.
+    void on_timer();
+    // End of each loop iteration: run the scheduler, flush messages, destroy closed links.
+    void reap();
+
+    // Stops starting transactions; open ones finish and QUIT (force: close now).
+    void begin_drain(bool force);
+    // Nothing in flight here and on every other shard (see host's quiet flags).
+    bool idle();
+
+    const queue::scheduler& scheduler() const noexcept { return _sched; }
+    const origin_ledger& ledger() const noexcept { return _ledger; }
+
+  private:
+    struct running_job {
+        std::uint64_t id = 0;
+        queue::delivery_job job;
+        std::shared_ptr<const message_view> view;
+        std::vector<std::string> rcpts;  // addresses, parallel to job.rcpts
+        bool started = false;            // false: waits for the link to be ready (RSET)
+    };
+    // One scheduler connection: a route lookup, then one link per address tried.
+    struct conn {
+        std::string key;
+        outbound::outbound_settings settings;
+        std::vector<outbound::outbound_target> targets;
+        std::vector<std::uint16_t> preferences;  // parallel to targets
+        std::size_t next_target = 0;
+        std::unique_ptr<outbound::link> c;
+        std::optional<queue::attempt_reply> dns_failure;  // permanent: every job fails with it
+        std::optional<running_job> job;
+        bool opened = false;  // connection_opened reported
+        smtp::server_reply last_error;
+    };
+    struct view_ref {
+        std::shared_ptr<const message_view> view;
+        std::size_t rcpts = 0;  // recipients of jobs held on this shard
+    };
+    struct tx_note {  // what the delivery log needs about one recipient's last attempt
+        std::uint16_t rcpt = 0;
+        std::string host;
+        std::string ip;
+        std::string reply;
+    };
+
+    void run();
+    void submit(const std::shared_ptr<const message_view>& view,
+                std::span<const std::uint32_t> pending, std::uint32_t attempts,
+                std::int64_t next_attempt_unix);
+    void apply_notice(const queue::job_notice& n);
+    void log_notice(const queue::job_notice& n);
+    void hold_view(const std::shared_ptr<const message_view>& v, std::size_t rcpts);
+    void release(std::uint64_t id, std::size_t n);
+    static std::pair<std::uint64_t, std::size_t> released(const queue::shard_message& msg);
+
+    void open(const queue::open_connection& a);
+    void on_route(std::uint64_t cid, const result<dns::route>& r);
+    void connect_next(std::uint64_t cid, conn& mc);
+    void run_job(queue::run_job& a);
+    void start_job(conn& mc);
+    void close(std::uint64_t cid);
+    void finish_pseudo(std::uint64_t cid, conn& mc, running_job& j);
+    void connection_failed(std::uint64_t cid, conn& mc, queue::attempt_reply why);
+    outbound::outbound_settings settings_for(std::string_view key);
+    outbound::adoption_policy adoption_for(const outbound::outbound_settings& s) const;
+    void reclaim_idle();
+    bool park(conn& mc);
+    bool adopt(std::uint64_t cid, conn& mc);
+
+    // link_handler
+    void on_ready(outbound::link& c) override;
+    void on_transaction(outbound::link& c, const smtp::transaction_result& r) override;
+    void on_failed(outbound::link& c, const smtp::server_reply& why) override;
+    void on_closed(outbound::link& c) override;
+
+    core::oncore _oncore;
+    host& _host;
+    outbound::network& _net;
+    const engine_settings _settings;
+    queue::scheduler _sched;
+    origin_ledger _ledger;
+    outbound::session_pool _pool;
+    std::unordered_map<std::uint64_t, view_ref> _views;  // by queue id
+    std::unordered_map<std::uint64_t, conn> _conns;      // by scheduler connection id
+    std::vector<std::unique_ptr<outbound::link>> _dead;
+    std::unordered_map<std::uint64_t, std::vector<tx_note>> _notes;  // by queue id
+    bool _dirty = true;
+    bool _running = false;
+    bool _journaled = false;
+    bool _draining = false;
+};
+
+}  // namespace ringmail::delivery

@@ -1,0 +1,73 @@
+// The origin shard's record of the messages it spooled while their recipients are delivered by
+// the owners of their destinations (MX routing): per-recipient state, what to journal when a
+// job_notice comes back, and when to send the one DSN a message gets.
+//
+// Owned by the origin shard (core::oncore checked). A pure state machine: notices in, journal
+// actions out; the daemon applies them to the spool (record_rcpt, record_attempt, spool the
+// DSN, record_done, in that order). Bounded by max_messages (add() answers queue_full).
+// Notices for unknown messages or recipients already final are ignored (a duplicate after a
+// restart race must not abort the daemon): they are counted in stale().
+#pragma once
+
+#include "ringmail/core/oncore.h"
+#include "ringmail/core/result.h"
+#include "ringmail/queue/handoff.h"
+#include "ringmail/queue/outcome.h"
+#include "ringmail/spool/spool.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace ringmail::delivery {
+
+struct ledger_message {
+    spool::queue_id id = 0;
+    std::string sender;  // "" = null sender: never a DSN
+    std::int64_t arrival = 0;
+    std::vector<std::string> rcpts;
+    // Recovered messages bring their final recipients; empty = all pending.
+    std::vector<queue::rcpt_state> state;
+    std::uint32_t attempts = 0;
+};
+
+struct ledger_actions {
+    std::vector<std::pair<std::uint32_t, spool::outcome>> outcomes;  // recipient, final state
+    std::optional<queue::retry_record> retry;                        // some recipient still pending
+    std::optional<queue::bounce_request> bounce;
+    bool done = false;                 // no recipient pending: record_done
+    bool null_sender_failure = false;  // failures that get no DSN (null sender)
+};
+
+class origin_ledger {
+  public:
+    explicit origin_ledger(std::size_t max_messages = 500000) : _max(max_messages) {}
+
+    // errc::queue_full past max_messages; a message without pending recipient is refused
+    // (no_recipients).
+    result<void> add(ledger_message m);
+    ledger_actions apply(const queue::job_notice& n);
+
+    const ledger_message* find(spool::queue_id id) const;
+    std::size_t size() const noexcept { return _entries.size(); }
+    std::size_t max_messages() const noexcept { return _max; }
+    std::uint64_t stale() const noexcept { return _stale; }
+
+  private:
+    struct entry {
+        ledger_message m;
+        std::uint32_t pending = 0;
+        std::vector<queue::failed_recipient> failed;  // for the DSN, in the order they failed
+    };
+
+    core::oncore _oncore;
+    std::size_t _max;
+    std::unordered_map<spool::queue_id, entry> _entries;
+    std::uint64_t _stale = 0;
+};
+
+}  // namespace ringmail::delivery

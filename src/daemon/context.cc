@@ -1,0 +1,182 @@
+#include "ringmail/daemon/context.h"
+
+#include "ringmail/core/shard_runner.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+#include <filesystem>
+#include <system_error>
+
+namespace ringmail::daemon {
+
+namespace {
+
+// shard-<N> directories already in spool_dir, so that mail spooled by a run with more shards
+// is still delivered.
+std::vector<unsigned> existing_shard_dirs(const std::string& spool_dir) {
+    std::vector<unsigned> found;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(spool_dir, ec)) {
+        std::string name = e.path().filename().string();
+        if (name.rfind("shard-", 0) != 0 || !e.is_directory(ec))
+            continue;
+        unsigned n = 0;
+        auto digits = std::string_view(name).substr(6);
+        auto [p, err] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+        if (err == std::errc() && p == digits.data() + digits.size())
+            found.push_back(n);
+    }
+    std::sort(found.begin(), found.end());
+    return found;
+}
+
+}  // namespace
+
+std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
+    daemon_context ctx;
+    ctx.shards = core::effective_shards(cfg.server);
+    if (ctx.shards == 0)
+        ctx.shards = 1;
+
+    for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
+        const auto& l = cfg.listen[i];
+        if (l.proxy_protocol) {
+            why = fmt::format("listen[{}].proxy_protocol: not supported by this build", i);
+            return std::nullopt;
+        }
+        auto ep = core::parse_endpoint(l.address);
+        if (!ep) {
+            why = fmt::format("listen[{}].address: \"{}\": {}", i, l.address, ep.error().message());
+            return std::nullopt;
+        }
+        reception::listener_settings ls;
+        ls.endpoint = *ep;
+        ls.session.hostname = cfg.server.hostname;
+        ls.session.max_message_size = cfg.server.max_message_size;
+        ls.session.max_recipients = cfg.server.max_recipients;
+        ls.session.max_line_length = cfg.server.max_line_length;
+        ls.session.max_errors = cfg.server.max_errors;
+        ls.session.command_timeout = cfg.server.command_timeout;
+        ls.session.data_timeout = cfg.server.data_timeout;
+        ls.session.relay_domains = cfg.relay.domains;
+        ls.index = i;
+        ls.implicit_tls = l.role == core::listener_role::smtps;
+        ls.auth = cfg.auth.enabled();
+        ls.session.tls_available = !l.tls_certificates.empty();
+        ls.session.auth_plaintext = l.auth_plaintext;
+        ls.session.require_auth = l.role != core::listener_role::relay;
+        if (ls.auth)
+            ls.session.auth_mechanisms = {"PLAIN", "LOGIN"};
+        ctx.listeners.push_back(std::move(ls));
+    }
+
+    auto creds = load_tls_credentials(cfg, why);
+    if (!creds)
+        return std::nullopt;
+    if (std::any_of(creds->begin(), creds->end(), [](const auto& c) { return c != nullptr; })) {
+        auto key = tls::ticket_key::generate();
+        if (!key) {
+            why =
+                fmt::format("tls: cannot create the session ticket key: {}", key.error().message());
+            return std::nullopt;
+        }
+        ctx.tickets = std::move(*key);
+    }
+    ctx.reload->tls.store(std::make_shared<const tls_credentials_set>(std::move(*creds)));
+
+    // The rings between the shards' delivery engines: destination queues owned by hash of
+    // their key, jobs and notices handed over through these.
+    auto mb = delivery::mailbox::create(ctx.shards);
+    if (!mb) {
+        why = fmt::format("cross-shard mailbox: {}", mb.error().message());
+        return std::nullopt;
+    }
+    ctx.delivery.mailbox = std::move(*mb);
+    if (ctx.shards > 1)
+        ctx.delivery.gauges = std::make_unique<queue::spare_gauges>(ctx.shards);
+    ctx.delivery.quiet = std::make_unique<std::atomic<bool>[]>(ctx.shards);
+
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.server.spool_dir, ec);
+    if (ec) {
+        why = fmt::format("server.spool_dir: cannot create \"{}\": {}", cfg.server.spool_dir,
+                          ec.message());
+        return std::nullopt;
+    }
+    ctx.spool_dirs.resize(ctx.shards);
+    for (unsigned i = 0; i < ctx.shards; ++i)
+        ctx.spool_dirs[i].push_back(i);
+    for (unsigned n : existing_shard_dirs(cfg.server.spool_dir)) {
+        if (n >= ctx.shards)
+            ctx.spool_dirs[n % ctx.shards].push_back(n);
+    }
+
+    if (cfg.auth.enabled()) {
+        auto store = load_users(cfg, why);
+        if (!store)
+            return std::nullopt;
+        auth::verifier_options vo;
+        vo.workers = std::max(1u, cfg.auth.verify_threads);
+        auto v = auth::verifier::create(std::move(store), ctx.shards, vo);
+        if (!v) {
+            why = fmt::format("auth: cannot start the verifier: {}", v.error().message());
+            return std::nullopt;
+        }
+        ctx.verifier = std::move(*v);
+    }
+    ctx.cfg = std::move(cfg);
+    return ctx;
+}
+
+std::optional<tls_credentials_set> load_tls_credentials(const core::config& cfg, std::string& why) {
+    tls_credentials_set set;
+    for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
+        const auto& l = cfg.listen[i];
+        if (l.tls_certificates.empty()) {
+            set.emplace_back();
+            continue;
+        }
+        std::vector<tls::cert_key_files> pairs;
+        for (const auto& c : l.tls_certificates)
+            pairs.push_back({c.cert_file, c.key_file});
+        std::string text;
+        auto loaded = tls::server_credentials::load(pairs, text);
+        if (!loaded) {
+            why = fmt::format("listen[{}] ({}): {}", i, l.address,
+                              text.empty() ? loaded.error().message() : text);
+            return std::nullopt;
+        }
+        set.push_back(std::move(*loaded));
+    }
+    return set;
+}
+
+std::shared_ptr<const auth::credential_store> load_users(const core::config& cfg,
+                                                         std::string& why) {
+    if (!cfg.auth.enabled())
+        return std::make_shared<const auth::credential_store>();
+    auto loaded = auth::load_users_file(cfg.auth.users_file);
+    if (!loaded) {
+        why = fmt::format("auth.users_file: {}", loaded.error);
+        while (!why.empty() && why.back() == '\n')
+            why.pop_back();
+        return nullptr;
+    }
+    return std::make_shared<const auth::credential_store>(std::move(*loaded.store));
+}
+
+bool check_context(const core::config& cfg, std::string& why) {
+    for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
+        if (cfg.listen[i].proxy_protocol) {
+            why = fmt::format("listen[{}].proxy_protocol: not supported by this build", i);
+            return false;
+        }
+    }
+    if (!load_tls_credentials(cfg, why))
+        return false;
+    return load_users(cfg, why) != nullptr;
+}
+
+}  // namespace ringmail::daemon

@@ -1,0 +1,422 @@
+#include "ringmail/daemon/shard.h"
+
+#include "ringmail/core/log.h"
+#include "ringmail/core/panic.h"
+#include "ringmail/tls/context.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+
+namespace ringmail::daemon {
+
+namespace log = core::log;
+using namespace std::chrono_literals;
+
+namespace {
+
+core::shard_options shard_options_for(const daemon_context& ctx) {
+    core::shard_options o;
+    o.ring.defer_taskrun = ctx.cfg.server.io_uring_defer_taskrun;
+    // How long a drain waits for open transactions and deliveries before closing what is left
+    // (acknowledged messages are durable: what did not go out is delivered after a restart).
+    o.drain_timeout = 30s;
+    return o;
+}
+
+// A connection refused at accept time (too many connections, draining): one 421 line, then
+// close. Deletes itself when its last operation completes.
+class refusal final {
+  public:
+    refusal(core::reactor& r, core::ring_fd fd, std::string line)
+        : _r(r), _fd(std::move(fd)), _line(std::move(line)) {
+        _r.send(_fd, _line.data(), _line.size(), &_op);
+    }
+
+  private:
+    void on_sent(int, std::uint32_t) {
+        _r.close(std::move(_fd));
+        delete this;
+    }
+    core::reactor& _r;
+    core::ring_fd _fd;
+    std::string _line;
+    core::member_completion<refusal, &refusal::on_sent> _op{this};
+};
+
+auth::failure_limiter_options limiter_options(const core::auth_config& a) {
+    auth::failure_limiter_options o;
+    o.max_failures = a.max_failures;
+    o.window = a.failure_window;
+    return o;
+}
+
+}  // namespace
+
+void shard::spool_slot::on_written(int res, std::uint32_t) {
+    owner->batch_done(*this, res);
+}
+
+shard::shard(unsigned id, const daemon_context& ctx)
+    : core::shard_base(id, shard_options_for(ctx)),
+      _ctx(ctx),
+      _auth_limiter(limiter_options(ctx.cfg.auth)) {
+    _engine_timer.owner = this;
+    _now_source = [this] { return ring().now(); };
+}
+
+shard::~shard() {
+    _connections.clear();
+    _closed.clear();
+    _engine.reset();
+    _network.reset();
+    _events.reset();
+    _listeners.clear();
+    _spools.clear();
+}
+
+std::int64_t shard::unix_now() const noexcept {
+    return static_cast<std::int64_t>(::time(nullptr));
+}
+
+std::int64_t shard::unix_now_ms() const {
+    timespec ts{};
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+spool::spool* shard::spool_for(spool::queue_id id) noexcept {
+    unsigned origin = spool::queue_id_shard(id);
+    for (auto& slot : _spools) {
+        if (slot->dir_shard == origin)
+            return slot->sp.get();
+    }
+    return nullptr;
+}
+
+bool shard::start(std::string& why) {
+    // Spools first: recovery must be complete before the first new message arrives.
+    spool::options so;
+    so.max_message_size = _ctx.cfg.server.max_message_size +
+                          _ctx.cfg.server.max_message_size / 8;  // dot-stuffing headroom
+    std::vector<spool::recovered_message> recovered_all;
+    std::vector<spool_slot*> recovered_slots;
+    for (unsigned dir : _ctx.spool_dirs[id()]) {
+        auto path = std::filesystem::path(_ctx.cfg.server.spool_dir) / fmt::format("shard-{}", dir);
+        auto sp = spool::spool::open(path, dir, so);
+        if (!sp) {
+            why = fmt::format("spool {}: {}", path.string(), sp.error().message());
+            return false;
+        }
+        auto slot = std::make_unique<spool_slot>();
+        slot->owner = this;
+        slot->dir_shard = dir;
+        slot->sp = std::move(*sp);
+        auto rec = slot->sp->recover();
+        if (!rec) {
+            why =
+                fmt::format("spool {}: recovery failed: {}", path.string(), rec.error().message());
+            return false;
+        }
+        if (!rec->empty()) {
+            log::info("spool {}: {} message(s) to deliver after restart", path.string(),
+                      rec->size());
+        }
+        for (auto& m : *rec) {
+            recovered_all.push_back(std::move(m));
+            recovered_slots.push_back(slot.get());
+        }
+        _spools.push_back(std::move(slot));
+    }
+
+    _events = std::make_unique<delivery::delivery_log>(_ctx.cfg.delivery.log_file,
+                                                       _ctx.reload->generation);
+    dns::resolver_options ro;
+    ro.servers = _ctx.cfg.dns.servers;
+    ro.port = _ctx.cfg.delivery.mx_port;
+    std::string rwhy;
+    auto resolver = dns::resolver::create(reactor(), ro, &rwhy);
+    if (!resolver) {
+        why = fmt::format("DNS resolver: {}", rwhy.empty() ? resolver.error().message() : rwhy);
+        return false;
+    }
+    _network = std::make_unique<outbound::ring_network>(reactor(), buffers(), std::move(*resolver),
+                                                        _ctx.cfg.delivery.tls_ca_file);
+    _engine = std::make_unique<delivery::engine>(
+        *this, *_network,
+        delivery::make_settings(_ctx.cfg, id(), _ctx.shards, _ctx.delivery.gauges.get()));
+    _ctx.delivery.mailbox->attach(reactor(), id(),
+                                  [this](unsigned from, delivery::shard_message&& m) {
+                                      _engine->receive(from, std::move(m));
+                                  });
+    for (std::size_t i = 0; i < recovered_all.size(); ++i)
+        _engine->add_recovered(*recovered_slots[i]->sp, recovered_all[i]);
+
+    _tls_contexts.resize(_ctx.listeners.size());
+    if (!refresh_tls(why))
+        return false;
+
+    for (const auto& l : _ctx.listeners) {
+        auto fd = core::make_listener(l.endpoint, 1024);
+        if (!fd) {
+            why =
+                fmt::format("listen on {}: {}", core::to_string(l.endpoint), fd.error().message());
+            return false;
+        }
+        _listeners.push_back(std::make_unique<core::acceptor>(
+            reactor(), core::ring_fd::adopt(*fd), _ctx.cfg.server.multishot_accept,
+            core::to_string(l.endpoint),
+            [this, &l](core::ring_fd conn) { accepted_connection(std::move(conn), l); }));
+    }
+
+    reactor().on_iteration_end([this] { flush_commits(); });
+    reactor().on_iteration_end([this] {
+        _closed.clear();
+        _engine->reap();
+    });
+    reactor().on_iteration_end([this] { _events->flush(); });
+    arm_auth();
+    return true;
+}
+
+void shard::started() {
+    for (auto& l : _listeners)
+        l->arm();
+    log::info("shard {} ready: {} listener(s), ring flags {:#x}", id(), _listeners.size(),
+              reactor().setup_flags());
+}
+
+void shard::stopped() {
+    tls::release_thread_cache();
+    log::info("shard {} stopped (TLS handshakes failed: {})", id(), _tls_failures);
+}
+
+bool shard::refresh_tls(std::string& why) {
+    auto set = _ctx.reload->tls.load(std::memory_order_acquire);
+    if (set == _tls_seen || set == nullptr)
+        return true;
+    std::vector<std::shared_ptr<const tls::server_context>> fresh(_tls_contexts.size());
+    for (std::size_t i = 0; i < fresh.size() && i < set->size(); ++i) {
+        if ((*set)[i] == nullptr)
+            continue;
+        if (_tls_seen != nullptr && i < _tls_seen->size() && (*_tls_seen)[i] == (*set)[i]) {
+            fresh[i] = _tls_contexts[i];
+            continue;
+        }
+        std::string text;
+        auto c = tls::server_context::create((*set)[i], _ctx.tickets, text);
+        if (!c) {
+            why = fmt::format("listen[{}]: TLS context: {}", i,
+                              text.empty() ? c.error().message() : text);
+            return false;
+        }
+        fresh[i] = std::move(*c);
+    }
+    _tls_contexts = std::move(fresh);
+    _tls_seen = std::move(set);
+    return true;
+}
+
+void shard::arm_auth() {
+    if (!_ctx.verifier || _auth_armed)
+        return;
+    _auth_armed = true;
+    reactor().read(_ctx.verifier->response_fd(id()), &_auth_buf, sizeof _auth_buf, &_auth_op);
+}
+
+void shard::on_auth_ready(int res, std::uint32_t) {
+    _auth_armed = false;
+    if (res == -ECANCELED)
+        return;
+    while (auto r = _ctx.verifier->poll(id())) {
+        auto it = _connections.find(r->token);
+        if (it != _connections.end())
+            it->second->on_auth_verdict(r->result);  // else the client left: dropped
+    }
+    arm_auth();
+}
+
+void shard::on_wake() {
+    std::string why;
+    if (!refresh_tls(why))
+        log::error("shard {}: certificates not reloaded, keeping the old ones: {}", id(), why);
+}
+
+bool shard::any_batch_in_flight() const {
+    for (const auto& s : _spools) {
+        if (s->in_flight || s->sp->has_pending())
+            return true;
+    }
+    return false;
+}
+
+bool shard::settling() {
+    return any_batch_in_flight() || !_connections.empty();
+}
+
+void shard::begin_drain() {
+    log::info("shard {}: draining ({} connection(s) open)", id(), _connections.size());
+    for (auto& l : _listeners)
+        l->close();
+    // shutdown() may close connections: iterate over a snapshot of ids.
+    std::vector<std::uint64_t> ids;
+    ids.reserve(_connections.size());
+    for (auto& [cid, c] : _connections)
+        ids.push_back(cid);
+    for (auto cid : ids) {
+        auto it = _connections.find(cid);
+        if (it != _connections.end())
+            it->second->shutdown(false);
+    }
+    _engine->begin_drain(false);
+}
+
+bool shard::drained(bool late) {
+    if (late) {
+        for (auto& [cid, c] : _connections)
+            c->shutdown(true);
+        _engine->begin_drain(true);
+    }
+    const bool listeners_done =
+        std::all_of(_listeners.begin(), _listeners.end(), [](const auto& l) { return l->done(); });
+    if (late && _connections.empty())
+        return true;
+    return _connections.empty() && listeners_done && !any_batch_in_flight() && _engine->idle();
+}
+
+void shard::accepted_connection(core::ring_fd fd, const reception::listener_settings& l) {
+    if (draining()) {
+        new refusal(reactor(), std::move(fd), "421 4.3.2 Service shutting down\r\n");
+        return;
+    }
+    if (_connections.size() >= _ctx.cfg.server.max_connections) {
+        log::warn("connection refused: {} connections open (server.max_connections)",
+                  _connections.size());
+        new refusal(reactor(), std::move(fd),
+                    fmt::format("421 4.7.0 {} Too many connections, try later\r\n",
+                                _ctx.cfg.server.hostname));
+        return;
+    }
+    auto peer = core::peer_endpoint(fd.get());
+    if (!peer) {
+        // The client is already gone (ENOTCONN): nothing to say to it.
+        reactor().close(std::move(fd));
+        return;
+    }
+    (void)core::set_nodelay(fd.get());
+    bool relay_allowed = _ctx.cfg.relay.allow_networks.contains(peer->addr());
+    std::uint64_t cid = _next_conn_id++;
+    auto c = std::make_unique<reception::inbound_connection>(*this, cid, std::move(fd), *peer, l,
+                                                             relay_allowed);
+    auto* raw = c.get();
+    _connections.emplace(cid, std::move(c));
+    raw->start();
+}
+
+void shard::connection_closed(std::uint64_t cid) {
+    auto it = _connections.find(cid);
+    if (it == _connections.end())
+        return;
+    _closed.push_back(std::move(it->second));
+    _connections.erase(it);
+}
+
+// --- group commit ------------------------------------------------------------------------
+
+void shard::flush_commits() {
+    for (auto& slot : _spools) {
+        if (slot->in_flight || reactor().now() < slot->retry_at)
+            continue;
+        const spool::commit_batch* b = slot->sp->prepare_batch();
+        if (b == nullptr)
+            continue;
+        slot->requests.clear();
+        for (const auto& w : b->writes) {
+            slot->requests.push_back(core::write_request{w.fd, w.offset, w.iov.data(),
+                                                         static_cast<unsigned>(w.iov.size())});
+        }
+        if (slot->requests.empty() && b->sync_fds.empty()) {
+            batch_done(*slot, 0);
+            continue;
+        }
+        slot->in_flight = true;
+        reactor().write_chain(slot->requests, b->sync_fds, &slot->op);
+    }
+}
+
+void shard::batch_done(spool_slot& slot, int res) {
+    slot.in_flight = false;
+    if (res < 0) {
+        slot.backoff = slot.backoff.count() == 0
+                           ? 50ms
+                           : std::min<std::chrono::milliseconds>(slot.backoff * 2, 1s);
+        slot.retry_at = reactor().now() + slot.backoff;
+        reactor().arm(slot, slot.retry_at);
+        log::error("spool {}: commit failed: {} (next attempt in {} ms)", slot.sp->dir().string(),
+                   std::strerror(-res), slot.backoff.count());
+    } else if (slot.backoff.count() != 0) {
+        log::info("spool {}: commits succeed again", slot.sp->dir().string());
+        slot.backoff = 0ms;
+    }
+    auto committed = slot.sp->complete_batch(res);
+    for (auto& c : committed) {
+        if (c.id)
+            _engine->add_committed(*slot.sp, *c.id);
+        if (c.token == 0) {
+            _engine->internal_committed(c.id);
+            continue;
+        }
+        auto it = _connections.find(c.token);
+        if (it != _connections.end()) {
+            it->second->on_committed(c.id);
+        } else if (c.id) {
+            log::info("{}: committed after its client left (delivered anyway)",
+                      spool::format_queue_id(*c.id));
+        }
+    }
+}
+
+// --- delivery::host ------------------------------------------------------------------------
+
+void shard::wake_at(std::optional<queue::steady_time> t) {
+    if (t) {
+        reactor().arm(_engine_timer, *t);
+    } else {
+        reactor().disarm(_engine_timer);
+    }
+}
+
+void shard::nudge() {
+    reactor().nop(nullptr);
+}
+
+bool shard::send(unsigned to, delivery::shard_message&& m) {
+    return _ctx.delivery.mailbox->try_send(id(), to, std::move(m));
+}
+
+bool shard::inbox_empty() const {
+    auto& mb = *_ctx.delivery.mailbox;
+    for (unsigned from = 0; from < _ctx.shards; ++from) {
+        if (mb.pending_approx(from, id()) != 0)
+            return false;
+    }
+    return true;
+}
+
+void shard::set_quiet(bool quiet) {
+    _ctx.delivery.quiet[id()].store(quiet, std::memory_order_seq_cst);
+}
+
+bool shard::all_quiet() const {
+    for (unsigned s = 0; s < _ctx.shards; ++s) {
+        if (!_ctx.delivery.quiet[s].load(std::memory_order_seq_cst))
+            return false;
+    }
+    return true;
+}
+
+}  // namespace ringmail::daemon

@@ -1,0 +1,281 @@
+#include "ringmail/delivery/delivery_log.h"
+
+#include "ringmail/core/log.h"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace ringmail::delivery {
+
+namespace log = core::log;
+
+std::string_view event_name(delivery_event e) noexcept {
+    switch (e) {
+        case delivery_event::reception:
+            return "Reception";
+        case delivery_event::delivery:
+            return "Delivery";
+        case delivery_event::transient_failure:
+            return "TransientFailure";
+        case delivery_event::bounce:
+            return "Bounce";
+        case delivery_event::expiration:
+            return "Expiration";
+    }
+    return "?";
+}
+
+namespace {
+
+// Length of the well-formed UTF-8 sequence at s[i], or 0 (RFC 3629: no overlongs, no
+// surrogates, nothing past U+10FFFF).
+std::size_t utf8_sequence(std::string_view s, std::size_t i) {
+    const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
+    const unsigned char c = b(0);
+    const std::size_t left = s.size() - i;
+    const auto cont = [&](std::size_t k) { return (b(k) & 0xC0) == 0x80; };
+    if (c >= 0xC2 && c <= 0xDF)
+        return left >= 2 && cont(1) ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (left < 3 || !cont(1) || !cont(2))
+            return 0;
+        if (c == 0xE0 && b(1) < 0xA0)
+            return 0;
+        if (c == 0xED && b(1) >= 0xA0)
+            return 0;
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (left < 4 || !cont(1) || !cont(2) || !cont(3))
+            return 0;
+        if (c == 0xF0 && b(1) < 0x90)
+            return 0;
+        if (c == 0xF4 && b(1) >= 0x90)
+            return 0;
+        return 4;
+    }
+    return 0;
+}
+
+void json_string(std::string& out, std::string_view s) {
+    out += '"';
+    for (std::size_t i = 0; i < s.size();) {
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        if (c >= 0x80) {
+            const std::size_t n = utf8_sequence(s, i);
+            if (n == 0) {
+                out += "\\ufffd";
+                ++i;
+            } else {
+                out.append(s.substr(i, n));
+                i += n;
+            }
+            continue;
+        }
+        switch (c) {
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
+            case '\r':
+                out += "\\r";
+                break;
+            case '\t':
+                out += "\\t";
+                break;
+            default:
+                if (c < 0x20 || c == 0x7f) {
+                    fmt::format_to(std::back_inserter(out), "\\u{:04x}", c);
+                } else {
+                    out += static_cast<char>(c);
+                }
+        }
+        ++i;
+    }
+    out += '"';
+}
+
+void field(std::string& out, std::string_view name, std::string_view value) {
+    if (value.empty())
+        return;
+    out += ",\"";
+    out += name;
+    out += "\":";
+    json_string(out, value);
+}
+
+void field(std::string& out, std::string_view name, std::int64_t value) {
+    if (value < 0)
+        return;
+    fmt::format_to(std::back_inserter(out), ",\"{}\":{}", name, value);
+}
+
+bool starts_with_nocase(std::string_view s, std::string_view prefix) {
+    if (s.size() < prefix.size())
+        return false;
+    for (std::size_t i = 0; i < prefix.size(); ++i) {
+        char c = s[i];
+        if (c >= 'A' && c <= 'Z')
+            c = static_cast<char>(c - 'A' + 'a');
+        if (c != prefix[i])
+            return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+void format_delivery_record(const delivery_record& r, std::string& out) {
+    const std::time_t secs = static_cast<std::time_t>(r.time_ms / 1000);
+    std::tm tm{};
+    ::gmtime_r(&secs, &tm);
+    fmt::format_to(std::back_inserter(out),
+                   "{{\"time\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\",\"type\":\"{}\"",
+                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                   r.time_ms % 1000, event_name(r.type));
+    field(out, "queue_id", r.queue_id);
+    field(out, "message_id", r.message_id);
+    // The null sender is meaningful: always present.
+    out += ",\"sender\":";
+    json_string(out, r.sender);
+    if (r.type == delivery_event::reception) {
+        field(out, "recipients", static_cast<std::int64_t>(r.recipients));
+        field(out, "client_ip", r.client_ip);
+    } else {
+        field(out, "recipient", r.recipient);
+    }
+    field(out, "mx_host", r.mx_host);
+    field(out, "mx_ip", r.mx_ip);
+    field(out, "reply", r.reply);
+    field(out, "attempt", r.attempt);
+    field(out, "latency_ms", r.latency_ms);
+    field(out, "size", r.size);
+    out += "}\n";
+}
+
+std::string_view find_message_id(std::string_view message, std::string& scratch) {
+    constexpr std::size_t max_header_block = 256 * 1024;
+    if (message.size() > max_header_block)
+        message = message.substr(0, max_header_block);
+    std::size_t pos = 0;
+    while (pos < message.size()) {
+        std::size_t eol = message.find("\r\n", pos);
+        if (eol == std::string_view::npos)
+            eol = message.size();
+        std::string_view line = message.substr(pos, eol - pos);
+        if (line.empty())
+            return {};  // end of the header block
+        if (starts_with_nocase(line, "message-id:")) {
+            scratch.assign(line.substr(11));
+            // Unfold continuation lines.
+            std::size_t next = eol + 2;
+            while (next < message.size() && (message[next] == ' ' || message[next] == '\t')) {
+                std::size_t e2 = message.find("\r\n", next);
+                if (e2 == std::string_view::npos)
+                    e2 = message.size();
+                scratch.append(message.substr(next, e2 - next));
+                next = e2 + 2;
+            }
+            std::string_view v = scratch;
+            while (!v.empty() && (v.front() == ' ' || v.front() == '\t'))
+                v.remove_prefix(1);
+            while (!v.empty() && (v.back() == ' ' || v.back() == '\t'))
+                v.remove_suffix(1);
+            return v.substr(0, 998);
+        }
+        pos = eol + 2;
+    }
+    return {};
+}
+
+delivery_log::delivery_log(std::string path, const std::atomic<std::uint64_t>& generation,
+                           std::size_t max_buffer)
+    : _path(std::move(path)),
+      _generation(generation),
+      _seen_generation(generation.load(std::memory_order_acquire)),
+      _max_buffer(max_buffer) {
+    if (enabled())
+        reopen();
+}
+
+delivery_log::~delivery_log() {
+    flush();
+    if (_fd >= 0)
+        ::close(_fd);
+}
+
+void delivery_log::add(const delivery_record& r) {
+    if (!enabled())
+        return;
+    if (_buffer.size() >= _max_buffer) {
+        ++_dropped;
+        return;
+    }
+    format_delivery_record(r, _buffer);
+}
+
+bool delivery_log::reopen() {
+    const int fd = ::open(_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        if (!_failing)
+            log::error("delivery log {}: cannot open: {}", _path, std::strerror(errno));
+        _failing = true;
+        return false;
+    }
+    if (_fd >= 0)
+        ::close(_fd);
+    _fd = fd;
+    return true;
+}
+
+bool delivery_log::flush() {
+    if (!enabled())
+        return true;
+    const std::uint64_t g = _generation.load(std::memory_order_acquire);
+    if (g != _seen_generation) {
+        _seen_generation = g;
+        reopen();
+    } else if (_fd < 0 && !_buffer.empty()) {
+        reopen();
+    }
+    if (_buffer.empty())
+        return true;
+    if (_fd < 0) {
+        ++_dropped;
+        _buffer.clear();
+        return false;
+    }
+    // Whole lines in one write: with O_APPEND the shards' writes do not interleave mid-line.
+    std::size_t done = 0;
+    while (done < _buffer.size()) {
+        const ssize_t n = ::write(_fd, _buffer.data() + done, _buffer.size() - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (!_failing)
+                log::error("delivery log {}: write failed: {}", _path, std::strerror(errno));
+            _failing = true;
+            ++_dropped;
+            _buffer.clear();
+            return false;
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    if (_failing)
+        log::info("delivery log {}: writing again", _path);
+    _failing = false;
+    _buffer.clear();
+    return true;
+}
+
+}  // namespace ringmail::delivery

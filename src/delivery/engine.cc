@@ -1,0 +1,954 @@
+#include "ringmail/delivery/engine.h"
+
+#include "ringmail/core/log.h"
+#include "ringmail/core/panic.h"
+#include "ringmail/delivery/bounce.h"
+#include "ringmail/dns/errc.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <random>
+
+namespace ringmail::delivery {
+
+namespace log = core::log;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string one_line(std::string_view text) {
+    std::string s(text);
+    std::replace(s.begin(), s.end(), '\n', ' ');
+    return s;
+}
+
+queue::attempt_reply to_attempt(const smtp::server_reply& r, std::string_view host) {
+    return queue::attempt_reply{.code = r.code,
+                                .enhanced = r.enhanced,
+                                .text = one_line(r.text),
+                                .remote_mta = std::string(host)};
+}
+
+smtp::tls_policy to_smtp_policy(core::tls_policy p) noexcept {
+    switch (p) {
+        case core::tls_policy::none:
+            return smtp::tls_policy::none;
+        case core::tls_policy::opportunistic:
+            return smtp::tls_policy::opportunistic;
+        case core::tls_policy::required:
+            return smtp::tls_policy::required;
+    }
+    return smtp::tls_policy::none;
+}
+
+std::shared_ptr<message_view> make_view(const spool::stored_message& m) {
+    auto v = std::make_shared<message_view>();
+    v->id = m.id;
+    v->mail_from = m.env.mail_from;
+    v->rcpts = m.env.rcpt_to;
+    v->added_headers = m.added_headers;
+    v->body = m.body;
+    v->eight_bit = m.env.body == mail::body_type::eight_bit_mime;
+    v->smtputf8 = m.env.smtputf8;
+    v->arrival = m.env.arrival_time;
+    std::string scratch;
+    v->message_id = std::string(find_message_id(m.body, scratch));
+    return v;
+}
+
+std::string_view status_word(queue::rcpt_status st) {
+    switch (st) {
+        case queue::rcpt_status::delivered:
+            return "sent";
+        case queue::rcpt_status::failed:
+            return "bounced";
+        case queue::rcpt_status::expired:
+            return "expired";
+        case queue::rcpt_status::deferred:
+            break;
+    }
+    return "deferred";
+}
+
+}  // namespace
+
+engine_settings make_settings(const core::config& cfg, unsigned shard, unsigned shards,
+                              queue::spare_gauges* gauges) {
+    const auto& d = cfg.delivery;
+    engine_settings s;
+    queue::scheduler_config& sc = s.scheduler;
+    sc.shard = shard;
+    sc.shards = shards;
+    queue::destination_policy defaults;
+    defaults.max_connections = d.destination_max_connections;
+    defaults.max_messages_per_connection = d.max_messages_per_connection;
+    defaults.connect_timeout = d.connect_timeout;
+    std::vector<queue::domain_override> overrides;
+    for (const auto& dc : cfg.domains) {
+        queue::domain_override o;
+        o.name = dc.name;
+        o.max_connections = dc.max_connections;
+        o.max_messages_per_connection = dc.max_messages_per_connection;
+        if (dc.connect_timeout)
+            o.connect_timeout = std::chrono::milliseconds(*dc.connect_timeout);
+        o.rate = dc.rate;
+        o.burst = dc.burst;
+        overrides.push_back(std::move(o));
+    }
+    // The smarthost destination is per shard (placement::local): delivery.max_connections of
+    // this shard's may go to it, as many as the shard may open at all.
+    queue::domain_override relay;
+    relay.name = std::string(router::smarthost_key);
+    relay.max_connections = d.max_connections;
+    overrides.push_back(std::move(relay));
+    sc.policies = queue::domain_policy(defaults, overrides);
+    sc.retry.schedule = d.retry_schedule;
+    sc.retry.max_lifetime = d.max_lifetime;
+    sc.seed = std::random_device{}();
+    sc.max_total_connections = d.max_connections;
+    sc.idle_timeout = d.idle_timeout;
+    sc.gauges = gauges;
+    s.routes = router(d.smarthost, cfg.domains);
+    s.client.helo_name = d.helo_name.empty() ? cfg.server.hostname : d.helo_name;
+    s.tls = d.tls;
+    s.tls_verify = d.tls_verify;
+    s.domains = cfg.domains;
+    s.hostname = cfg.server.hostname;
+    s.connect_timeout = d.connect_timeout;
+    s.idle_timeout = d.idle_timeout;
+    s.max_messages_per_connection = d.max_messages_per_connection;
+    s.max_connections = d.max_connections;
+    return s;
+}
+
+engine::engine(host& h, outbound::network& net, engine_settings settings)
+    : _host(h), _net(net), _settings(std::move(settings)), _sched(_settings.scheduler) {
+    _host.set_quiet(false);
+}
+
+engine::~engine() {
+    _conns.clear();
+    _dead.clear();
+}
+
+bool engine::can_accept() const {
+    return _ledger.size() < std::min(_ledger.max_messages(), _settings.max_messages);
+}
+
+// --- the origin side ---------------------------------------------------------------------
+
+void engine::hold_view(const std::shared_ptr<const message_view>& v, std::size_t rcpts) {
+    auto& ref = _views[v->id];
+    if (!ref.view)
+        ref.view = v;
+    ref.rcpts += rcpts;
+}
+
+void engine::submit(const std::shared_ptr<const message_view>& view,
+                    std::span<const std::uint32_t> pending, std::uint32_t attempts,
+                    std::int64_t next_attempt_unix) {
+    const auto now = _host.now();
+    const std::int64_t now_unix = _host.unix_now();
+    std::vector<queue::scheduler::placement> placements;
+    auto groups = queue::group_by_destination(view->rcpts, pending, [&](std::string_view domain) {
+        return _settings.routes.destination_of(domain).key;
+    });
+    for (auto& g : groups) {
+        queue::delivery_job j;
+        j.queue_id = view->id;
+        j.rcpts = g.rcpts;
+        j.attempts = attempts;
+        j.arrival_unix = view->arrival;
+        j.next_attempt = next_attempt_unix > now_unix
+                             ? now + std::chrono::seconds(next_attempt_unix - now_unix)
+                             : now;
+        const std::size_t n = j.rcpts.size();
+        const auto where = g.domain == router::smarthost_key ? queue::scheduler::placement::local
+                                                             : queue::scheduler::placement::owner;
+        hold_view(view, n);
+        if (auto ok = _sched.submit(g.domain, std::move(j), now, where); !ok) {
+            // Durable all the same: the next start-up submits it again.
+            log::error("{}: cannot schedule {} recipient(s) at {}: {}",
+                       spool::format_queue_id(view->id), n, log::sanitize(g.domain),
+                       ok.error().message());
+            release(view->id, n);
+        }
+    }
+    _dirty = true;
+}
+
+void engine::add_recovered(spool::spool&, const spool::recovered_message& m) {
+    _oncore.check();
+    ledger_message lm;
+    lm.id = m.msg.id;
+    lm.sender = m.msg.env.mail_from;
+    lm.arrival = m.msg.env.arrival_time;
+    lm.rcpts = m.msg.env.rcpt_to;
+    lm.attempts = m.attempts;
+    std::vector<std::uint32_t> pending;
+    lm.state.resize(lm.rcpts.size(), queue::rcpt_state::pending);
+    for (std::uint32_t i = 0; i < lm.rcpts.size(); ++i) {
+        if (i < m.rcpt_done.size() && m.rcpt_done[i]) {
+            auto o = m.rcpt_outcome[i];
+            lm.state[i] = o == spool::outcome::delivered ? queue::rcpt_state::delivered
+                          : o == spool::outcome::bounced ? queue::rcpt_state::bounced
+                                                         : queue::rcpt_state::expired;
+        } else {
+            pending.push_back(i);
+        }
+    }
+    if (auto ok = _ledger.add(std::move(lm)); !ok) {
+        log::error("{}: cannot queue recovered message: {}", spool::format_queue_id(m.msg.id),
+                   ok.error().message());
+        return;
+    }
+    // Only the recipients still pending become jobs again.
+    submit(make_view(m.msg), pending, m.attempts, m.next_attempt);
+}
+
+void engine::add_committed(spool::spool& sp, spool::queue_id id) {
+    _oncore.check();
+    auto m = sp.read(id);
+    if (!m) {
+        log::error("{}: committed but unreadable: {}", spool::format_queue_id(id),
+                   m.error().message());
+        return;
+    }
+    auto view = make_view(*m);
+    if (_host.events().enabled()) {
+        std::string qid = spool::format_queue_id(id);
+        delivery_record r;
+        r.type = delivery_event::reception;
+        r.time_ms = _host.unix_now_ms();
+        r.queue_id = qid;
+        r.message_id = view->message_id;
+        r.sender = m->env.mail_from;
+        r.recipients = static_cast<std::uint32_t>(m->env.rcpt_to.size());
+        r.client_ip = m->env.client_address;
+        r.size = static_cast<std::int64_t>(m->body.size());
+        _host.events().add(r);
+    }
+    ledger_message lm;
+    lm.id = id;
+    lm.sender = m->env.mail_from;
+    lm.arrival = m->env.arrival_time;
+    lm.rcpts = m->env.rcpt_to;
+    if (auto ok = _ledger.add(std::move(lm)); !ok) {
+        log::error("{}: queue full, message stays in the spool until restart",
+                   spool::format_queue_id(id));
+        return;
+    }
+    std::vector<std::uint32_t> pending(view->rcpts.size());
+    for (std::uint32_t i = 0; i < pending.size(); ++i)
+        pending[i] = i;
+    submit(view, pending, 0, 0);
+}
+
+void engine::internal_committed(const result<spool::queue_id>& id) {
+    if (!id)
+        log::error("a delivery status notification could not be spooled: {}", id.error().message());
+}
+
+// The one outcome path: a notice's recipients -> journal (final states, the retry record) ->
+// at most one DSN per message, once no recipient is pending -> done.
+void engine::apply_notice(const queue::job_notice& n) {
+    spool::spool* sp = _host.spool_for(n.queue_id);
+    const ledger_message* lm = _ledger.find(n.queue_id);
+    for (std::size_t i = 0; lm != nullptr && i < n.rcpts.size(); ++i) {
+        if (n.status[i] == queue::rcpt_status::expired && n.rcpts[i] < lm->rcpts.size()) {
+            log::info("{}: recipient <{}> expired after delivery.max_lifetime",
+                      spool::format_queue_id(n.queue_id), log::sanitize(lm->rcpts[n.rcpts[i]]));
+        }
+    }
+    auto a = _ledger.apply(n);
+    if (!sp)
+        return;
+    for (auto [i, o] : a.outcomes)
+        sp->record_rcpt(n.queue_id, i, o);
+    if (a.retry)
+        sp->record_attempt(n.queue_id, a.retry->attempts, a.retry->next_attempt);
+    if (a.bounce) {
+        auto dsn =
+            spool_dsn(*sp, _host.own_spool(), *a.bounce, _settings.hostname, _host.unix_now());
+        if (dsn) {
+            log::info("{}: sender non-delivery notification: {} (to=<{}>, {} recipient(s))",
+                      spool::format_queue_id(a.bounce->id), spool::format_queue_id(*dsn),
+                      log::sanitize(a.bounce->sender), a.bounce->rcpts.size());
+        } else {
+            log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(a.bounce->id),
+                       dsn.error().message());
+        }
+    }
+    if (a.null_sender_failure) {
+        // RFC 5321 6.1: never a notification about a notification (or any null-sender mail).
+        log::info("{}: undeliverable, null sender: no notification sent",
+                  spool::format_queue_id(n.queue_id));
+    }
+    if (a.done)
+        sp->record_done(n.queue_id);
+    if (!a.outcomes.empty() || a.retry || a.done)
+        _journaled = true;
+}
+
+// --- messages between shards -------------------------------------------------------------
+
+void engine::receive(unsigned from, shard_message&& m) {
+    _oncore.check();
+    if (auto* h = std::get_if<queue::job_handoff>(&m.msg)) {
+        if (m.view)
+            hold_view(m.view, h->job.rcpts.size());
+    }
+    auto notice = _sched.receive(from, std::move(m.msg), _host.now());
+    if (notice)
+        apply_notice(*notice);
+    _dirty = true;
+}
+
+void engine::release(std::uint64_t id, std::size_t n) {
+    auto it = _views.find(id);
+    if (it == _views.end() || n == 0)
+        return;
+    it->second.rcpts -= std::min(n, it->second.rcpts);
+    if (it->second.rcpts == 0)
+        _views.erase(it);
+}
+
+// Jobs leaving this shard, and final outcomes, release their hold on the message view.
+std::pair<std::uint64_t, std::size_t> engine::released(const queue::shard_message& msg) {
+    std::uint64_t id = 0;
+    std::size_t n = 0;
+    if (auto* h = std::get_if<queue::job_handoff>(&msg)) {
+        id = h->job.queue_id;
+        n = h->job.rcpts.size();
+    } else if (auto* nt = std::get_if<queue::job_notice>(&msg)) {
+        id = nt->queue_id;
+        for (std::size_t i = 0; i < nt->rcpts.size(); ++i) {
+            if (nt->status[i] != queue::rcpt_status::deferred)
+                ++n;
+        }
+    }
+    return {id, n};
+}
+
+// The delivery-log record and the log line of every recipient of a notice, written by the
+// shard that made the attempt (it knows the host and address), once the scheduler decided the
+// recipient's fate (a 4xx past max_lifetime is an expiration, not a transient failure).
+void engine::log_notice(const queue::job_notice& n) {
+    auto notes_it = _notes.find(n.queue_id);
+    auto vit = _views.find(n.queue_id);
+    const message_view* v = vit == _views.end() ? nullptr : vit->second.view.get();
+    delivery_log& events = _host.events();
+    const std::string id = spool::format_queue_id(n.queue_id);
+    const std::int64_t now_ms = _host.unix_now_ms();
+    for (std::size_t i = 0; i < n.rcpts.size(); ++i) {
+        const std::uint16_t r = n.rcpts[i];
+        const tx_note* note = nullptr;
+        if (notes_it != _notes.end()) {
+            for (const auto& t : notes_it->second) {
+                if (t.rcpt == r)
+                    note = &t;
+            }
+        }
+        std::string reply_text;
+        std::string_view host;
+        std::string_view ip;
+        if (note) {
+            reply_text = note->reply;
+            host = note->host;
+            ip = note->ip;
+        } else if (n.detail) {
+            for (const auto& [idx, rep] : n.detail->replies) {
+                if (idx == r) {
+                    reply_text = rep.to_string();
+                    host = rep.remote_mta;
+                }
+            }
+        }
+        std::string_view rcpt = v && r < v->rcpts.size() ? std::string_view(v->rcpts[r]) : "";
+        log::info("{}: to=<{}>, relay={}[{}], attempt={}, status={} ({})", id, log::sanitize(rcpt),
+                  host.empty() ? "none" : host, ip, n.attempts, status_word(n.status[i]),
+                  log::sanitize(reply_text));
+        if (!events.enabled())
+            continue;
+        delivery_record rec;
+        switch (n.status[i]) {
+            case queue::rcpt_status::delivered:
+                rec.type = delivery_event::delivery;
+                break;
+            case queue::rcpt_status::failed:
+                rec.type = delivery_event::bounce;
+                break;
+            case queue::rcpt_status::expired:
+                rec.type = delivery_event::expiration;
+                break;
+            case queue::rcpt_status::deferred:
+                rec.type = delivery_event::transient_failure;
+                break;
+        }
+        rec.time_ms = now_ms;
+        rec.queue_id = id;
+        if (v) {
+            rec.message_id = v->message_id;
+            rec.sender = v->mail_from;
+            rec.recipient = rcpt;
+            rec.latency_ms = std::max<std::int64_t>(0, now_ms - v->arrival * 1000);
+            rec.size = static_cast<std::int64_t>(v->body.size());
+        }
+        rec.mx_host = host;
+        rec.mx_ip = ip;
+        rec.reply = reply_text;
+        rec.attempt = n.attempts;
+        events.add(rec);
+    }
+    if (notes_it != _notes.end()) {
+        auto& notes = notes_it->second;
+        std::erase_if(notes, [&](const tx_note& t) {
+            return std::find(n.rcpts.begin(), n.rcpts.end(), t.rcpt) != n.rcpts.end();
+        });
+        if (notes.empty())
+            _notes.erase(notes_it);
+    }
+}
+
+// --- the owner side: the scheduler's actions ----------------------------------------------
+
+void engine::on_timer() {
+    _dirty = true;
+    run();
+}
+
+void engine::reap() {
+    if (!_dead.empty())
+        std::erase_if(_dead, [](const auto& c) { return c->finished(); });
+    if (_dirty)
+        run();
+}
+
+void engine::run() {
+    _oncore.check();
+    if (_running) {
+        _dirty = true;
+        return;
+    }
+    _running = true;
+    std::optional<queue::steady_time> until;
+    do {
+        _dirty = false;
+        if (!_draining) {
+            for (int guard = 0; guard < 100000; ++guard) {
+                auto a = _sched.next_action(_host.now());
+                if (auto* w = std::get_if<queue::wait>(&a)) {
+                    until = w->until;
+                    break;
+                }
+                if (auto* o = std::get_if<queue::open_connection>(&a)) {
+                    open(*o);
+                } else if (auto* j = std::get_if<queue::run_job>(&a)) {
+                    run_job(*j);
+                } else if (auto* c = std::get_if<queue::close_connection>(&a)) {
+                    close(c->conn);
+                }
+            }
+        }
+        const unsigned self = _host.shard_id();
+        _sched.flush_outgoing([&](unsigned to, queue::shard_message& msg) -> bool {
+            if (to == self) {
+                // Our own notice: this shard is both the owner and the origin.
+                auto& n = std::get<queue::job_notice>(msg);
+                log_notice(n);
+                auto [id, count] = released(msg);
+                release(id, count);
+                apply_notice(n);
+                return true;
+            }
+            // The log and the view accounting need the message after it has gone (the
+            // receiver owns it then): keep what they need first.
+            auto [id, count] = released(msg);
+            std::optional<queue::job_notice> copy;
+            if (auto* nt = std::get_if<queue::job_notice>(&msg)) {
+                copy.emplace();
+                copy->queue_id = nt->queue_id;
+                copy->rcpts = nt->rcpts;
+                copy->status = nt->status;
+                copy->attempts = nt->attempts;
+                if (nt->detail)
+                    copy->detail = std::make_unique<queue::notice_detail>(*nt->detail);
+            }
+            shard_message out;
+            if (auto* h = std::get_if<queue::job_handoff>(&msg)) {
+                auto it = _views.find(h->job.queue_id);
+                if (it != _views.end())
+                    out.view = it->second.view;
+            }
+            out.msg = std::move(msg);
+            if (!_host.send(to, std::move(out))) {
+                msg = std::move(out.msg);
+                return false;
+            }
+            if (copy)
+                log_notice(*copy);
+            release(id, count);
+            return true;
+        });
+        if (!_draining)
+            reclaim_idle();
+    } while (_dirty);
+    _running = false;
+    auto parked_next = _pool.expire(_host.now(), _dead);
+    if (parked_next && (!until || *parked_next < *until))
+        until = parked_next;
+    if (_sched.has_outgoing()) {
+        // A ring is full: try again soon (the consumer is draining it).
+        until = _host.now() + 1ms;
+    }
+    _host.wake_at(until);
+    if (_journaled) {
+        // The spool's commit hook ran before us in this iteration: make the next one come now.
+        _journaled = false;
+        _host.nudge();
+    }
+}
+
+// The scheduler keeps an idle connection until delivery.idle_timeout even when this shard's
+// connection cap (delivery.max_connections) then keeps other destinations with ready jobs from
+// opening one: with more destinations than connections, delivery would stall for the idle
+// timeout. When jobs wait, the cap is reached and few connections are being opened, one idle
+// connection is handed back to the scheduler at once (its QUIT goes out afterwards, so the
+// destination's global limit may be passed by that one closing connection for a moment).
+void engine::reclaim_idle() {
+    constexpr std::size_t max_opening = 8;
+    const auto counts = _sched.counts();
+    if (counts.ready == 0 || counts.connections < _settings.max_connections)
+        return;
+    std::size_t opening = 0;
+    auto victim = _conns.end();
+    for (auto it = _conns.begin(); it != _conns.end(); ++it) {
+        const conn& mc = it->second;
+        if (!mc.opened)
+            ++opening;
+        else if (victim == _conns.end() && mc.c && !mc.job && mc.c->ready())
+            victim = it;
+    }
+    if (opening >= max_opening || victim == _conns.end())
+        return;
+    const std::uint64_t cid = victim->first;
+    park(victim->second);
+    auto c = std::move(victim->second.c);  // null when parked
+    _conns.erase(victim);
+    _sched.connection_closed(cid, _host.now());
+    if (c) {
+        c->stop(false);  // QUIT; its on_closed finds no connection record and is ignored
+        _dead.push_back(std::move(c));
+    }
+    _dirty = true;
+}
+
+// --- parked sessions: reuse across destinations that share a host -------------------------
+
+// Takes mc's idle session into the pool; false (mc untouched) when it cannot be kept. A session
+// past the default message limit per connection is not kept: the scheduler counts messages per
+// its own connection only.
+bool engine::park(conn& mc) {
+    if (_draining || !mc.c || mc.job || _settings.idle_timeout.count() <= 0 ||
+        (_settings.max_messages_per_connection != 0 &&
+         mc.c->transactions() >= _settings.max_messages_per_connection))
+        return false;
+    const bool verified = mc.c->tls_active() && mc.settings.tls &&
+                          mc.settings.client.starttls != smtp::tls_policy::none &&
+                          mc.settings.tls == _net.client_tls(true);
+    if (!_pool.park(mc.c, verified, _host.now() + _settings.idle_timeout))
+        return false;
+    log::debug("{}: session parked", log::sanitize(mc.key));
+    return true;
+}
+
+outbound::adoption_policy engine::adoption_for(const outbound::outbound_settings& s) const {
+    outbound::adoption_policy p;
+    p.starttls = s.client.starttls;
+    p.tls_context = s.tls != nullptr;
+    p.verify = s.tls && s.tls == _net.client_tls(true);
+    return p;
+}
+
+// Before connecting to mc's next target: a parked session to any address of the same
+// preference level whose TLS state satisfies mc's policy becomes mc's connection, opened at
+// once. Lower preference levels are only reached after this level failed.
+bool engine::adopt(std::uint64_t cid, conn& mc) {
+    if (_pool.empty() || mc.next_target >= mc.targets.size())
+        return false;
+    const std::uint16_t level = mc.preferences[mc.next_target];
+    std::size_t end = mc.next_target;
+    while (end < mc.targets.size() && mc.preferences[end] == level)
+        ++end;
+    std::span<const outbound::outbound_target> candidates(mc.targets.data() + mc.next_target,
+                                                          end - mc.next_target);
+    auto l = _pool.adopt(candidates, adoption_for(mc.settings));
+    if (!l)
+        return false;
+    l->rebind(cid);
+    log::debug("{}: reusing the session to {} [{}]", log::sanitize(mc.key), l->target().host,
+               l->target().ip);
+    mc.c = std::move(l);
+    mc.next_target = mc.targets.size();
+    mc.opened = true;
+    _sched.connection_opened(cid, _host.now());
+    _dirty = true;
+    return true;
+}
+
+outbound::outbound_settings engine::settings_for(std::string_view key) {
+    outbound::outbound_settings s;
+    s.client = _settings.client;
+    core::tls_policy policy = _settings.tls;
+    bool verify = _settings.tls_verify;
+    for (const auto& dc : _settings.domains) {
+        if (dc.name == key) {
+            if (dc.tls)
+                policy = *dc.tls;
+            if (dc.tls_verify)
+                verify = *dc.tls_verify;
+        }
+    }
+    s.client.starttls = to_smtp_policy(policy);
+    if (s.client.starttls != smtp::tls_policy::none) {
+        s.tls = _net.client_tls(verify);
+        // No context: opportunistic goes plaintext, required fails (deferred) in the session.
+        if (!s.tls && s.client.starttls == smtp::tls_policy::opportunistic)
+            s.client.starttls = smtp::tls_policy::none;
+    }
+    s.connect_timeout = _settings.connect_timeout;
+    s.idle_timeout = std::chrono::milliseconds(0);  // the scheduler closes idle connections
+    s.max_transactions = 0;                         // and counts transactions
+    return s;
+}
+
+void engine::open(const queue::open_connection& a) {
+    const std::uint64_t cid = a.conn;
+    conn& mc = _conns[cid];
+    mc.key = std::string(a.domain);
+    mc.settings = settings_for(mc.key);
+    mc.settings.connect_timeout = a.connect_timeout;
+    auto cb = [this, cid](const result<dns::route>& r) { on_route(cid, r); };
+    // The callback runs from the loop later, never inside the lookup call.
+    if (auto fixed = _settings.routes.fixed_host(mc.key)) {
+        _net.resolve_host(fixed->host, fixed->port, std::move(cb));
+    } else {
+        _net.resolve_route(mc.key, std::move(cb));
+    }
+}
+
+void engine::on_route(std::uint64_t cid, const result<dns::route>& r) {
+    auto it = _conns.find(cid);
+    if (it == _conns.end())
+        return;
+    conn& mc = it->second;
+    _dirty = true;
+    const auto now = _host.now();
+    if (_draining) {
+        _sched.connection_closed(cid, now);
+        _conns.erase(it);
+        return;
+    }
+    if (!r) {
+        const std::error_code ec = r.error();
+        queue::attempt_reply why;
+        why.code = dns::reply_code(ec);
+        why.enhanced = std::string(dns::enhanced_status(ec));
+        why.text = fmt::format("{}: {}", mc.key, ec.message());
+        if (dns::is_permanent(ec)) {
+            // Every job of the destination fails with this reply: the scheduler runs them on
+            // a connection that exists only here.
+            log::info("{}: {} ({})", log::sanitize(mc.key), ec.message(), why.enhanced);
+            mc.dns_failure = why;
+            mc.opened = true;
+            _sched.connection_opened(cid, now);
+        } else {
+            log::warn("{}: route lookup failed: {}", log::sanitize(mc.key), ec.message());
+            connection_failed(cid, mc, std::move(why));
+        }
+        if (!_running)
+            run();
+        return;
+    }
+    for (const auto& h : r->hosts) {
+        for (const auto& ep : h.addresses) {
+            if (mc.targets.size() >= _settings.max_targets)
+                break;
+            mc.targets.push_back(outbound::outbound_target{ep, h.name, core::ip_text(ep)});
+            mc.preferences.push_back(h.preference);
+        }
+    }
+    mc.next_target = 0;
+    connect_next(cid, mc);
+    if (!_running)
+        run();
+}
+
+// Every address of the attempt refused or failed: the ready jobs of the destination wait for
+// their retry (the retry schedule paces reconnection).
+void engine::connection_failed(std::uint64_t cid, conn& mc, queue::attempt_reply why) {
+    const std::size_t deferred = _sched.connection_failed(cid, why, _host.now(), _host.unix_now());
+    log::warn("{} unavailable ({}): {} message(s) deferred",
+              mc.key == router::smarthost_key && _settings.routes.smarthost()
+                  ? "smarthost " + host_port_text(*_settings.routes.smarthost())
+                  : log::sanitize(mc.key),
+              log::sanitize(why.to_string()), deferred);
+    _conns.erase(cid);
+    _dirty = true;
+}
+
+void engine::connect_next(std::uint64_t cid, conn& mc) {
+    if (mc.c)
+        _dead.push_back(std::move(mc.c));
+    if (mc.next_target >= mc.targets.size() || _draining) {
+        if (_draining) {
+            _sched.connection_closed(cid, _host.now());
+            _conns.erase(cid);
+            _dirty = true;
+            return;
+        }
+        // One policy for a refused greeting or EHLO, whatever the route: it defers (451); only
+        // replies to mail bounce.
+        smtp::server_reply last = mc.last_error.code != 0
+                                      ? mc.last_error
+                                      : smtp::make_reply(451, "4.4.4", "no usable mail exchanger");
+        queue::attempt_reply why =
+            to_attempt(last, mc.targets.empty() ? "" : mc.targets.back().host);
+        if (why.code < 400 || why.code >= 500)
+            why.code = 451;
+        if (why.enhanced.empty() || why.enhanced[0] != '4')
+            why.enhanced = "4.4.1";
+        connection_failed(cid, mc, std::move(why));
+        return;
+    }
+    if (adopt(cid, mc))
+        return;
+    const outbound::outbound_target& t = mc.targets[mc.next_target++];
+    mc.c = _net.make_link(*this, cid, t, mc.settings);
+    mc.c->connect();
+}
+
+void engine::finish_pseudo(std::uint64_t cid, conn& mc, running_job& j) {
+    std::vector<queue::rcpt_result> results;
+    auto& notes = _notes[j.job.queue_id];
+    for (auto r : j.job.rcpts) {
+        results.push_back(queue::rcpt_result{
+            .rcpt = r, .status = queue::rcpt_status::failed, .reply = &*mc.dns_failure});
+        notes.push_back(tx_note{r, "", "", mc.dns_failure->to_string()});
+    }
+    _sched.complete(cid, j.id, results, _host.now(), _host.unix_now());
+}
+
+void engine::run_job(queue::run_job& a) {
+    auto it = _conns.find(a.conn);
+    if (it == _conns.end())
+        core::invariant_broken("run_job on connection {}, which the engine does not hold", a.conn);
+    conn& mc = it->second;
+    running_job j;
+    j.id = a.job;
+    j.job = a.detail;
+    if (mc.dns_failure) {
+        finish_pseudo(a.conn, mc, j);
+        _sched.connection_closed(a.conn, _host.now());
+        _conns.erase(it);
+        return;
+    }
+    auto vit = _views.find(j.job.queue_id);
+    if (vit == _views.end() || !mc.c || mc.c->finished()) {
+        queue::attempt_reply why{
+            .code = 451,
+            .enhanced = vit == _views.end() ? "4.3.0" : "4.4.2",
+            .text = vit == _views.end() ? "message not available" : "connection lost",
+            .remote_mta = mc.c ? mc.c->target().host : ""};
+        _sched.job_failed(a.conn, a.job, why, _host.now(), _host.unix_now());
+        if (mc.c && !mc.c->finished()) {
+            mc.c->stop(true);  // on_closed reports connection_closed
+        } else {
+            _sched.connection_closed(a.conn, _host.now());
+            if (mc.c)
+                _dead.push_back(std::move(mc.c));
+            _conns.erase(it);
+        }
+        return;
+    }
+    j.view = vit->second.view;
+    for (auto r : j.job.rcpts)
+        j.rcpts.push_back(r < j.view->rcpts.size() ? j.view->rcpts[r] : std::string());
+    mc.job = std::move(j);
+    // A session still finishing its last transaction (an RSET after refused recipients) takes
+    // the job when it is ready: on_ready. Closing it would throw a good session away.
+    if (mc.c->ready())
+        start_job(mc);
+}
+
+void engine::start_job(conn& mc) {
+    running_job& rj = *mc.job;
+    rj.started = true;
+    smtp::outbound_message m;
+    m.mail_from = rj.view->mail_from;
+    m.rcpts = rj.rcpts;
+    m.added_headers = rj.view->added_headers;
+    m.body = rj.view->body;
+    m.size = m.added_headers.size() + m.body.size();
+    m.eight_bit = rj.view->eight_bit;
+    m.smtputf8 = rj.view->smtputf8;
+    mc.c->start(m);
+}
+
+void engine::close(std::uint64_t cid) {
+    auto it = _conns.find(cid);
+    if (it == _conns.end())
+        return;
+    if (it->second.c && !park(it->second)) {
+        it->second.c->stop(false);  // QUIT; on_closed reports it
+        return;
+    }
+    _sched.connection_closed(cid, _host.now());
+    _conns.erase(it);
+}
+
+// --- link events ---------------------------------------------------------------------------
+
+void engine::on_ready(outbound::link& c) {
+    auto it = _conns.find(c.id());
+    if (it == _conns.end() || it->second.c.get() != &c)
+        return;
+    conn& mc = it->second;
+    if (_draining && !mc.job) {
+        c.stop(false);
+        return;
+    }
+    if (!mc.opened) {
+        mc.opened = true;
+        _sched.connection_opened(c.id(), _host.now());
+    }
+    if (mc.job && !mc.job->started) {
+        start_job(mc);
+        return;
+    }
+    _dirty = true;
+    if (!_running)
+        run();
+}
+
+void engine::on_transaction(outbound::link& c, const smtp::transaction_result& r) {
+    auto it = _conns.find(c.id());
+    if (it == _conns.end() || it->second.c.get() != &c || !it->second.job)
+        return;
+    conn& mc = it->second;
+    running_job j = std::move(*mc.job);
+    mc.job.reset();
+    const auto& t = c.target();
+    std::vector<queue::attempt_reply> replies;
+    replies.reserve(j.rcpts.size());
+    std::vector<queue::rcpt_result> results;
+    auto& notes = _notes[j.job.queue_id];
+    for (std::size_t i = 0; i < j.rcpts.size(); ++i) {
+        const smtp::server_reply& rep = r.outcome(i);
+        replies.push_back(to_attempt(rep, t.host));
+        queue::rcpt_status st = queue::rcpt_status::deferred;
+        if (r.delivered(i)) {
+            st = queue::rcpt_status::delivered;
+        } else if (r.permanent(i)) {
+            st = queue::rcpt_status::failed;
+        } else if (replies.back().code < 400 || replies.back().code >= 500) {
+            replies.back().code = 451;  // a made-up reply (no server answer) is transient
+        }
+        std::string text = replies.back().to_string();
+        if (c.tls_active())
+            text += ", tls";
+        notes.push_back(tx_note{j.job.rcpts[i], t.host, t.ip, std::move(text)});
+        results.push_back(queue::rcpt_result{j.job.rcpts[i], st, nullptr});
+    }
+    for (std::size_t i = 0; i < results.size(); ++i)
+        results[i].reply = &replies[i];
+    _sched.complete(c.id(), j.id, results, _host.now(), _host.unix_now());
+    _dirty = true;
+    if (_draining)
+        c.stop(false);
+}
+
+void engine::on_failed(outbound::link& c, const smtp::server_reply& why) {
+    auto it = _conns.find(c.id());
+    if (it == _conns.end() || it->second.c.get() != &c)
+        return;
+    conn& mc = it->second;
+    if (c.established() || mc.opened)
+        return;  // a working session broke: on_closed reports it
+    // Connection refused, greeting or EHLO refused, required TLS failed: next address, same
+    // attempt (RFC 5321 5.1).
+    mc.last_error = why;
+    log::info("{}: {} [{}] failed ({}), {}", log::sanitize(mc.key), c.target().host, c.target().ip,
+              log::sanitize(one_line(why.text)),
+              mc.next_target < mc.targets.size() ? "trying the next" : "no more to try");
+    connect_next(c.id(), mc);
+    if (!_running)
+        run();
+}
+
+void engine::on_closed(outbound::link& c) {
+    if (c.id() == 0) {
+        if (auto l = _pool.take(c)) {
+            _dead.push_back(std::move(l));
+            _dirty = true;
+        }
+        return;
+    }
+    auto it = _conns.find(c.id());
+    if (it == _conns.end() || it->second.c.get() != &c)
+        return;  // a failed fallback attempt, already replaced: reaped from _dead
+    conn& mc = it->second;
+    const auto now = _host.now();
+    if (mc.job) {
+        // Closed with a transaction running (or waiting): its recipients wait for their retry.
+        queue::attempt_reply why{.code = 421,
+                                 .enhanced = "4.4.2",
+                                 .text = "connection closed during delivery",
+                                 .remote_mta = c.target().host};
+        _sched.job_failed(c.id(), mc.job->id, why, now, _host.unix_now());
+        mc.job.reset();
+    }
+    _sched.connection_closed(c.id(), now);
+    _dead.push_back(std::move(mc.c));
+    _conns.erase(it);
+    _dirty = true;
+}
+
+// --- drain -----------------------------------------------------------------------------------
+
+void engine::begin_drain(bool force) {
+    _draining = true;
+    std::vector<std::uint64_t> ids;
+    for (auto& [id, mc] : _conns)
+        ids.push_back(id);
+    for (auto id : ids) {
+        auto it = _conns.find(id);
+        if (it == _conns.end())
+            continue;
+        if (it->second.c) {
+            if (force || !it->second.job)
+                it->second.c->stop(force);
+        } else if (it->second.dns_failure) {
+            // A DNS-failure placeholder (a lookup in flight is cancelled below).
+            _sched.connection_closed(id, _host.now());
+            _conns.erase(it);
+        }
+    }
+    _pool.stop_all(force, _dead);
+    _net.shutdown();  // callbacks run now with errc::cancelled: on_route closes
+    _dirty = true;
+    run();
+}
+
+bool engine::idle() {
+    const bool quiet = _conns.empty() && _pool.empty() && !_sched.has_outgoing() &&
+                       _host.inbox_empty() && _net.idle();
+    _host.set_quiet(quiet);
+    if (!quiet || !_host.all_quiet())
+        return false;
+    // Everyone is quiet; a message pushed before its sender said so is visible now.
+    return _host.inbox_empty() && _dead.empty();
+}
+
+}  // namespace ringmail::delivery

@@ -1,0 +1,129 @@
+#include "ringmail/delivery/origin_ledger.h"
+
+#include "ringmail/queue/errc.h"
+
+#include <algorithm>
+
+namespace ringmail::delivery {
+
+result<void> origin_ledger::add(ledger_message m) {
+    _oncore.check();
+    if (_entries.size() >= _max)
+        return queue::errc::queue_full;
+    m.state.resize(m.rcpts.size(), queue::rcpt_state::pending);
+    entry e;
+    e.pending = static_cast<std::uint32_t>(
+        std::count(m.state.begin(), m.state.end(), queue::rcpt_state::pending));
+    if (e.pending == 0)
+        return queue::errc::no_recipients;
+    // Recipients that failed before a restart still belong in the one DSN (it is only sent once
+    // every recipient is final); their reply was not journaled.
+    for (std::size_t i = 0; i < m.rcpts.size(); ++i) {
+        if (m.state[i] == queue::rcpt_state::bounced || m.state[i] == queue::rcpt_state::expired) {
+            queue::failed_recipient f;
+            f.address = m.rcpts[i];
+            f.expired = m.state[i] == queue::rcpt_state::expired;
+            f.status = f.expired ? "4.4.7" : "5.0.0";
+            e.failed.push_back(std::move(f));
+        }
+    }
+    spool::queue_id id = m.id;
+    e.m = std::move(m);
+    if (!_entries.emplace(id, std::move(e)).second)
+        return queue::errc::queue_full;  // already known: never twice
+    return {};
+}
+
+const ledger_message* origin_ledger::find(spool::queue_id id) const {
+    auto it = _entries.find(id);
+    return it == _entries.end() ? nullptr : &it->second.m;
+}
+
+ledger_actions origin_ledger::apply(const queue::job_notice& n) {
+    _oncore.check();
+    ledger_actions a;
+    auto it = _entries.find(n.queue_id);
+    if (it == _entries.end()) {
+        ++_stale;
+        return a;
+    }
+    entry& e = it->second;
+    e.m.attempts = std::max(e.m.attempts, n.attempts);
+    bool any_deferred = false;
+    for (std::size_t i = 0; i < n.rcpts.size(); ++i) {
+        std::uint16_t r = n.rcpts[i];
+        if (r >= e.m.state.size() || e.m.state[r] != queue::rcpt_state::pending) {
+            ++_stale;
+            continue;
+        }
+        const queue::attempt_reply* reply = nullptr;
+        if (n.detail) {
+            for (const auto& [idx, rep] : n.detail->replies) {
+                if (idx == r) {
+                    reply = &rep;
+                    break;
+                }
+            }
+        }
+        switch (n.status[i]) {
+            case queue::rcpt_status::delivered:
+                e.m.state[r] = queue::rcpt_state::delivered;
+                a.outcomes.emplace_back(r, spool::outcome::delivered);
+                --e.pending;
+                break;
+            case queue::rcpt_status::failed:
+            case queue::rcpt_status::expired: {
+                bool expired = n.status[i] == queue::rcpt_status::expired;
+                e.m.state[r] = expired ? queue::rcpt_state::expired : queue::rcpt_state::bounced;
+                a.outcomes.emplace_back(
+                    r, expired ? spool::outcome::expired : spool::outcome::bounced);
+                --e.pending;
+                queue::failed_recipient f;
+                f.address = e.m.rcpts[r];
+                f.expired = expired;
+                if (reply) {
+                    f.remote_mta = reply->remote_mta;
+                    if (reply->code != 0)
+                        f.diagnostic = reply->to_string();
+                    f.status = reply->enhanced;
+                }
+                // An expired recipient failed because its time ran out (RFC 3463 X.4.7,
+                // "delivery time expired"); the last temporary reply is its Diagnostic-Code.
+                // Turning that reply's 4.a.b into 5.a.b would claim a permanent condition the
+                // receiver never reported (4.2.1 "mailbox busy" is not 5.2.1 "disabled").
+                if (expired) {
+                    f.status = "5.4.7";
+                } else if (f.status.empty() || f.status[0] != '5') {
+                    f.status = "5.0.0";
+                }
+                e.failed.push_back(std::move(f));
+                break;
+            }
+            case queue::rcpt_status::deferred:
+                any_deferred = true;
+                break;
+        }
+    }
+    if (e.pending == 0) {
+        a.done = true;
+        if (!e.failed.empty()) {
+            if (e.m.sender.empty()) {
+                a.null_sender_failure = true;
+            } else {
+                queue::bounce_request b;
+                b.id = e.m.id;
+                b.sender = e.m.sender;
+                b.arrival = e.m.arrival;
+                b.rcpts = std::move(e.failed);
+                a.bounce = std::move(b);
+            }
+        }
+        _entries.erase(it);
+        return a;
+    }
+    if (any_deferred && n.next_attempt_unix != 0)
+        a.retry = queue::retry_record{e.m.attempts, n.next_attempt_unix};
+    return a;
+}
+
+}  // namespace ringmail::delivery
