@@ -1,8 +1,5 @@
 #include "blast/worker.h"
 
-#include <climits>
-#include <liburing.h>
-
 #include "blast/message.h"
 #include <algorithm>
 #include <bit>
@@ -49,11 +46,13 @@ conn_error errno_kind(int err) {
 
 // --- connection ---------------------------------------------------------------------------
 
-connection::connection(worker& w, unsigned slot) : _w(w), _slot(slot) {
+connection::connection(worker& w, unsigned slot)
+    : core::stream_connection(w.reactor(), w.buffers()), _w(w), _slot(slot) {
     _rcpts.resize(w.p().recipients);
+    _backoff.c = this;
 }
 
-// An fd still open (the shard torn down after a start-up failure) closes with _fd.
+// An fd still open (the shard torn down after a start-up failure) closes with the stream.
 connection::~connection() = default;
 
 void connection::open() {
@@ -62,12 +61,11 @@ void connection::open() {
     _transactions = 0;
     _cause.reset();
     _wait = wait_kind::none;
-    _recv_armed = _send_in_flight = _established = _failure_seen = false;
-    _parked = _finishing = _closing = _cancel_sent = _attempt_failed = false;
-    _idle_slot = false;
-    _tls.reset();
-    _pieces = {};
-    _pieces_held = _tls_up = _send_is_tls = false;
+    _established = _failure_seen = false;
+    _parked = _finishing = _attempt_failed = false;
+    _tls = nullptr;
+    _tls_up = false;
+    _pieces_out = false;
     _connect_start = clock::now();
     ++_w.count().connects;
     const core::endpoint& ep = _w.p().target;
@@ -77,11 +75,8 @@ void connection::open() {
         start_close();
         return;
     }
-    _fd = core::ring_fd::adopt(*fd);
-    (void)core::set_nodelay(_fd.get());
-    _connecting = true;
-    ++_in_flight;
-    _w.reactor().connect(_fd, ep.addr(), ep.len, &_connect_op);
+    (void)core::set_nodelay(*fd);
+    connect(core::ring_fd::adopt(*fd), ep);
     arm_wait(wait_kind::connect, _w.p().timeout);
 }
 
@@ -99,108 +94,38 @@ void connection::finish() {
 
 void connection::arm_wait(wait_kind k, clock::duration d) {
     _wait = k;
-    _w.reactor().arm(*this, clock::now() + d);
+    set_deadline(clock::now() + d);
 }
 
-void connection::arm_recv() {
-    _recv_armed = true;
-    ++_in_flight;
-    _w.reactor().recv_multishot(_fd, _w.buffers().group(), &_recv_op);
-}
-
-void connection::on_connect(int res, std::uint32_t) {
-    --_in_flight;
-    _connecting = false;
-    if (_closing) {
-        check_finished();
-        return;
-    }
+void connection::on_connected(int res) {
     if (res < 0) {
         attempt_failed(errno_kind(-res));
         start_close();
         return;
     }
-    arm_recv();
     pump();
 }
 
-void connection::on_recv(int res, std::uint32_t flags) {
-    if (!(flags & IORING_CQE_F_MORE)) {
-        _recv_armed = false;
-        --_in_flight;
-    }
-    if (res > 0) {
-        auto& bufs = _w.buffers();
-        auto bid = core::buffer_ring::buffer_id(flags);
-        auto bytes = bufs.data(bid, static_cast<std::size_t>(res));
-        if (!_closing)
-            from_wire(bytes);
-        bufs.recycle(bid);
-    } else if (res == 0 || (res != -ENOBUFS && res != -ECANCELED)) {
-        if (!_closing) {
-            _cause = res == 0 ? conn_error::closed : errno_kind(-res);
-            _session->on_connection_lost();
-        }
-    }
-    if (!_closing && !_recv_armed && !_session->closed())
-        arm_recv();
+void connection::on_received(std::string_view bytes) {
+    _session->receive(bytes);
     pump();
 }
 
-void connection::on_send(int res, std::uint32_t) {
-    --_in_flight;
-    _send_in_flight = false;
-    if (_closing) {
-        check_finished();
-        return;
-    }
-    if (res < 0) {
-        // Nothing of this send is retried: release the pieces, or the next pump sends them
-        // again on a dead socket.
-        if (!_send_is_tls)
-            _session->end_send();
-        _send_is_tls = false;
-        _cause = errno_kind(-res);
-        _session->on_connection_lost();
-        pump();
-        return;
-    }
-    auto left = static_cast<std::size_t>(res);
-    while (_iov_first < _iov.size() && left >= _iov[_iov_first].iov_len) {
-        left -= _iov[_iov_first].iov_len;
-        ++_iov_first;
-    }
-    if (_iov_first < _iov.size()) {
-        auto& v = _iov[_iov_first];
-        v.iov_base = static_cast<char*>(v.iov_base) + left;
-        v.iov_len -= left;
-        submit_send();
-        return;
-    }
-    if (_send_is_tls) {
-        _send_is_tls = false;  // the session's pieces were released when the pump took them
-    } else {
+void connection::on_sent() {
+    if (_pieces_out) {
+        _pieces_out = false;
         _session->end_send();
     }
     pump();
 }
 
-void connection::on_cancel(int, std::uint32_t) {
-    --_in_flight;
-    check_finished();
+void connection::on_input_end(int err) {
+    _cause = err == 0 ? conn_error::closed : errno_kind(-err);
+    _session->on_connection_lost();
+    pump();
 }
 
-void connection::on_shutdown(int, std::uint32_t) {
-    --_in_flight;
-    check_finished();
-}
-
-void connection::on_close(int, std::uint32_t) {
-    --_in_flight;
-    check_finished();
-}
-
-void connection::on_expire() {
+void connection::on_deadline() {
     wait_kind k = _wait;
     _wait = wait_kind::none;
     switch (k) {
@@ -209,140 +134,51 @@ void connection::on_expire() {
             start_close();
             return;
         case wait_kind::reply:
-            if (_closing)
-                return;
             _cause = conn_error::timeout;
             _session->on_timeout();
             pump();
-            return;
-        case wait_kind::backoff:
-            if (_w.work_remaining()) {
-                open();
-            } else {
-                _w.slot_done();
-            }
             return;
         case wait_kind::none:
             return;
     }
 }
 
-// The TLS seam, inbound: wire bytes to the session, through the record pump after STARTTLS.
-void connection::from_wire(std::string_view bytes) {
-    if (!_tls) {
-        _session->receive(bytes);
-        return;
+void connection::on_backoff() {
+    if (_w.work_remaining()) {
+        open();
+    } else {
+        _w.slot_done();
     }
-    _tls->feed(bytes);
-    tls_progress();
 }
 
 // The 220 to STARTTLS is in and everything before it is sent: the handshake starts (its
 // time is measured from here) under the reply timeout.
 void connection::start_tls() {
-    _tls = std::make_unique<tls::session>(_w.tls(), _w.p().tls_host);
+    auto t = std::make_unique<tls::session>(_w.tls(), _w.p().tls_host);
+    _tls = t.get();
     _tls_start = clock::now();
     arm_wait(wait_kind::reply, _w.p().timeout);
-    tls_progress();  // the ClientHello
+    start_transform(std::move(t));  // the ClientHello goes out
 }
 
-void connection::tls_progress() {
-    _tls->step();
-    if (!_tls_up && _tls->established()) {
-        _tls_up = true;
-        ++_w.count().tls_established;
-        _w.stats_mut().tls.record(ns(clock::now() - _tls_start));
-        _session->on_tls_established();  // EHLO again, now inside TLS
-    }
-    if (_tls_up) {
-        _plain.clear();
-        _tls->read(_plain);
-        if (!_plain.empty())
-            _session->receive(_plain);
-    }
-    if (_tls->failed())
-        tls_failed();
+void connection::on_transform_ready() {
+    _tls_up = true;
+    ++_w.count().tls_established;
+    _w.stats_mut().tls.record(ns(clock::now() - _tls_start));
+    _session->on_tls_established();  // EHLO again, now inside TLS
+    pump();
 }
 
-void connection::tls_failed() {
-    if (_session->closed())
-        return;
-    _cause = conn_error::tls;
-    if (!_tls_up) {
-        _session->on_tls_failed(_tls->error());
-    } else {
-        _session->on_connection_lost();  // a bad record: nothing more can be read
-    }
-}
-
-// The TLS seam, outbound: the session's pieces as iovecs, or after STARTTLS encrypted into
-// one buffer.
-void connection::to_wire() {
-    if (_tls) {
-        to_wire_tls();
-        return;
-    }
-    auto pieces = _session->begin_send();
-    if (pieces.empty())
-        return;
-    _iov.clear();
-    for (auto piece : pieces) {
-        if (!piece.empty())
-            _iov.push_back(iovec{const_cast<char*>(piece.data()), piece.size()});
-    }
-    _iov_first = 0;
-    if (_iov.empty()) {
-        _session->end_send();
-        return;
-    }
-    submit_send();
-}
-
-void connection::to_wire_tls() {
-    if (!_pieces_held && !_tls->failed()) {
-        _pieces = _session->begin_send();
-        _piece = _piece_offset = 0;
-        _pieces_held = !_pieces.empty();
-    }
-    if (_pieces_held) {
-        // The pump copies what it takes; it stops taking while its output holds 256 KiB, and
-        // the rest waits for the next send (a large --size goes out in slices).
-        while (_piece < _pieces.size()) {
-            auto rest = _pieces[_piece].substr(_piece_offset);
-            const std::size_t n = rest.empty() ? 0 : _tls->write(rest);
-            _piece_offset += n;
-            if (_piece_offset < _pieces[_piece].size())
-                break;
-            ++_piece;
-            _piece_offset = 0;
-        }
-        if (_piece == _pieces.size()) {
-            _pieces_held = false;
-            _pieces = {};
-            _session->end_send();
+void connection::on_transform_failed(std::string_view why) {
+    if (!_session->closed()) {
+        _cause = conn_error::tls;
+        if (!_tls_up) {
+            _session->on_tls_failed(why);
+        } else {
+            _session->on_connection_lost();  // a bad record: nothing more can be read
         }
     }
-    if (_tls->failed()) {
-        tls_failed();
-        return;
-    }
-    if (!_tls->has_output())
-        return;
-    _cipher.clear();
-    _tls->take_output(_cipher);
-    _iov.assign(1, iovec{_cipher.data(), _cipher.size()});
-    _iov_first = 0;
-    _send_is_tls = true;
-    submit_send();
-}
-
-void connection::submit_send() {
-    _msg = msghdr{};
-    _msg.msg_iov = &_iov[_iov_first];
-    _msg.msg_iovlen = std::min<std::size_t>(_iov.size() - _iov_first, IOV_MAX);
-    _send_in_flight = true;
-    ++_in_flight;
-    _w.reactor().sendmsg(_fd, &_msg, &_send_op);
+    pump();
 }
 
 void connection::begin_transaction(const job& j) {
@@ -364,10 +200,8 @@ void connection::begin_transaction(const job& j) {
 
 void connection::pump() {
     for (;;) {
-        if (_closing) {
-            check_finished();
+        if (closing() || connecting() || !has_socket())
             return;
-        }
         const bool busy = _job.has_value();
         if (auto r = _session->take_result()) {
             // A transaction the session failed itself (timeout, loss, garbage) carries the
@@ -391,21 +225,32 @@ void connection::pump() {
             if (!_counted_initial) {
                 _counted_initial = true;
                 _w.initial_attempt_done();
-                if (_closing || _parked || _job)
+                if (closing() || _parked || _job)
                     return;  // the worker acted on us meanwhile
             }
         }
-        if (!_send_in_flight)
-            to_wire();
-        if (!_tls && _session->wants_tls() && !_send_in_flight) {
+        // One batch at a time: the session's pieces, then end_send() once they are out.
+        if (!sending() && !_pieces_out) {
+            auto pieces = _session->begin_send();
+            if (!pieces.empty()) {
+                _pieces_out = true;
+                send_pieces(pieces);
+                if (closing())
+                    return;
+            }
+        }
+        if (!_tls && _session->wants_tls() && !sending()) {
             start_tls();
             continue;  // the handshake may have failed at once
         }
         if (_session->closed()) {
-            _w.reactor().disarm(*this);
+            clear_deadline();
             _wait = wait_kind::none;
-            if (!_send_in_flight)
-                start_close();
+            if (_parked) {
+                _parked = false;
+                _w.unpark(*this);
+            }
+            close(!_session->failed());  // a QUIT answered: what is left goes out first
             return;
         }
         if (_session->ready() && !_job && !_parked) {
@@ -420,14 +265,14 @@ void connection::pump() {
             }
             if (n == worker::next::wait) {
                 _parked = true;
-                _w.reactor().disarm(*this);
+                clear_deadline();
                 _wait = wait_kind::none;
+                update_input();
                 return;
             }
             _finishing = true;
             _session->quit();
-            if (!_send_in_flight)
-                to_wire();
+            continue;
         }
         auto t = _session->current_timeout();
         if (t.count() > 0) {
@@ -435,9 +280,10 @@ void connection::pump() {
         } else if (_session->wants_tls()) {
             // The handshake keeps the deadline start_tls() set.
         } else {
-            _w.reactor().disarm(*this);
+            clear_deadline();
             _wait = wait_kind::none;
         }
+        update_input();
         return;
     }
 }
@@ -520,43 +366,20 @@ void connection::attempt_failed(conn_error why) {
 }
 
 void connection::start_close() {
-    if (_closing)
-        return;
-    _closing = true;
-    _w.reactor().disarm(*this);
     _wait = wait_kind::none;
     if (_parked) {
         _parked = false;
         _w.unpark(*this);
     }
-    if ((_recv_armed || _connecting) && !_cancel_sent) {
-        _cancel_sent = true;
-        ++_in_flight;
-        _w.reactor().cancel(_connecting ? static_cast<core::completion*>(&_connect_op)
-                                        : static_cast<core::completion*>(&_recv_op),
-                            &_cancel_op);
-    }
-    if (_send_in_flight && _fd.valid()) {
-        ++_in_flight;  // the close waits for it (ring_fd.h)
-        _w.reactor().shutdown(_fd, SHUT_RDWR, &_shutdown_op);
-    }
-    check_finished();
+    close();
 }
 
-void connection::check_finished() {
-    if (!_closing || _in_flight != 0 || _idle_slot)
-        return;
-    if (_fd.valid()) {
-        ++_in_flight;
-        _w.reactor().close(std::move(_fd), &_close_op);
-        return;
-    }
-    _idle_slot = true;
-    _closing = false;
+// The slot is free: open again at once, after a pause when the attempt failed, or not at all.
+void connection::on_closed() {
     if (!_w.closed())
         return;
     if (_attempt_failed) {
-        arm_wait(wait_kind::backoff, reconnect_backoff);
+        _w.reactor().arm(_backoff, clock::now() + reconnect_backoff);
     } else {
         open();
     }

@@ -16,6 +16,7 @@
 #include "ringmail/core/member_completion.h"
 #include "ringmail/core/reactor.h"
 #include "ringmail/core/socket.h"
+#include "ringmail/core/stream_connection.h"
 #include "ringmail/core/timer.h"
 #include "ringmail/smtp/client_session.h"
 #include "ringmail/tls/context.h"
@@ -76,15 +77,14 @@ class worker;
 
 // One SMTP connection slot: connects, runs transactions one after the other on the same
 // session, and when the session ends (per-connection limit, failure) opens a new one while the
-// worker has work. The bytes between the socket and the session pass through from_wire() and
-// to_wire(): as they are, or after STARTTLS through a tls::session (a record pump over memory)
-// that decrypts what comes in and encrypts the session's pieces into one buffer to send.
-class connection final : private core::timer {
+// worker has work. The socket is a core::stream_connection, reused by the slot's next session;
+// after STARTTLS a tls::session is its transform.
+class connection final : public core::stream_connection {
   public:
+    using clock = blast::clock;  // not the stream's timer's
+
     connection(worker& w, unsigned slot);
-    connection(const connection&) = delete;
-    connection& operator=(const connection&) = delete;
-    ~connection();
+    ~connection() override;
 
     void open();
     void start(const job& j);  // only while parked
@@ -92,36 +92,35 @@ class connection final : private core::timer {
     bool parked() const noexcept { return _parked; }
 
   private:
-    enum class wait_kind : std::uint8_t { none, connect, reply, backoff };
+    enum class wait_kind : std::uint8_t { none, connect, reply };
+    struct backoff_timer final : core::timer {
+        connection* c = nullptr;
+        void on_expire() override { c->on_backoff(); }
+    };
 
-    void on_connect(int res, std::uint32_t flags);
-    void on_recv(int res, std::uint32_t flags);
-    void on_send(int res, std::uint32_t flags);
-    void on_cancel(int res, std::uint32_t flags);
-    void on_shutdown(int res, std::uint32_t flags);
-    void on_close(int res, std::uint32_t flags);
-    void on_expire() override;
+    // stream_connection
+    void on_connected(int res) override;
+    void on_received(std::string_view bytes) override;
+    bool wants_input() const override { return _session && !_session->closed(); }
+    void on_sent() override;
+    void on_input_end(int err) override;
+    void on_transform_ready() override;
+    void on_transform_failed(std::string_view why) override;
+    void on_deadline() override;
+    void on_closed() override;
 
-    void from_wire(std::string_view bytes);
-    void to_wire();
-    void to_wire_tls();
+    void on_backoff();
     void start_tls();
-    void tls_progress();
-    void tls_failed();
-    void submit_send();
     void pump();
     void begin_transaction(const job& j);
     void on_result(const smtp::transaction_result& r, bool cut);
     void on_session_failed_busy(bool busy);
     void attempt_failed(conn_error why);
     void start_close();
-    void check_finished();
     void arm_wait(wait_kind k, clock::duration d);
-    void arm_recv();
 
     worker& _w;
     const unsigned _slot;
-    core::ring_fd _fd;
     std::optional<smtp::client_session> _session;
     std::optional<job> _job;
     clock::time_point _tx_start;
@@ -130,41 +129,18 @@ class connection final : private core::timer {
     std::string _from;
     std::uint32_t _transactions = 0;
     std::optional<conn_error> _cause;  // set when we feed the session a timeout or a loss
-    std::vector<iovec> _iov;
-    std::size_t _iov_first = 0;
-    msghdr _msg{};
-    // STARTTLS: the record pump, the session's pieces it has not taken yet, and the ciphertext
-    // being sent (a send is either the session's pieces or ciphertext: _send_is_tls).
-    std::unique_ptr<tls::session> _tls;
+    tls::session* _tls = nullptr;      // the stream's transform after STARTTLS
     clock::time_point _tls_start;
-    std::span<const std::string_view> _pieces;
-    std::size_t _piece = 0;
-    std::size_t _piece_offset = 0;
-    bool _pieces_held = false;
     bool _tls_up = false;
-    bool _send_is_tls = false;
-    std::string _plain;
-    std::string _cipher;
-    unsigned _in_flight = 0;
+    bool _pieces_out = false;  // the session's pieces are the stream's batch (end_send owed)
     wait_kind _wait = wait_kind::none;
-    bool _connecting = false;
-    bool _recv_armed = false;
-    bool _send_in_flight = false;
     bool _established = false;
     bool _failure_seen = false;
     bool _parked = false;
     bool _finishing = false;
-    bool _closing = false;
-    bool _cancel_sent = false;
     bool _counted_initial = false;
     bool _attempt_failed = false;
-    bool _idle_slot = true;  // closed (or never opened), nothing in flight
-    core::member_completion<connection, &connection::on_connect> _connect_op{this};
-    core::member_completion<connection, &connection::on_recv> _recv_op{this};
-    core::member_completion<connection, &connection::on_send> _send_op{this};
-    core::member_completion<connection, &connection::on_cancel> _cancel_op{this};
-    core::member_completion<connection, &connection::on_shutdown> _shutdown_op{this};
-    core::member_completion<connection, &connection::on_close> _close_op{this};
+    backoff_timer _backoff;
 };
 
 class worker {

@@ -1,34 +1,32 @@
 #include "sink/connection.h"
 
-#include "ringmail/core/buffer_ring.h"
 #include "ringmail/core/log.h"
+#include "ringmail/core/panic.h"
 
 #include <fmt/format.h>
-#include <liburing.h>
 
 #include "sink/shard.h"
-#include "sink/tls_transform.h"
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
-#include <sys/socket.h>
 
 namespace ringmail::sink {
 
 namespace log = core::log;
 
 connection::connection(shard& owner, std::uint64_t id, core::ring_fd fd, std::string peer_ip)
-    : _shard(owner),
+    : core::stream_connection(owner.reactor(), owner.buffers()),
+      _shard(owner),
       _id(id),
-      _fd(std::move(fd)),
       _session(owner.cfg().session,
-               smtp::peer_info{.address = std::move(peer_ip), .relay_allowed = true}, *this) {}
+               smtp::peer_info{.address = std::move(peer_ip), .relay_allowed = true}, *this) {
+    attach(std::move(fd));
+}
 
 connection::~connection() = default;
 
 void connection::start() {
-    _last_activity = _shard.reactor().now();
-    _shard.reactor().arm(_idle, _last_activity + _session.current_timeout());
+    _last_activity = ring().now();
+    set_deadline(_last_activity + _session.current_timeout());
     _session.start();
     pump();
 }
@@ -127,23 +125,20 @@ void connection::final_reply() {
     }
 }
 
-// --- timers ---
+// --- time ---
 
-void connection::on_idle() {
-    if (_closing)
-        return;
-    auto now = _shard.reactor().now();
+void connection::on_deadline() {
+    auto now = ring().now();
     auto deadline = _last_activity + _session.current_timeout();
     if (_reply_owed || now < deadline) {
-        // Activity since the timer was armed (or our own delay holds the session): push it
-        // back once here rather than re-arming on every read.
-        _shard.reactor().arm(_idle, _reply_owed ? now + _session.current_timeout() : deadline);
+        // Activity since the deadline was set (or our own delay holds the session): push it
+        // back once here rather than re-arming it on every read.
+        set_deadline(_reply_owed ? now + _session.current_timeout() : deadline);
         return;
     }
     _session.on_timeout();
     pump();
-    if (!_closing)
-        start_close();  // the 421 goes out if the socket takes it
+    start_close(false);  // the 421 goes out if the socket takes it
 }
 
 void connection::on_delay() {
@@ -153,160 +148,77 @@ void connection::on_delay() {
     pump();
 }
 
-// --- socket side ---
+// --- the stream ---
 
-void connection::receive_wire(std::string_view bytes) {
-    if (!_transform) {
-        _session.receive(bytes);
-        return;
-    }
-    _plain.clear();
-    auto r = _transform->decode(bytes, _plain);
-    // Before any plaintext: the session drops input until it is told the handshake is done.
-    if (auto details = _transform->take_established())
-        _session.on_tls_established(std::move(*details));
-    if (!r) {
-        log::debug("connection {}: tls: {}", _id, _transform->error());
-        if (_session.wants_tls()) {
-            // Handshake failed: the pump's alert (if any) goes out, then the session closes.
-            _session.on_tls_failed();
-            return;
-        }
-        _peer_gone = true;
-        _session.on_peer_closed();
-        start_close();
-        return;
-    }
-    if (!_plain.empty())
-        _session.receive(_plain);
+void connection::on_received(std::string_view bytes) {
+    _last_activity = ring().now();
+    _session.receive(bytes);
+    pump();
 }
 
-// The 220 to STARTTLS has left the session (it is in _sending, or sent): from here on every
-// byte goes through the record pump.
+void connection::on_input_end(int err) {
+    if (err < 0)
+        log::debug("connection {}: {}", _id, std::strerror(-err));
+    _peer_gone = true;
+    _session.on_peer_closed();
+    start_close(false);
+}
+
+void connection::on_transform_ready() {
+    _session.on_tls_established(smtp::tls_details{.protocol = std::string(_tls->version()),
+                                                  .cipher = std::string(_tls->cipher())});
+    pump();
+}
+
+void connection::on_transform_failed(std::string_view why) {
+    log::debug("connection {}: tls: {}", _id, why);
+    if (_session.wants_tls()) {
+        // Handshake failed: the pump's alert (if any) goes out, then the session closes.
+        _session.on_tls_failed();
+    } else {
+        _peer_gone = true;
+        _session.on_peer_closed();
+        start_close(false);
+    }
+    pump();
+}
+
+void connection::on_closed() {
+    _shard.forget(_id);
+}
+
+// The 220 to STARTTLS has left the session (it is the stream's plaintext batch): from here on
+// every byte goes through the record pump.
 void connection::start_tls() {
     const auto& ctx = _shard.tls();
     if (!ctx) {
         // STARTTLS is offered only with a certificate: a session asking without one is a bug.
-        log::error("connection {}: STARTTLS without a TLS context", _id);
-        std::abort();
+        core::invariant_broken("connection {}: STARTTLS without a TLS context", _id);
     }
-    _transform = std::make_unique<tls_transform>(ctx);
-}
-
-// Moves what is owed to the peer into _sending (empty, nothing in flight). False: nothing.
-bool connection::take_wire_output() {
-    if (!_transform) {
-        if (!_session.has_output())
-            return false;
-        _session.take_output(_sending);
-        return true;
-    }
-    if (!_session.has_output() && !_transform->has_output())
-        return false;
-    _plain.clear();
-    _session.take_output(_plain);
-    _sending.clear();
-    if (auto r = _transform->encode(_plain, _sending); !r) {
-        log::debug("connection {}: transform: {}", _id, r.error().message());
-        _peer_gone = true;
-        _session.on_peer_closed();
-        return false;
-    }
-    return !_sending.empty();
-}
-
-void connection::on_recv(int res, std::uint32_t flags) {
-    if (!(flags & IORING_CQE_F_MORE)) {
-        _recv_armed = false;
-        --_in_flight;
-    }
-    if (res > 0) {
-        auto& bufs = _shard.buffers();
-        auto bid = core::buffer_ring::buffer_id(flags);
-        std::string_view bytes = bufs.data(bid, static_cast<std::size_t>(res));
-        if (!_closing)
-            receive_wire(bytes);
-        bufs.recycle(bid);
-    } else if (res == 0 || (res != -ENOBUFS && res != -ECANCELED)) {
-        if (res < 0)
-            log::debug("connection {}: recv: {}", _id, std::strerror(-res));
-        _peer_gone = true;
-        if (!_closing) {
-            _session.on_peer_closed();
-            start_close();
-        }
-    }
-    pump();
-}
-
-void connection::on_send(int res, std::uint32_t) {
-    --_in_flight;
-    _send_in_flight = false;
-    if (res < 0) {
-        log::debug("connection {}: send: {}", _id, std::strerror(-res));
-        _peer_gone = true;
-        _sending.clear();
-        _sent = 0;
-        if (!_closing) {
-            _session.on_peer_closed();
-            start_close();
-        }
-        pump();
-        return;
-    }
-    _sent += static_cast<std::size_t>(res);
-    if (_sent < _sending.size()) {
-        send_pending();
-        return;
-    }
-    _sending.clear();
-    _sent = 0;
-    pump();
-}
-
-void connection::on_cancel(int, std::uint32_t) {
-    --_in_flight;
-    pump();
-}
-
-void connection::on_shutdown(int, std::uint32_t) {
-    --_in_flight;
-    pump();
-}
-
-void connection::on_close(int, std::uint32_t) {
-    --_in_flight;
-    _closed = true;
-    maybe_finish();
-}
-
-void connection::send_pending() {
-    _send_in_flight = true;
-    ++_in_flight;
-    _shard.reactor().send(_fd, _sending.data() + _sent, _sending.size() - _sent, &_send_op);
+    auto t = std::make_unique<tls::session>(ctx);
+    _tls = t.get();
+    start_transform(std::move(t));
 }
 
 void connection::pump() {
-    if (_closing) {
-        maybe_finish();
+    if (closing())
         return;
-    }
-    _last_activity = _shard.reactor().now();
     if (_drop_now) {
         // Injected disconnect: no final reply; replies owed before it still go out.
         _drop_now = false;
         _session.on_peer_closed();
     }
-    // One send per flush: replies produced meanwhile wait for it and go out together.
-    if (!_send_in_flight && !_peer_gone && take_wire_output()) {
-        _sent = 0;
-        send_pending();
+    // One batch at a time: replies produced meanwhile wait for it and go out together.
+    if (!sending() && !_peer_gone && _session.has_output()) {
+        _session.take_output(_out);
+        send(_out);
     }
-    if (_session.wants_tls() && !_transform && !_session.has_output())
+    if (_session.wants_tls() && !_tls && !_session.has_output())
         start_tls();
     if (_session.wants_close()) {
-        if (!_send_in_flight || _peer_gone)
-            start_close();
+        if (_session.has_output() && !_peer_gone)
+            return;  // the last replies follow the batch in flight
+        start_close(true);
         return;
     }
     if (_shutdown && !busy()) {
@@ -314,66 +226,32 @@ void connection::pump() {
         pump();
         return;
     }
-    bool want_input = !_session.input_full() && !_peer_gone;
-    if (want_input && !_recv_armed) {
-        _recv_armed = true;
-        _cancel_sent = false;
-        ++_in_flight;
-        _shard.reactor().recv_multishot(_fd, _shard.buffers().group(), &_recv_op);
-    } else if (!want_input && _recv_armed && !_cancel_sent) {
-        // Pipelined input piled up behind a delayed reply: stop reading until it is taken.
-        _cancel_sent = true;
-        ++_in_flight;
-        _shard.reactor().cancel(&_recv_op, &_cancel_op);
-    }
+    update_input();
 }
 
 void connection::shutdown(bool force) {
     _shutdown = true;
     if (force) {
-        if (!_closing) {
+        if (!closing()) {
             _session.on_peer_closed();
-            start_close();
+            start_close(false);
         }
         return;
     }
     pump();
 }
 
-void connection::start_close() {
-    if (_closing)
+void connection::start_close(bool flush) {
+    if (closing())
         return;
-    _closing = true;
     _reply_owed = false;
-    if (_transform && !_transform->established())
+    if (_tls && !_tls->established() && !_tls_counted) {
+        _tls_counted = true;
         shard_counters::add(_shard.counters().tls_failures);  // a handshake that never ended
-    _shard.reactor().disarm(_idle);
-    _shard.reactor().disarm(_delay);
+    }
+    ring().disarm(_delay);
     _dump.abort();
-    if (_recv_armed && !_cancel_sent) {
-        _cancel_sent = true;
-        ++_in_flight;
-        _shard.reactor().cancel(&_recv_op, &_cancel_op);
-    }
-    if (_send_in_flight) {
-        // A peer that does not read must not hold the connection: fail the send. Counted:
-        // the close waits for it (ring_fd.h).
-        ++_in_flight;
-        _shard.reactor().shutdown(_fd, SHUT_RDWR, &_shutdown_op);
-    }
-    maybe_finish();
-}
-
-void connection::maybe_finish() {
-    if (!_closing || _in_flight != 0)
-        return;
-    if (_fd.valid()) {
-        ++_in_flight;
-        _shard.reactor().close(std::move(_fd), &_close_op);
-        return;
-    }
-    if (_closed)
-        _shard.forget(_id);  // destroys this
+    close(flush && !_peer_gone);
 }
 
 }  // namespace ringmail::sink

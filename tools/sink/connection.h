@@ -1,5 +1,6 @@
-// One accepted connection of ringmail-sink: the glue between the socket (through the shard's
-// reactor) and the pure smtp::server_session, whose transaction_sink it implements. At end of
+// One accepted connection of ringmail-sink: the glue between the socket (a
+// core::stream_connection, with a tls::session as its transform after STARTTLS) and the pure
+// smtp::server_session, whose transaction_sink it implements. At end of
 // data it draws the shard's injector and answers 250 / 451 / 550, or closes without a reply,
 // now or after --delay-ms (a timer, so other sessions never wait).
 //
@@ -7,10 +8,11 @@
 // ring operation names it. Peer errors and timeouts close this connection only.
 #pragma once
 
-#include "ringmail/core/member_completion.h"
 #include "ringmail/core/result.h"
+#include "ringmail/core/stream_connection.h"
 #include "ringmail/core/timer.h"
 #include "ringmail/smtp/server_session.h"
+#include "ringmail/tls/session.h"
 
 #include "sink/dump.h"
 #include "sink/injector.h"
@@ -24,27 +26,6 @@ namespace ringmail::sink {
 
 class shard;
 
-// Sits between the socket and the session; none for plain SMTP, the TLS record pump
-// (sink/tls_transform.h) after STARTTLS: wire bytes in -> plaintext for the session, the
-// session's replies (and the pump's own handshake records) -> wire bytes. An error closes the
-// connection.
-class byte_transform {
-  public:
-    virtual ~byte_transform() = default;
-    // Appends the plaintext decoded from `wire` to `plain` (possibly nothing yet).
-    virtual result<void> decode(std::string_view wire, std::string& plain) = 0;
-    // Appends the wire form of `plain` (and anything the transform must send) to `wire`.
-    virtual result<void> encode(std::string_view plain, std::string& wire) = 0;
-    // Bytes of its own to send even though the session has none (handshake, alerts).
-    virtual bool has_output() const noexcept = 0;
-    // The handshake has completed: application data flows.
-    virtual bool established() const noexcept = 0;
-    // Once, right after the handshake completed: what the session is told about it.
-    virtual std::optional<smtp::tls_details> take_established() = 0;
-    // Why decode()/encode() failed, for the debug log.
-    virtual std::string_view error() const noexcept = 0;
-};
-
 // A timer that calls a member function of its owner (one owner, several timers).
 template <typename Owner, void (Owner::*Method)()>
 class member_timer final : public core::timer {
@@ -56,13 +37,11 @@ class member_timer final : public core::timer {
     Owner* _owner;
 };
 
-class connection final : private smtp::transaction_sink {
+class connection final : public core::stream_connection, private smtp::transaction_sink {
   public:
     // `peer_ip`: the client's address for the dump's envelope; empty when not dumping.
     connection(shard& owner, std::uint64_t id, core::ring_fd fd, std::string peer_ip);
     ~connection() override;
-    connection(const connection&) = delete;
-    connection& operator=(const connection&) = delete;
 
     void start();
     // The sink is stopping: idle sessions get 421 now, an open transaction finishes first.
@@ -77,52 +56,37 @@ class connection final : private smtp::transaction_sink {
     void commit() override;
     void abort() override;
 
-    void on_recv(int res, std::uint32_t flags);
-    void on_send(int res, std::uint32_t flags);
-    void on_cancel(int res, std::uint32_t flags);
-    void on_shutdown(int res, std::uint32_t flags);
-    void on_close(int res, std::uint32_t flags);
-    void on_idle();
-    void on_delay();
+    // stream_connection
+    void on_received(std::string_view bytes) override;
+    bool wants_input() const override { return !_peer_gone && !_session.input_full(); }
+    void on_sent() override { pump(); }
+    void on_input_end(int err) override;
+    void on_transform_ready() override;
+    void on_transform_failed(std::string_view why) override;
+    void on_deadline() override;
+    void on_closed() override;
 
+    void on_delay();
     void final_reply();  // applies _outcome
-    void receive_wire(std::string_view bytes);
-    bool take_wire_output();
     void pump();
-    void send_pending();
-    void start_close();
+    void start_close(bool flush);
     void start_tls();
-    void maybe_finish();
     bool busy() const noexcept;  // inside a transaction or owing its final reply
 
     shard& _shard;
     const std::uint64_t _id;
-    core::ring_fd _fd;
     smtp::server_session _session;
-    std::unique_ptr<byte_transform> _transform;  // null: plaintext
-    std::string _plain;                          // scratch for the transform
+    tls::session* _tls = nullptr;  // the stream's transform after STARTTLS
     dump_file _dump;
     std::uint64_t _seq = 0;  // this transaction's number in its shard
     outcome _outcome = outcome::accept;
     bool _reply_owed = false;  // commit() seen, final reply not yet given (delay)
     bool _drop_now = false;    // injected disconnect: close from pump()
-    std::string _sending;
-    std::size_t _sent = 0;
-    unsigned _in_flight = 0;  // ring operations naming this connection
-    bool _recv_armed = false;
-    bool _send_in_flight = false;
-    bool _cancel_sent = false;
-    bool _closing = false;
-    bool _closed = false;
+    std::string _out;          // the session's replies on their way (buffers swap)
     bool _peer_gone = false;
     bool _shutdown = false;
+    bool _tls_counted = false;
     core::timer::clock::time_point _last_activity{};
-    core::member_completion<connection, &connection::on_recv> _recv_op{this};
-    core::member_completion<connection, &connection::on_send> _send_op{this};
-    core::member_completion<connection, &connection::on_cancel> _cancel_op{this};
-    core::member_completion<connection, &connection::on_shutdown> _shutdown_op{this};
-    core::member_completion<connection, &connection::on_close> _close_op{this};
-    member_timer<connection, &connection::on_idle> _idle{this};
     member_timer<connection, &connection::on_delay> _delay{this};
 };
 

@@ -7,7 +7,6 @@
 #include "sink/connection.h"
 #include <cerrno>
 #include <cstring>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 namespace ringmail::sink {
@@ -16,64 +15,41 @@ namespace log = core::log;
 using namespace std::chrono_literals;
 
 namespace {
-// Recv buffers per shard: every busy session can have a read in flight. 16 MiB per shard.
-constexpr unsigned recv_buffer_count = 1024;
-constexpr unsigned recv_buffer_size = 16384;
-constexpr std::uint16_t recv_buffer_group = 1;
 // How long a stop waits for open transactions (plus --delay-ms) before closing what is left.
 constexpr auto drain_grace = 2s;
 
+core::shard_options options_for(const sink_config& cfg) {
+    core::shard_options o;
+    // Recv buffers per shard: every busy session can have a read in flight. 16 MiB per shard.
+    o.recv_buffers = 1024;
+    o.recv_buffer_size = 16384;
+    o.drain_timeout =
+        std::chrono::duration_cast<std::chrono::milliseconds>(drain_grace) + cfg.delay;
+    return o;
+}
 }  // namespace
 
 shard::shard(unsigned id, const sink_config& cfg, std::vector<int> listen_fds)
-    : _id(id), _cfg(cfg), _listen_fds(std::move(listen_fds)), _inject(cfg.inject, cfg.seed, id) {
-    _wake_fd = ::eventfd(0, EFD_CLOEXEC);
-}
+    : core::shard_base(id, options_for(cfg)),
+      _cfg(cfg),
+      _listen_fds(std::move(listen_fds)),
+      _inject(cfg.inject, cfg.seed, id) {}
 
 shard::~shard() {
     _connections.clear();
+    _closed.clear();
     _listeners.clear();
     _tls.reset();
-    _buffers.reset();
-    _reactor.reset();
     for (int fd : _listen_fds)
         ::close(fd);  // those no listener took over
-    if (_wake_fd >= 0)
-        ::close(_wake_fd);
 }
 
-void shard::request_stop() noexcept {
-    _stop_requested.store(true, std::memory_order_release);
-    std::uint64_t one = 1;
-    if (_wake_fd >= 0) {
-        [[maybe_unused]] auto n = ::write(_wake_fd, &one, sizeof one);
-    }
-}
-
-std::int64_t shard::now_ns() const noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(_reactor->now().time_since_epoch())
+std::int64_t shard::now_ns() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(reactor().now().time_since_epoch())
         .count();
 }
 
 bool shard::start(std::string& why) {
-    if (_wake_fd < 0) {
-        why = fmt::format("eventfd: {}", std::strerror(errno));
-        return false;
-    }
-    std::string rwhy;
-    auto r = core::reactor::create({}, &rwhy);
-    if (!r) {
-        why = fmt::format("io_uring: {}", rwhy.empty() ? r.error().message() : rwhy);
-        return false;
-    }
-    _reactor = std::move(*r);
-    auto b = core::buffer_ring::create(*_reactor, recv_buffer_group, recv_buffer_count,
-                                       recv_buffer_size);
-    if (!b) {
-        why = fmt::format("provided-buffer ring: {}", b.error().message());
-        return false;
-    }
-    _buffers = std::move(*b);
     if (_cfg.tls_credentials) {
         // Built here, on the shard's thread: a context belongs to the shard that uses it.
         std::string twhy;
@@ -86,63 +62,24 @@ bool shard::start(std::string& why) {
     }
     for (int fd : _listen_fds)
         _listeners.push_back(std::make_unique<core::acceptor>(
-            *_reactor, core::ring_fd::adopt(fd), true, "sink listener",
+            reactor(), core::ring_fd::adopt(fd), true, "sink listener",
             [this](core::ring_fd conn) { accepted_connection(std::move(conn)); }));
     _listen_fds.clear();
-    arm_wake();
+    reactor().on_iteration_end([this] { _closed.clear(); });
     for (auto& l : _listeners)
         l->arm();
     return true;
 }
 
-void shard::run() {
-    std::string why;
-    if (!start(why)) {
-        _startup_error = std::move(why);
-        _status.store(startup_state::failed, std::memory_order_release);
-        return;
-    }
-    _status.store(startup_state::ready, std::memory_order_release);
-    while (!_stopped) {
-        _reactor->run_once(1s);
-        if (!_draining)
-            continue;
-        if (_reactor->now() >= _drain_deadline) {
-            for (auto& [id, c] : _connections)
-                c->shutdown(true);
-        }
-        bool listeners_done = true;
-        for (const auto& l : _listeners)
-            listeners_done = listeners_done && l->done();
-        if (_connections.empty() && listeners_done)
-            _stopped = true;
-    }
+void shard::stopped() {
     if (_tls)
         tls::release_thread_cache();  // this thread's wolfSSL ECC cache
-    _status.store(startup_state::stopped, std::memory_order_release);
-}
-
-void shard::arm_wake() {
-    if (_wake_armed)
-        return;
-    _wake_armed = true;
-    _reactor->read(_wake_fd, &_wake_buf, sizeof _wake_buf, &_wake_op);
-}
-
-void shard::on_wake(int, std::uint32_t) {
-    _wake_armed = false;
-    if (_stop_requested.load(std::memory_order_acquire) && !_draining)
-        begin_drain();
-    if (!_stopped)
-        arm_wake();
 }
 
 void shard::begin_drain() {
-    _draining = true;
-    _drain_deadline = _reactor->now() + drain_grace + _cfg.delay;
     for (auto& l : _listeners)
         l->close();
-    // shutdown() may close and forget connections: iterate over a snapshot of ids.
+    // shutdown() may close connections: iterate over a snapshot of ids.
     std::vector<std::uint64_t> ids;
     ids.reserve(_connections.size());
     for (auto& [id, c] : _connections)
@@ -152,6 +89,16 @@ void shard::begin_drain() {
         if (it != _connections.end())
             it->second->shutdown(false);
     }
+}
+
+bool shard::drained(bool late) {
+    if (late) {
+        for (auto& [id, c] : _connections)
+            c->shutdown(true);
+    }
+    const bool listeners_done =
+        std::all_of(_listeners.begin(), _listeners.end(), [](const auto& l) { return l->done(); });
+    return _connections.empty() && listeners_done;
 }
 
 void shard::accepted_connection(core::ring_fd fd) {
@@ -173,7 +120,11 @@ void shard::accepted_connection(core::ring_fd fd) {
 }
 
 void shard::forget(std::uint64_t connection_id) {
-    _connections.erase(connection_id);
+    auto it = _connections.find(connection_id);
+    if (it == _connections.end())
+        return;
+    _closed.push_back(std::move(it->second));
+    _connections.erase(it);
 }
 
 }  // namespace ringmail::sink

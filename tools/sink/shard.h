@@ -14,6 +14,7 @@
 #include "ringmail/core/buffer_ring.h"
 #include "ringmail/core/member_completion.h"
 #include "ringmail/core/reactor.h"
+#include "ringmail/core/shard_base.h"
 #include "ringmail/core/socket.h"
 #include "ringmail/smtp/server_session.h"
 #include "ringmail/tls/context.h"
@@ -69,69 +70,47 @@ struct alignas(64) shard_counters {
 };
 static_assert(sizeof(shard_counters) == 64);
 
-enum class startup_state : int { pending = 0, ready = 1, failed = 2, stopped = 3 };
+using core::startup_state;
 
-class shard {
+class shard final : public core::shard_base {
   public:
     // `listen_fds`: this shard's listening sockets, one per sink_config::listen entry; the
     // shard owns (and closes) them.
     shard(unsigned id, const sink_config& cfg, std::vector<int> listen_fds);
-    ~shard();
-    shard(const shard&) = delete;
-    shard& operator=(const shard&) = delete;
-
-    void run();
+    ~shard() override;
 
     // Main thread.
-    void request_stop() noexcept;
-    startup_state status() const noexcept { return _status.load(std::memory_order_acquire); }
-    const std::string& startup_error() const noexcept { return _startup_error; }
     const shard_counters& counters() const noexcept { return _counters; }
 
     // Shard-internal API for listeners and connections.
-    unsigned id() const noexcept { return _id; }
     const sink_config& cfg() const noexcept { return _cfg; }
-    core::reactor& reactor() noexcept { return *_reactor; }
-    core::buffer_ring& buffers() noexcept { return *_buffers; }
+    core::reactor& reactor() noexcept { return ring(); }
     injector& inject() noexcept { return _inject; }
     // This shard's TLS context; null without --tls-cert.
     const std::shared_ptr<const tls::server_context>& tls() const noexcept { return _tls; }
     shard_counters& counters() noexcept { return _counters; }
     std::uint64_t next_seq() noexcept { return ++_seq; }
-    std::int64_t now_ns() const noexcept;
+    std::int64_t now_ns() noexcept;
     void accepted_connection(core::ring_fd fd);
-    // The connection closed its fd and has no ring operation left: destroy it.
+    // The connection closed and nothing names it: destroyed at the end of the iteration.
     void forget(std::uint64_t connection_id);
 
   private:
-    bool start(std::string& why);
-    void on_wake(int res, std::uint32_t flags);
-    void arm_wake();
-    void begin_drain();
+    bool start(std::string& why) override;
+    void begin_drain() override;
+    bool drained(bool late) override;
+    void stopped() override;
 
-    const unsigned _id;
     const sink_config& _cfg;
     std::vector<int> _listen_fds;
     shard_counters _counters;
-    std::atomic<startup_state> _status{startup_state::pending};
-    std::string _startup_error;
-    std::atomic<bool> _stop_requested{false};
-    int _wake_fd = -1;
-    std::uint64_t _wake_buf = 0;
-    bool _wake_armed = false;
-    core::member_completion<shard, &shard::on_wake> _wake_op{this};
-
     injector _inject;
-    std::unique_ptr<core::reactor> _reactor;
-    std::unique_ptr<core::buffer_ring> _buffers;
     std::shared_ptr<const tls::server_context> _tls;
     std::vector<std::unique_ptr<core::acceptor>> _listeners;
     std::unordered_map<std::uint64_t, std::unique_ptr<connection>> _connections;
+    std::vector<std::unique_ptr<connection>> _closed;
     std::uint64_t _next_conn_id = 1;
     std::uint64_t _seq = 0;
-    bool _draining = false;
-    bool _stopped = false;
-    core::reactor::clock::time_point _drain_deadline{};
 };
 
 }  // namespace ringmail::sink
