@@ -6,7 +6,7 @@
 // users file that does not load) print one clear message and exit non-zero. SIGHUP reloads
 // the certificates and the users file here, on the main thread; a reload that fails is logged
 // and the running ones stay.
-#include "ringmail/core/config.h"
+#include "ringmail/config/config.h"
 #include "ringmail/core/log.h"
 #include "ringmail/core/shard_runner.h"
 #include "ringmail/daemon/context.h"
@@ -28,7 +28,7 @@ namespace log = ringmail::core::log;
 using ringmail::core::startup_state;
 
 int check_config(const std::string& path) {
-    auto parsed = ringmail::core::load_config_file(path);
+    auto parsed = ringmail::config::load_config_file(path);
     if (!parsed) {
         std::fprintf(stderr, "%s\n", parsed.error.c_str());
         return 1;
@@ -76,7 +76,7 @@ void reload(ringmail::daemon::daemon_context& ctx,
         s->wake();
 }
 
-int serve(ringmail::core::config cfg) {
+int serve(ringmail::config::settings cfg) {
     log::set_level(cfg.server.log_level);
     std::string why;
     auto ctx = ringmail::daemon::make_context(std::move(cfg), why);
@@ -171,10 +171,10 @@ int main(int argc, char** argv) {
     if (!check_path.empty())
         return check_config(check_path);
 
-    ringmail::core::parsed_config parsed =
-        config_path.empty() ? ringmail::core::parse_config(ringmail::core::default_config_toml(),
+    ringmail::config::parsed_config parsed =
+        config_path.empty() ? ringmail::config::parse_config(ringmail::config::default_config_toml(),
                                                            "<embedded default>")
-                            : ringmail::core::load_config_file(config_path);
+                            : ringmail::config::load_config_file(config_path);
     if (!parsed) {
         std::fprintf(stderr, "ringmaild: %s\n", parsed.error.c_str());
         return 1;

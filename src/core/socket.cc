@@ -26,9 +26,8 @@ bool operator==(const endpoint& a, const endpoint& b) noexcept {
 
 namespace {
 
-// Decimal 0..65535, digits only (no sign, no spaces, at most 5 digits).
-bool parse_port(std::string_view s, std::uint16_t& out) {
-    if (s.empty() || s.size() > 5)
+bool parse_port(std::string_view s, host_port_rules rules, std::uint16_t& out) {
+    if (s.empty() || s.size() > 5 || (!rules.leading_zeros && s.size() > 1 && s[0] == '0'))
         return false;
     unsigned v = 0;
     for (char c : s) {
@@ -36,7 +35,7 @@ bool parse_port(std::string_view s, std::uint16_t& out) {
             return false;
         v = v * 10 + static_cast<unsigned>(c - '0');
     }
-    if (v > 65535)
+    if (v > 65535 || (v == 0 && !rules.port_zero))
         return false;
     out = static_cast<std::uint16_t>(v);
     return true;
@@ -44,56 +43,57 @@ bool parse_port(std::string_view s, std::uint16_t& out) {
 
 }  // namespace
 
-result<endpoint> parse_endpoint(std::string_view text) {
-    std::string host;
+result<host_port_parts> split_host_port(std::string_view text, host_port_rules rules) {
+    host_port_parts out;
     std::string_view port_text;
-    bool v6 = false;
     if (!text.empty() && text.front() == '[') {
-        auto close = text.find(']');
+        const auto close = text.find(']');
         if (close == std::string_view::npos)
             return failure(errc::bad_endpoint);
         if (close + 1 == text.size())
             return failure(errc::bad_port);
         if (text[close + 1] != ':')
             return failure(errc::bad_endpoint);
-        host.assign(text.substr(1, close - 1));
+        out.host = text.substr(1, close - 1);
         port_text = text.substr(close + 2);
-        v6 = true;
+        out.bracketed = true;
     } else {
-        auto colon = text.rfind(':');
+        const auto colon = text.rfind(':');
         if (colon == std::string_view::npos)
             return failure(errc::bad_port);
-        host.assign(text.substr(0, colon));
-        if (host.find(':') != std::string::npos)
-            return failure(errc::bad_endpoint);  // bare v6
+        out.host = text.substr(0, colon);
+        if (out.host.find(':') != std::string_view::npos)
+            return failure(errc::bad_endpoint);  // a bare IPv6 literal
         port_text = text.substr(colon + 1);
     }
-    if (host.empty())
+    if (!parse_port(port_text, rules, out.port))
+        return failure(errc::bad_port);
+    if (out.host.empty())
         return failure(errc::bad_endpoint);
-    std::uint16_t port = 0;
+    return out;
+}
 
+result<endpoint> parse_endpoint(std::string_view text) {
+    auto parts = split_host_port(text, host_port_rules{.port_zero = true, .leading_zeros = true});
+    if (!parts)
+        return failure(parts.error());
+    const std::string host(parts->host);
     endpoint ep;
-    if (v6) {
+    if (parts->bracketed) {
         auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ep.storage);
         // Zone ids ("%eth0") are not supported: listen/relay addresses are global or loopback.
-        if (inet_pton(AF_INET6, host.c_str(), &sin6->sin6_addr) != 1) {
+        if (inet_pton(AF_INET6, host.c_str(), &sin6->sin6_addr) != 1)
             return failure(errc::bad_endpoint);
-        }
-        if (!parse_port(port_text, port))
-            return failure(errc::bad_port);
         sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons(port);
+        sin6->sin6_port = htons(parts->port);
         ep.len = sizeof(sockaddr_in6);
     } else {
         auto* sin = reinterpret_cast<sockaddr_in*>(&ep.storage);
         // inet_pton accepts only the dotted-quad form (no "127.1", no octal), as wanted.
-        if (inet_pton(AF_INET, host.c_str(), &sin->sin_addr) != 1) {
+        if (inet_pton(AF_INET, host.c_str(), &sin->sin_addr) != 1)
             return failure(errc::bad_endpoint);
-        }
-        if (!parse_port(port_text, port))
-            return failure(errc::bad_port);
         sin->sin_family = AF_INET;
-        sin->sin_port = htons(port);
+        sin->sin_port = htons(parts->port);
         ep.len = sizeof(sockaddr_in);
     }
     return ep;

@@ -34,9 +34,9 @@ std::vector<unsigned> existing_shard_dirs(const std::string& spool_dir) {
 
 }  // namespace
 
-std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
+std::optional<daemon_context> make_context(config::settings cfg, std::string& why) {
     daemon_context ctx;
-    ctx.shards = core::effective_shards(cfg.server);
+    ctx.shards = config::effective_shards(cfg.server);
     if (ctx.shards == 0)
         ctx.shards = 1;
 
@@ -62,11 +62,11 @@ std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
         ls.session.data_timeout = cfg.server.data_timeout;
         ls.session.relay_domains = cfg.relay.domains;
         ls.index = i;
-        ls.implicit_tls = l.role == core::listener_role::smtps;
+        ls.implicit_tls = l.role == config::listener_role::smtps;
         ls.auth = cfg.auth.enabled();
         ls.session.tls_available = !l.tls_certificates.empty();
         ls.session.auth_plaintext = l.auth_plaintext;
-        ls.session.require_auth = l.role != core::listener_role::relay;
+        ls.session.require_auth = l.role != config::listener_role::relay;
         if (ls.auth)
             ls.session.auth_mechanisms = {"PLAIN", "LOGIN"};
         ctx.listeners.push_back(std::move(ls));
@@ -130,7 +130,7 @@ std::optional<daemon_context> make_context(core::config cfg, std::string& why) {
     return ctx;
 }
 
-std::optional<tls_credentials_set> load_tls_credentials(const core::config& cfg, std::string& why) {
+std::optional<tls_credentials_set> load_tls_credentials(const config::settings& cfg, std::string& why) {
     tls_credentials_set set;
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
         const auto& l = cfg.listen[i];
@@ -153,7 +153,7 @@ std::optional<tls_credentials_set> load_tls_credentials(const core::config& cfg,
     return set;
 }
 
-std::shared_ptr<const auth::credential_store> load_users(const core::config& cfg,
+std::shared_ptr<const auth::credential_store> load_users(const config::settings& cfg,
                                                          std::string& why) {
     if (!cfg.auth.enabled())
         return std::make_shared<const auth::credential_store>();
@@ -167,7 +167,7 @@ std::shared_ptr<const auth::credential_store> load_users(const core::config& cfg
     return std::make_shared<const auth::credential_store>(std::move(*loaded.store));
 }
 
-bool check_context(const core::config& cfg, std::string& why) {
+bool check_context(const config::settings& cfg, std::string& why) {
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
         if (cfg.listen[i].proxy_protocol) {
             why = fmt::format("listen[{}].proxy_protocol: not supported by this build", i);

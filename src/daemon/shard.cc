@@ -48,7 +48,7 @@ class refusal final {
     core::member_completion<refusal, &refusal::on_sent> _op{this};
 };
 
-auth::failure_limiter_options limiter_options(const core::auth_config& a) {
+auth::failure_limiter_options limiter_options(const config::auth_config& a) {
     auth::failure_limiter_options o;
     o.max_failures = a.max_failures;
     o.window = a.failure_window;

@@ -30,13 +30,13 @@ queue::attempt_reply to_attempt(const smtp::server_reply& r, std::string_view ho
                                 .remote_mta = std::string(host)};
 }
 
-smtp::tls_policy to_smtp_policy(core::tls_policy p) noexcept {
+smtp::tls_policy to_smtp_policy(config::tls_policy p) noexcept {
     switch (p) {
-        case core::tls_policy::none:
+        case config::tls_policy::none:
             return smtp::tls_policy::none;
-        case core::tls_policy::opportunistic:
+        case config::tls_policy::opportunistic:
             return smtp::tls_policy::opportunistic;
-        case core::tls_policy::required:
+        case config::tls_policy::required:
             return smtp::tls_policy::required;
     }
     return smtp::tls_policy::none;
@@ -73,7 +73,7 @@ std::string_view status_word(queue::rcpt_status st) {
 
 }  // namespace
 
-engine_settings make_settings(const core::config& cfg, unsigned shard, unsigned shards,
+engine_settings make_settings(const config::settings& cfg, unsigned shard, unsigned shards,
                               queue::spare_gauges* gauges) {
     const auto& d = cfg.delivery;
     engine_settings s;
@@ -600,7 +600,7 @@ bool engine::adopt(std::uint64_t cid, conn& mc) {
 outbound::outbound_settings engine::settings_for(std::string_view key) {
     outbound::outbound_settings s;
     s.client = _settings.client;
-    core::tls_policy policy = _settings.tls;
+    config::tls_policy policy = _settings.tls;
     bool verify = _settings.tls_verify;
     for (const auto& dc : _settings.domains) {
         if (dc.name == key) {

@@ -5,7 +5,7 @@
 namespace ringmail::delivery {
 
 router::router(std::optional<core::host_port> smarthost,
-               const std::vector<core::domain_config>& domains)
+               const std::vector<config::domain_config>& domains)
     : _smarthost(std::move(smarthost)) {
     for (const auto& d : domains) {
         if (d.route)

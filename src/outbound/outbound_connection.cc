@@ -18,13 +18,13 @@ namespace {
 constexpr auto handshake_timeout = 60s;
 }  // namespace
 
-smtp::tls_policy to_smtp_policy(core::tls_policy p) noexcept {
+smtp::tls_policy to_smtp_policy(config::tls_policy p) noexcept {
     switch (p) {
-        case core::tls_policy::none:
+        case config::tls_policy::none:
             return smtp::tls_policy::none;
-        case core::tls_policy::opportunistic:
+        case config::tls_policy::opportunistic:
             return smtp::tls_policy::opportunistic;
-        case core::tls_policy::required:
+        case config::tls_policy::required:
             return smtp::tls_policy::required;
     }
     return smtp::tls_policy::none;

@@ -1,6 +1,7 @@
 #include "blast/options.h"
 
 #include "ringmail/core/duration.h"
+#include "ringmail/core/socket.h"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -8,35 +9,6 @@
 #include <charconv>
 
 namespace ringmail::blast {
-
-bool split_host_port(std::string_view text, std::string& host, std::uint16_t& port) {
-    std::string_view h;
-    std::string_view p;
-    if (text.starts_with('[')) {
-        auto close = text.find(']');
-        if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':')
-            return false;
-        h = text.substr(1, close - 1);
-        p = text.substr(close + 2);
-    } else {
-        auto colon = text.rfind(':');
-        if (colon == std::string_view::npos)
-            return false;
-        h = text.substr(0, colon);
-        p = text.substr(colon + 1);
-        if (h.find(':') != std::string_view::npos)
-            return false;  // IPv6 needs brackets
-    }
-    if (h.empty() || p.empty())
-        return false;
-    unsigned value = 0;
-    auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), value);
-    if (ec != std::errc{} || end != p.data() + p.size() || value == 0 || value > 65535)
-        return false;
-    host = std::string(h);
-    port = static_cast<std::uint16_t>(value);
-    return true;
-}
 
 parse_outcome parse_command_line(int argc, const char* const* argv) {
     parse_outcome out;
@@ -128,8 +100,12 @@ parse_outcome parse_command_line(int argc, const char* const* argv) {
         o.auth_user = auth_text.substr(0, colon);
         o.auth_password = auth_text.substr(colon + 1);
     }
-    if (!split_host_port(o.target_text, o.target_host, o.target_port))
+    auto target =
+        core::split_host_port(o.target_text, core::host_port_rules{.leading_zeros = true});
+    if (!target)
         return usage(fmt::format("--target: \"{}\" is not host:port", o.target_text));
+    o.target_host = std::string(target->host);
+    o.target_port = target->port;
     if (!duration_text.empty()) {
         auto d = core::parse_duration(duration_text);
         if (!d)

@@ -50,7 +50,4 @@ struct parse_outcome {
 
 parse_outcome parse_command_line(int argc, const char* const* argv);
 
-// "host:port", "[v6]:port"; false when it does not have that shape or the port is not 1-65535.
-bool split_host_port(std::string_view text, std::string& host, std::uint16_t& port);
-
 }  // namespace ringmail::blast

@@ -27,6 +27,33 @@ struct endpoint {
 
 bool operator==(const endpoint& a, const endpoint& b) noexcept;
 
+// A host and a port as written in the configuration or on a command line.
+struct host_port {
+    std::string host;  // a name, or an IP literal (IPv6 without brackets)
+    std::uint16_t port = 0;
+
+    friend bool operator==(const host_port&, const host_port&) = default;
+};
+
+// What the callers of split_host_port tolerate beyond "host:port" with port 1..65535 in
+// plain digits: port 0 (binding an ephemeral port), and leading zeros ("00025").
+struct host_port_rules {
+    bool port_zero = false;
+    bool leading_zeros = false;
+};
+
+struct host_port_parts {
+    std::string_view host;  // without brackets
+    std::uint16_t port = 0;
+    bool bracketed = false;  // "[...]:port" (an IPv6 literal)
+};
+
+// The one parser of "host:port" and "[v6]:port" (listen addresses, the smarthost, routes, DNS
+// servers, the tools' targets). The host is not checked here beyond being non-empty and, when
+// not bracketed, free of ':' (IPv6 needs its brackets). errc::bad_port: no port, or not a
+// port by `rules`; errc::bad_endpoint: anything else.
+result<host_port_parts> split_host_port(std::string_view text, host_port_rules rules = {});
+
 // "1.2.3.4:25" or "[2001:db8::1]:25". Port 0 is accepted (bind to an ephemeral port);
 // configuration code rejects it where a real port is needed.
 result<endpoint> parse_endpoint(std::string_view text);

@@ -11,7 +11,7 @@
 
 #include "ringmail/auth/credential_store.h"
 #include "ringmail/auth/verifier.h"
-#include "ringmail/core/config.h"
+#include "ringmail/config/config.h"
 #include "ringmail/core/mailbox.h"
 #include "ringmail/core/result.h"
 #include "ringmail/core/socket.h"
@@ -53,7 +53,7 @@ struct delivery_shared {
 };
 
 struct daemon_context {
-    core::config cfg;
+    config::settings cfg;
     unsigned shards = 1;
     std::vector<reception::listener_settings> listeners;  // parallel to cfg.listen
     // spool_dirs[i]: the shard-<N> directories shard i recovers and drains. Its own comes
@@ -72,17 +72,17 @@ struct daemon_context {
 
 // Derives everything from `cfg` (loads certificates and the users file, starts the verifier's
 // workers); `why` gets the one-line reason on failure.
-std::optional<daemon_context> make_context(core::config cfg, std::string& why);
+std::optional<daemon_context> make_context(config::settings cfg, std::string& why);
 
 // Start-up, --check-config and SIGHUP (main thread): reads and checks every listener's
 // certificate/key pairs. nullopt with `why` naming the listener and the file on failure.
-std::optional<tls_credentials_set> load_tls_credentials(const core::config& cfg, std::string& why);
+std::optional<tls_credentials_set> load_tls_credentials(const config::settings& cfg, std::string& why);
 
 // The same for `[auth] users_file` (a store without users when AUTH is off).
-std::shared_ptr<const auth::credential_store> load_users(const core::config& cfg, std::string& why);
+std::shared_ptr<const auth::credential_store> load_users(const config::settings& cfg, std::string& why);
 
 // What --check-config verifies beyond the parser, without binding or touching the spool:
 // listener features this build lacks, certificates, the users file. `why` on failure.
-bool check_context(const core::config& cfg, std::string& why);
+bool check_context(const config::settings& cfg, std::string& why);
 
 }  // namespace ringmail::daemon

@@ -23,7 +23,7 @@
 // engine runs the same against the daemon's ring and against the fakes of its unit tests.
 #pragma once
 
-#include "ringmail/core/config.h"
+#include "ringmail/config/config.h"
 #include "ringmail/core/oncore.h"
 #include "ringmail/delivery/host.h"
 #include "ringmail/delivery/messages.h"
@@ -49,9 +49,9 @@ struct engine_settings {
     queue::scheduler_config scheduler;
     router routes;
     smtp::client_config client;  // helo name, timeouts
-    core::tls_policy tls = core::tls_policy::opportunistic;
+    config::tls_policy tls = config::tls_policy::opportunistic;
     bool tls_verify = false;
-    std::vector<core::domain_config> domains;  // [[domain]]: tls, tls_verify overrides
+    std::vector<config::domain_config> domains;  // [[domain]]: tls, tls_verify overrides
     std::string hostname;                      // reporting MTA of DSNs
     std::chrono::milliseconds connect_timeout{30000};
     std::chrono::seconds idle_timeout{60};  // of parked sessions
@@ -61,7 +61,7 @@ struct engine_settings {
     std::size_t max_targets = 10;        // addresses tried per attempt, over all hosts
 };
 
-engine_settings make_settings(const core::config& cfg, unsigned shard, unsigned shards,
+engine_settings make_settings(const config::settings& cfg, unsigned shard, unsigned shards,
                               queue::spare_gauges* gauges);
 
 class engine final : private outbound::link_handler {

@@ -11,7 +11,7 @@
 // Built once from the configuration, then read-only; any thread.
 #pragma once
 
-#include "ringmail/core/config.h"
+#include "ringmail/config/config.h"
 #include "ringmail/queue/scheduler.h"
 
 #include <cstdint>
@@ -29,7 +29,7 @@ class router {
 
     router() = default;
     router(std::optional<core::host_port> smarthost,
-           const std::vector<core::domain_config>& domains);
+           const std::vector<config::domain_config>& domains);
 
     struct destination {
         std::string key;

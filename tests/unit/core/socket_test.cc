@@ -147,5 +147,27 @@ TEST(socket, errors_carry_a_reason) {
     EXPECT_EQ(in_use.error().value(), EADDRNOTAVAIL);
 }
 
+// The one host:port parser, with the rules each caller keeps.
+TEST(split_host_port, one_parser_for_every_caller) {
+    auto hp = split_host_port("relay.example.test:2525");
+    ASSERT_TRUE(hp);
+    EXPECT_EQ(hp->host, "relay.example.test");
+    EXPECT_EQ(hp->port, 2525);
+    EXPECT_FALSE(hp->bracketed);
+    hp = split_host_port("[2001:db8::1]:25");
+    ASSERT_TRUE(hp);
+    EXPECT_EQ(hp->host, "2001:db8::1");
+    EXPECT_TRUE(hp->bracketed);
+    // Port 0 only where a caller binds an ephemeral port; leading zeros only where asked.
+    EXPECT_EQ(split_host_port("127.0.0.1:0").error(), make_error_code(errc::bad_port));
+    EXPECT_TRUE(split_host_port("127.0.0.1:0", host_port_rules{.port_zero = true}));
+    EXPECT_EQ(split_host_port("127.0.0.1:025").error(), make_error_code(errc::bad_port));
+    EXPECT_EQ(split_host_port("127.0.0.1:025", host_port_rules{.leading_zeros = true})->port, 25);
+    EXPECT_EQ(split_host_port("2001:db8::1:25").error(), make_error_code(errc::bad_endpoint));
+    EXPECT_EQ(split_host_port(":25").error(), make_error_code(errc::bad_endpoint));
+    EXPECT_EQ(split_host_port("host").error(), make_error_code(errc::bad_port));
+    EXPECT_EQ(split_host_port("host:65536").error(), make_error_code(errc::bad_port));
+}
+
 }  // namespace
 }  // namespace ringmail::core

@@ -1,4 +1,4 @@
-#include "ringmail/core/config.h"
+#include "ringmail/config/config.h"
 
 #include <gtest/gtest.h>
 
@@ -8,7 +8,7 @@
 #include <string>
 #include <unistd.h>
 
-namespace ringmail::core {
+namespace ringmail::config {
 namespace {
 
 using namespace std::chrono_literals;
@@ -326,7 +326,7 @@ TEST(config, reports_every_error_one_per_line) {
 TEST(config, defaults_applied) {
     const auto r = parse(one_listener);
     ASSERT_TRUE(r.ok()) << r.error;
-    const config& c = *r;
+    const settings& c = *r;
     EXPECT_FALSE(c.server.hostname.empty());
     EXPECT_TRUE(canonical_domain(c.server.hostname).has_value()) << c.server.hostname;
     EXPECT_EQ(c.server.shards, 0u);
@@ -338,7 +338,7 @@ TEST(config, defaults_applied) {
     EXPECT_EQ(c.server.max_connections, 10000u);
     EXPECT_EQ(c.server.command_timeout, 5min);
     EXPECT_EQ(c.server.data_timeout, 3min);
-    EXPECT_EQ(c.server.log_level, log::level::info);
+    EXPECT_EQ(c.server.log_level, core::log::level::info);
 
     ASSERT_EQ(c.listen.size(), 1u);
     EXPECT_EQ(c.listen[0].address, "127.0.0.1:2525");
@@ -441,7 +441,7 @@ servers = ["192.0.2.53:53", "[2001:db8::53]:5353"]
 address = ""
 )");
     ASSERT_TRUE(r.ok()) << r.error;
-    const config& c = *r;
+    const settings& c = *r;
     EXPECT_EQ(c.server.hostname, "mx1.example.test");
     EXPECT_EQ(c.server.shards, 3u);
     EXPECT_EQ(effective_shards(c.server), 3u);
@@ -453,7 +453,7 @@ address = ""
     EXPECT_EQ(c.server.max_connections, 7u);
     EXPECT_EQ(c.server.command_timeout, 90s);
     EXPECT_EQ(c.server.data_timeout, 2h);
-    EXPECT_EQ(c.server.log_level, log::level::debug);
+    EXPECT_EQ(c.server.log_level, core::log::level::debug);
 
     ASSERT_EQ(c.listen.size(), 2u);
     EXPECT_EQ(c.listen[0].address, "[::1]:25");
@@ -613,8 +613,8 @@ address = "127.0.0.1:2525"
 role = "relay"
 )");
     ASSERT_TRUE(d.ok()) << d.error;
-    const config& a = *r;
-    const config& b = *d;
+    const settings& a = *r;
+    const settings& b = *d;
     EXPECT_EQ(a.server.hostname, b.server.hostname);
     EXPECT_EQ(a.server.shards, b.server.shards);
     EXPECT_EQ(a.server.spool_dir, b.server.spool_dir);
@@ -677,4 +677,4 @@ TEST(config, file_errors_carry_the_path) {
 }
 
 }  // namespace
-}  // namespace ringmail::core
+}  // namespace ringmail::config

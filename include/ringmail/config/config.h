@@ -1,7 +1,9 @@
 // The daemon's configuration: TOML text in, a plain struct out (keys and meanings: the contract
-// in DESIGN.md, every key annotated in packaging/ringmail.toml).
+// in DESIGN.md). Every key is declared once, in the schema (schema()): its table, name, type,
+// default and meaning; the reader applies it, --check-config is the reader, and a unit test
+// holds packaging/ringmail.toml to it.
 //
-// Parsed once at start-up on the main thread, then read-only: shards may share one `config`.
+// Parsed once at start-up on the main thread, then read-only: shards may share one `settings`.
 // Parsing is strict. Unknown tables and keys, wrong types and bad values are all errors, and
 // every message names the file, line and key ("ringmail.toml:7:11: listen[1].address: expected
 // \"ip:port\", got \"foo\""); all errors of a file are reported at once, one per line.
@@ -9,16 +11,21 @@
 
 #include "ringmail/core/cidr.h"
 #include "ringmail/core/log.h"
+#include "ringmail/core/socket.h"
 
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace ringmail::core {
+namespace ringmail::config {
+
+using core::cidr_set;
+using core::host_port;
 
 enum class listener_role {
     relay,       // port 25 style: anyone may send to relay.domains, trusted networks anywhere
@@ -38,7 +45,7 @@ struct server_config {
     std::uint32_t max_connections = 10000;  // per shard
     std::chrono::seconds command_timeout{5 * 60};
     std::chrono::seconds data_timeout{3 * 60};
-    log::level log_level = log::level::info;
+    core::log::level log_level = core::log::level::info;
     // Kernel feature switches (LIBRARY-NOTES: a kernel bug combining DEFER_TASKRUN with
     // multishot accept was reported on 6.6-6.8): turn either off on an affected kernel.
     bool io_uring_defer_taskrun = true;
@@ -72,13 +79,6 @@ struct listener_config {
 struct relay_config {
     cidr_set allow_networks;           // default 127.0.0.0/8, ::1/128
     std::vector<std::string> domains;  // lower case, no trailing dot
-};
-
-struct host_port {
-    std::string host;  // a name, or an IP literal (IPv6 without brackets)
-    std::uint16_t port = 0;
-
-    friend bool operator==(const host_port&, const host_port&) = default;
 };
 
 // Outbound TLS policy (issue "TLS and authentication"): none = never STARTTLS, opportunistic =
@@ -136,7 +136,7 @@ struct admin_config {
     bool enabled() const noexcept { return !address.empty(); }
 };
 
-struct config {
+struct settings {
     server_config server;
     std::vector<listener_config> listen;  // at least one, addresses distinct
     relay_config relay;
@@ -156,18 +156,30 @@ struct config_error {
 
 // Either a configuration or every error found in the text (one per line in `error`).
 struct parsed_config {
-    std::optional<config> cfg;
+    std::optional<settings> cfg;
     std::string error;
 
     bool ok() const noexcept { return cfg.has_value(); }
     explicit operator bool() const noexcept { return ok(); }
-    const config& operator*() const { return *cfg; }
-    const config* operator->() const { return &*cfg; }
+    const settings& operator*() const { return *cfg; }
+    const settings* operator->() const { return &*cfg; }
 };
 
 parsed_config parse_config(std::string_view toml_text, std::string_view source_name);
 // Unreadable files are errors naming the path and the reason.
 parsed_config load_config_file(const std::filesystem::path& path);
+
+// One key of the configuration, as the schema declares it.
+struct key_spec {
+    std::string_view table;  // "server", "listen" ([[listen]], one per element), "domain", ...
+    std::string_view name;
+    std::string_view type;           // for people: "integer", "duration", "\"ip:port\"", ...
+    std::string_view default_value;  // TOML text; "" when required or computed (see doc)
+    std::string_view doc;            // one line
+    bool required = false;
+};
+// Every key ringmail reads, in the order of packaging/ringmail.toml.
+std::span<const key_spec> schema();
 
 // The configuration the daemon runs with when no --config is given: listen on 127.0.0.1:2525
 // (relay), spool in ./var/spool, admin on 127.0.0.1:8025, one shard per CPU, MX routing.
@@ -181,4 +193,4 @@ std::optional<std::string> canonical_ip_port(std::string_view text);
 // returned lower-cased without the trailing dot; nullopt when malformed or an IPv4 literal.
 std::optional<std::string> canonical_domain(std::string_view text);
 
-}  // namespace ringmail::core
+}  // namespace ringmail::config

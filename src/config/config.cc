@@ -1,0 +1,1192 @@
+#include "ringmail/config/config.h"
+
+#include "ringmail/core/duration.h"
+#include "ringmail/core/panic.h"
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <limits>
+#include <map>
+#include <netinet/in.h>
+#include <set>
+#include <sys/stat.h>
+#include <system_error>
+#include <unistd.h>
+
+namespace ringmail::config {
+
+namespace log = core::log;
+using core::cidr;
+using core::host_bits;
+using core::max_duration;
+using core::parse_cidr;
+using core::parse_duration;
+
+namespace {
+
+constexpr std::string_view embedded_default =
+    R"(# ringmail's built-in configuration: what ringmaild runs with when no --config is given.
+# A development setup: loopback only, spool under the working directory.
+[server]
+shards = 0
+spool_dir = "./var/spool"
+
+[[listen]]
+address = "127.0.0.1:2525"
+role = "relay"
+
+[delivery]
+smarthost = ""
+
+[admin]
+address = "127.0.0.1:8025"
+)";
+
+// Values quoted in messages come from the file: keep them short and on one line.
+std::string shown(std::string_view v) {
+    return fmt::format("\"{}\"", log::sanitize(v, 120));
+}
+
+std::string_view type_name(const toml::node& n) {
+    switch (n.type()) {
+        case toml::node_type::table:
+            return "a table";
+        case toml::node_type::array:
+            return "an array";
+        case toml::node_type::string:
+            return "a string";
+        case toml::node_type::integer:
+            return "an integer";
+        case toml::node_type::floating_point:
+            return "a floating-point number";
+        case toml::node_type::boolean:
+            return "a boolean";
+        case toml::node_type::date:
+            return "a date";
+        case toml::node_type::time:
+            return "a time";
+        case toml::node_type::date_time:
+            return "a date-time";
+        case toml::node_type::none:
+            break;
+    }
+    return "nothing";
+}
+
+// inet_pton on a string_view; the canonical text form on success.
+std::optional<std::string> canonical_ip(int family, std::string_view text) {
+    char buf[INET6_ADDRSTRLEN + 1];
+    if (text.empty() || text.size() >= sizeof buf)
+        return std::nullopt;
+    std::memcpy(buf, text.data(), text.size());
+    buf[text.size()] = '\0';
+    unsigned char bin[sizeof(in6_addr)];
+    if (inet_pton(family, buf, bin) != 1)
+        return std::nullopt;
+    char out[INET6_ADDRSTRLEN];
+    if (inet_ntop(family, bin, out, sizeof out) == nullptr)
+        return std::nullopt;
+    return std::string(out);
+}
+
+// Collects errors with their place in the file.
+class context {
+  public:
+    explicit context(std::string_view source) : _source(source) {}
+
+    void fail(const toml::source_region* where, std::string_view key, std::string_view what) {
+        if (where != nullptr && where->begin.line != 0) {
+            _errors.push_back(fmt::format("{}:{}:{}: {}: {}", _source, where->begin.line,
+                                          where->begin.column, key, what));
+        } else {
+            _errors.push_back(fmt::format("{}: {}: {}", _source, key, what));
+        }
+    }
+    void fail(const toml::node& at, std::string_view key, std::string_view what) {
+        fail(&at.source(), key, what);
+    }
+
+    bool failed() const { return !_errors.empty(); }
+    std::string joined() const {
+        std::string out;
+        for (const auto& e : _errors) {
+            if (!out.empty())
+                out += '\n';
+            out += e;
+        }
+        return out;
+    }
+
+  private:
+    std::string _source;
+    std::vector<std::string> _errors;
+};
+
+// One TOML table being read: hands out values by key, remembers which keys were used, and
+// reports the rest as unknown when done.
+class table_reader {
+  public:
+    table_reader(context& ctx, const toml::table& t, std::string path)
+        : _ctx(ctx), _table(t), _path(std::move(path)) {}
+    table_reader(const table_reader&) = delete;
+    table_reader& operator=(const table_reader&) = delete;
+
+    context& ctx() { return _ctx; }
+    const toml::table& table() const { return _table; }
+
+    std::string key(std::string_view k) const {
+        return _path.empty() ? std::string(k) : fmt::format("{}.{}", _path, k);
+    }
+
+    const toml::node* take(std::string_view k) {
+        _used.emplace(k);
+        return _table.get(k);
+    }
+
+    void missing(std::string_view k, std::string_view what) {
+        _ctx.fail(&_table.source(), key(k), what);
+    }
+
+    void finish() {
+        for (auto&& [k, v] : _table) {
+            if (_used.count(std::string(k.str())) != 0)
+                continue;
+            const std::string name = key(log::sanitize(k.str(), 80));
+            _ctx.fail(&k.source(), name, v.is_table() ? "unknown table" : "unknown key");
+        }
+    }
+
+  private:
+    context& _ctx;
+    const toml::table& _table;
+    std::string _path;
+    std::set<std::string, std::less<>> _used;
+};
+
+// --- typed readers: leave `out` untouched when the key is absent or wrong ---------------
+
+bool expect_type(context& ctx, const toml::node& n, std::string_view key, toml::node_type t,
+                 std::string_view want) {
+    if (n.type() == t)
+        return true;
+    ctx.fail(n, key, fmt::format("expected {}, got {}", want, type_name(n)));
+    return false;
+}
+
+const toml::node* read_string(table_reader& r, std::string_view k, std::string& out) {
+    const toml::node* n = r.take(k);
+    if (n == nullptr)
+        return nullptr;
+    if (!expect_type(r.ctx(), *n, r.key(k), toml::node_type::string, "a string"))
+        return nullptr;
+    out = n->as_string()->get();
+    return n;
+}
+
+void read_bool(table_reader& r, std::string_view k, bool& out) {
+    const toml::node* n = r.take(k);
+    if (n == nullptr)
+        return;
+    if (!expect_type(r.ctx(), *n, r.key(k), toml::node_type::boolean, "a boolean"))
+        return;
+    out = n->as_boolean()->get();
+}
+
+// The largest value of T that a TOML integer (int64) can hold.
+template <typename T>
+constexpr std::int64_t toml_max() {
+    constexpr auto t_max = std::numeric_limits<T>::max();
+    constexpr auto i_max = std::numeric_limits<std::int64_t>::max();
+    return static_cast<std::uint64_t>(t_max) > static_cast<std::uint64_t>(i_max)
+               ? i_max
+               : static_cast<std::int64_t>(t_max);
+}
+
+template <typename T>
+void read_uint(table_reader& r, std::string_view k, T& out, std::int64_t min,
+               std::int64_t max = toml_max<T>()) {
+    const toml::node* n = r.take(k);
+    if (n == nullptr)
+        return;
+    if (!expect_type(r.ctx(), *n, r.key(k), toml::node_type::integer, "an integer"))
+        return;
+    const std::int64_t v = n->as_integer()->get();
+    if (v < min || v > max) {
+        r.ctx().fail(*n, r.key(k), fmt::format("must be between {} and {}, got {}", min, max, v));
+        return;
+    }
+    out = static_cast<T>(v);
+}
+
+// A duration is a string ("5m") or an integer number of seconds.
+bool duration_value(context& ctx, const toml::node& n, std::string_view key,
+                    std::chrono::seconds& out) {
+    constexpr std::string_view want = R"(a duration like "30s", "5m", "4h", "5d")";
+    if (n.is_integer()) {
+        const std::int64_t v = n.as_integer()->get();
+        if (v <= 0 || v > max_duration.count()) {
+            ctx.fail(n, key, fmt::format("expected {} (or seconds > 0), got {}", want, v));
+            return false;
+        }
+        out = std::chrono::seconds(v);
+        return true;
+    }
+    if (!n.is_string()) {
+        ctx.fail(n, key, fmt::format("expected {}, got {}", want, type_name(n)));
+        return false;
+    }
+    const std::string& text = n.as_string()->get();
+    auto d = parse_duration(text);
+    if (!d) {
+        if (d.error() == std::errc::result_out_of_range) {
+            ctx.fail(n, key, fmt::format("duration {} is too large", shown(text)));
+        } else {
+            ctx.fail(n, key, fmt::format("expected {}, got {}", want, shown(text)));
+        }
+        return false;
+    }
+    out = *d;
+    return true;
+}
+
+void read_duration(table_reader& r, std::string_view k, std::chrono::seconds& out) {
+    const toml::node* n = r.take(k);
+    if (n != nullptr)
+        duration_value(r.ctx(), *n, r.key(k), out);
+}
+
+// Calls each(node, "key[i]") for every element of an array; false if the key is not an array.
+template <typename Each>
+bool read_array(table_reader& r, std::string_view k, Each&& each) {
+    const toml::node* n = r.take(k);
+    if (n == nullptr)
+        return false;
+    if (!expect_type(r.ctx(), *n, r.key(k), toml::node_type::array, "an array"))
+        return false;
+    std::size_t i = 0;
+    for (const toml::node& e : *n->as_array()) {
+        each(e, fmt::format("{}[{}]", r.key(k), i));
+        ++i;
+    }
+    return true;
+}
+
+// Array of strings, each checked by `check(text) -> optional<T>`.
+template <typename T, typename Check>
+bool read_checked_strings(table_reader& r, std::string_view k, std::vector<T>& out,
+                          std::string_view want, Check&& check) {
+    std::vector<T> values;
+    std::vector<std::string> keys;
+    bool ok = true;
+    const bool present = read_array(r, k, [&](const toml::node& e, const std::string& key) {
+        if (!expect_type(r.ctx(), e, key, toml::node_type::string, "a string")) {
+            ok = false;
+            return;
+        }
+        const std::string& text = e.as_string()->get();
+        std::optional<T> v = check(e, key, text);
+        if (!v) {
+            if (!want.empty()) {
+                r.ctx().fail(e, key, fmt::format("expected {}, got {}", want, shown(text)));
+            }
+            ok = false;
+            return;
+        }
+        for (std::size_t j = 0; j < values.size(); ++j) {
+            if (values[j] == *v) {
+                r.ctx().fail(e, key, fmt::format("{} duplicates {}", shown(text), keys[j]));
+                ok = false;
+                return;
+            }
+        }
+        values.push_back(std::move(*v));
+        keys.push_back(key);
+    });
+    if (present && ok)
+        out = std::move(values);
+    return present && ok;
+}
+
+void read_cidrs(table_reader& r, std::string_view k, cidr_set& out) {
+    std::vector<cidr> ranges;
+    auto check = [&](const toml::node& e, const std::string& key,
+                     const std::string& text) -> std::optional<cidr> {
+        if (auto c = parse_cidr(text))
+            return *c;
+        if (auto masked = parse_cidr(text, host_bits::clear)) {
+            r.ctx().fail(e, key,
+                         fmt::format("host bits set in {} (did you mean \"{}\"?)", shown(text),
+                                     to_string(*masked)));
+        } else {
+            r.ctx().fail(e, key,
+                         fmt::format("expected a CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\", "
+                                     "got {}",
+                                     shown(text)));
+        }
+        return std::nullopt;
+    };
+    if (read_checked_strings(r, k, ranges, "", check))
+        out = cidr_set(std::move(ranges));
+}
+
+std::optional<std::string> ip_port_check(const toml::node&, const std::string&,
+                                         const std::string& text) {
+    return canonical_ip_port(text);
+}
+
+// --- sections ------------------------------------------------------------------------
+
+// Returns the sub-table, or null when absent or (reported) not a table.
+const toml::table* section(table_reader& root, std::string_view k) {
+    const toml::node* n = root.take(k);
+    if (n == nullptr)
+        return nullptr;
+    if (!n->is_table()) {
+        root.ctx().fail(*n, k, fmt::format("expected a table ([{}]), got {}", k, type_name(*n)));
+        return nullptr;
+    }
+    return n->as_table();
+}
+
+std::string default_hostname() {
+    char buf[256] = {};
+    if (::gethostname(buf, sizeof buf - 1) == 0) {
+        if (auto d = canonical_domain(buf))
+            return *d;
+    }
+    // Not a usable EHLO name (or none): a name that is always valid, to be configured.
+    return "localhost";
+}
+
+// A string or an array of non-empty strings; false (reported) when malformed.
+bool read_paths(table_reader& r, std::string_view k, std::vector<std::string>& out) {
+    const toml::node* n = r.table().get(k);
+    if (n == nullptr)
+        return true;
+    if (n->is_string()) {
+        r.take(k);
+        if (n->as_string()->get().empty()) {
+            r.ctx().fail(*n, r.key(k), "must not be empty");
+            return false;
+        }
+        out.push_back(n->as_string()->get());
+        return true;
+    }
+    if (!n->is_array()) {
+        r.take(k);
+        r.ctx().fail(
+            *n, r.key(k),
+            fmt::format("expected a file name or an array of them, got {}", type_name(*n)));
+        return false;
+    }
+    bool ok = true;
+    read_array(r, k, [&](const toml::node& e, const std::string& key) {
+        if (!expect_type(r.ctx(), e, key, toml::node_type::string, "a file name")) {
+            ok = false;
+        } else if (e.as_string()->get().empty()) {
+            r.ctx().fail(e, key, "must not be empty");
+            ok = false;
+        } else {
+            out.push_back(e.as_string()->get());
+        }
+    });
+    return ok;
+}
+
+std::optional<tls_policy> read_tls_policy(table_reader& r, std::string_view k) {
+    std::string text;
+    const toml::node* n = read_string(r, k, text);
+    if (n == nullptr)
+        return std::nullopt;
+    if (text == "none")
+        return tls_policy::none;
+    if (text == "opportunistic")
+        return tls_policy::opportunistic;
+    if (text == "required")
+        return tls_policy::required;
+    r.ctx().fail(
+        *n, r.key(k),
+        fmt::format(R"(expected "none", "opportunistic" or "required", got {})", shown(text)));
+    return std::nullopt;
+}
+
+std::optional<host_port> parse_smarthost(std::string_view text) {
+    auto parts = core::split_host_port(text);
+    if (!parts)
+        return std::nullopt;
+    if (parts->bracketed) {
+        if (auto ip = canonical_ip(AF_INET6, parts->host))
+            return host_port{*ip, parts->port};
+        return std::nullopt;
+    }
+    if (auto ip = canonical_ip(AF_INET, parts->host))
+        return host_port{*ip, parts->port};
+    if (auto name = canonical_domain(parts->host))
+        return host_port{*name, parts->port};
+    return std::nullopt;
+}
+
+// --- the schema: every key declared once ------------------------------------------------------
+//
+// A section is a table of fields. Each field is its key_spec (table, name, type, default as
+// TOML text, one line of meaning) and the function that reads its value. The reader applies a
+// section's defaults by reading that same text (so a default is written in exactly one place),
+// then the file's values; schema() lists the specs for --check-config's users, the docs and the
+// test that holds packaging/ringmail.toml to them.
+
+template <typename S>
+struct field {
+    key_spec spec;
+    void (*read)(table_reader& r, std::string_view key, S& out);
+};
+
+// One double in (0, max] (or [1, max] with min1): rates and bucket sizes.
+std::optional<double> read_number(table_reader& r, std::string_view k, double min, bool inclusive,
+                                  std::string_view want) {
+    const toml::node* n = r.take(k);
+    if (n == nullptr)
+        return std::nullopt;
+    double v = -1;
+    if (n->is_integer())
+        v = static_cast<double>(n->as_integer()->get());
+    else if (n->is_floating_point())
+        v = n->as_floating_point()->get();
+    const bool ok = inclusive ? v >= min : v > min;
+    if (!ok || v > 1e9) {
+        r.ctx().fail(*n, r.key(k), want);
+        return std::nullopt;
+    }
+    return v;
+}
+
+std::optional<std::string> read_domain_value(table_reader& r, std::string_view k) {
+    std::string text;
+    const toml::node* n = read_string(r, k, text);
+    if (n == nullptr)
+        return std::nullopt;
+    if (auto d = canonical_domain(text))
+        return d;
+    r.ctx().fail(*n, r.key(k), fmt::format("expected a domain name, got {}", shown(text)));
+    return std::nullopt;
+}
+
+constexpr std::string_view smarthost_want =
+    R"(expected "" or "host:port" (IPv6 as "[2001:db8::1]:25"), got {})";
+
+const field<server_config> server_fields[] = {
+    {{"server", "hostname", "domain name", "",
+      "greeting, EHLO and Received name (default: the host's name, or \"localhost\")"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         if (auto d = read_domain_value(r, k))
+             s.hostname = *d;
+     }},
+    {{"server", "shards", "integer", "0",
+      "shards (threads pinned to CPUs); 0 = one per online CPU"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_uint(r, k, s.shards, 0, 1024);
+     }},
+    {{"server", "spool_dir", "path", "\"/var/spool/ringmail\"",
+      "where the spool segments and journals live (one shard-N directory per shard)"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         std::string text;
+         if (const toml::node* n = read_string(r, k, text)) {
+             if (text.empty()) {
+                 r.ctx().fail(*n, r.key(k), "must not be empty");
+             } else {
+                 s.spool_dir = text;
+             }
+         }
+     }},
+    {{"server", "max_message_size", "integer (bytes)", "52428800",
+      "largest message accepted (announced with SIZE)"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_uint(r, k, s.max_message_size, 1);
+     }},
+    {{"server", "max_recipients", "integer", "1000", "most RCPT TO accepted per transaction"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_uint(r, k, s.max_recipients, 1);
+     }},
+    // A text line limit below the command line limit (512) would break ordinary mail.
+    {{"server", "max_line_length", "integer (512..1048576)", "1000",
+      "longest DATA line in octets with its CRLF; longer gets 500 5.5.2"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_uint(r, k, s.max_line_length, 512, 1 << 20);
+     }},
+    {{"server", "max_errors", "integer", "10", "bad commands per session before it is closed"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_uint(r, k, s.max_errors, 1);
+     }},
+    {{"server", "max_connections", "integer", "10000",
+      "open inbound connections per shard; more get 421"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_uint(r, k, s.max_connections, 1);
+     }},
+    {{"server", "command_timeout", "duration", "\"5m\"", "wait for the next command"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_duration(r, k, s.command_timeout);
+     }},
+    {{"server", "data_timeout", "duration", "\"3m\"", "idle time between chunks of message data"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_duration(r, k, s.data_timeout);
+     }},
+    {{"server", "log_level", "\"debug\"|\"info\"|\"warn\"|\"error\"", "\"info\"",
+      "least severe level written to stderr"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         std::string text;
+         if (const toml::node* n = read_string(r, k, text)) {
+             if (auto l = log::parse_level(text)) {
+                 s.log_level = *l;
+             } else {
+                 r.ctx().fail(*n, r.key(k),
+                              fmt::format(R"(expected "debug", "info", "warn" or "error", got {})",
+                                          shown(text)));
+             }
+         }
+     }},
+    {{"server", "io_uring_defer_taskrun", "boolean", "true",
+      "IORING_SETUP_DEFER_TASKRUN (turn off on a kernel where it misbehaves)"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_bool(r, k, s.io_uring_defer_taskrun);
+     }},
+    {{"server", "multishot_accept", "boolean", "true",
+      "multishot accept (off: one accept re-armed per connection)"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_bool(r, k, s.multishot_accept);
+     }},
+};
+
+// tls_cert / tls_key are read together (listener_tls_files below); their fields only declare
+// them and take them off the unknown-key list.
+void take_only(table_reader& r, std::string_view k, listener_config&) {
+    (void)r.table().get(k);
+}
+
+const field<listener_config> listen_fields[] = {
+    {{"listen", "address", "\"ip:port\"", "", "address to listen on; IPv6 as \"[::1]:2525\"", true},
+     [](table_reader& r, std::string_view k, listener_config& l) {
+         std::string text;
+         if (const toml::node* a = read_string(r, k, text)) {
+             if (auto c = canonical_ip_port(text)) {
+                 l.address = *c;
+             } else {
+                 r.ctx().fail(*a, r.key(k),
+                              fmt::format("expected \"ip:port\", got {}", shown(text)));
+             }
+         } else if (r.table().get(k) == nullptr) {
+             r.missing(k, R"(missing (an "ip:port" to listen on))");
+         }
+     }},
+    {{"listen", "role", "\"relay\"|\"submission\"|\"smtps\"", "",
+      "relay (port 25), submission (AUTH required), smtps (implicit TLS)", true},
+     [](table_reader& r, std::string_view k, listener_config& l) {
+         std::string text;
+         if (const toml::node* ro = read_string(r, k, text)) {
+             if (text == "relay") {
+                 l.role = listener_role::relay;
+             } else if (text == "submission") {
+                 l.role = listener_role::submission;
+             } else if (text == "smtps") {
+                 l.role = listener_role::smtps;
+             } else {
+                 r.ctx().fail(*ro, r.key(k),
+                              fmt::format(R"(expected "relay", "submission" or "smtps", got {})",
+                                          shown(text)));
+             }
+         } else if (r.table().get(k) == nullptr) {
+             r.missing(k, R"(missing ("relay", "submission" or "smtps"))");
+         }
+     }},
+    {{"listen", "tls_cert", "path, or array of paths", "",
+      "certificate chain(s), PEM (STARTTLS offered; several: chosen by SNI)"},
+     take_only},
+    {{"listen", "tls_key", "path, or array of paths", "", "private key(s), PEM, one per tls_cert"},
+     take_only},
+    {{"listen", "auth_plaintext", "boolean", "false", "offer AUTH outside TLS (tests only)"},
+     [](table_reader& r, std::string_view k, listener_config& l) {
+         read_bool(r, k, l.auth_plaintext);
+     }},
+    {{"listen", "proxy_protocol", "boolean", "false",
+      "expect a PROXY protocol v1/v2 header first (from trusted_proxies)"},
+     [](table_reader& r, std::string_view k, listener_config& l) {
+         read_bool(r, k, l.proxy_protocol);
+     }},
+    {{"listen", "trusted_proxies", "array of CIDRs", R"(["127.0.0.0/8", "::1/128"])",
+      "sources allowed to send a PROXY header"},
+     [](table_reader& r, std::string_view k, listener_config& l) {
+         read_cidrs(r, k, l.trusted_proxies);
+     }},
+};
+
+const field<relay_config> relay_fields[] = {
+    {{"relay", "allow_networks", "array of CIDRs", R"(["127.0.0.0/8", "::1/128"])",
+      "clients that may relay anywhere without AUTH"},
+     [](table_reader& r, std::string_view k, relay_config& rc) {
+         read_cidrs(r, k, rc.allow_networks);
+     }},
+    {{"relay", "domains", "array of domain names", "[]", "domains accepted from anyone"},
+     [](table_reader& r, std::string_view k, relay_config& rc) {
+         read_checked_strings(r, k, rc.domains, "a domain name",
+                              [](const toml::node&, const std::string&, const std::string& text) {
+                                  return canonical_domain(text);
+                              });
+     }},
+};
+
+const field<delivery_config> delivery_fields[] = {
+    {{"delivery", "smarthost", "\"host:port\"", "\"\"",
+      "send all mail there instead of MX routing; \"\" = MX routing"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         std::string text;
+         if (const toml::node* n = read_string(r, k, text)) {
+             if (text.empty()) {
+                 d.smarthost.reset();
+             } else if (auto hp = parse_smarthost(text)) {
+                 d.smarthost = std::move(*hp);
+             } else {
+                 r.ctx().fail(*n, r.key(k), fmt::format(smarthost_want, shown(text)));
+             }
+         }
+     }},
+    {{"delivery", "mx_port", "integer", "25", "port used on MX hosts"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_uint(r, k, d.mx_port, 1);
+     }},
+    {{"delivery", "retry_schedule", "array of durations",
+      R"(["1m", "5m", "15m", "30m", "1h", "2h", "4h"])",
+      "waits between attempts after a temporary failure; the last repeats"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         std::vector<std::chrono::seconds> schedule;
+         bool ok = true;
+         const toml::node* n = r.table().get(k);
+         const bool present = read_array(r, k, [&](const toml::node& e, const std::string& key) {
+             std::chrono::seconds v{};
+             if (duration_value(r.ctx(), e, key, v)) {
+                 schedule.push_back(v);
+             } else {
+                 ok = false;
+             }
+         });
+         if (present && ok) {
+             if (schedule.empty()) {
+                 r.ctx().fail(*n, r.key(k), "must not be empty");
+             } else {
+                 d.retry_schedule = std::move(schedule);
+             }
+         }
+     }},
+    {{"delivery", "max_lifetime", "duration", "\"5d\"", "age after which a message bounces"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_duration(r, k, d.max_lifetime);
+     }},
+    {{"delivery", "connect_timeout", "duration", "\"30s\"",
+      "time to establish an outbound connection"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_duration(r, k, d.connect_timeout);
+     }},
+    {{"delivery", "max_connections", "integer", "32",
+      "open outbound connections per shard, all destinations together"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_uint(r, k, d.max_connections, 1);
+     }},
+    {{"delivery", "destination_max_connections", "integer", "10",
+      "connections to one destination over all shards (unless its [[domain]] says otherwise)"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_uint(r, k, d.destination_max_connections, 1, 100000);
+     }},
+    {{"delivery", "max_messages_per_connection", "integer", "1000",
+      "transactions on one connection before a fresh one"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_uint(r, k, d.max_messages_per_connection, 1);
+     }},
+    {{"delivery", "idle_timeout", "duration", "\"60s\"", "how long an idle connection is kept"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_duration(r, k, d.idle_timeout);
+     }},
+    {{"delivery", "helo_name", "domain name", "",
+      "EHLO name towards other servers (default: server.hostname)"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         if (auto name = read_domain_value(r, k))
+             d.helo_name = *name;
+     }},
+    {{"delivery", "tls", "\"none\"|\"opportunistic\"|\"required\"", "\"opportunistic\"",
+      "outbound STARTTLS ([[domain]] tls overrides)"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         if (auto p = read_tls_policy(r, k))
+             d.tls = *p;
+     }},
+    {{"delivery", "tls_verify", "boolean", "false",
+      "outbound TLS must verify (system CAs + tls_ca_file) and name the host"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_bool(r, k, d.tls_verify);
+     }},
+    {{"delivery", "tls_ca_file", "path", "\"\"", "extra trusted CAs (PEM) for tls_verify"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_string(r, k, d.tls_ca_file);
+     }},
+    {{"delivery", "log_file", "path", "\"\"",
+      "JSON lines delivery log; \"\" = none; reopened on SIGHUP"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_string(r, k, d.log_file);
+     }},
+};
+
+const field<domain_config> domain_fields[] = {
+    {{"domain", "name", "domain name", "", "the destination domain (the part after @)", true},
+     [](table_reader& r, std::string_view k, domain_config& d) {
+         std::string text;
+         if (const toml::node* nn = read_string(r, k, text)) {
+             if (auto c = canonical_domain(text)) {
+                 d.name = *c;
+             } else {
+                 r.ctx().fail(*nn, r.key(k),
+                              fmt::format("expected a domain name, got {}", shown(text)));
+             }
+         } else if (r.table().get(k) == nullptr) {
+             r.missing(k, "missing (the destination domain)");
+         }
+     }},
+    {{"domain", "route", "\"host:port\"", "",
+      "send this domain's mail there instead of its MX hosts"},
+     [](table_reader& r, std::string_view k, domain_config& d) {
+         std::string text;
+         if (const toml::node* rn = read_string(r, k, text)) {
+             if (auto hp = parse_smarthost(text)) {
+                 d.route = std::move(*hp);
+             } else if (!text.empty()) {
+                 r.ctx().fail(
+                     *rn, r.key(k),
+                     fmt::format(R"(expected "host:port" (IPv6 as "[2001:db8::1]:25"), got {})",
+                                 shown(text)));
+             }
+         }
+     }},
+    {{"domain", "max_connections", "integer", "",
+      "connections over all shards (default: delivery's)"},
+     [](table_reader& r, std::string_view k, domain_config& d) {
+         if (r.table().get(k) != nullptr) {
+             std::uint32_t u = 0;
+             read_uint(r, k, u, 1, 100000);
+             if (u != 0)
+                 d.max_connections = u;
+         }
+     }},
+    {{"domain", "max_messages_per_connection", "integer", "", "transactions per connection"},
+     [](table_reader& r, std::string_view k, domain_config& d) {
+         if (r.table().get(k) != nullptr) {
+             std::uint32_t u = 0;
+             read_uint(r, k, u, 1);
+             if (u != 0)
+                 d.max_messages_per_connection = u;
+         }
+     }},
+    {{"domain", "connect_timeout", "duration", "", "time to establish a connection"},
+     [](table_reader& r, std::string_view k, domain_config& d) {
+         if (const toml::node* c = r.take(k)) {
+             std::chrono::seconds v{};
+             if (duration_value(r.ctx(), *c, r.key(k), v))
+                 d.connect_timeout = v;
+         }
+     }},
+    {{"domain", "rate", "number", "", "messages per second started (token bucket)"},
+     [](table_reader& r, std::string_view k, domain_config& d) {
+         if (auto v = read_number(r, k, 0, false, "expected messages per second, a number > 0"))
+             d.rate = *v;
+     }},
+    {{"domain", "burst", "number", "", "bucket size in messages (default: max(1, rate))"},
+     [](table_reader& r, std::string_view k, domain_config& d) {
+         if (auto v =
+                 read_number(r, k, 1, true, "expected a bucket size in messages, a number >= 1"))
+             d.burst = *v;
+     }},
+    {{"domain", "tls", "\"none\"|\"opportunistic\"|\"required\"", "",
+      "outbound STARTTLS for the domain"},
+     [](table_reader& r, std::string_view k, domain_config& d) { d.tls = read_tls_policy(r, k); }},
+    {{"domain", "tls_verify", "boolean", "", "TLS must verify and name the MX host"},
+     [](table_reader& r, std::string_view k, domain_config& d) {
+         if (r.table().get(k) != nullptr) {
+             bool v = false;
+             read_bool(r, k, v);
+             d.tls_verify = v;
+         }
+     }},
+};
+
+const field<dns_config> dns_fields[] = {
+    {{"dns", "servers", "array of \"ip:port\"", "[]", "resolvers; empty = /etc/resolv.conf"},
+     [](table_reader& r, std::string_view k, dns_config& d) {
+         read_checked_strings(r, k, d.servers, R"("ip:port")", ip_port_check);
+     }},
+};
+
+const field<auth_config> auth_fields[] = {
+    {{"auth", "users_file", "path", "\"\"", "\"user:hash\" lines for SMTP AUTH; \"\" = no AUTH"},
+     [](table_reader& r, std::string_view k, auth_config& a) { read_string(r, k, a.users_file); }},
+    {{"auth", "max_failures", "integer", "5",
+      "failed AUTH per client address within failure_window"},
+     [](table_reader& r, std::string_view k, auth_config& a) {
+         read_uint(r, k, a.max_failures, 1, 1000000);
+     }},
+    {{"auth", "failure_window", "duration", "\"5m\"", "the window of max_failures"},
+     [](table_reader& r, std::string_view k, auth_config& a) {
+         read_duration(r, k, a.failure_window);
+     }},
+    {{"auth", "verify_threads", "integer", "1", "threads verifying passwords, off the shards"},
+     [](table_reader& r, std::string_view k, auth_config& a) {
+         read_uint(r, k, a.verify_threads, 1, 64);
+     }},
+};
+
+const field<admin_config> admin_fields[] = {
+    {{"admin", "address", "\"ip:port\"", "\"127.0.0.1:8025\"",
+      "the admin HTTP endpoint; \"\" disables it"},
+     [](table_reader& r, std::string_view k, admin_config& a) {
+         std::string text;
+         if (const toml::node* n = read_string(r, k, text)) {
+             if (text.empty()) {
+                 a.address.clear();
+             } else if (auto c = canonical_ip_port(text)) {
+                 a.address = *c;
+             } else {
+                 r.ctx().fail(*n, r.key(k),
+                              fmt::format(R"(expected "" or "ip:port", got {})", shown(text)));
+             }
+         }
+     }},
+};
+
+// The defaults of a section: its fields' default texts read like a file of their own. They
+// are part of the program, so a default that does not read is a bug.
+template <typename S>
+void apply_defaults(std::span<const field<S>> fields, std::string_view path, S& out) {
+    std::string text;
+    for (const auto& f : fields) {
+        if (!f.spec.default_value.empty())
+            text += fmt::format("{} = {}\n", f.spec.name, f.spec.default_value);
+    }
+    toml::table t;
+    try {
+        t = toml::parse(std::string_view(text), std::string_view("<defaults>"));
+    } catch (const toml::parse_error& e) {
+        core::invariant_broken("config schema: defaults of [{}] do not parse: {}", path,
+                               e.description());
+    }
+    context ctx("<defaults>");
+    table_reader r(ctx, t, std::string(path));
+    for (const auto& f : fields) {
+        if (!f.spec.default_value.empty())
+            f.read(r, f.spec.name, out);
+    }
+    if (ctx.failed())
+        core::invariant_broken("config schema: {}", ctx.joined());
+}
+
+// Defaults, then the table's own values; unknown keys are errors.
+template <typename S>
+void read_section(context& ctx, const toml::table* t, std::string_view path,
+                  std::span<const field<S>> fields, S& out) {
+    apply_defaults(fields, path, out);
+    if (t == nullptr)
+        return;
+    table_reader r(ctx, *t, std::string(path));
+    for (const auto& f : fields)
+        f.read(r, f.spec.name, out);
+    r.finish();
+}
+
+// An array of tables ([[listen]], [[domain]]): each element read like a section; `check` is
+// the element's cross-key rules.
+template <typename S, typename Check>
+void read_array_of_tables(context& ctx, table_reader& root, std::string_view name,
+                          std::span<const field<S>> fields, std::vector<S>& out, Check&& check) {
+    const toml::node* n = root.take(name);
+    if (n == nullptr)
+        return;
+    if (!n->is_array_of_tables()) {
+        ctx.fail(*n, name,
+                 fmt::format("expected an array of tables ([[{}]]), got {}", name,
+                             n->is_array() ? "an array with other values" : type_name(*n)));
+        return;
+    }
+    std::size_t i = 0;
+    for (const toml::node& e : *n->as_array()) {
+        const std::string path = fmt::format("{}[{}]", name, i++);
+        S element;
+        apply_defaults(fields, path, element);
+        table_reader r(ctx, *e.as_table(), path);
+        for (const auto& f : fields)
+            f.read(r, f.spec.name, element);
+        check(r, element);
+        r.finish();
+        out.push_back(std::move(element));
+    }
+}
+
+void listener_tls_files(table_reader& r, listener_config& l) {
+    std::vector<std::string> certs;
+    std::vector<std::string> keys;
+    // Both are read (and their errors reported) whatever the first one gave.
+    const bool certs_ok = read_paths(r, "tls_cert", certs);
+    const bool keys_ok = read_paths(r, "tls_key", keys);
+    if (!certs_ok || !keys_ok)
+        return;
+    if (certs.size() != keys.size()) {
+        const toml::node* at = r.table().get(certs.size() > keys.size() ? "tls_cert" : "tls_key");
+        r.ctx().fail(&at->source(), r.key("tls_key"),
+                     fmt::format("{} certificate file(s) but {} key file(s): give one key per "
+                                 "certificate, in the same order",
+                                 certs.size(), keys.size()));
+        return;
+    }
+    for (std::size_t i = 0; i < certs.size(); ++i)
+        l.tls_certificates.push_back({std::move(certs[i]), std::move(keys[i])});
+}
+
+}  // namespace
+
+std::span<const key_spec> schema() {
+    static const std::vector<key_spec> all = [] {
+        std::vector<key_spec> v;
+        auto add = [&](const auto& fields) {
+            for (const auto& f : fields)
+                v.push_back(f.spec);
+        };
+        add(server_fields);
+        add(listen_fields);
+        add(relay_fields);
+        add(delivery_fields);
+        add(domain_fields);
+        add(dns_fields);
+        add(auth_fields);
+        add(admin_fields);
+        return v;
+    }();
+    return all;
+}
+
+std::string_view role_name(listener_role r) noexcept {
+    switch (r) {
+        case listener_role::relay:
+            return "relay";
+        case listener_role::submission:
+            return "submission";
+        case listener_role::smtps:
+            return "smtps";
+    }
+    return "?";
+}
+
+std::string_view tls_policy_name(tls_policy p) noexcept {
+    switch (p) {
+        case tls_policy::none:
+            return "none";
+        case tls_policy::opportunistic:
+            return "opportunistic";
+        case tls_policy::required:
+            return "required";
+    }
+    return "?";
+}
+
+unsigned effective_shards(const server_config& s) noexcept {
+    if (s.shards != 0)
+        return s.shards;
+    const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? static_cast<unsigned>(n) : 1;
+}
+
+std::optional<std::string> canonical_ip_port(std::string_view text) {
+    auto parts = core::split_host_port(text);
+    if (!parts)
+        return std::nullopt;
+    if (parts->bracketed) {
+        if (auto ip = canonical_ip(AF_INET6, parts->host))
+            return fmt::format("[{}]:{}", *ip, parts->port);
+        return std::nullopt;
+    }
+    if (auto ip = canonical_ip(AF_INET, parts->host))
+        return fmt::format("{}:{}", *ip, parts->port);
+    return std::nullopt;
+}
+
+std::optional<std::string> canonical_domain(std::string_view text) {
+    if (!text.empty() && text.back() == '.')
+        text.remove_suffix(1);
+    if (text.empty() || text.size() > 253)
+        return std::nullopt;
+    if (canonical_ip(AF_INET, text))
+        return std::nullopt;
+    std::string out;
+    out.reserve(text.size());
+    std::size_t label = 0;
+    for (std::size_t i = 0; i <= text.size(); ++i) {
+        if (i == text.size() || text[i] == '.') {
+            if (label == 0 || label > 63)
+                return std::nullopt;
+            if (out.back() == '-' || out[out.size() - label] == '-')
+                return std::nullopt;
+            if (i != text.size())
+                out += '.';
+            label = 0;
+            continue;
+        }
+        char c = text[i];
+        if (c >= 'A' && c <= 'Z')
+            c = static_cast<char>(c - 'A' + 'a');
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+        if (!ok)
+            return std::nullopt;
+        out += c;
+        ++label;
+    }
+    return out;
+}
+
+parsed_config parse_config(std::string_view toml_text, std::string_view source_name) {
+    parsed_config result;
+    toml::table root;
+    try {
+        root = toml::parse(toml_text, source_name);
+    } catch (const toml::parse_error& e) {
+        const auto& where = e.source().begin;
+        result.error = fmt::format("{}:{}:{}: TOML syntax error: {}", source_name, where.line,
+                                   where.column, e.description());
+        return result;
+    }
+
+    context ctx(source_name);
+    table_reader r(ctx, root, "");
+    settings c;
+    read_section<server_config>(ctx, section(r, "server"), "server", server_fields, c.server);
+    if (c.server.hostname.empty())
+        c.server.hostname = default_hostname();
+
+    // [[listen]]: at least one; addresses distinct; smtps has certificates.
+    const toml::node* ln = root.get("listen");
+    if (ln == nullptr || (ln->is_array() && ln->as_array()->empty())) {
+        r.take("listen");
+        if (ln == nullptr) {
+            ctx.fail(nullptr, "listen", "at least one [[listen]] table is required");
+        } else {
+            ctx.fail(*ln, "listen", "at least one [[listen]] table is required");
+        }
+    } else {
+        std::map<std::string, std::string> seen;  // canonical address -> key that used it
+        read_array_of_tables<listener_config>(
+            ctx, r, "listen", listen_fields, c.listen, [&](table_reader& lr, listener_config& l) {
+                listener_tls_files(lr, l);
+                if (!l.address.empty()) {
+                    if (auto [it, fresh] = seen.emplace(l.address, lr.key("address")); !fresh) {
+                        const toml::node* a = lr.table().get("address");
+                        ctx.fail(*a, lr.key("address"),
+                                 fmt::format("{} is already used by {}",
+                                             shown(a->as_string()->get()), it->second));
+                    }
+                }
+                if (l.role == listener_role::smtps && l.tls_certificates.empty() &&
+                    lr.table().get("tls_cert") == nullptr) {
+                    lr.missing("tls_cert", R"(role "smtps" needs tls_cert and tls_key)");
+                }
+            });
+    }
+    read_section<relay_config>(ctx, section(r, "relay"), "relay", relay_fields, c.relay);
+    read_section<delivery_config>(ctx, section(r, "delivery"), "delivery", delivery_fields,
+                                  c.delivery);
+    if (c.delivery.helo_name.empty())
+        c.delivery.helo_name = c.server.hostname;
+    read_section<dns_config>(ctx, section(r, "dns"), "dns", dns_fields, c.dns);
+    read_section<admin_config>(ctx, section(r, "admin"), "admin", admin_fields, c.admin);
+    if (const toml::table* at = root.get_as<toml::table>("admin"); at && !c.admin.address.empty()) {
+        for (std::size_t i = 0; i < c.listen.size(); ++i) {
+            if (c.listen[i].address == c.admin.address) {
+                const toml::node* n = at->get("address");
+                ctx.fail(*n, "admin.address",
+                         fmt::format("{} is already used by listen[{}]",
+                                     shown(n->as_string()->get()), i));
+            }
+        }
+    }
+    read_section<auth_config>(ctx, section(r, "auth"), "auth", auth_fields, c.auth);
+    std::map<std::string, std::string> domains_seen;
+    read_array_of_tables<domain_config>(
+        ctx, r, "domain", domain_fields, c.domains, [&](table_reader& dr, domain_config& d) {
+            if (d.name.empty())
+                return;
+            if (auto [it, fresh] = domains_seen.emplace(d.name, dr.key("name")); !fresh) {
+                const toml::node* nn = dr.table().get("name");
+                ctx.fail(*nn, dr.key("name"),
+                         fmt::format("{} is already configured by {}",
+                                     shown(nn->as_string()->get()), it->second));
+            }
+        });
+    r.finish();
+    if (!c.auth.enabled()) {
+        for (std::size_t i = 0; i < c.listen.size(); ++i) {
+            if (c.listen[i].role != listener_role::relay) {
+                ctx.fail(nullptr, fmt::format("listen[{}].role", i),
+                         fmt::format("role \"{}\" requires AUTH: set [auth] users_file",
+                                     role_name(c.listen[i].role)));
+            }
+        }
+    }
+
+    if (ctx.failed()) {
+        result.error = ctx.joined();
+    } else {
+        result.cfg = std::move(c);
+    }
+    return result;
+}
+
+parsed_config load_config_file(const std::filesystem::path& path) {
+    parsed_config result;
+    auto fail = [&](std::string_view what, int err) {
+        result.error =
+            fmt::format("{}: {}: {}", path.string(), what, std::generic_category().message(err));
+        return result;
+    };
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail("cannot open", errno);
+    struct closer {
+        int fd;
+        ~closer() { ::close(fd); }
+    } close_on_return{fd};
+
+    struct stat st {};
+    if (::fstat(fd, &st) != 0)
+        return fail("cannot stat", errno);
+    if (!S_ISREG(st.st_mode))
+        return fail("cannot read", S_ISDIR(st.st_mode) ? EISDIR : EINVAL);
+    // A configuration is a few kilobytes; anything this large is the wrong file.
+    constexpr off_t max_size = 16 << 20;
+    if (st.st_size > max_size)
+        return fail("cannot read", EFBIG);
+
+    std::string text;
+    char buf[8192];
+    for (;;) {
+        const ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return fail("read failed", errno);
+        }
+        if (n == 0)
+            break;
+        text.append(buf, static_cast<std::size_t>(n));
+        if (text.size() > static_cast<std::size_t>(max_size))
+            return fail("cannot read", EFBIG);
+    }
+    return parse_config(text, path.string());
+}
+
+std::string_view default_config_toml() noexcept {
+    return embedded_default;
+}
+
+}  // namespace ringmail::config
