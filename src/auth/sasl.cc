@@ -3,6 +3,7 @@
 #include "ringmail/auth/secret.h"
 #include "ringmail/core/ascii.h"
 #include "ringmail/core/base64.h"
+#include "ringmail/core/panic.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -19,11 +20,6 @@ constexpr std::string_view text_undecodable = "Cannot Base64-decode client respo
 constexpr std::string_view text_malformed_plain = "Malformed PLAIN response";
 constexpr std::string_view text_cancelled = "Authentication cancelled";
 constexpr std::string_view text_invalid = "Authentication credentials invalid";
-
-[[noreturn]] void die(const char* what) {
-    std::fprintf(stderr, "ringmail: invariant broken: %s\n", what);
-    std::abort();
-}
 
 bool user_acceptable(std::string_view user) noexcept {
     return !user.empty() && user.size() <= max_user_octets &&
@@ -64,7 +60,7 @@ sasl_step sasl_server::fail(unsigned code, std::string_view enhanced, std::strin
 
 sasl_step sasl_server::start(std::optional<std::string_view> initial_response) {
     if (_state != state::idle)
-        die("sasl_server::start called twice");
+        core::invariant_broken("sasl_server::start called twice");
     if (!initial_response) {
         sasl_step s;
         s.what = sasl_step::kind::challenge;
@@ -88,7 +84,7 @@ sasl_step sasl_server::start(std::optional<std::string_view> initial_response) {
 
 sasl_step sasl_server::respond(std::string_view line) {
     if (_state == state::idle || _state == state::finished)
-        die("sasl_server::respond outside an exchange");
+        core::invariant_broken("sasl_server::respond outside an exchange");
     if (line == "*")
         return fail(501, "5.0.0", text_cancelled);
     if (line.size() > max_response_chars)

@@ -3,6 +3,7 @@
 #include "ringmail/auth/errc.h"
 #include "ringmail/auth/secret.h"
 #include "ringmail/core/log.h"
+#include "ringmail/core/panic.h"
 #include "ringmail/core/spsc_ring.h"
 
 #include <wolfssl/options.h>
@@ -33,11 +34,6 @@ struct request {
     std::string user;
     std::string password;
 };
-
-[[noreturn]] void die(const char* what) {
-    std::fprintf(stderr, "ringmail: invariant broken: %s\n", what);
-    std::abort();
-}
 
 // HMAC-SHA256(key, user NUL password): what the cache keeps instead of the password, so a
 // memory dump of the cache does not give passwords away and cannot be checked offline without
@@ -173,7 +169,7 @@ void verifier::wake(worker& w) {
 bool verifier::submit(unsigned shard, std::uint64_t token, std::string_view user,
                       std::string_view password) {
     if (shard >= _shards)
-        die("verifier shard id out of range");
+        core::invariant_broken("verifier shard id out of range");
     shard_channel& ch = _channels[shard];
     if (ch.in_flight >= _opts.max_in_flight || _stop.load(std::memory_order_relaxed)) {
         _refused.fetch_add(1, std::memory_order_relaxed);
@@ -185,7 +181,7 @@ bool verifier::submit(unsigned shard, std::uint64_t token, std::string_view user
     r.password = password;
     // Cannot fail: the ring holds ring_capacity >= max_in_flight >= outstanding requests.
     if (!ch.requests.try_push(std::move(r)))
-        die("verifier request ring full below max_in_flight");
+        core::invariant_broken("verifier request ring full below max_in_flight");
     ++ch.in_flight;
     wake(_workers[shard % _workers_n]);
     return true;
@@ -193,7 +189,7 @@ bool verifier::submit(unsigned shard, std::uint64_t token, std::string_view user
 
 std::optional<verify_response> verifier::poll(unsigned shard) {
     if (shard >= _shards)
-        die("verifier shard id out of range");
+        core::invariant_broken("verifier shard id out of range");
     shard_channel& ch = _channels[shard];
     std::optional<verify_response> r = ch.responses.try_pop();
     if (r)
@@ -203,13 +199,13 @@ std::optional<verify_response> verifier::poll(unsigned shard) {
 
 int verifier::response_fd(unsigned shard) const {
     if (shard >= _shards)
-        die("verifier shard id out of range");
+        core::invariant_broken("verifier shard id out of range");
     return _channels[shard].response_efd;
 }
 
 std::size_t verifier::in_flight(unsigned shard) const {
     if (shard >= _shards)
-        die("verifier shard id out of range");
+        core::invariant_broken("verifier shard id out of range");
     return _channels[shard].in_flight;
 }
 
@@ -249,7 +245,7 @@ void verifier::run(worker& w) {
         shard_channel& ch = _channels[shard];
         // Cannot fail: responses + requests of a shard never exceed max_in_flight.
         if (!ch.responses.try_push(verify_response{token, v}))
-            die("verifier response ring full below max_in_flight");
+            core::invariant_broken("verifier response ring full below max_in_flight");
         (void)::eventfd_write(ch.response_efd, 1);
     };
     auto verify = [&](request& r) -> verdict {

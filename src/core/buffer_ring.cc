@@ -1,6 +1,7 @@
 #include "ringmail/core/buffer_ring.h"
 
 #include "ringmail/core/errc.h"
+#include "ringmail/core/panic.h"
 #include "ringmail/core/reactor.h"
 
 #include <cerrno>
@@ -11,11 +12,6 @@
 namespace ringmail::core {
 
 namespace {
-
-[[noreturn]] void misuse(const char* what, unsigned id) {
-    std::fprintf(stderr, "ringmail: invariant broken: buffer_ring %s (buffer %u)\n", what, id);
-    std::abort();
-}
 
 void* map_anon(std::size_t bytes) {
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -76,11 +72,11 @@ result<std::unique_ptr<buffer_ring>> buffer_ring::create(reactor& r, std::uint16
 
 std::string_view buffer_ring::data(std::uint16_t buf_id, std::size_t len) {
     if (buf_id >= _count)
-        misuse("id out of range", buf_id);
+        invariant_broken("buffer_ring id out of range (buffer {})", buf_id);
     if (len > _buf_size)
-        misuse("length past the buffer", buf_id);
+        invariant_broken("buffer_ring length past the buffer (buffer {})", buf_id);
     if (_is_held[buf_id])
-        misuse("buffer taken twice", buf_id);
+        invariant_broken("buffer_ring buffer taken twice (buffer {})", buf_id);
     _is_held[buf_id] = true;
     ++_held;
     return {reinterpret_cast<const char*>(_buffers + static_cast<std::size_t>(buf_id) * _buf_size),
@@ -89,9 +85,9 @@ std::string_view buffer_ring::data(std::uint16_t buf_id, std::size_t len) {
 
 void buffer_ring::recycle(std::uint16_t buf_id) {
     if (buf_id >= _count)
-        misuse("id out of range", buf_id);
+        invariant_broken("buffer_ring id out of range (buffer {})", buf_id);
     if (!_is_held[buf_id])
-        misuse("recycling a buffer not held", buf_id);
+        invariant_broken("buffer_ring recycling a buffer not held (buffer {})", buf_id);
     _is_held[buf_id] = false;
     --_held;
     // One entry, published at once: the tail store is a single release store, and a prompt

@@ -16,11 +16,6 @@ namespace ringmail::core {
 
 namespace {
 
-[[noreturn]] void fatal(const char* what, int err) {
-    std::fprintf(stderr, "ringmail: invariant broken: %s: %s\n", what, std::strerror(err));
-    std::abort();
-}
-
 struct required_op {
     int op;
     const char* name;
@@ -216,24 +211,24 @@ io_uring_sqe* reactor::get_sqe() {
     if (sqe == nullptr) {
         int ret = io_uring_submit(&_ring);
         if (ret < 0 && ret != -EBUSY && ret != -EAGAIN)
-            fatal("io_uring_submit", -ret);
+            invariant_broken("io_uring_submit: {}", std::strerror(-ret));
         sqe = io_uring_get_sqe(&_ring);
         if (sqe == nullptr)
-            fatal("no SQE after submit", EBUSY);
+            invariant_broken("no SQE after submit: {}", std::strerror(EBUSY));
     }
     return sqe;
 }
 
 void reactor::reserve_sqes(unsigned count) {
     if (count > _ring.sq.ring_entries)
-        fatal("link chain longer than the SQ", E2BIG);
+        invariant_broken("link chain longer than the SQ: {}", std::strerror(E2BIG));
     if (io_uring_sq_space_left(&_ring) >= count)
         return;
     int ret = io_uring_submit(&_ring);
     if (ret < 0 && ret != -EBUSY && ret != -EAGAIN)
-        fatal("io_uring_submit", -ret);
+        invariant_broken("io_uring_submit: {}", std::strerror(-ret));
     if (io_uring_sq_space_left(&_ring) < count)
-        fatal("no room for a link chain", EBUSY);
+        invariant_broken("no room for a link chain: {}", std::strerror(EBUSY));
 }
 
 io_uring_sqe* reactor::socket_sqe(const ring_fd& fd, completion* c, op_kind kind, const char* op) {
@@ -398,7 +393,7 @@ void reactor::remove_iteration_end(hook_id id) noexcept {
 void reactor::flush() {
     int ret = io_uring_submit(&_ring);
     if (ret < 0 && ret != -EBUSY && ret != -EAGAIN && ret != -EINTR)
-        fatal("io_uring_submit", -ret);
+        invariant_broken("io_uring_submit: {}", std::strerror(-ret));
 }
 
 std::size_t reactor::dispatch_cqes() {
@@ -453,7 +448,7 @@ std::size_t reactor::dispatch_cqes() {
 
 std::size_t reactor::run_once(clock::duration max_wait) {
     if (_in_run)
-        fatal("reactor::run_once re-entered from a handler", EDEADLK);
+        invariant_broken("reactor::run_once re-entered from a handler: {}", std::strerror(EDEADLK));
     _in_run = true;
     _now = clock::now();
     clock::duration wait = max_wait;
@@ -475,7 +470,7 @@ std::size_t reactor::run_once(clock::duration max_wait) {
         ret = io_uring_submit_and_get_events(&_ring);
     }
     if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-        fatal("io_uring_enter", -ret);
+        invariant_broken("io_uring_enter: {}", std::strerror(-ret));
     }
 
     _now = clock::now();

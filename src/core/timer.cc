@@ -1,5 +1,7 @@
 #include "ringmail/core/timer.h"
 
+#include "ringmail/core/panic.h"
+
 #include <cstdio>
 #include <cstdlib>
 
@@ -17,8 +19,7 @@ timer_queue::~timer_queue() {
 
 void timer_queue::arm(timer& t, clock::time_point deadline) {
     if (t._queue != nullptr && t._queue != this) {
-        std::fprintf(stderr, "ringmail: invariant broken: timer armed in two queues\n");
-        std::abort();
+        invariant_broken("timer armed in two queues");
     }
     t._deadline = deadline;
     t._seq = _next_seq++;
@@ -29,8 +30,7 @@ void timer_queue::arm(timer& t, clock::time_point deadline) {
         return;
     }
     if (_heap.size() >= _max) {
-        std::fprintf(stderr, "ringmail: invariant broken: more than %zu timers armed\n", _max);
-        std::abort();
+        invariant_broken("more than {} timers armed", _max);
     }
     t._queue = this;
     _heap.push_back(&t);

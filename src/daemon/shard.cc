@@ -229,6 +229,7 @@ void shard::arm_auth() {
 }
 
 void shard::on_auth_ready(int res, std::uint32_t) {
+    check_shard();
     _auth_armed = false;
     if (res == -ECANCELED)
         return;
@@ -289,6 +290,7 @@ bool shard::drained(bool late) {
 }
 
 void shard::accepted_connection(core::ring_fd fd, const reception::listener_settings& l) {
+    check_shard();
     if (draining()) {
         new refusal(reactor(), std::move(fd), "421 4.3.2 Service shutting down\r\n");
         return;
@@ -318,6 +320,7 @@ void shard::accepted_connection(core::ring_fd fd, const reception::listener_sett
 }
 
 void shard::connection_closed(std::uint64_t cid) {
+    check_shard();
     auto it = _connections.find(cid);
     if (it == _connections.end())
         return;
@@ -328,6 +331,7 @@ void shard::connection_closed(std::uint64_t cid) {
 // --- group commit ------------------------------------------------------------------------
 
 void shard::flush_commits() {
+    check_shard();
     for (auto& slot : _spools) {
         if (slot->in_flight || reactor().now() < slot->retry_at)
             continue;
@@ -349,6 +353,7 @@ void shard::flush_commits() {
 }
 
 void shard::batch_done(spool_slot& slot, int res) {
+    check_shard();
     slot.in_flight = false;
     if (res < 0) {
         slot.backoff = slot.backoff.count() == 0
@@ -383,6 +388,7 @@ void shard::batch_done(spool_slot& slot, int res) {
 // --- delivery::host ------------------------------------------------------------------------
 
 void shard::wake_at(std::optional<queue::steady_time> t) {
+    check_shard();
     if (t) {
         reactor().arm(_engine_timer, *t);
     } else {
@@ -395,6 +401,7 @@ void shard::nudge() {
 }
 
 bool shard::send(unsigned to, delivery::shard_message&& m) {
+    check_shard();
     return _ctx.delivery.mailbox->try_send(id(), to, std::move(m));
 }
 

@@ -3,6 +3,7 @@
 #include "ringmail/core/errc.h"
 #include "ringmail/core/log.h"
 #include "ringmail/core/member_completion.h"
+#include "ringmail/core/panic.h"
 #include "ringmail/core/socket.h"
 #include "ringmail/dns/wire.h"
 
@@ -27,11 +28,6 @@ std::span<const std::uint8_t> answer_bytes(const unsigned char* abuf, int alen) 
     if (abuf == nullptr || alen <= 0)
         return {};
     return {abuf, static_cast<std::size_t>(alen)};
-}
-
-[[noreturn]] void invariant(const char* what) {
-    core::log::error("dns: invariant broken: {}", what);
-    std::abort();
 }
 
 // "1.2.3.4", "1.2.3.4:5353", "::1", "[::1]:5353" -> an endpoint (port 53 when absent).
@@ -126,7 +122,7 @@ void resolver::socket_watch::on_poll(int res, std::uint32_t) {
         const int fd_number = fd.get();
         auto it = r._sockets.find(fd_number);
         if (it == r._sockets.end() || it->second != this)
-            invariant("poll completion for a socket c-ares no longer owns");
+            core::invariant_broken("dns: poll completion for a socket c-ares no longer owns");
         int rfd = ARES_SOCKET_BAD;
         int wfd = ARES_SOCKET_BAD;
         if (res < 0) {
@@ -433,7 +429,7 @@ void resolver::finish(lookup& l, result<route> value, std::chrono::seconds ttl) 
     std::vector<callback> waiters = std::move(l.waiters);
     auto it = _lookups.find(l.key);
     if (it == _lookups.end() || it->second.get() != &l)
-        invariant("finished a lookup the resolver does not hold");
+        core::invariant_broken("dns: finished a lookup the resolver does not hold");
     _lookups.erase(it);  // frees `l`
     for (auto& cb : waiters)
         complete_later(std::move(cb), shared);
@@ -475,7 +471,7 @@ void resolver::shutdown() {
     while (!_sockets.empty())
         close_socket(_sockets.begin()->first);
     if (!_lookups.empty())
-        invariant("lookups left after ares_destroy");
+        core::invariant_broken("dns: lookups left after ares_destroy");
     while (!_ready.empty())
         deliver_ready();
 }
@@ -508,7 +504,7 @@ int resolver::open_socket(int family, int type, int protocol) {
 void resolver::close_socket(int fd) {
     auto it = _sockets.find(fd);
     if (it == _sockets.end())
-        invariant("c-ares closed a socket it did not open through the resolver");
+        core::invariant_broken("dns: c-ares closed a socket it did not open through the resolver");
     socket_watch* w = it->second;
     _sockets.erase(it);
     w->closed = true;

@@ -1,6 +1,7 @@
 #include "ringmail/queue/destination.h"
 
 #include "ringmail/core/ascii.h"
+#include "ringmail/core/panic.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -8,16 +9,9 @@
 
 namespace ringmail::queue {
 
-namespace {
-[[noreturn]] void die(const char* what) {
-    std::fprintf(stderr, "ringmail: invariant broken: %s\n", what);
-    std::abort();
-}
-}  // namespace
-
 rcpt_list::rcpt_list(std::initializer_list<std::uint16_t> init) {
     if (init.size() > max_job_rcpts)
-        die("rcpt_list: more recipients than a job holds");
+        core::invariant_broken("rcpt_list: more recipients than a job holds");
     for (auto r : init)
         _items.push_back(r);
 }
@@ -50,7 +44,7 @@ std::vector<job_group> group_by_destination(
     std::vector<job_group> groups;
     for (std::uint32_t index : pending) {
         if (index >= addresses.size() || index > 0xffff)
-            die("group_by_destination: recipient index out of range");
+            core::invariant_broken("group_by_destination: recipient index out of range");
         std::string_view a = addresses[index];
         auto at = a.rfind('@');
         std::string key = key_of(at == std::string_view::npos ? "" : a.substr(at + 1));
@@ -75,7 +69,7 @@ destination_queue::destination_queue(std::string key, const destination_policy& 
 
 void destination_queue::push(delivery_job job, steady_time now) {
     if (job.rcpts.empty())
-        die("destination_queue: job without recipients");
+        core::invariant_broken("destination_queue: job without recipients");
     if (job.next_attempt <= now) {
         _ready.push_back(std::move(job));
         return;
@@ -123,13 +117,13 @@ std::vector<delivery_job> destination_queue::take_all_ready() {
 
 void destination_queue::job_finished() {
     if (_in_flight == 0)
-        die("destination_queue: job finished but none in flight");
+        core::invariant_broken("destination_queue: job finished but none in flight");
     --_in_flight;
 }
 
 void destination_queue::connection_gone() {
     if (_connections == 0)
-        die("destination_queue: connection gone but none counted");
+        core::invariant_broken("destination_queue: connection gone but none counted");
     --_connections;
 }
 

@@ -1,6 +1,7 @@
 #include "ringmail/queue/dsn.h"
 
 #include "ringmail/core/date.h"
+#include "ringmail/core/panic.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -84,8 +85,7 @@ std::string header_block(std::string_view added, std::string_view message, std::
 
 std::string build_dsn(const dsn_request& req) {
     if (req.original_sender.empty()) {
-        std::fprintf(stderr, "ringmail: invariant broken: DSN requested for a null sender\n");
-        std::abort();
+        core::invariant_broken("DSN requested for a null sender");
     }
     std::string host = clean(req.reporting_mta);
     std::string token = clean(req.message_id_token);

@@ -1,6 +1,7 @@
 #include "ringmail/queue/handoff.h"
 
 #include "ringmail/core/ascii.h"
+#include "ringmail/core/panic.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -27,8 +28,7 @@ unsigned owner_shard(std::string_view domain, unsigned shards) noexcept {
 void destination_slots::release() noexcept {
     std::uint32_t before = _in_use.fetch_sub(1, std::memory_order_acq_rel);
     if (before == 0) {
-        std::fprintf(stderr, "ringmail: invariant broken: destination slot released twice\n");
-        std::abort();
+        core::invariant_broken("destination slot released twice");
     }
 }
 

@@ -1,5 +1,6 @@
 #include "ringmail/queue/retry.h"
 
+#include "ringmail/core/panic.h"
 #include "ringmail/queue/errc.h"
 
 #include <algorithm>
@@ -25,8 +26,7 @@ std::optional<std::int64_t> retry_policy::next_attempt_with(std::uint32_t attemp
                                                             std::int64_t now_unix,
                                                             double unit) const {
     if (schedule.empty()) {
-        std::fprintf(stderr, "ringmail: invariant broken: retry policy without a schedule\n");
-        std::abort();
+        core::invariant_broken("retry policy without a schedule");
     }
     std::int64_t deadline = arrival_unix + max_lifetime.count();
     if (now_unix >= deadline)

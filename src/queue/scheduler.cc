@@ -1,5 +1,6 @@
 #include "ringmail/queue/scheduler.h"
 
+#include "ringmail/core/panic.h"
 #include "ringmail/queue/errc.h"
 
 #include <algorithm>
@@ -10,11 +11,6 @@
 namespace ringmail::queue {
 
 namespace {
-[[noreturn]] void die(const char* what) {
-    std::fprintf(stderr, "ringmail: invariant broken: scheduler: %s\n", what);
-    std::abort();
-}
-
 std::uint64_t lease_key(unsigned lender, std::uint32_t lease) {
     return (std::uint64_t{lender} << 32) | lease;
 }
@@ -53,11 +49,11 @@ struct scheduler::conn {
 
 scheduler::scheduler(scheduler_config config) : _cfg(std::move(config)), _rng(_cfg.seed) {
     if (_cfg.shards == 0 || _cfg.shard >= _cfg.shards)
-        die("bad shard numbers");
+        core::invariant_broken("scheduler: bad shard numbers");
     if (!_cfg.retry.validate())
-        die("retry policy not validated");
+        core::invariant_broken("scheduler: retry policy not validated");
     if (_cfg.gauges && _cfg.gauges->shards() != _cfg.shards)
-        die("spare gauges sized for another shard count");
+        core::invariant_broken("scheduler: spare gauges sized for another shard count");
 }
 
 scheduler::~scheduler() = default;
@@ -135,14 +131,15 @@ std::optional<job_notice> scheduler::receive(unsigned from, shard_message&& msg,
     if (auto* h = std::get_if<job_handoff>(&msg)) {
         if (h->lease == 0) {
             if (owner_shard(h->domain, _cfg.shards) != _cfg.shard)
-                die("job handed to a shard that does not own its destination");
+                core::invariant_broken(
+                    "scheduler: job handed to a shard that does not own its destination");
             enqueue(owned_dest(h->domain, now), std::move(h->job), now);
         } else {
             auto it = _borrowed.find(lease_key(from, h->lease));
             if (it == _borrowed.end())
-                die("lent job for an unknown lease");
+                core::invariant_broken("scheduler: lent job for an unknown lease");
             if (it->second->awaited == 0)
-                die("more lent jobs than the lease announced");
+                core::invariant_broken("scheduler: more lent jobs than the lease announced");
             --it->second->awaited;
             enqueue(*it->second, std::move(h->job), now);
         }
@@ -159,16 +156,17 @@ std::optional<job_notice> scheduler::receive(unsigned from, shard_message&& msg,
         d->slots = g->slots;
         d->conn_cap = std::max<std::uint32_t>(1, g->max_connections);
         if (!d->slots)
-            die("lease without a slot counter");
+            core::invariant_broken("scheduler: lease without a slot counter");
         _by_id.emplace(d->id, d.get());
         if (!_borrowed.emplace(lease_key(from, g->lease), std::move(d)).second)
-            die("lease granted twice");
+            core::invariant_broken("scheduler: lease granted twice");
         return std::nullopt;
     }
     if (auto* r = std::get_if<lease_return>(&msg)) {
         auto it = _owned.find(r->domain);
         if (it == _owned.end() || it->second->leases_out == 0)
-            die("lease returned for a destination without leases out");
+            core::invariant_broken(
+                "scheduler: lease returned for a destination without leases out");
         --it->second->leases_out;
         --_leases_out;
         maybe_retire(*it->second);
@@ -292,7 +290,7 @@ action scheduler::next_action(steady_time now) {
 scheduler::conn& scheduler::find_conn(std::uint64_t id) {
     auto it = _conns.find(id);
     if (it == _conns.end())
-        die("unknown connection id");
+        core::invariant_broken("scheduler: unknown connection id");
     return it->second;
 }
 
@@ -300,7 +298,8 @@ void scheduler::connection_opened(std::uint64_t id, steady_time now) {
     _oncore.check();
     conn& c = find_conn(id);
     if (c.st != conn_state::connecting)
-        die("connection_opened on a connection that is not connecting");
+        core::invariant_broken(
+            "scheduler: connection_opened on a connection that is not connecting");
     --c.d->connecting;
     ++c.d->established;
     c.st = conn_state::idle;
@@ -329,7 +328,8 @@ std::size_t scheduler::connection_failed(std::uint64_t id, const attempt_reply& 
     _oncore.check();
     auto it = _conns.find(id);
     if (it == _conns.end() || it->second.st != conn_state::connecting)
-        die("connection_failed on a connection that is not connecting");
+        core::invariant_broken(
+            "scheduler: connection_failed on a connection that is not connecting");
     dest& d = *it->second.d;
     --d.connecting;
     std::size_t deferred = 0;
@@ -349,12 +349,13 @@ void scheduler::connection_closed(std::uint64_t id, steady_time) {
     _oncore.check();
     auto it = _conns.find(id);
     if (it == _conns.end())
-        die("connection_closed on an unknown connection");
+        core::invariant_broken("scheduler: connection_closed on an unknown connection");
     conn& c = it->second;
     dest& d = *c.d;
     switch (c.st) {
         case conn_state::busy:
-            die("connection_closed with a job running: report it first");
+            core::invariant_broken(
+                "scheduler: connection_closed with a job running: report it first");
         case conn_state::connecting:
             --d.connecting;
             break;
@@ -426,10 +427,10 @@ void scheduler::complete(std::uint64_t conn_id, std::uint64_t job_id,
     _oncore.check();
     auto rit = _running.find(job_id);
     if (rit == _running.end() || rit->second.conn != conn_id)
-        die("complete on a job not running on that connection");
+        core::invariant_broken("scheduler: complete on a job not running on that connection");
     conn& c = find_conn(conn_id);
     if (c.st != conn_state::busy || c.job != job_id)
-        die("complete on a connection not running that job");
+        core::invariant_broken("scheduler: complete on a connection not running that job");
     dest& d = *rit->second.d;
     delivery_job job = std::move(rit->second.job);
     _running.erase(rit);
@@ -455,7 +456,7 @@ void scheduler::job_failed(std::uint64_t conn_id, std::uint64_t job_id, const at
     _oncore.check();
     auto rit = _running.find(job_id);
     if (rit == _running.end() || rit->second.conn != conn_id)
-        die("job_failed on a job not running on that connection");
+        core::invariant_broken("scheduler: job_failed on a job not running on that connection");
     conn& c = find_conn(conn_id);
     dest& d = *rit->second.d;
     delivery_job job = std::move(rit->second.job);

@@ -1,6 +1,7 @@
 #include "ringmail/smtp/client_session.h"
 
 #include "ringmail/core/base64.h"
+#include "ringmail/core/panic.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -100,8 +101,7 @@ client_session::client_session(const client_config& config) : _config(config) {}
 
 void client_session::check_invariant(bool ok, const char* what) const {
     if (!ok) {
-        std::fprintf(stderr, "ringmail: invariant broken: smtp client session: %s\n", what);
-        std::abort();
+        core::invariant_broken("smtp client session: {}", what);
     }
 }
 

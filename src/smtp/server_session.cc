@@ -1,6 +1,7 @@
 #include "ringmail/smtp/server_session.h"
 
 #include "ringmail/core/ascii.h"
+#include "ringmail/core/panic.h"
 #include "ringmail/smtp/address.h"
 #include "ringmail/smtp/errc.h"
 #include "ringmail/smtp/reply.h"
@@ -134,11 +135,6 @@ bool valid_mechanism_name(std::string_view m) noexcept {
             return false;
     }
     return true;
-}
-
-[[noreturn]] void invariant_broken(const char* what) {
-    std::fprintf(stderr, "ringmail: invariant broken: smtp server session: %s\n", what);
-    std::abort();
 }
 
 }  // namespace
@@ -714,7 +710,7 @@ void server_session::apply_auth_step(auth_step step) {
     switch (step.what) {
         case auth_step::kind::challenge:
             if (step.text.find_first_of("\r\n") != std::string::npos)
-                invariant_broken("CR or LF in an AUTH challenge");
+                core::invariant_broken("smtp server session: CR or LF in an AUTH challenge");
             _out.append("334 ").append(step.text).append("\r\n");
             _state = state::auth_response;
             return;
@@ -731,7 +727,7 @@ void server_session::apply_auth_step(auth_step step) {
             break;
     }
     if (step.code < 400 || step.code > 599)
-        invariant_broken("AUTH failure without a 4xx/5xx code");
+        core::invariant_broken("smtp server session: AUTH failure without a 4xx/5xx code");
     _state = state::command;
     ++_stats.auth_failures;
     if (step.close) {
@@ -903,8 +899,7 @@ void server_session::bdat_scan_bytes(const char* b, std::size_t n) {
                 break;
             case scan::dot:
             case scan::dot_cr:
-                std::fprintf(stderr, "ringmail: invariant broken: DATA scan state in BDAT\n");
-                std::abort();
+                core::invariant_broken("smtp server session: DATA scan state in BDAT");
         }
     }
     emit(b + from, n - from);
@@ -989,8 +984,7 @@ void server_session::on_commit(result<std::string> queue_id) {
 void server_session::on_commit_reply(unsigned code, std::string_view enhanced,
                                      std::string_view text) {
     if (!_committing) {
-        std::fprintf(stderr, "ringmail: invariant broken: on_commit() without a commit\n");
-        std::abort();
+        core::invariant_broken("smtp server session: on_commit() without a commit");
     }
     _committing = false;
     const bool accepted = code >= 200 && code < 300;
@@ -1012,7 +1006,7 @@ void server_session::on_tls_established(tls_details details) {
     if (_state == state::closed)
         return;  // closed meanwhile (timeout, shutdown): nothing to resume
     if (_state != state::tls_wait)
-        invariant_broken("on_tls_established() without STARTTLS");
+        core::invariant_broken("smtp server session: on_tls_established() without STARTTLS");
     ++_stats.tls_established;
     // RFC 3207 4.2: forget everything learnt in plaintext.
     reset_transaction();
@@ -1032,7 +1026,7 @@ void server_session::on_tls_failed() {
     if (_state == state::closed)
         return;
     if (_state != state::tls_wait)
-        invariant_broken("on_tls_failed() without STARTTLS");
+        core::invariant_broken("smtp server session: on_tls_failed() without STARTTLS");
     _state = state::closed;
     _in.clear();
 }
@@ -1041,7 +1035,8 @@ void server_session::on_auth_result(auth_step result) {
     if (_state == state::closed)
         return;  // the peer went away meanwhile
     if (_state != state::auth_pending || result.what == auth_step::kind::pending)
-        invariant_broken("on_auth_result() without a pending AUTH, or pending again");
+        core::invariant_broken(
+            "smtp server session: on_auth_result() without a pending AUTH, or pending again");
     apply_auth_step(std::move(result));
     if (!_processing)
         drain();

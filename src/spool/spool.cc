@@ -1,5 +1,6 @@
 #include "ringmail/spool/spool.h"
 
+#include "ringmail/core/panic.h"
 #include "ringmail/spool/crc32c.h"
 
 #include "format.h"
@@ -30,11 +31,6 @@ constexpr std::uint32_t slot_mask = (1u << slot_bits) - 1;
 constexpr const char* journal_name = "journal";
 constexpr const char* journal_tmp_name = "journal.tmp";
 constexpr const char* segment_prefix = "segment-";
-
-[[noreturn]] void invariant(const char* what) {
-    std::fprintf(stderr, "ringmail: invariant broken: spool: %s\n", what);
-    std::abort();
-}
 
 std::string segment_name(std::uint64_t seq) {
     char buf[32];
@@ -180,9 +176,9 @@ spool::~spool() {
 result<std::unique_ptr<spool>> spool::open(const std::filesystem::path& shard_dir, unsigned shard,
                                            const options& opt) {
     if (shard >= max_shards)
-        invariant("shard number past queue id space");
+        core::invariant_broken("spool: shard number past queue id space");
     if (opt.segment_size == 0 || opt.max_message_size == 0)
-        invariant("zero spool option");
+        core::invariant_broken("spool: zero spool option");
     std::error_code ec;
     std::filesystem::create_directories(shard_dir, ec);
     if (ec)
@@ -279,14 +275,14 @@ void spool::maybe_reclaim(segment* s) {
 result<spool::writer_id> spool::begin(const mail::envelope& env) {
     _oncore.check();
     if (!_recovered)
-        invariant("begin() before recover()");
+        core::invariant_broken("spool: begin() before recover()");
     std::uint32_t slot;
     if (!_free_writers.empty()) {
         slot = _free_writers.back();
         _free_writers.pop_back();
     } else {
         if (_writers.size() > slot_mask)
-            invariant("more than 2^20 open spool writers");
+            core::invariant_broken("spool: more than 2^20 open spool writers");
         slot = static_cast<std::uint32_t>(_writers.size());
         _writers.push_back(std::make_unique<writer>());
     }
@@ -316,7 +312,7 @@ queue_id spool::writer_queue_id(writer_id id) const {
     const std::uint32_t slot = id & slot_mask;
     if (slot >= _writers.size() || !_writers[slot]->open ||
         _writers[slot]->generation != id >> slot_bits) {
-        invariant("writer_queue_id() of a writer that is not open");
+        core::invariant_broken("spool: writer_queue_id() of a writer that is not open");
     }
     return _writers[slot]->id;
 }
@@ -518,7 +514,7 @@ const commit_batch* spool::prepare_batch() {
 std::vector<spool::committed> spool::complete_batch(int res) {
     _oncore.check();
     if (!_inflight)
-        invariant("complete_batch() without a batch in flight");
+        core::invariant_broken("spool: complete_batch() without a batch in flight");
     std::unique_ptr<batch> b = std::move(_inflight);
     std::vector<committed> out;
     out.reserve(b->records.size());
@@ -546,7 +542,7 @@ std::vector<spool::committed> spool::complete_batch(int res) {
              off += format::journal_entry_size) {
             auto e = format::decode_journal({b->journal.data() + off, format::journal_entry_size});
             if (!e)
-                invariant("spool's own journal entry does not decode");
+                core::invariant_broken("spool: spool's own journal entry does not decode");
             auto it = _live.find(e->id);
             if (it == _live.end())
                 continue;
@@ -689,7 +685,7 @@ result<std::vector<char>> read_file(int dir_fd, const char* name) {
 result<std::vector<recovered_message>> spool::recover() {
     _oncore.check();
     if (_recovered)
-        invariant("recover() called twice");
+        core::invariant_broken("spool: recover() called twice");
 
     ::unlinkat(_dir_fd, journal_tmp_name, 0);
     std::vector<std::uint64_t> seqs;
@@ -875,7 +871,7 @@ std::uint64_t spool::compacted_journal_entries() const {
 // holds exactly the committed state that _live and the segments' dead lists mirror.
 result<void> spool::compact_journal() {
     if (_inflight)
-        invariant("journal compaction with a batch in flight");
+        core::invariant_broken("spool: journal compaction with a batch in flight");
     std::vector<char> compact;
     compact.reserve(compacted_journal_entries() * format::journal_entry_size);
     auto put = [&](format::journal_type t, queue_id id, std::uint64_t a, std::uint64_t b) {

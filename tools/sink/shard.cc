@@ -102,6 +102,7 @@ bool shard::drained(bool late) {
 }
 
 void shard::accepted_connection(core::ring_fd fd) {
+    check_shard();
     if (_counters.first_connection_ns.load(std::memory_order_relaxed) == 0) {
         shard_counters::set(_counters.first_connection_ns, now_ns());
     }
@@ -120,6 +121,7 @@ void shard::accepted_connection(core::ring_fd fd) {
 }
 
 void shard::forget(std::uint64_t connection_id) {
+    check_shard();
     auto it = _connections.find(connection_id);
     if (it == _connections.end())
         return;

@@ -19,6 +19,7 @@
 // message.
 #pragma once
 
+#include "ringmail/core/panic.h"
 #include "ringmail/core/reactor.h"
 #include "ringmail/core/result.h"
 #include "ringmail/core/spsc_ring.h"
@@ -72,7 +73,7 @@ class mailbox {
     void attach(reactor& r, unsigned self, handler h) {
         inbox& in = _inboxes[check(self)];
         if (in.r != nullptr)
-            die("mailbox::attach called twice for a shard");
+            invariant_broken("mailbox::attach called twice for a shard");
         in.r = &r;
         in.on_message = std::move(h);
         in.waker.owner = this;
@@ -121,10 +122,8 @@ class mailbox {
             // or the fd is gone; -ECANCELED means the reactor is shutting down.
             if (res == -ECANCELED)
                 return;
-            if (res < 0 && res != -EAGAIN && res != -EINTR) {
-                std::fprintf(stderr, "ringmail: mailbox eventfd read failed: %d\n", res);
-                std::abort();
-            }
+            if (res < 0 && res != -EAGAIN && res != -EINTR)
+                invariant_broken("mailbox eventfd read failed: {}", res);
             arm();
         }
         mailbox* owner = nullptr;
@@ -150,13 +149,9 @@ class mailbox {
           _rings(new ring_type[std::size_t{shards} * shards]),
           _inboxes(new inbox[shards]) {}
 
-    [[noreturn]] static void die(const char* what) {
-        std::fprintf(stderr, "ringmail: invariant broken: %s\n", what);
-        std::abort();
-    }
     unsigned check(unsigned shard) const {
         if (shard >= _shards)
-            die("mailbox shard id out of range");
+            invariant_broken("mailbox shard id out of range");
         return shard;
     }
     // Incoming rings of one consumer are adjacent.

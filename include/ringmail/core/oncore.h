@@ -5,8 +5,7 @@
 // another thread touches them (an invariant broken), release builds compile the check away.
 #pragma once
 
-#include <cstdio>
-#include <cstdlib>
+#include "ringmail/core/panic.h"
 
 namespace ringmail::core {
 
@@ -16,20 +15,20 @@ inline constexpr unsigned no_shard = ~0u;
 unsigned& this_shard_id() noexcept;
 
 class oncore {
-public:
+  public:
     oncore() noexcept : _owner(this_shard_id()) {}
     void check() const noexcept {
 #ifndef NDEBUG
         if (_owner != this_shard_id()) {
-            std::fprintf(stderr, "ringmail: invariant broken: object of shard %u used on shard %u\n",
-                         _owner, this_shard_id());
-            std::abort();
+            invariant_broken("object of shard {} used on shard {}", _owner, this_shard_id());
         }
 #endif
     }
-    unsigned owner() const noexcept { return _owner; }
+    unsigned owner() const noexcept {
+        return _owner;
+    }
 
-private:
+  private:
     unsigned _owner;
 };
 

@@ -11,6 +11,8 @@
 
 #include "ringmail/core/buffer_ring.h"
 #include "ringmail/core/member_completion.h"
+#include "ringmail/core/oncore.h"
+#include "ringmail/core/panic.h"
 #include "ringmail/core/reactor.h"
 
 #include <atomic>
@@ -51,9 +53,23 @@ class shard_base {
     const std::string& startup_error() const noexcept { return _startup_error; }
 
     unsigned id() const noexcept { return _id; }
-    reactor& ring() noexcept { return *_reactor; }
-    buffer_ring& buffers() noexcept { return *_buffers; }
-    bool draining() const noexcept { return _draining; }
+    // Debug builds: the caller runs on this shard's thread (a shard is made on the main thread,
+    // so it cannot keep an oncore of its own; its thread records the id at start).
+    void check_shard() const noexcept {
+#ifndef NDEBUG
+        if (this_shard_id() != _id)
+            invariant_broken("shard {} used from shard {}", _id, this_shard_id());
+#endif
+    }
+    reactor& ring() noexcept {
+        return *_reactor;
+    }
+    buffer_ring& buffers() noexcept {
+        return *_buffers;
+    }
+    bool draining() const noexcept {
+        return _draining;
+    }
 
   protected:
     // The ring and the buffers exist: set up what the shard serves. false: `why` says why.
@@ -69,7 +85,9 @@ class shard_base {
     virtual bool drained(bool late) = 0;
     // After the loop: true while the ring must run on for a little (a commit settling); it
     // runs at most 100 more iterations of 10 ms.
-    virtual bool settling() { return false; }
+    virtual bool settling() {
+        return false;
+    }
     // Last thing on the shard's thread (thread-local clean-ups).
     virtual void stopped() {}
 
