@@ -193,7 +193,7 @@ cmd_test() {
     if CXX=clang++ setup_dir build-fuzz --buildtype=debugoptimized -Dfuzz=true \
       -Dbenchmarks=false -Dmimalloc=disabled; then
       # Only the fuzz targets: the rest of the tree is built and tested twice already.
-      COMPILE_TARGETS=(fuzz_server_session fuzz_address)
+      COMPILE_TARGETS=(fuzz_server_session fuzz_address fuzz_reply_parser fuzz_dns_message)
       run_suite build-fuzz --suite fuzz
       COMPILE_TARGETS=()
     else

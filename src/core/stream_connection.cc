@@ -11,12 +11,6 @@
 
 namespace ringmail::core {
 
-namespace {
-// Plaintext handed to the protocol per read of the transform: bounded, so a session that
-// stops wanting input in the middle holds at most this much beyond its own limit.
-constexpr std::size_t transform_read_chunk = 16 * 1024;
-}  // namespace
-
 stream_connection::stream_connection(reactor& r, buffer_ring& buffers) noexcept
     : _reactor(r), _buffers(buffers) {}
 
@@ -227,6 +221,7 @@ void stream_connection::on_close(int, std::uint32_t) {
 // --- the pump ----------------------------------------------------------------------------
 
 void stream_connection::pump() {
+    _oncore.check();  // every completion and every call of the protocol comes through here
     if (_in_pump) {
         _pump_again = true;  // a callback asked for more: the running pump goes round again
         return;

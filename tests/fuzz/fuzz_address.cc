@@ -2,18 +2,13 @@
 // accept must respect the RFC 5321 limits and UTF-8 rules they promise.
 #include "ringmail/smtp/address.h"
 
+#include "fuzz_check.h"
+
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <string_view>
 
 namespace {
-void check(bool ok, const char* what) {
-    if (!ok) {
-        std::fprintf(stderr, "invariant broken: %s\n", what);
-        std::abort();
-    }
-}
+using ringmail::fuzz::check;
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -24,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         check(a.size() + 2 <= max_path_length, "MAIL path within 256 octets");
         check(is_valid_utf8(a), "MAIL address is valid UTF-8");
         check(!m->reverse_path.utf8 || m->params.smtputf8, "UTF-8 sender needs SMTPUTF8");
-        check(m->params.body != mail::body_type::binary_mime, "BINARYMIME refused");
+        check(m->params.body != ringmail::mail::body_type::binary_mime, "BINARYMIME refused");
         for (unsigned char c : a)
             check(c > ' ' || a.front() == '"', "no controls outside quotes");
     }

@@ -10,9 +10,9 @@
 // verification is pending, a result only when one is pending).
 #include "ringmail/smtp/server_session.h"
 
+#include "fuzz_check.h"
+
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -20,12 +20,7 @@
 
 namespace {
 
-void check(bool ok, const char* what) {
-    if (!ok) {
-        std::fprintf(stderr, "invariant broken: %s\n", what);
-        std::abort();
-    }
-}
+using ringmail::fuzz::check;
 
 class checking_sink final : public ringmail::smtp::transaction_sink {
   public:
