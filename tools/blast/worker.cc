@@ -46,8 +46,8 @@ conn_error errno_kind(int err) {
 
 // --- connection ---------------------------------------------------------------------------
 
-connection::connection(worker& w, unsigned slot)
-    : core::stream_connection(w.reactor(), w.buffers()), _w(w), _slot(slot) {
+connection::connection(worker& w)
+    : core::stream_connection(w.reactor(), w.buffers()), _w(w) {
     _rcpts.resize(w.p().recipients);
     _backoff.c = this;
 }
@@ -435,7 +435,7 @@ bool worker::run(std::string& why) {
     }
     _connections.reserve(_conns);
     for (unsigned i = 0; i < _conns; ++i)
-        _connections.push_back(std::make_unique<connection>(*this, i));
+        _connections.push_back(std::make_unique<connection>(*this));
     _live = _conns;
     _initial_pending = _conns;
     if (_plan.duration.count() > 0 && _plan.rate == 0)

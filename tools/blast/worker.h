@@ -83,7 +83,7 @@ class connection final : public core::stream_connection {
   public:
     using clock = blast::clock;  // not the stream's timer's
 
-    connection(worker& w, unsigned slot);
+    explicit connection(worker& w);
     ~connection() override;
 
     void open();
@@ -120,7 +120,6 @@ class connection final : public core::stream_connection {
     void arm_wait(wait_kind k, clock::duration d);
 
     worker& _w;
-    const unsigned _slot;
     std::optional<smtp::client_session> _session;
     std::optional<job> _job;
     clock::time_point _tx_start;

@@ -135,7 +135,6 @@ class shard final : public core::shard_base, public reception::host, public deli
     std::uint64_t _auth_buf = 0;
     bool _auth_armed = false;
     core::member_completion<shard, &shard::on_auth_ready> _auth_op{this};
-    bool _nudge_pending = false;
 };
 
 }  // namespace ringmail::daemon

@@ -88,7 +88,14 @@ std::string read_spinning(fixture& f, int fd, std::size_t n) {
     return got;
 }
 
-std::pair<int, int> socket_pair() {
+// Both ends of a stream socket pair, as plain ints (lambdas capture them; clang 14 cannot
+// capture structured bindings).
+struct fd_pair {
+    int a = -1;
+    int b = -1;
+};
+
+fd_pair socket_pair() {
     int sv[2];
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     return {sv[0], sv[1]};
@@ -96,7 +103,9 @@ std::pair<int, int> socket_pair() {
 
 TEST(stream_connection, receives_sends_and_reports_the_end) {
     fixture f;
-    auto [a, b] = socket_pair();
+    const fd_pair fds = socket_pair();
+    const int a = fds.a;
+    const int b = fds.b;
     probe p(*f.r, *f.buffers);
     p.attach(ring_fd::adopt(a));
     p.update_input();
@@ -121,7 +130,9 @@ TEST(stream_connection, receives_sends_and_reports_the_end) {
 
 TEST(stream_connection, back_pressure_stops_and_resumes_the_recv) {
     fixture f;
-    auto [a, b] = socket_pair();
+    const fd_pair fds = socket_pair();
+    const int a = fds.a;
+    const int b = fds.b;
     probe p(*f.r, *f.buffers);
     p.attach(ring_fd::adopt(a));
     p.open_input = false;
@@ -140,7 +151,9 @@ TEST(stream_connection, back_pressure_stops_and_resumes_the_recv) {
 
 TEST(stream_connection, borrowed_pieces_larger_than_the_socket_buffer_go_out_whole) {
     fixture f;
-    auto [a, b] = socket_pair();
+    const fd_pair fds = socket_pair();
+    const int a = fds.a;
+    const int b = fds.b;
     int small = 4096;
     ASSERT_EQ(::setsockopt(a, SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
     probe p(*f.r, *f.buffers);
@@ -164,7 +177,9 @@ TEST(stream_connection, borrowed_pieces_larger_than_the_socket_buffer_go_out_who
 
 TEST(stream_connection, close_cuts_a_send_the_peer_does_not_read) {
     fixture f;
-    auto [a, b] = socket_pair();
+    const fd_pair fds = socket_pair();
+    const int a = fds.a;
+    const int b = fds.b;
     probe p(*f.r, *f.buffers);
     p.attach(ring_fd::adopt(a));
     std::string big(8 << 20, 'x');  // far more than the socket buffers: the send waits
@@ -180,7 +195,9 @@ TEST(stream_connection, close_cuts_a_send_the_peer_does_not_read) {
 
 TEST(stream_connection, close_with_flush_sends_what_is_owed_first) {
     fixture f;
-    auto [a, b] = socket_pair();
+    const fd_pair fds = socket_pair();
+    const int a = fds.a;
+    const int b = fds.b;
     probe p(*f.r, *f.buffers);
     p.attach(ring_fd::adopt(a));
     p.update_input();
@@ -229,7 +246,9 @@ TEST(stream_connection, a_failed_connect_then_reuse_for_a_good_one) {
 
 TEST(stream_connection, the_deadline_fires_once) {
     fixture f;
-    auto [a, b] = socket_pair();
+    const fd_pair fds = socket_pair();
+    const int a = fds.a;
+    const int b = fds.b;
     probe p(*f.r, *f.buffers);
     p.attach(ring_fd::adopt(a));
     p.set_deadline(f.r->now() + std::chrono::milliseconds(20));
@@ -284,7 +303,9 @@ class shout final : public byte_transform {
 
 TEST(stream_connection, a_transform_between_socket_and_protocol) {
     fixture f;
-    auto [a, b] = socket_pair();
+    const fd_pair fds = socket_pair();
+    const int a = fds.a;
+    const int b = fds.b;
     probe p(*f.r, *f.buffers);
     p.attach(ring_fd::adopt(a));
     p.update_input();
