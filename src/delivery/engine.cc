@@ -652,11 +652,20 @@ void engine::on_route(std::uint64_t cid, const result<dns::route>& r) {
     }
     if (!r) {
         const std::error_code ec = r.error();
+        const auto fixed = _settings.routes.fixed_host(mc.key);
         queue::attempt_reply why;
         why.code = dns::reply_code(ec);
         why.enhanced = std::string(dns::enhanced_status(ec));
         why.text = fmt::format("{}: {}", mc.key, ec.message());
-        if (dns::is_permanent(ec)) {
+        if (fixed) {
+            // A route's host is the operator's choice, not the recipient's: a name that does
+            // not resolve is a configuration or DNS problem, and mail waits for it (as far as
+            // max_lifetime) instead of bouncing.
+            why.code = 451;
+            why.enhanced = "4.4.3";
+            why.text = fmt::format("relay {}: {}", host_port_text(*fixed), ec.message());
+            connection_failed(cid, mc, std::move(why));
+        } else if (dns::is_permanent(ec)) {
             // Every job of the destination fails with this reply: the scheduler runs them on
             // a connection that exists only here.
             log::info("{}: {} ({})", log::sanitize(mc.key), ec.message(), why.enhanced);

@@ -322,6 +322,13 @@ void resolver::resolve_host(std::string_view host, std::uint16_t port, callback 
         complete_later(std::move(cb), std::make_shared<const result<route>>(name.error()));
         return;
     }
+    // "localhost" names are the loopback addresses without a query (RFC 6761 §6.3): a local
+    // content filter is the common relay, and DNS servers answer them in no useful way.
+    if (*name == "localhost" || name->ends_with(".localhost")) {
+        complete_later(std::move(cb),
+                       std::make_shared<const result<route>>(loopback_route(*name, port, now())));
+        return;
+    }
     // Not a domain name, so never the key of a route: "\x01host:port".
     std::string key = fmt::format("\x01{}:{}", *name, port);
     if (const result<route>* hit = _cache.find(key, now())) {

@@ -129,6 +129,18 @@ std::optional<result<route>> address_literal_route(std::string_view domain, std:
     return result<route>(std::move(r));
 }
 
+route loopback_route(std::string_view name, std::uint16_t port, clock::time_point now) {
+    route r;
+    r.domain = std::string(name);
+    r.implicit = true;
+    mx_host h{std::string(name), 0, {}};
+    h.addresses.push_back(*core::parse_endpoint(fmt::format("127.0.0.1:{}", port)));
+    h.addresses.push_back(*core::parse_endpoint(fmt::format("[::1]:{}", port)));
+    r.hosts.push_back(std::move(h));
+    r.expires = now + std::chrono::hours(24);
+    return r;
+}
+
 result<std::string> normalize_domain(std::string_view domain) {
     if (!domain.empty() && domain.back() == '.')
         domain.remove_suffix(1);

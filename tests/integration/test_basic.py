@@ -242,3 +242,28 @@ class ConnectionLimitTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LocalhostSmarthostTest(unittest.TestCase):
+    """A smarthost named "localhost" (a local content filter, say) is the loopback, with no
+    DNS query (RFC 6761)."""
+
+    def test_delivers_through_localhost_by_name(self):
+        sink = harness.SmtpSink()
+        port = sink.smarthost.rsplit(":", 1)[1]
+        daemon = harness.Ringmaild(smarthost=f"localhost:{port}").start()
+        try:
+            with smtplib.SMTP(harness.LOOPBACK, daemon.port, timeout=30) as s:
+                s.ehlo("client.test")
+                self.assertEqual(
+                    s.sendmail("a@x.test", ["b@y.test"],
+                               b"Subject: lh\r\nMessage-ID: <localhost@x.test>\r\n\r\nok\r\n"), {})
+            ok = sink.wait_until(
+                lambda ts: any(b"<localhost@x.test>" in t.content for t in ts), DELIVERY_TIMEOUT)
+            self.assertTrue(ok, daemon.log_text())
+        finally:
+            try:
+                daemon.stop()
+            finally:
+                daemon.kill()
+                sink.close()

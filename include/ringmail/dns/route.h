@@ -68,6 +68,10 @@ result<std::string> normalize_domain(std::string_view domain);
 std::optional<result<route>> address_literal_route(std::string_view domain, std::uint16_t port,
                                                    clock::time_point now);
 
+// The route of a host named "localhost" or "*.localhost" (RFC 6761 §6.3): 127.0.0.1 then ::1
+// at `port`, no DNS involved.
+route loopback_route(std::string_view name, std::uint16_t port, clock::time_point now);
+
 // The MX step. `error` set: the lookup ends with it. Otherwise `hosts` lists the exchangers
 // to resolve (addresses empty), ordered, at most `max_hosts`.
 struct mx_step {

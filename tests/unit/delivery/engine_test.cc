@@ -580,6 +580,29 @@ TEST(engine, nxdomain_bounces_at_once_with_5_1_2) {
     EXPECT_EQ(f.live_messages(), 0u);
 }
 
+TEST(engine, a_route_host_that_does_not_resolve_defers_and_never_bounces) {
+    std::string toml = smarthost_toml;
+    toml.replace(toml.find("127.0.0.1:2626"), 14, "relay.nx.test:2626");
+    fixture f(toml);
+    f.net.errors["relay.nx.test"] = dns::errc::nxdomain;
+    f.receive("s@origin.test", {"a@x.test"});
+    EXPECT_EQ(f.net.lookups, std::vector<std::string>{"relay.nx.test"});
+    EXPECT_TRUE(f.net.links.empty());
+    EXPECT_TRUE(f.dsns().empty());
+    EXPECT_EQ(f.live_messages(), 1u);
+    // The name comes back: the retry delivers.
+    f.net.errors.clear();
+    f.advance(std::chrono::minutes(1));
+    ASSERT_EQ(f.net.links.size(), 1u);
+    auto& l = f.last_link();
+    l.greet();
+    f.settle();
+    l.answer({ok()});
+    f.settle();
+    EXPECT_EQ(f.live_messages(), 0u);
+    EXPECT_TRUE(f.dsns().empty());
+}
+
 TEST(engine, drain_lets_the_running_transaction_finish_and_starts_no_other) {
     fixture f(one_connection_toml);
     f.receive("s@origin.test", {"a@x.test"});

@@ -282,6 +282,14 @@ TEST_F(resolver_test, a_fixed_host_by_name_and_by_address) {
     EXPECT_EQ(addresses_of(got->value().hosts[0]), std::vector<std::string>{"[::1]:26"});
     EXPECT_EQ(got->value().hosts[0].name, "::1");
     EXPECT_EQ(r.stats().lookups, lookups);
+    // So does localhost (RFC 6761): the loopback addresses, whatever the DNS server says.
+    got.reset();
+    r.resolve_host("LocalHost.", 10025, [&](const result<route>& v) { got.emplace(v); });
+    ASSERT_TRUE(spin([&] { return got.has_value(); }));
+    ASSERT_TRUE(*got);
+    EXPECT_EQ(addresses_of(got->value().hosts[0]),
+              (std::vector<std::string>{"127.0.0.1:10025", "[::1]:10025"}));
+    EXPECT_EQ(r.stats().lookups, lookups);
     got.reset();
     r.resolve_host("nowhere.test", 25, [&](const result<route>& v) { got.emplace(v); });
     ASSERT_TRUE(spin([&] { return got.has_value(); }));

@@ -111,6 +111,18 @@ TEST(normalize_domain, accepts_and_refuses) {
     EXPECT_FALSE(normalize_domain(too_long));
 }
 
+TEST(loopback_route, ipv4_then_ipv6_loopback_at_the_port) {
+    const auto now = clock::now();
+    const route r = loopback_route("filter.localhost", 10025, now);
+    EXPECT_EQ(r.domain, "filter.localhost");
+    ASSERT_EQ(r.hosts.size(), 1u);
+    EXPECT_EQ(r.hosts[0].name, "filter.localhost");
+    ASSERT_EQ(r.hosts[0].addresses.size(), 2u);
+    EXPECT_EQ(core::to_string(r.hosts[0].addresses[0]), "127.0.0.1:10025");
+    EXPECT_EQ(core::to_string(r.hosts[0].addresses[1]), "[::1]:10025");
+    EXPECT_GT(r.expires, now);
+}
+
 TEST(address_literal_route, one_address_no_dns) {
     const auto now = clock::now();
     struct {
