@@ -1,9 +1,10 @@
 // The origin shard's record of the messages it spooled while their recipients are delivered by
-// the owners of their destinations (MX routing): per-recipient state, what to journal when a
-// job_notice comes back, and when to send the one DSN a message gets.
+// the owners of their destinations (whatever the route: MX, a [[domain]] route, the smarthost):
+// per-recipient state, what to journal when a job_notice comes back, and when to send the one
+// DSN a message gets.
 //
 // Owned by the origin shard (core::oncore checked). A pure state machine: notices in, journal
-// actions out; the daemon applies them to the spool (record_rcpt, record_attempt, spool the
+// actions out; the engine applies them to the spool (record_rcpt, record_attempt, spool the
 // DSN, record_done, in that order). Bounded by max_messages (add() answers queue_full).
 // Notices for unknown messages or recipients already final are ignored (a duplicate after a
 // restart race must not abort the daemon): they are counted in stale().
