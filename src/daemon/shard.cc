@@ -71,7 +71,6 @@ shard::shard(unsigned id, const daemon_context& ctx)
 
 shard::~shard() {
     _connections.clear();
-    _closed.clear();
     _engine.reset();
     _network.reset();
     _events.reset();
@@ -175,7 +174,7 @@ bool shard::start(std::string& why) {
 
     reactor().on_iteration_end([this] { flush_commits(); });
     reactor().on_iteration_end([this] {
-        _closed.clear();
+        _connections.reap();
         _engine->reap();
     });
     reactor().on_iteration_end([this] { _events->flush(); });
@@ -234,9 +233,8 @@ void shard::on_auth_ready(int res, std::uint32_t) {
     if (res == -ECANCELED)
         return;
     while (auto r = _ctx.verifier->poll(id())) {
-        auto it = _connections.find(r->token);
-        if (it != _connections.end())
-            it->second->on_auth_verdict(r->result);  // else the client left: dropped
+        if (auto* c = _connections.find(r->token))
+            c->on_auth_verdict(r->result);  // else the client left: dropped
     }
     arm_auth();
 }
@@ -263,23 +261,13 @@ void shard::begin_drain() {
     log::info("shard {}: draining ({} connection(s) open)", id(), _connections.size());
     for (auto& l : _listeners)
         l->close();
-    // shutdown() may close connections: iterate over a snapshot of ids.
-    std::vector<std::uint64_t> ids;
-    ids.reserve(_connections.size());
-    for (auto& [cid, c] : _connections)
-        ids.push_back(cid);
-    for (auto cid : ids) {
-        auto it = _connections.find(cid);
-        if (it != _connections.end())
-            it->second->shutdown(false);
-    }
+    _connections.for_each([](reception::inbound_connection& c) { c.shutdown(false); });
     _engine->begin_drain(false);
 }
 
 bool shard::drained(bool late) {
     if (late) {
-        for (auto& [cid, c] : _connections)
-            c->shutdown(true);
+        _connections.for_each([](reception::inbound_connection& c) { c.shutdown(true); });
         _engine->begin_drain(true);
     }
     const bool listeners_done =
@@ -311,21 +299,16 @@ void shard::accepted_connection(core::ring_fd fd, const reception::listener_sett
     }
     (void)core::set_nodelay(fd.get());
     bool relay_allowed = _ctx.cfg.relay.allow_networks.contains(peer->addr());
-    std::uint64_t cid = _next_conn_id++;
-    auto c = std::make_unique<reception::inbound_connection>(*this, cid, std::move(fd), *peer, l,
-                                                             relay_allowed);
-    auto* raw = c.get();
-    _connections.emplace(cid, std::move(c));
-    raw->start();
+    const std::uint64_t cid = _connections.next_id();
+    _connections
+        .add(cid, std::make_unique<reception::inbound_connection>(*this, cid, std::move(fd), *peer,
+                                                                  l, relay_allowed))
+        .start();
 }
 
 void shard::connection_closed(std::uint64_t cid) {
     check_shard();
-    auto it = _connections.find(cid);
-    if (it == _connections.end())
-        return;
-    _closed.push_back(std::move(it->second));
-    _connections.erase(it);
+    _connections.retire(cid);
 }
 
 // --- group commit ------------------------------------------------------------------------
@@ -375,9 +358,8 @@ void shard::batch_done(spool_slot& slot, int res) {
             _engine->internal_committed(c.id);
             continue;
         }
-        auto it = _connections.find(c.token);
-        if (it != _connections.end()) {
-            it->second->on_committed(c.id);
+        if (auto* conn = _connections.find(c.token)) {
+            conn->on_committed(c.id);
         } else if (c.id) {
             log::info("{}: committed after its client left (delivered anyway)",
                       spool::format_queue_id(*c.id));

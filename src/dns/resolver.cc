@@ -272,34 +272,41 @@ void resolver::resolve_route(std::string_view domain, callback cb) {
         complete_later(std::move(cb), std::make_shared<const result<route>>(name.error()));
         return;
     }
-    if (const result<route>* hit = _cache.find(*name, now())) {
+    lookup* l = new_lookup(*name, *name, _opts.port, cb);
+    if (l != nullptr)
+        start_lookup(*l);
+}
+
+resolver::lookup* resolver::new_lookup(const std::string& key, const std::string& name,
+                                       std::uint16_t port, callback& cb) {
+    if (const result<route>* hit = _cache.find(key, now())) {
         ++_stats.cache_hits;
         complete_later(std::move(cb), std::make_shared<const result<route>>(*hit));
-        return;
+        return nullptr;
     }
-    if (auto it = _lookups.find(*name); it != _lookups.end()) {
+    if (auto it = _lookups.find(key); it != _lookups.end()) {
         if (it->second->waiters.size() >= _opts.max_waiters) {
             complete_later(std::move(cb), std::make_shared<const result<route>>(errc::overloaded));
-            return;
+            return nullptr;
         }
         ++_stats.joined;
         it->second->waiters.push_back(std::move(cb));
-        return;
+        return nullptr;
     }
     if (_lookups.size() >= _opts.max_lookups) {
         complete_later(std::move(cb), std::make_shared<const result<route>>(errc::overloaded));
-        return;
+        return nullptr;
     }
     auto l = std::make_unique<lookup>();
     l->owner = this;
-    l->domain = *name;
-    l->key = *name;
-    l->port = _opts.port;
+    l->domain = name;
+    l->key = key;
+    l->port = port;
     l->waiters.push_back(std::move(cb));
     lookup& ref = *l;
-    _lookups.emplace(*name, std::move(l));
+    _lookups.emplace(key, std::move(l));
     ++_stats.lookups;
-    start_lookup(ref);
+    return &ref;
 }
 
 void resolver::resolve_host(std::string_view host, std::uint16_t port, callback cb) {
@@ -330,38 +337,13 @@ void resolver::resolve_host(std::string_view host, std::uint16_t port, callback 
         return;
     }
     // Not a domain name, so never the key of a route: "\x01host:port".
-    std::string key = fmt::format("\x01{}:{}", *name, port);
-    if (const result<route>* hit = _cache.find(key, now())) {
-        ++_stats.cache_hits;
-        complete_later(std::move(cb), std::make_shared<const result<route>>(*hit));
+    lookup* l = new_lookup(fmt::format("\x01{}:{}", *name, port), *name, port, cb);
+    if (l == nullptr)
         return;
-    }
-    if (auto it = _lookups.find(key); it != _lookups.end()) {
-        if (it->second->waiters.size() >= _opts.max_waiters) {
-            complete_later(std::move(cb), std::make_shared<const result<route>>(errc::overloaded));
-            return;
-        }
-        ++_stats.joined;
-        it->second->waiters.push_back(std::move(cb));
-        return;
-    }
-    if (_lookups.size() >= _opts.max_lookups) {
-        complete_later(std::move(cb), std::make_shared<const result<route>>(errc::overloaded));
-        return;
-    }
-    auto l = std::make_unique<lookup>();
-    l->owner = this;
-    l->domain = *name;
-    l->key = key;
-    l->port = port;
-    l->waiters.push_back(std::move(cb));
     // As an implicit MX: the host's own addresses, and no address at all is permanent.
     l->mx.implicit = true;
     l->mx.hosts.push_back(mx_host{*name, 0, {}});
-    lookup& ref = *l;
-    _lookups.emplace(key, std::move(l));
-    ++_stats.lookups;
-    start_address_queries(ref);
+    start_address_queries(*l);
 }
 
 void resolver::start_lookup(lookup& l) {

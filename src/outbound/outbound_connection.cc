@@ -18,18 +18,6 @@ namespace {
 constexpr auto handshake_timeout = 60s;
 }  // namespace
 
-smtp::tls_policy to_smtp_policy(config::tls_policy p) noexcept {
-    switch (p) {
-        case config::tls_policy::none:
-            return smtp::tls_policy::none;
-        case config::tls_policy::opportunistic:
-            return smtp::tls_policy::opportunistic;
-        case config::tls_policy::required:
-            return smtp::tls_policy::required;
-    }
-    return smtp::tls_policy::none;
-}
-
 std::shared_ptr<const tls::client_context> make_client_tls(const std::string& extra_ca_file,
                                                            bool verify) {
     tls::client_options o;

@@ -37,7 +37,6 @@ shard::shard(unsigned id, const sink_config& cfg, std::vector<int> listen_fds)
 
 shard::~shard() {
     _connections.clear();
-    _closed.clear();
     _listeners.clear();
     _tls.reset();
     for (int fd : _listen_fds)
@@ -65,7 +64,7 @@ bool shard::start(std::string& why) {
             reactor(), core::ring_fd::adopt(fd), true, "sink listener",
             [this](core::ring_fd conn) { accepted_connection(std::move(conn)); }));
     _listen_fds.clear();
-    reactor().on_iteration_end([this] { _closed.clear(); });
+    reactor().on_iteration_end([this] { _connections.reap(); });
     for (auto& l : _listeners)
         l->arm();
     return true;
@@ -79,22 +78,12 @@ void shard::stopped() {
 void shard::begin_drain() {
     for (auto& l : _listeners)
         l->close();
-    // shutdown() may close connections: iterate over a snapshot of ids.
-    std::vector<std::uint64_t> ids;
-    ids.reserve(_connections.size());
-    for (auto& [id, c] : _connections)
-        ids.push_back(id);
-    for (auto id : ids) {
-        auto it = _connections.find(id);
-        if (it != _connections.end())
-            it->second->shutdown(false);
-    }
+    _connections.for_each([](connection& c) { c.shutdown(false); });
 }
 
 bool shard::drained(bool late) {
     if (late) {
-        for (auto& [id, c] : _connections)
-            c->shutdown(true);
+        _connections.for_each([](connection& c) { c.shutdown(true); });
     }
     const bool listeners_done =
         std::all_of(_listeners.begin(), _listeners.end(), [](const auto& l) { return l->done(); });
@@ -113,20 +102,14 @@ void shard::accepted_connection(core::ring_fd fd) {
         if (auto p = core::peer_endpoint(fd.get()))
             peer = core::ip_text(*p);
     }
-    std::uint64_t id = _next_conn_id++;
-    auto c = std::make_unique<connection>(*this, id, std::move(fd), std::move(peer));
-    auto* raw = c.get();
-    _connections.emplace(id, std::move(c));
-    raw->start();
+    const std::uint64_t id = _connections.next_id();
+    _connections.add(id, std::make_unique<connection>(*this, id, std::move(fd), std::move(peer)))
+        .start();
 }
 
 void shard::forget(std::uint64_t connection_id) {
     check_shard();
-    auto it = _connections.find(connection_id);
-    if (it == _connections.end())
-        return;
-    _closed.push_back(std::move(it->second));
-    _connections.erase(it);
+    _connections.retire(connection_id);
 }
 
 }  // namespace ringmail::sink

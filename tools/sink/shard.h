@@ -12,6 +12,7 @@
 
 #include "ringmail/core/acceptor.h"
 #include "ringmail/core/buffer_ring.h"
+#include "ringmail/core/connection_set.h"
 #include "ringmail/core/member_completion.h"
 #include "ringmail/core/reactor.h"
 #include "ringmail/core/shard_base.h"
@@ -107,9 +108,7 @@ class shard final : public core::shard_base {
     injector _inject;
     std::shared_ptr<const tls::server_context> _tls;
     std::vector<std::unique_ptr<core::acceptor>> _listeners;
-    std::unordered_map<std::uint64_t, std::unique_ptr<connection>> _connections;
-    std::vector<std::unique_ptr<connection>> _closed;
-    std::uint64_t _next_conn_id = 1;
+    core::connection_set<connection> _connections;  // reaped per iteration
     std::uint64_t _seq = 0;
 };
 

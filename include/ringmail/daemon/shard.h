@@ -12,6 +12,7 @@
 
 #include "ringmail/auth/failure_limiter.h"
 #include "ringmail/core/acceptor.h"
+#include "ringmail/core/connection_set.h"
 #include "ringmail/core/member_completion.h"
 #include "ringmail/core/shard_base.h"
 #include "ringmail/core/timer.h"
@@ -122,11 +123,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     std::unique_ptr<outbound::ring_network> _network;
     std::unique_ptr<delivery::engine> _engine;
     engine_timer _engine_timer;
-    std::unordered_map<std::uint64_t, std::unique_ptr<reception::inbound_connection>> _connections;
-    // Closed connections, destroyed at the end of the loop iteration (never inside their own
-    // call stack).
-    std::vector<std::unique_ptr<reception::inbound_connection>> _closed;
-    std::uint64_t _next_conn_id = 1;
+    core::connection_set<reception::inbound_connection> _connections;  // reaped per iteration
 
     std::vector<std::shared_ptr<const tls::server_context>> _tls_contexts;  // per listener
     std::shared_ptr<const tls_credentials_set> _tls_seen;  // what _tls_contexts were built from

@@ -110,6 +110,10 @@ class resolver {
     resolver(core::reactor& reactor, resolver_options options);
 
     clock::time_point now() const;
+    // The lookup for `key` to start, with `cb` its first waiter; null when `cb` was answered
+    // from the cache, joined a lookup in flight, or refused (overloaded).
+    lookup* new_lookup(const std::string& key, const std::string& name, std::uint16_t port,
+                       callback& cb);
     void start_lookup(lookup& l);
     void start_address_queries(lookup& l);
     void finish(lookup& l, result<route> value, std::chrono::seconds ttl);

@@ -13,7 +13,6 @@
 #pragma once
 
 #include "ringmail/core/buffer_ring.h"
-#include "ringmail/config/config.h"
 #include "ringmail/core/reactor.h"
 #include "ringmail/core/socket.h"
 #include "ringmail/core/stream_connection.h"
@@ -92,7 +91,6 @@ class outbound_connection final : public core::stream_connection, public link {
     bool _idle = false;  // the deadline is the idle timeout rather than a reply's
 };
 
-smtp::tls_policy to_smtp_policy(config::tls_policy p) noexcept;
 // A client TLS context for this shard (call on the shard's thread): system CAs plus
 // `extra_ca_file`; `verify`: the chain must verify and name the host. Null (logged) when it
 // cannot be built: STARTTLS is then not used.
