@@ -1,0 +1,372 @@
+// reception::inbound_connection against the real reactor, a real spool and a fake host, with
+// the client on the other end of a socket pair: the 250 waits for the group commit, a message
+// committed after its client left is still durable, a reset inside DATA leaves nothing, a full
+// delivery queue defers new mail, drain says 421 between transactions and lets an open one
+// finish, the AUTH limiter and a missing verifier answer 421 and 454.
+#include "ringmail/reception/inbound_connection.h"
+
+#include "../spool/test_util.h"
+#include "ringmail/auth/failure_limiter.h"
+#include "ringmail/core/buffer_ring.h"
+#include "ringmail/core/reactor.h"
+#include "ringmail/core/ring_fd.h"
+#include "ringmail/reception/host.h"
+#include "ringmail/spool/spool.h"
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <vector>
+
+namespace ringmail::reception {
+namespace {
+
+using spool::test::temp_dir;
+
+class fake_host final : public host {
+  public:
+    fake_host() {
+        std::string why;
+        auto r = core::reactor::create({}, &why);
+        EXPECT_TRUE(r) << why;
+        _reactor = std::move(r.value());
+        auto b = core::buffer_ring::create(*_reactor, 5, 64, 4096);
+        EXPECT_TRUE(b);
+        _buffers = std::move(b.value());
+        auto sp = spool::spool::open(_dir.shard(0), 0, {});
+        EXPECT_TRUE(sp);
+        _spool = std::move(sp.value());
+        EXPECT_TRUE(_spool->recover());
+        _tls.resize(1);
+    }
+
+    core::reactor& reactor() noexcept override { return *_reactor; }
+    core::buffer_ring& buffers() noexcept override { return *_buffers; }
+    unsigned shard_id() const noexcept override { return 0; }
+    spool::spool& spool() noexcept override { return *_spool; }
+    bool can_accept() const override { return accepting; }
+    const std::shared_ptr<const tls::server_context>& tls_context(std::size_t i) const override {
+        return _tls.at(i);
+    }
+    void count_tls_failure() noexcept override { ++tls_failures; }
+    auth::failure_limiter& auth_limiter() noexcept override { return limiter; }
+    auth::verifier* verifier() noexcept override { return nullptr; }
+    const std::string& hostname() const noexcept override { return _hostname; }
+    std::int64_t unix_now() const noexcept override { return 1700000000; }
+    void connection_closed(std::uint64_t id) override { closed.push_back(id); }
+
+    // The shard's group commit: runs the pending batch (if any) and answers its connections.
+    // Returns the committed ids.
+    std::vector<spool::queue_id> commit(
+        const std::map<std::uint64_t, inbound_connection*>& live) {
+        std::vector<spool::queue_id> ids;
+        const spool::commit_batch* b = _spool->prepare_batch();
+        if (!b)
+            return ids;
+        const int res = spool::execute_batch_sync(*b);
+        for (auto& c : _spool->complete_batch(res)) {
+            if (c.id)
+                ids.push_back(*c.id);
+            auto it = live.find(c.token);
+            if (it != live.end())
+                it->second->on_committed(c.id);
+        }
+        return ids;
+    }
+
+    bool accepting = true;
+    int tls_failures = 0;
+    auth::failure_limiter limiter{{.max_failures = 2}};
+    std::vector<std::uint64_t> closed;
+
+  private:
+    temp_dir _dir;
+    std::unique_ptr<core::reactor> _reactor;
+    std::unique_ptr<core::buffer_ring> _buffers;
+    std::unique_ptr<spool::spool> _spool;
+    std::vector<std::shared_ptr<const tls::server_context>> _tls;
+    std::string _hostname = "mx.test";
+};
+
+listener_settings plain_listener(bool with_auth = false) {
+    listener_settings l;
+    l.session.hostname = "mx.test";
+    l.session.relay_domains = {"dest.test"};
+    l.session.command_timeout = std::chrono::seconds(300);
+    if (with_auth) {
+        l.auth = true;
+        l.session.auth_plaintext = true;
+    }
+    return l;
+}
+
+// One client on a socket pair, with the connection that serves it.
+struct client {
+    fake_host& h;
+    int fd = -1;
+    std::unique_ptr<inbound_connection> conn;
+    std::string pending;  // received, not yet returned as lines
+
+    client(fake_host& host, std::uint64_t id, const listener_settings& l) : h(host) {
+        int sv[2];
+        EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        fd = sv[1];
+        core::endpoint peer;
+        peer.storage.ss_family = AF_UNIX;
+        peer.len = sizeof(sa_family_t);
+        conn = std::make_unique<inbound_connection>(h, id, core::ring_fd::adopt(sv[0]), peer, l,
+                                                    false);
+        conn->start();
+    }
+    ~client() {
+        if (fd >= 0)
+            ::close(fd);
+        // A connection is destroyed only once it has closed (the shard's rule).
+        if (conn) {
+            conn->shutdown(true);
+            spin([&] { return finished(); });
+        }
+    }
+
+    bool finished() const {
+        for (auto id : h.closed) {
+            if (id == conn->id())
+                return true;
+        }
+        return false;
+    }
+
+    bool spin(const std::function<bool()>& done) {
+        for (int i = 0; i < 200 && !done(); ++i)
+            h.reactor().run_once(std::chrono::milliseconds(20));
+        return done();
+    }
+
+    void send(std::string_view s) {
+        ASSERT_EQ(::write(fd, s.data(), s.size()), static_cast<ssize_t>(s.size()));
+    }
+
+    // Everything that arrives while the loop runs `rounds` more iterations.
+    void drain_socket(int rounds) {
+        for (int i = 0; i < rounds; ++i) {
+            h.reactor().run_once(std::chrono::milliseconds(10));
+            char buf[4096];
+            ssize_t k;
+            while ((k = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0)
+                pending.append(buf, static_cast<std::size_t>(k));
+        }
+    }
+
+    // The next complete reply (its last line ends "NNN "), or "" when none came in time.
+    std::string reply() {
+        std::string out;
+        bool got = false;
+        spin([&] {
+            if (got)
+                return true;  // spin asks once more after the last round
+            char buf[4096];
+            ssize_t k;
+            while ((k = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0)
+                pending.append(buf, static_cast<std::size_t>(k));
+            std::size_t start = 0;
+            for (;;) {
+                const auto eol = pending.find("\r\n", start);
+                if (eol == std::string::npos)
+                    return false;
+                const bool last = eol - start >= 4 && pending[start + 3] == ' ';
+                start = eol + 2;
+                if (last) {
+                    out = pending.substr(0, start);
+                    pending.erase(0, start);
+                    got = true;
+                    return true;
+                }
+            }
+        });
+        return out;
+    }
+
+    bool peer_closed() {
+        return spin([&] {
+            char buf[256];
+            const ssize_t k = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+            if (k > 0)
+                pending.append(buf, static_cast<std::size_t>(k));
+            return k == 0;
+        });
+    }
+
+    // EHLO, MAIL, RCPT, DATA up to the 354.
+    void open_transaction() {
+        ASSERT_EQ(reply().substr(0, 4), "220 ");
+        send("EHLO client.test\r\n");
+        const std::string ehlo = reply();
+        ASSERT_EQ(ehlo.substr(0, 3), "250") << ehlo;
+        send("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n");
+        ASSERT_EQ(reply().substr(0, 3), "250");
+        ASSERT_EQ(reply().substr(0, 3), "250");
+        ASSERT_EQ(reply().substr(0, 3), "354");
+    }
+};
+
+std::map<std::uint64_t, inbound_connection*> live(std::initializer_list<client*> cs) {
+    std::map<std::uint64_t, inbound_connection*> m;
+    for (auto* c : cs)
+        m[c->conn->id()] = c->conn.get();
+    return m;
+}
+
+TEST(inbound_connection, the_250_waits_for_the_group_commit) {
+    fake_host h;
+    const auto l = plain_listener();
+    client c(h, 1, l);
+    c.open_transaction();
+    c.send("Subject: t\r\n\r\nbody\r\n.\r\n");
+    c.drain_socket(20);
+    EXPECT_EQ(c.pending, "") << "nothing may answer the dot before the commit";
+
+    const auto ids = h.commit(live({&c}));
+    ASSERT_EQ(ids.size(), 1u);
+    const std::string r = c.reply();
+    EXPECT_EQ(r.substr(0, 4), "250 ");
+    EXPECT_NE(r.find(spool::format_queue_id(ids[0])), std::string::npos) << r;
+
+    auto stored = h.spool().read(ids[0]);
+    ASSERT_TRUE(stored);
+    EXPECT_EQ(stored->env.mail_from, "a@client.test");
+    ASSERT_EQ(stored->env.rcpt_to.size(), 1u);
+    EXPECT_EQ(stored->env.rcpt_to[0], "b@dest.test");
+
+    c.send("QUIT\r\n");
+    EXPECT_EQ(c.reply().substr(0, 4), "221 ");
+    EXPECT_TRUE(c.peer_closed());
+    EXPECT_TRUE(c.spin([&] { return c.finished(); }));
+    EXPECT_EQ(h.closed, std::vector<std::uint64_t>{1});
+}
+
+TEST(inbound_connection, a_message_committed_after_its_client_left_is_durable) {
+    fake_host h;
+    const auto l = plain_listener();
+    std::vector<spool::queue_id> ids;
+    {
+        client c(h, 2, l);
+        c.open_transaction();
+        c.send("Subject: gone\r\n\r\nbody\r\n.\r\n");
+        c.drain_socket(5);
+        ::close(c.fd);
+        c.fd = -1;
+        ASSERT_TRUE(c.spin([&] { return c.finished(); }));
+        c.conn.reset();  // destroyed before its batch completes, as the shard may
+    }
+    ids = h.commit({});
+    ASSERT_EQ(ids.size(), 1u);
+    auto stored = h.spool().read(ids[0]);
+    ASSERT_TRUE(stored);
+    EXPECT_EQ(stored->env.rcpt_to, std::vector<std::string>{"b@dest.test"});
+}
+
+TEST(inbound_connection, a_reset_inside_data_leaves_nothing_in_the_spool) {
+    fake_host h;
+    const auto l = plain_listener();
+    {
+        client c(h, 3, l);
+        c.open_transaction();
+        c.send("Subject: half\r\n\r\nthe first half of a bo");
+        c.drain_socket(5);
+        ::close(c.fd);
+        c.fd = -1;
+        ASSERT_TRUE(c.spin([&] { return c.finished(); }));
+    }
+    EXPECT_TRUE(h.commit({}).empty());
+    // The aborted writer is free again: the next client's message commits.
+    client d(h, 4, l);
+    d.open_transaction();
+    d.send("\r\n.\r\n");
+    d.drain_socket(5);
+    EXPECT_EQ(h.commit(live({&d})).size(), 1u);
+    EXPECT_EQ(d.reply().substr(0, 4), "250 ");
+}
+
+TEST(inbound_connection, a_full_delivery_queue_defers_new_mail) {
+    fake_host h;
+    h.accepting = false;
+    const auto l = plain_listener();
+    client c(h, 5, l);
+    ASSERT_EQ(c.reply().substr(0, 4), "220 ");
+    c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n");
+    ASSERT_EQ(c.reply().substr(0, 3), "250");
+    ASSERT_EQ(c.reply().substr(0, 3), "250");
+    ASSERT_EQ(c.reply().substr(0, 3), "250");
+    const std::string r = c.reply();
+    EXPECT_EQ(r.substr(0, 10), "452 4.3.1 ") << r;
+    EXPECT_TRUE(h.commit({}).empty());
+    // The session carries on: a later transaction is taken once delivery has room.
+    h.accepting = true;
+    c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n");
+    EXPECT_EQ(c.reply().substr(0, 3), "250");
+    EXPECT_EQ(c.reply().substr(0, 3), "250");
+    EXPECT_EQ(c.reply().substr(0, 3), "354");
+}
+
+TEST(inbound_connection, drain_says_421_between_transactions_and_lets_an_open_one_finish) {
+    fake_host h;
+    const auto l = plain_listener();
+    client idle(h, 6, l);
+    ASSERT_EQ(idle.reply().substr(0, 4), "220 ");
+    idle.send("EHLO client.test\r\n");
+    ASSERT_EQ(idle.reply().substr(0, 3), "250");
+    client busy(h, 7, l);
+    busy.open_transaction();
+
+    idle.conn->shutdown(false);
+    busy.conn->shutdown(false);
+    EXPECT_EQ(idle.reply().substr(0, 4), "421 ");
+    EXPECT_TRUE(idle.peer_closed());
+    EXPECT_TRUE(idle.spin([&] { return idle.finished(); }));
+
+    busy.send("Subject: last\r\n\r\nbody\r\n.\r\n");
+    busy.drain_socket(5);
+    EXPECT_FALSE(busy.finished());
+    EXPECT_EQ(h.commit(live({&busy})).size(), 1u);
+    EXPECT_EQ(busy.reply().substr(0, 4), "250 ");
+    EXPECT_EQ(busy.reply().substr(0, 4), "421 ");
+    EXPECT_TRUE(busy.peer_closed());
+}
+
+TEST(inbound_connection, auth_without_a_verifier_is_a_temporary_failure) {
+    fake_host h;
+    const auto l = plain_listener(true);
+    client c(h, 8, l);
+    ASSERT_EQ(c.reply().substr(0, 4), "220 ");
+    c.send("EHLO client.test\r\n");
+    const std::string ehlo = c.reply();
+    EXPECT_NE(ehlo.find("AUTH PLAIN LOGIN"), std::string::npos) << ehlo;
+    c.send("AUTH PLAIN AHVzZXIAcGFzcw==\r\n");
+    EXPECT_EQ(c.reply().substr(0, 10), "454 4.7.0 ");
+}
+
+TEST(inbound_connection, a_blocked_client_gets_421_at_auth) {
+    fake_host h;
+    core::endpoint unix_peer;
+    unix_peer.storage.ss_family = AF_UNIX;
+    const auto key = auth::failure_limiter::key_of(unix_peer.addr());
+    h.limiter.record_failure(key, h.reactor().now());
+    h.limiter.record_failure(key, h.reactor().now());
+    const auto l = plain_listener(true);
+    client c(h, 9, l);
+    ASSERT_EQ(c.reply().substr(0, 4), "220 ");
+    c.send("EHLO client.test\r\n");
+    ASSERT_EQ(c.reply().substr(0, 3), "250");
+    c.send("AUTH PLAIN AHVzZXIAcGFzcw==\r\n");
+    EXPECT_EQ(c.reply().substr(0, 10), "421 4.7.0 ");
+    EXPECT_TRUE(c.peer_closed());
+}
+
+}  // namespace
+}  // namespace ringmail::reception
