@@ -95,7 +95,15 @@ bool argon2_params_ok(const argon2id_params& p) {
 }  // namespace
 
 std::string_view scheme_name(scheme s) noexcept {
-    return s == scheme::argon2id ? "argon2id" : "pbkdf2-sha256";
+    switch (s) {
+        case scheme::argon2id:
+            return "argon2id";
+        case scheme::pbkdf2_sha256:
+            return "pbkdf2-sha256";
+        case scheme::cram_md5:
+            return "cram-md5";
+    }
+    return "?";
 }
 
 std::optional<scheme> parse_scheme(std::string_view name) noexcept {
@@ -103,6 +111,8 @@ std::optional<scheme> parse_scheme(std::string_view name) noexcept {
         return scheme::argon2id;
     if (name == "pbkdf2-sha256")
         return scheme::pbkdf2_sha256;
+    if (name == "cram-md5")
+        return scheme::cram_md5;
     return std::nullopt;
 }
 
@@ -149,6 +159,11 @@ result<std::string> hash_password_pbkdf2_sha256(std::string_view password,
 result<std::string> hash_password(std::string_view password, scheme s) {
     if (s == scheme::argon2id)
         return hash_password_argon2id(password, argon2id_params{});
+    if (s == scheme::cram_md5) {
+        if (password.empty())
+            return errc::empty_password;
+        return format_cram_md5(make_cram_context(password));
+    }
     return hash_password_pbkdf2_sha256(password, default_pbkdf2_iterations);
 }
 
@@ -215,10 +230,27 @@ std::optional<password_hash> password_hash::parse(std::string_view encoded, std:
         h._hash = std::move(*hash);
         return h;
     }
-    return reject("unknown hash scheme (expected $argon2id$ or $pbkdf2-sha256$)");
+    if (encoded.substr(0, cram_md5_prefix.size()) == cram_md5_prefix) {
+        auto c = parse_cram_md5(encoded);
+        if (!c)
+            return reject("malformed {CRAM-MD5} entry (expected 64 hex digits)");
+        password_hash h;
+        h._scheme = scheme::cram_md5;
+        h._cram = *c;
+        return h;
+    }
+    return reject("unknown hash scheme (expected $argon2id$, $pbkdf2-sha256$ or {CRAM-MD5})");
+}
+
+verdict password_hash::verify_cram(std::string_view challenge, std::string_view hex_digest) const {
+    if (_scheme != scheme::cram_md5)
+        return verdict::fail;
+    return cram_verify(_cram, challenge, hex_digest) ? verdict::ok : verdict::fail;
 }
 
 verdict password_hash::verify(std::string_view password) const {
+    if (_scheme == scheme::cram_md5)
+        return cram_equal(make_cram_context(password), _cram) ? verdict::ok : verdict::fail;
     if (_scheme == scheme::argon2id) {
         const int rc = argon2id_verify(_encoded.c_str(), password.data(), password.size());
         if (rc == ARGON2_OK)
@@ -254,6 +286,8 @@ bool credential_store::add(std::string user, password_hash hash) {
         return false;
     if (!_first)
         _first = hash;
+    if (hash.kind() == scheme::cram_md5)
+        _has_cram = true;
     _users.emplace(std::move(user), std::move(hash));
     return true;
 }
@@ -271,6 +305,16 @@ verdict credential_store::verify(std::string_view user, std::string_view passwor
         return v == verdict::temporary ? verdict::temporary : verdict::fail;
     }
     return it->second.verify(password);
+}
+
+verdict credential_store::verify_cram(std::string_view user, std::string_view challenge,
+                                      std::string_view hex_digest) const {
+    const auto it = _users.find(user);
+    if (it == _users.end() || it->second.kind() != scheme::cram_md5) {
+        (void)cram_verify(_cram_dummy, challenge, hex_digest);  // the same work either way
+        return verdict::fail;
+    }
+    return it->second.verify_cram(challenge, hex_digest);
 }
 
 bool valid_user_name(std::string_view user) noexcept {

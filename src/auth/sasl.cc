@@ -20,6 +20,18 @@ constexpr std::string_view text_undecodable = "Cannot Base64-decode client respo
 constexpr std::string_view text_malformed_plain = "Malformed PLAIN response";
 constexpr std::string_view text_cancelled = "Authentication cancelled";
 constexpr std::string_view text_invalid = "Authentication credentials invalid";
+constexpr std::string_view text_no_initial_response = "CRAM-MD5 takes no initial response";
+constexpr std::string_view text_malformed_cram = "Malformed CRAM-MD5 response";
+
+bool hex_digest(std::string_view s) noexcept {
+    if (s.size() != 32)
+        return false;
+    for (const char c : s) {
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
+            return false;
+    }
+    return true;
+}
 
 bool user_acceptable(std::string_view user) noexcept {
     return !user.empty() && user.size() <= max_user_octets &&
@@ -38,11 +50,21 @@ std::optional<mechanism> parse_mechanism(std::string_view name) noexcept {
         return mechanism::plain;
     if (core::equals_nocase(name, "LOGIN"))
         return mechanism::login;
+    if (core::equals_nocase(name, "CRAM-MD5"))
+        return mechanism::cram_md5;
     return std::nullopt;
 }
 
 std::string_view mechanism_name(mechanism m) noexcept {
-    return m == mechanism::plain ? "PLAIN" : "LOGIN";
+    switch (m) {
+        case mechanism::plain:
+            return "PLAIN";
+        case mechanism::login:
+            return "LOGIN";
+        case mechanism::cram_md5:
+            return "CRAM-MD5";
+    }
+    return "?";
 }
 
 sasl_server::~sasl_server() {
@@ -61,6 +83,17 @@ sasl_step sasl_server::fail(unsigned code, std::string_view enhanced, std::strin
 sasl_step sasl_server::start(std::optional<std::string_view> initial_response) {
     if (_state != state::idle)
         core::invariant_broken("sasl_server::start called twice");
+    if (_mech == mechanism::cram_md5) {
+        if (_challenge.empty())
+            core::invariant_broken("sasl_server: CRAM-MD5 without a challenge");
+        if (initial_response)
+            return fail(501, "5.5.2", text_no_initial_response);
+        _state = state::want_cram;
+        sasl_step s;
+        s.what = sasl_step::kind::challenge;
+        s.challenge = core::base64_encode(_challenge);
+        return s;
+    }
     if (!initial_response) {
         sasl_step s;
         s.what = sasl_step::kind::challenge;
@@ -102,6 +135,9 @@ sasl_step sasl_server::respond(std::string_view line) {
             break;
         case state::want_password:
             s = on_login_password(*decoded);
+            break;
+        case state::want_cram:
+            s = on_cram(*decoded);
             break;
         case state::idle:
         case state::finished:
@@ -157,6 +193,24 @@ sasl_step sasl_server::on_login_password(std::string_view password) {
     s.creds.user = std::move(_user);
     _user.clear();
     s.creds.password = password;
+    return s;
+}
+
+sasl_step sasl_server::on_cram(std::string_view answer) {
+    // RFC 2195: the user name, one space, the digest as 32 lower-case hex digits (upper case
+    // tolerated). A user name may itself hold spaces: the digest is after the last one.
+    const std::size_t space = answer.rfind(' ');
+    if (space == std::string_view::npos || !hex_digest(answer.substr(space + 1)))
+        return fail(501, "5.5.2", text_malformed_cram);
+    const std::string_view user = answer.substr(0, space);
+    if (!user_acceptable(user))
+        return fail(535, "5.7.8", text_invalid);
+    _state = state::finished;
+    sasl_step s;
+    s.what = sasl_step::kind::credentials;
+    s.creds.user = user;
+    s.creds.password = answer.substr(space + 1);
+    s.creds.cram_challenge = _challenge;
     return s;
 }
 

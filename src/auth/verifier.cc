@@ -32,7 +32,8 @@ using mac = std::array<unsigned char, 32>;
 struct request {
     std::uint64_t token = 0;
     std::string user;
-    std::string password;
+    std::string password;   // CRAM-MD5: the client's hex digest
+    std::string challenge;  // CRAM-MD5 only: the challenge the shard sent
 };
 
 // HMAC-SHA256(key, user NUL password): what the cache keeps instead of the password, so a
@@ -100,6 +101,7 @@ result<std::unique_ptr<verifier>> verifier::create(std::shared_ptr<const credent
         return errc::bad_option;
     const unsigned workers = std::min(o.workers, shards);
     std::unique_ptr<verifier> v(new verifier(shards, workers, o));
+    v->_cram.store(store->has_cram(), std::memory_order_relaxed);
     if (!random_bytes(v->_mac_key, sizeof v->_mac_key))
         return errc::random_failed;
     for (unsigned s = 0; s < shards; ++s) {
@@ -167,7 +169,7 @@ void verifier::wake(worker& w) {
 }
 
 bool verifier::submit(unsigned shard, std::uint64_t token, std::string_view user,
-                      std::string_view password) {
+                      std::string_view password, std::string_view cram_challenge) {
     if (shard >= _shards)
         core::invariant_broken("verifier shard id out of range");
     shard_channel& ch = _channels[shard];
@@ -179,6 +181,7 @@ bool verifier::submit(unsigned shard, std::uint64_t token, std::string_view user
     r.token = token;
     r.user = user;
     r.password = password;
+    r.challenge = cram_challenge;
     // Cannot fail: the ring holds ring_capacity >= max_in_flight >= outstanding requests.
     if (!ch.requests.try_push(std::move(r)))
         core::invariant_broken("verifier request ring full below max_in_flight");
@@ -212,6 +215,7 @@ std::size_t verifier::in_flight(unsigned shard) const {
 bool verifier::reload(std::shared_ptr<const credential_store> store) {
     if (store == nullptr)
         return false;
+    _cram.store(store->has_cram(), std::memory_order_relaxed);
     bool all = true;
     for (unsigned i = 0; i < _workers_n; ++i) {
         worker& w = _workers[i];
@@ -249,6 +253,11 @@ void verifier::run(worker& w) {
         (void)::eventfd_write(ch.response_efd, 1);
     };
     auto verify = [&](request& r) -> verdict {
+        if (!r.challenge.empty()) {
+            // Two MD5 blocks, nothing slow to save: never cached.
+            _hashes.fetch_add(1, std::memory_order_relaxed);
+            return w.store->verify_cram(r.user, r.challenge, r.password);
+        }
         std::optional<mac> m;
         if (caching) {
             m = credentials_mac(_mac_key, sizeof _mac_key, r.user, r.password);

@@ -67,8 +67,8 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
         ls.session.tls_available = !l.tls_certificates.empty();
         ls.session.auth_plaintext = l.auth_plaintext;
         ls.session.require_auth = l.role != config::listener_role::relay;
-        if (ls.auth)
-            ls.session.auth_mechanisms = {"PLAIN", "LOGIN"};
+        // auth_mechanisms stays empty: the connection's backend says what is offered (CRAM-MD5
+        // only while the users file has CRAM-MD5 entries, which a reload may change).
         ctx.listeners.push_back(std::move(ls));
     }
 
@@ -130,7 +130,8 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
     return ctx;
 }
 
-std::optional<tls_credentials_set> load_tls_credentials(const config::settings& cfg, std::string& why) {
+std::optional<tls_credentials_set> load_tls_credentials(const config::settings& cfg,
+                                                        std::string& why) {
     tls_credentials_set set;
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
         const auto& l = cfg.listen[i];

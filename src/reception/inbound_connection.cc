@@ -25,6 +25,28 @@ constexpr tls::session_limits tls_limits{256 * 1024, 256 * 1024, 16 * 1024};
 
 // --- AUTH: SASL on the shard, password checks on the verifier's threads ---
 
+std::vector<std::string> inbound_auth::mechanisms() const {
+    const auth::verifier* v = _c._host.verifier();
+    if (v != nullptr && v->cram_available())
+        return {"PLAIN", "LOGIN", "CRAM-MD5"};
+    return {"PLAIN", "LOGIN"};
+}
+
+namespace {
+// RFC 2195's challenge form, "<random.time@host>": unique per attempt, so a recorded answer
+// never works twice.
+std::optional<std::string> make_cram_challenge(const std::string& hostname, std::int64_t now) {
+    unsigned char r[12];
+    if (!auth::random_bytes(r, sizeof r))
+        return std::nullopt;
+    std::string s = "<";
+    for (const unsigned char b : r)
+        s += fmt::format("{:02x}", b);
+    s += fmt::format(".{}@{}>", now, hostname);
+    return s;
+}
+}  // namespace
+
 smtp::auth_step inbound_auth::start(std::string_view mechanism,
                                     std::optional<std::string_view> initial_response) {
     cancel();
@@ -37,7 +59,16 @@ smtp::auth_step inbound_auth::start(std::string_view mechanism,
     auto m = auth::parse_mechanism(mechanism);
     if (!m)
         return smtp::auth_step::failure(504, "5.5.4", "Unrecognized authentication type");
-    _sasl.emplace(*m);
+    if (*m == auth::mechanism::cram_md5) {
+        auto challenge = make_cram_challenge(sh.hostname(), sh.unix_now());
+        if (!challenge) {
+            log::warn("connection {}: no random bytes for a CRAM-MD5 challenge", _c._id);
+            return smtp::auth_step::failure(454, "4.7.0", "Temporary authentication failure");
+        }
+        _sasl.emplace(*m, std::move(*challenge));
+    } else {
+        _sasl.emplace(*m);
+    }
     std::optional<std::string_view> ir;
     if (initial_response)
         ir = initial_response->empty() ? std::string_view("=") : *initial_response;
@@ -80,8 +111,8 @@ smtp::auth_step inbound_auth::apply(auth::sasl_step s) {
     _sasl.reset();
     host& sh = _c._host;
     auto* v = sh.verifier();
-    const bool queued =
-        v != nullptr && v->submit(sh.shard_id(), _c._id, s.creds.user, s.creds.password);
+    const bool queued = v != nullptr && v->submit(sh.shard_id(), _c._id, s.creds.user,
+                                                  s.creds.password, s.creds.cram_challenge);
     auth::wipe(s.creds.password);
     if (!queued) {
         log::warn("connection {}: AUTH deferred, verifier queue full", _c._id);

@@ -129,6 +129,8 @@ class TlsAuthTest(unittest.TestCase):
             s.ehlo("client.test")
             self.assertIn("PLAIN", s.esmtp_features.get("auth", "").upper())
             self.assertIn("LOGIN", s.esmtp_features.get("auth", "").upper())
+            self.assertNotIn("CRAM-MD5", s.esmtp_features.get("auth", "").upper(),
+                             "CRAM-MD5 offered without a CRAM-MD5 entry in the users file")
             s.login(USER, PASSWORD)
             s.sendmail("sender@x.test", ["rcpt@y.test"],
                        b"Subject: tls\r\nMessage-Id: <tls-1@x.test>\r\n\r\nover TLS\r\n")
@@ -334,6 +336,135 @@ class StartupTest(unittest.TestCase):
         out = (p.stdout + p.stderr).decode(errors="replace")
         self.assertNotEqual(p.returncode, 0, out)
         self.assertIn(other_key, out)
+
+
+
+CRAM_USER = "tim"
+CRAM_PASSWORD = "tanstaaftanstaaf"
+
+
+class CramMd5Test(unittest.TestCase):
+    """CRAM-MD5 (RFC 2195) for a user stored with `ringmailctl passwd --scheme cram-md5`,
+    through smtplib's login() (which prefers CRAM-MD5 when offered) and swaks."""
+
+    @classmethod
+    def setUpClass(cls):
+        ctl = os.environ.get("RINGMAILCTL")
+        if not ctl:
+            raise unittest.SkipTest("RINGMAILCTL is not set (run through meson test)")
+        cls.dir = harness.temp_dir()
+        cls.cert, cls.key = make_cert(cls.dir, "c", "ringmail.test")
+        users = make_users(cls.dir)
+        cram = subprocess.run([ctl, "passwd", CRAM_USER, "--scheme", "cram-md5"],
+                              input=CRAM_PASSWORD.encode(), capture_output=True, check=True,
+                              timeout=harness.scaled(30))
+        with open(users, "ab") as f:
+            f.write(cram.stdout)
+        cls.sink = harness.SmtpSink()
+        cls.port = harness.free_port()
+        cls.submission_port = harness.free_port()
+        tls = {"tls_cert": cls.cert, "tls_key": cls.key}
+        config = harness.make_config(
+            os.path.join(harness.temp_dir(), "spool"), cls.port, cls.sink.smarthost,
+            listen_options=dict(tls),
+            extra_listen=[{"address": f"{harness.LOOPBACK}:{cls.submission_port}",
+                           "role": "submission", **tls}],
+            auth={"users_file": users, "max_failures": 3, "failure_window": "5m"},
+        )
+        cls.daemon = harness.Ringmaild(config)
+        os.makedirs(config["server"]["spool_dir"], exist_ok=True)
+        cls.daemon.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.daemon.stop()
+        finally:
+            cls.daemon.kill()
+            cls.sink.close()
+
+    def wait_message(self, marker: bytes) -> None:
+        ok = self.sink.wait_until(lambda ts: any(marker in t.content for t in ts),
+                                  harness.scaled(30))
+        self.assertTrue(ok, self.daemon.log_text())
+
+    def smtp(self, source: str = harness.LOOPBACK) -> smtplib.SMTP:
+        # Failures count per client address: each test that fails on purpose has its own.
+        s = smtplib.SMTP(harness.LOOPBACK, self.submission_port, timeout=harness.scaled(20),
+                         source_address=(source, 0))
+        s.ehlo("client.test")
+        s.starttls(context=client_context())
+        s.ehlo("client.test")
+        return s
+
+    def test_smtplib_login_uses_cram_md5(self):
+        with self.smtp() as s:
+            mechs = s.esmtp_features.get("auth", "").upper().split()
+            self.assertEqual(mechs, ["PLAIN", "LOGIN", "CRAM-MD5"])
+            code, _ = s.login(CRAM_USER, CRAM_PASSWORD)  # smtplib tries CRAM-MD5 first
+            self.assertEqual(code, 235)
+            s.sendmail("sender@x.test", ["rcpt@y.test"],
+                       b"Subject: cram\r\nMessage-Id: <cram-1@x.test>\r\n\r\ncram\r\n")
+        self.wait_message(b"<cram-1@x.test>")
+        self.assertIn("authenticated as tim", self.daemon.log_text())
+
+    def test_smtplib_wrong_password(self):
+        with self.smtp("127.0.0.5") as s:
+            with self.assertRaises(smtplib.SMTPAuthenticationError) as e:
+                s.login(CRAM_USER, "wrong password")  # CRAM-MD5 first; PLAIN, LOGIN after it
+            self.assertEqual(e.exception.smtp_code, 535)
+
+    def test_swaks_cram_md5_good_and_bad(self):
+        base = [harness.SWAKS, "--server", f"{harness.LOOPBACK}:{self.submission_port}", "-tls",
+                "--auth", "CRAM-MD5", "--auth-user", CRAM_USER, "--ehlo", "swaks.test",
+                "--from", "sender@x.test", "--to", "rcpt@y.test"]
+        p = subprocess.run(base + ["--auth-password", CRAM_PASSWORD, "--header",
+                                   "Message-Id: <swaks-cram@x.test>", "--body", "cram\n"],
+                           capture_output=True, timeout=harness.scaled(30))
+        self.assertEqual(p.returncode, 0, p.stdout.decode(errors="replace"))
+        self.wait_message(b"<swaks-cram@x.test>")
+        p = subprocess.run(base + ["--auth-password", "wrong", "--local-interface", "127.0.0.6"],
+                           capture_output=True,
+                           timeout=harness.scaled(30))
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"535", p.stdout)
+
+    def test_a_slow_hash_user_cannot_use_cram_md5_but_plain_works(self):
+        with self.smtp("127.0.0.7") as s:
+            s.user, s.password = USER, PASSWORD
+            with self.assertRaises(smtplib.SMTPAuthenticationError):
+                s.auth("CRAM-MD5", s.auth_cram_md5, initial_response_ok=False)
+            code, _ = s.auth("PLAIN", s.auth_plain)
+            self.assertEqual(code, 235)
+
+    def test_each_attempt_has_a_fresh_challenge_and_failures_are_limited(self):
+        with Raw(self.submission_port, source="127.0.0.3") as c:
+            self.assertEqual(c.read_reply()[0], 220)
+            c.cmd("EHLO client.test")
+            c.starttls()
+            c.cmd("EHLO client.test")
+            seen = set()
+            for _ in range(3):
+                code, text = c.cmd("AUTH CRAM-MD5")
+                self.assertEqual(code, 334, text)
+                challenge = base64.b64decode(text[4:].strip())
+                self.assertRegex(challenge, rb"^<[0-9a-f]{24}\.\d+@[^>]+>$")
+                self.assertNotIn(challenge, seen)
+                seen.add(challenge)
+                answer = base64.b64encode(f"{CRAM_USER} {'0' * 32}".encode()).decode()
+                code, text = c.cmd(answer)
+                self.assertEqual(code, 535, text)
+            code, text = c.cmd("AUTH CRAM-MD5")
+            self.assertEqual(code, 421, text)
+
+    def test_initial_response_is_refused(self):
+        with Raw(self.submission_port, source="127.0.0.4") as c:
+            self.assertEqual(c.read_reply()[0], 220)
+            c.cmd("EHLO client.test")
+            c.starttls()
+            c.cmd("EHLO client.test")
+            code, text = c.cmd("AUTH CRAM-MD5 " + base64.b64encode(b"tim x").decode())
+            self.assertEqual(code, 501, text)
 
 
 if __name__ == "__main__":

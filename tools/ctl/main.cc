@@ -1,5 +1,6 @@
 // ringmailctl: the administration client. Subcommands:
-//   passwd USER [--scheme argon2id|pbkdf2-sha256]   password on stdin -> "USER:HASH" on stdout
+//   passwd USER [--scheme argon2id|pbkdf2-sha256|cram-md5]
+//                        password on stdin -> "USER:HASH" on stdout
 //
 // Exit codes: 0 success, 2 usage error (CLI11 parse errors, bad arguments), 1 any other
 // failure, always with one message on stderr.
@@ -21,8 +22,11 @@ int main(int argc, char** argv) {
     std::string scheme_text = "argon2id";
     passwd->add_option("USER", user, "user name (no ':', whitespace or control characters)")
         ->required();
-    passwd->add_option("--scheme", scheme_text, "hash scheme")
-        ->check(CLI::IsMember({"argon2id", "pbkdf2-sha256"}))
+    passwd
+        ->add_option("--scheme", scheme_text,
+                     "hash scheme; cram-md5 enables CRAM-MD5 for this user, and its entry is "
+                     "equivalent to the password")
+        ->check(CLI::IsMember({"argon2id", "pbkdf2-sha256", "cram-md5"}))
         ->capture_default_str();
 
     try {

@@ -92,6 +92,13 @@ int run_passwd(const std::string& user, auth::scheme s, std::FILE* in) {
             std::fprintf(stderr, "ringmailctl: passwd: %s\n", hash.error().message().c_str());
             rc = 1;
         } else {
+            if (s == auth::scheme::cram_md5) {
+                std::fputs(
+                    "ringmailctl: passwd: note: a cram-md5 entry is equivalent to the password "
+                    "(it logs in with CRAM-MD5 as is); keep the users file as secret as "
+                    "plaintext passwords\n",
+                    stderr);
+            }
             fmt::print("{}:{}\n", user, *hash);
             if (std::fflush(stdout) != 0) {
                 std::fputs("ringmailctl: passwd: cannot write to standard output\n", stderr);

@@ -16,6 +16,11 @@
 //                                          N iterations, SALT and HASH in padded standard base64
 //                                          (RFC 4648 section 4); the derived length is HASH's.
 //                                          Not passlib's "$pbkdf2-sha256$N$..." form.
+//   {CRAM-MD5}HEX64                        the HMAC-MD5 key state (auth/cram_md5.h), Dovecot's
+//                                          CRAM-MD5 scheme. The only entry CRAM-MD5 can verify,
+//                                          and EQUIVALENT TO THE PASSWORD: protect the file as
+//                                          you would plaintext passwords. Verifies PLAIN/LOGIN
+//                                          too (cheaply: no slow hash stands behind it).
 //
 // Default parameters, measured on the 2-core development VM (one verification, one thread):
 //   argon2id  m=19456 KiB, t=2, p=1 (OWASP's minimum)  ~22 ms, 19 MiB while verifying
@@ -30,6 +35,7 @@
 // file for that to hold exactly.
 #pragma once
 
+#include "ringmail/auth/cram_md5.h"
 #include "ringmail/core/result.h"
 
 #include <cstdint>
@@ -42,9 +48,9 @@
 
 namespace ringmail::auth {
 
-enum class scheme : std::uint8_t { argon2id, pbkdf2_sha256 };
+enum class scheme : std::uint8_t { argon2id, pbkdf2_sha256, cram_md5 };
 
-// "argon2id" | "pbkdf2-sha256"
+// "argon2id" | "pbkdf2-sha256" | "cram-md5"
 std::string_view scheme_name(scheme s) noexcept;
 std::optional<scheme> parse_scheme(std::string_view name) noexcept;
 
@@ -65,6 +71,7 @@ inline constexpr std::size_t hash_octets = 32;
 
 // Hashes with a fresh random 16-byte salt (wolfSSL's DRBG) and the default parameters.
 // Fails with errc::empty_password, errc::random_failed or errc::hash_failed.
+// cram-md5 needs no salt and cannot fail except for an empty password.
 result<std::string> hash_password(std::string_view password, scheme s = scheme::argon2id);
 result<std::string> hash_password_argon2id(std::string_view password, const argon2id_params& p);
 result<std::string> hash_password_pbkdf2_sha256(std::string_view password,
@@ -81,6 +88,8 @@ class password_hash {
     scheme kind() const noexcept { return _scheme; }
     // Costs one full hash computation; the comparison is constant-time.
     verdict verify(std::string_view password) const;
+    // CRAM-MD5's answer (32 hex digits) to `challenge`: only a cram-md5 entry can say ok.
+    verdict verify_cram(std::string_view challenge, std::string_view hex_digest) const;
 
   private:
     scheme _scheme = scheme::argon2id;
@@ -88,6 +97,7 @@ class password_hash {
     std::uint32_t _iterations = 0;  // pbkdf2
     std::string _salt;              // pbkdf2
     std::string _hash;              // pbkdf2
+    cram_context _cram;             // cram-md5
 };
 
 class credential_store {
@@ -97,6 +107,11 @@ class credential_store {
 
     // Unknown users cost the same as known ones (see above). Any thread; const.
     verdict verify(std::string_view user, std::string_view password) const;
+    // A CRAM-MD5 answer; users whose entry is not cram-md5 fail (as unknown ones do).
+    verdict verify_cram(std::string_view user, std::string_view challenge,
+                        std::string_view hex_digest) const;
+    // Some entry is cram-md5: CRAM-MD5 is offered only then.
+    bool has_cram() const noexcept { return _has_cram; }
 
     bool contains(std::string_view user) const;
     std::size_t size() const noexcept { return _users.size(); }
@@ -114,6 +129,8 @@ class credential_store {
     std::unordered_map<std::string, password_hash, string_hash, std::equal_to<>> _users;
     std::optional<password_hash> _first;  // the dummy for unknown users, once there is one
     password_hash _builtin_dummy;
+    cram_context _cram_dummy = make_cram_context("ringmail unknown user");
+    bool _has_cram = false;
 };
 
 // What loading a users file gives: a store, or every error found (one per line of `error`,

@@ -18,12 +18,13 @@
 //              nothing about which rule it hit, and the session counts them as failed attempts
 //              (auth::failure_limiter) like any other 535.
 //
-// CRAM-MD5 (and DIGEST-MD5, SCRAM without stored keys) is deliberately not offered: the server
-// side of CRAM-MD5 computes HMAC-MD5 keyed with the password itself, so the server must keep
-// the plaintext password (or the equivalent HMAC-MD5 inner/outer state, which logs in just as
-// well). Our credential store keeps only slow salted hashes (argon2id, PBKDF2-SHA256), which is
-// what protects passwords when the users file leaks; PLAIN and LOGIN over TLS (the submission
-// and smtps listeners require it) are the right trade.
+// CRAM-MD5 (RFC 2195): the caller gives the challenge (a fresh one per attempt, made from
+// random bytes, the time and the host name: this machine has no RNG or clock); the client's
+// answer "user SP 32-hex-digest" comes back as credentials with cram_challenge set, which the
+// verifier checks against a {CRAM-MD5} entry of the users file (auth/cram_md5.h; such an entry
+// is equivalent to the password). The daemon offers CRAM-MD5 only when the users file holds
+// such entries. CRAM-MD5 takes no initial response (501 5.5.2). DIGEST-MD5 and SCRAM are not
+// offered.
 #pragma once
 
 #include <cstdint>
@@ -33,9 +34,9 @@
 
 namespace ringmail::auth {
 
-enum class mechanism : std::uint8_t { plain, login };
+enum class mechanism : std::uint8_t { plain, login, cram_md5 };
 
-// Case-insensitive "PLAIN" / "LOGIN"; nullopt for anything else (the session answers
+// Case-insensitive "PLAIN" / "LOGIN" / "CRAM-MD5"; nullopt for anything else (the session answers
 // 504 5.5.4 Unrecognized authentication type).
 std::optional<mechanism> parse_mechanism(std::string_view name) noexcept;
 std::string_view mechanism_name(mechanism m) noexcept;
@@ -50,7 +51,8 @@ inline constexpr std::size_t max_response_chars =
 
 struct credentials {
     std::string user;
-    std::string password;  // wipe() it once verified
+    std::string password;        // wipe() it once verified; CRAM-MD5: the hex digest
+    std::string cram_challenge;  // CRAM-MD5 only: the challenge the digest answers
 };
 
 struct sasl_failure {
@@ -73,7 +75,9 @@ struct sasl_step {
 
 class sasl_server {
   public:
-    explicit sasl_server(mechanism m) noexcept : _mech(m) {}
+    // `cram_challenge`: the challenge for CRAM-MD5 ("<...@host>", sent base64), else unused.
+    explicit sasl_server(mechanism m, std::string cram_challenge = {}) noexcept
+        : _mech(m), _challenge(std::move(cram_challenge)) {}
     ~sasl_server();
     sasl_server(const sasl_server&) = delete;
     sasl_server& operator=(const sasl_server&) = delete;
@@ -91,16 +95,25 @@ class sasl_server {
     bool finished() const noexcept { return _state == state::finished; }
 
   private:
-    enum class state : std::uint8_t { idle, want_plain, want_user, want_password, finished };
+    enum class state : std::uint8_t {
+        idle,
+        want_plain,
+        want_user,
+        want_password,
+        want_cram,
+        finished
+    };
 
     sasl_step on_plain(std::string_view message);
     sasl_step on_login_user(std::string_view user);
     sasl_step on_login_password(std::string_view password);
+    sasl_step on_cram(std::string_view answer);
     sasl_step fail(unsigned code, std::string_view enhanced, std::string_view text);
 
     mechanism _mech;
     state _state = state::idle;
-    std::string _user;  // LOGIN: between the two challenges
+    std::string _user;       // LOGIN: between the two challenges
+    std::string _challenge;  // CRAM-MD5
 };
 
 }  // namespace ringmail::auth

@@ -78,9 +78,12 @@ class verifier {
     // --- On shard `shard`'s thread only.
     // Queues one verification. False (nothing queued) when max_in_flight requests of this shard
     // are outstanding or the verifier is stopping: answer 454 4.7.0. The verifier keeps its own
-    // copy of the password and wipes it after use; the caller wipes its own.
+    // copy of the password and wipes it after use; the caller wipes its own. CRAM-MD5:
+    // `password` is the client's hex digest and `cram_challenge` the challenge it answers.
     bool submit(unsigned shard, std::uint64_t token, std::string_view user,
-                std::string_view password);
+                std::string_view password, std::string_view cram_challenge = {});
+    // The current store has CRAM-MD5 entries (so CRAM-MD5 is offered). Any thread.
+    bool cram_available() const noexcept { return _cram.load(std::memory_order_relaxed); }
     // One finished verification, or nullopt. Drain until nullopt after each eventfd read.
     std::optional<verify_response> poll(unsigned shard);
     // Non-blocking eventfd; readable (counter > 0) after responses were pushed. The shard's
@@ -113,6 +116,7 @@ class verifier {
     std::unique_ptr<shard_channel[]> _channels;
     std::unique_ptr<worker[]> _workers;
     std::atomic<bool> _stop{false};
+    std::atomic<bool> _cram{false};
     bool _joined = false;
     std::atomic<std::uint64_t> _hashes{0};
     std::atomic<std::uint64_t> _cache_hits{0};

@@ -34,7 +34,8 @@ class inbound_connection;
 class inbound_auth final : public smtp::auth_backend {
   public:
     explicit inbound_auth(inbound_connection& c) : _c(c) {}
-    std::vector<std::string> mechanisms() const override { return {"PLAIN", "LOGIN"}; }
+    // PLAIN and LOGIN; CRAM-MD5 too while the users file holds CRAM-MD5 entries.
+    std::vector<std::string> mechanisms() const override;
     smtp::auth_step start(std::string_view mechanism,
                           std::optional<std::string_view> initial_response) override;
     smtp::auth_step step(std::string_view response) override;

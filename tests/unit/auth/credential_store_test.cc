@@ -132,8 +132,8 @@ TEST(credential_store, reports_every_bad_line_at_once) {
     EXPECT_EQ(l.error,
               "/etc/ringmail/users:1: expected user:hash\n"
               "/etc/ringmail/users:3: empty user name\n"
-              "/etc/ringmail/users:4: user \"carol\": unknown hash scheme (expected $argon2id$ "
-              "or $pbkdf2-sha256$)");
+              "/etc/ringmail/users:4: user \"carol\": unknown hash scheme (expected $argon2id$, "
+              "$pbkdf2-sha256$ or {CRAM-MD5})");
 }
 
 TEST(credential_store, load_users_file_reads_and_names_unreadable_files) {
@@ -282,6 +282,38 @@ TEST(secret, constant_time_equal_and_wipe) {
     std::string s = "password";
     wipe(s);
     EXPECT_TRUE(s.empty());
+}
+
+TEST(credential_store, cram_md5_entries) {
+    const std::string tim = *hash_password("tanstaaftanstaaf", scheme::cram_md5);
+    EXPECT_TRUE(tim.starts_with("{CRAM-MD5}")) << tim;
+    EXPECT_EQ(hash_password("", scheme::cram_md5).error(), errc::empty_password);
+    const std::string ch = "<1896.697170952@postoffice.reston.mci.net>";
+    const std::string answer = "b913a602c7eda7a495b4e6e7334d3890";
+
+    const credential_store hashes_only = parse_ok("argon:" + argon2_kat + "\n");
+    EXPECT_FALSE(hashes_only.has_cram());
+    EXPECT_EQ(hashes_only.verify_cram("argon", ch, answer), verdict::fail);
+
+    const credential_store s = parse_ok("tim:" + tim + "\nargon:" + argon2_kat + "\n");
+    EXPECT_TRUE(s.has_cram());
+    EXPECT_EQ(s.verify_cram("tim", ch, answer), verdict::ok);
+    EXPECT_EQ(s.verify_cram("tim", ch + "x", answer), verdict::fail) << "another challenge";
+    EXPECT_EQ(s.verify_cram("tim", ch, "b913a602c7eda7a495b4e6e7334d3891"), verdict::fail);
+    EXPECT_EQ(s.verify_cram("mallory", ch, answer), verdict::fail);
+    EXPECT_EQ(s.verify_cram("argon", ch, answer), verdict::fail)
+        << "a slow hash cannot answer CRAM-MD5";
+    // PLAIN and LOGIN work for a CRAM-MD5 user too.
+    EXPECT_EQ(s.verify("tim", "tanstaaftanstaaf"), verdict::ok);
+    EXPECT_EQ(s.verify("tim", "tanstaaftanstaag"), verdict::fail);
+
+    const loaded_users bad = parse_users("tim:{CRAM-MD5}00\n", "users");
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.error.find("users:1: user \"tim\": malformed {CRAM-MD5} entry"),
+              std::string::npos)
+        << bad.error;
+    EXPECT_EQ(parse_scheme("cram-md5"), scheme::cram_md5);
+    EXPECT_EQ(scheme_name(scheme::cram_md5), "cram-md5");
 }
 
 }  // namespace

@@ -82,6 +82,16 @@ for name, args, stdin, user, password in good:
     expect(check_store(line, user, password + b"\n") == 0, f"{name}: store rejects the password")
     expect(check_store(line, user, password + b"x\n") == 1, f"{name}: store accepts a wrong one")
 
+# CRAM-MD5: the HMAC-MD5 key state, with a warning that it is equivalent to the password.
+r = run(["passwd", "tim", "--scheme", "cram-md5"], b"tanstaaftanstaaf\n")
+expect(r.returncode == 0, f"cram-md5: exit {r.returncode}, stderr {r.stderr!r}")
+expect(b"equivalent to the password" in r.stderr, f"cram-md5: no warning: {r.stderr!r}")
+cram_line = r.stdout.decode().strip()
+expect(re.fullmatch(r"tim:\{CRAM-MD5\}[0-9a-f]{64}", cram_line) is not None,
+       f"cram-md5: not a {{CRAM-MD5}} entry: {cram_line!r}")
+expect(check_store(cram_line, "tim", b"tanstaaftanstaaf\n") == 0, "cram-md5: store rejects it")
+expect(check_store(cram_line, "tim", b"tanstaaftanstaafx\n") == 1, "cram-md5: accepts a wrong one")
+
 # Refusals: (name, args, stdin, exit code)
 bad = [
     ("empty password", ["passwd", "alice"], b"\n", 1),

@@ -42,6 +42,8 @@ struct sasl_case {
 };
 
 const std::string user_challenge = "VXNlcm5hbWU6";
+const std::string cram_challenge = "<1896.697170952@postoffice.reston.mci.net>";
+const std::string cram_digest_hex = "b913a602c7eda7a495b4e6e7334d3890";
 const std::string password_challenge = "UGFzc3dvcmQ6";
 
 std::vector<sasl_case> cases() {
@@ -193,6 +195,50 @@ std::vector<sasl_case> cases() {
          {user_challenge, password_challenge},
          failed(501, "5.0.0")},
         {"login_bad_base64_user", mechanism::login, "dXNlcg=", {}, {}, failed(501, "5.5.2")},
+        // CRAM-MD5 (RFC 2195)
+        {"cram_rfc_2195",
+         mechanism::cram_md5,
+         std::nullopt,
+         {b64("tim " + cram_digest_hex)},
+         {b64(cram_challenge)},
+         creds("tim", cram_digest_hex)},
+        {"cram_user_with_a_space",
+         mechanism::cram_md5,
+         std::nullopt,
+         {b64("tim smith " + cram_digest_hex)},
+         {b64(cram_challenge)},
+         creds("tim smith", cram_digest_hex)},
+        {"cram_initial_response", mechanism::cram_md5, b64("tim"), {}, {}, failed(501, "5.5.2")},
+        {"cram_no_space",
+         mechanism::cram_md5,
+         std::nullopt,
+         {b64("tim" + cram_digest_hex)},
+         {b64(cram_challenge)},
+         failed(501, "5.5.2")},
+        {"cram_short_digest",
+         mechanism::cram_md5,
+         std::nullopt,
+         {b64("tim " + cram_digest_hex.substr(1))},
+         {b64(cram_challenge)},
+         failed(501, "5.5.2")},
+        {"cram_not_hex",
+         mechanism::cram_md5,
+         std::nullopt,
+         {b64("tim " + std::string(32, 'g'))},
+         {b64(cram_challenge)},
+         failed(501, "5.5.2")},
+        {"cram_empty_user",
+         mechanism::cram_md5,
+         std::nullopt,
+         {b64(" " + cram_digest_hex)},
+         {b64(cram_challenge)},
+         failed(535, "5.7.8")},
+        {"cram_cancel",
+         mechanism::cram_md5,
+         std::nullopt,
+         {"*"},
+         {b64(cram_challenge)},
+         failed(501, "5.0.0")},
         {"login_bad_base64_password",
          mechanism::login,
          std::nullopt,
@@ -206,7 +252,7 @@ class sasl_table : public ::testing::TestWithParam<sasl_case> {};
 
 TEST_P(sasl_table, exchange) {
     const sasl_case& c = GetParam();
-    sasl_server server(c.mech);
+    sasl_server server(c.mech, c.mech == mechanism::cram_md5 ? cram_challenge : std::string());
     std::optional<std::string_view> initial;
     if (c.initial)
         initial = *c.initial;
@@ -226,6 +272,8 @@ TEST_P(sasl_table, exchange) {
     if (step.what == sasl_step::kind::credentials) {
         EXPECT_EQ(step.creds.user, c.result.user);
         EXPECT_EQ(step.creds.password, c.result.password);
+        EXPECT_EQ(step.creds.cram_challenge,
+                  c.mech == mechanism::cram_md5 ? cram_challenge : std::string());
     } else {
         EXPECT_EQ(step.failure.code, c.result.code);
         EXPECT_EQ(step.failure.enhanced, c.result.enhanced);
@@ -259,7 +307,10 @@ TEST(sasl, parse_mechanism) {
     EXPECT_EQ(parse_mechanism("PLAIN"), mechanism::plain);
     EXPECT_EQ(parse_mechanism("plain"), mechanism::plain);
     EXPECT_EQ(parse_mechanism("Login"), mechanism::login);
-    EXPECT_EQ(parse_mechanism("CRAM-MD5"), std::nullopt);
+    EXPECT_EQ(parse_mechanism("CRAM-MD5"), mechanism::cram_md5);
+    EXPECT_EQ(parse_mechanism("cram-md5"), mechanism::cram_md5);
+    EXPECT_EQ(parse_mechanism("DIGEST-MD5"), std::nullopt);
+    EXPECT_EQ(mechanism_name(mechanism::cram_md5), "CRAM-MD5");
     EXPECT_EQ(parse_mechanism(""), std::nullopt);
     EXPECT_EQ(mechanism_name(mechanism::plain), "PLAIN");
     EXPECT_EQ(mechanism_name(mechanism::login), "LOGIN");
