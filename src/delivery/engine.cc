@@ -52,6 +52,9 @@ std::shared_ptr<message_view> make_view(const spool::stored_message& m) {
     v->eight_bit = m.env.body == mail::body_type::eight_bit_mime;
     v->smtputf8 = m.env.smtputf8;
     v->arrival = m.env.arrival_time;
+    v->ret = m.env.ret;
+    v->envid = m.env.envid;
+    v->rcpt_dsn = m.env.rcpt_params;
     std::string scratch;
     v->message_id = std::string(find_message_id(m.body, scratch));
     return v;
@@ -271,10 +274,15 @@ void engine::apply_notice(const queue::job_notice& n) {
     if (a.bounce) {
         auto dsn =
             spool_dsn(*sp, _host.own_spool(), *a.bounce, _settings.hostname, _host.unix_now());
-        if (dsn) {
+        if (dsn && *dsn) {
             log::info("{}: sender non-delivery notification: {} (to=<{}>, {} recipient(s))",
-                      spool::format_queue_id(a.bounce->id), spool::format_queue_id(*dsn),
+                      spool::format_queue_id(a.bounce->id), spool::format_queue_id(**dsn),
                       log::sanitize(a.bounce->sender), a.bounce->rcpts.size());
+        } else if (dsn) {
+            log::info(
+                "{}: no non-delivery notification: NOTIFY excludes it for every failed "
+                "recipient",
+                spool::format_queue_id(a.bounce->id));
         } else {
             log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(a.bounce->id),
                        dsn.error().message());
@@ -782,8 +790,12 @@ void engine::run_job(queue::run_job& a) {
         return;
     }
     j.view = vit->second.view;
-    for (auto r : j.job.rcpts)
+    for (auto r : j.job.rcpts) {
         j.rcpts.push_back(r < j.view->rcpts.size() ? j.view->rcpts[r] : std::string());
+        if (!j.view->rcpt_dsn.empty())
+            j.rcpt_dsn.push_back(r < j.view->rcpt_dsn.size() ? j.view->rcpt_dsn[r]
+                                                             : mail::rcpt_dsn{});
+    }
     mc.job = std::move(j);
     // A session still finishing its last transaction (an RSET after refused recipients) takes
     // the job when it is ready: on_ready. Closing it would throw a good session away.
@@ -802,6 +814,9 @@ void engine::start_job(conn& mc) {
     m.size = m.added_headers.size() + m.body.size();
     m.eight_bit = rj.view->eight_bit;
     m.smtputf8 = rj.view->smtputf8;
+    m.ret = rj.view->ret;
+    m.envid = rj.view->envid;
+    m.rcpt_dsn = rj.rcpt_dsn;
     mc.c->start(m);
 }
 

@@ -99,11 +99,41 @@ std::string build_dsn(const dsn_request& req) {
             break;
     }
 
+    // What comes back: the headers (text/rfc822-headers), or with RET=FULL the whole message
+    // (message/rfc822), already in transmission form.
+    std::string returned = headers;
+    if (req.return_full) {
+        returned.assign(req.original_added_headers);
+        returned.append(req.original_message);
+        if (!returned.empty() && !returned.ends_with("\r\n"))
+            returned += "\r\n";
+        for (unsigned n = 0;; ++n) {
+            boundary = "=_ringmail_" + token + "_" + std::to_string(n);
+            if (returned.find("--" + boundary) == std::string::npos)
+                break;
+        }
+    }
+    const dsn_action action = req.rcpts.empty() ? dsn_action::failed : req.rcpts.front().action;
+    for (const failed_recipient& r : req.rcpts) {
+        if (r.action != action)
+            core::invariant_broken("DSN with recipients of different actions");
+    }
+
     std::string out;
-    out.reserve(2048 + headers.size());
+    out.reserve(2048 + returned.size());
     line(out, "From: MAILER-DAEMON@" + host + " (Mail Delivery System)");
     line(out, "To: <" + clean(req.original_sender) + ">");
-    line(out, "Subject: Undelivered Mail Returned to Sender");
+    switch (action) {
+        case dsn_action::failed:
+            line(out, "Subject: Undelivered Mail Returned to Sender");
+            break;
+        case dsn_action::delayed:
+            line(out, "Subject: Delayed Mail (still being retried)");
+            break;
+        case dsn_action::relayed:
+            line(out, "Subject: Successful Mail Delivery Report");
+            break;
+    }
     line(out, "Date: " + core::rfc5322_date(req.now_unix));
     line(out, "Message-ID: <" + token + "@" + host + ">");
     line(out, "Auto-Submitted: auto-replied");
@@ -120,12 +150,37 @@ std::string build_dsn(const dsn_request& req) {
     line(out, "");
     line(out, "This is the mail system at " + host + ".");
     line(out, "");
-    line(out, "Your message could not be delivered to the recipients listed below.");
-    line(out, "A copy of its headers is attached.");
+    const char* what =
+        req.return_full ? "A copy of it is attached." : "A copy of its headers is attached.";
+    switch (action) {
+        case dsn_action::failed:
+            line(out, "Your message could not be delivered to the recipients listed below.");
+            break;
+        case dsn_action::delayed:
+            line(out, "Your message could not be delivered yet to the recipients listed below.");
+            line(out, "It is still being retried; you will hear again only if it fails.");
+            break;
+        case dsn_action::relayed:
+            line(out, "Your message was relayed to the recipients listed below, to a server that");
+            line(out, "does not send delivery notifications: this is the last report of it.");
+            break;
+    }
+    line(out, what);
     line(out, "");
     for (const failed_recipient& r : req.rcpts) {
-        std::string why = r.expired ? "gave up after the maximum time in the queue"
-                                    : "refused by the receiving server";
+        std::string why;
+        switch (action) {
+            case dsn_action::failed:
+                why = r.expired ? "gave up after the maximum time in the queue"
+                                : "refused by the receiving server";
+                break;
+            case dsn_action::delayed:
+                why = "not delivered yet";
+                break;
+            case dsn_action::relayed:
+                why = "relayed";
+                break;
+        }
         if (!r.diagnostic.empty()) {
             why += (r.remote_mta.empty() ? "" : " " + clean(r.remote_mta)) + ": " +
                    clean(r.diagnostic);
@@ -138,12 +193,18 @@ std::string build_dsn(const dsn_request& req) {
     line(out, "Content-Type: message/delivery-status");
     line(out, "Content-Description: Delivery report");
     line(out, "");
+    if (!req.original_envelope_id.empty())
+        line(out, "Original-Envelope-Id: " + clean(req.original_envelope_id));
     line(out, "Reporting-MTA: dns; " + host);
     line(out, "Arrival-Date: " + core::rfc5322_date(req.arrival_unix));
     for (const failed_recipient& r : req.rcpts) {
         line(out, "");
+        if (!r.original_recipient.empty())
+            line(out, "Original-Recipient: " + clean(r.original_recipient));
         line(out, "Final-Recipient: " + typed_address(r.address));
-        line(out, "Action: failed");
+        line(out, std::string("Action: ") + (action == dsn_action::failed    ? "failed"
+                                             : action == dsn_action::delayed ? "delayed"
+                                                                             : "relayed"));
         line(out, "Status: " + clean(r.status));
         if (!r.remote_mta.empty())
             line(out, "Remote-MTA: dns; " + clean(r.remote_mta));
@@ -153,10 +214,16 @@ std::string build_dsn(const dsn_request& req) {
     line(out, "");
 
     line(out, "--" + boundary);
-    line(out, "Content-Type: text/rfc822-headers");
-    line(out, "Content-Description: Undelivered Message Headers");
+    if (req.return_full) {
+        line(out, "Content-Type: message/rfc822");
+        line(out, "Content-Description: The Message");
+    } else {
+        line(out, "Content-Type: text/rfc822-headers");
+        line(out, action == dsn_action::failed ? "Content-Description: Undelivered Message Headers"
+                                               : "Content-Description: Message Headers");
+    }
     line(out, "");
-    out += headers;  // already transmission form: CRLF lines, dot-stuffed
+    out += returned;  // already transmission form: CRLF lines, dot-stuffed
     line(out, "");
     line(out, "--" + boundary + "--");
     return out;

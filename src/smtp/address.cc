@@ -1,6 +1,7 @@
 #include "ringmail/smtp/address.h"
 
 #include "ringmail/core/ascii.h"
+#include "ringmail/smtp/dsn_params.h"
 
 #include <arpa/inet.h>
 #include <cstring>
@@ -361,6 +362,21 @@ result<mail_parameters> parse_mail_parameters(std::string_view text) {
             if (mp.smtputf8)
                 return errc::duplicate_parameter;
             mp.smtputf8 = true;
+        } else if (equals_nocase(key, "RET")) {
+            if (mp.ret != mail::dsn_ret::unspecified)
+                return errc::duplicate_parameter;
+            if (equals_nocase(value, "FULL"))
+                mp.ret = mail::dsn_ret::full;
+            else if (equals_nocase(value, "HDRS"))
+                mp.ret = mail::dsn_ret::headers;
+            else
+                return errc::ret_syntax;
+        } else if (equals_nocase(key, "ENVID")) {
+            if (!mp.envid.empty())
+                return errc::duplicate_parameter;
+            if (!valid_envid(value))
+                return errc::envid_syntax;
+            mp.envid = value;
         } else {
             return errc::unknown_parameter;
         }
@@ -384,25 +400,55 @@ result<mail_from_command> parse_mail_from(std::string_view argument) {
     return mail_from_command{std::move(*p), *params};
 }
 
-result<path> parse_rcpt_to(std::string_view argument, bool smtputf8) {
+result<rcpt_to_command> parse_rcpt_to(std::string_view argument, bool smtputf8) {
     argument = skip_spaces(argument);
     std::string_view rest;
     auto p = parse_path(argument, path_kind::forward, &rest);
     if (!p)
-        return p;
+        return failure(p.error());
     if (!rest.empty() && rest.front() != ' ')
         return errc::path_syntax;
+    rcpt_to_command cmd;
+    bool seen_notify = false;
     rest = skip_spaces(rest);
-    if (!rest.empty()) {
+    while (!rest.empty()) {
+        const std::size_t end = rest.find(' ');
+        const std::string_view param = rest.substr(0, end);
+        rest = end == std::string_view::npos ? std::string_view{} : skip_spaces(rest.substr(end));
+        const std::size_t eq = param.find('=');
+        const std::string_view key = param.substr(0, eq);
         // Report a malformed parameter as such before calling it unknown.
-        std::string_view key = rest.substr(0, rest.find_first_of("= "));
-        if (key.empty())
+        if (key.empty() || !(is_alpha(key[0]) || is_digit(key[0])))
             return errc::parameter_syntax;
-        return errc::unknown_parameter;
+        for (unsigned char c : key) {
+            if (!(is_alpha(c) || is_digit(c) || c == '-'))
+                return errc::parameter_syntax;
+        }
+        const std::string_view value =
+            eq == std::string_view::npos ? std::string_view{} : param.substr(eq + 1);
+        if (equals_nocase(key, "NOTIFY")) {
+            if (seen_notify)
+                return errc::duplicate_parameter;
+            seen_notify = true;
+            auto bits = parse_notify(value);
+            if (!bits)
+                return errc::notify_syntax;
+            cmd.dsn.notify = *bits;
+        } else if (equals_nocase(key, "ORCPT")) {
+            if (!cmd.dsn.orcpt.empty())
+                return errc::duplicate_parameter;
+            if (!valid_orcpt(value))
+                return errc::orcpt_syntax;
+            cmd.dsn.orcpt = value;
+        } else {
+            return errc::unknown_parameter;
+        }
+        cmd.has_dsn = true;
     }
     if (p->utf8 && !smtputf8)
         return errc::utf8_needs_smtputf8;
-    return p;
+    cmd.forward_path = std::move(*p);
+    return cmd;
 }
 
 std::string domain_of(std::string_view address) {

@@ -2,6 +2,7 @@
 
 #include "ringmail/core/base64.h"
 #include "ringmail/core/panic.h"
+#include "ringmail/smtp/dsn_params.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -364,6 +365,8 @@ void client_session::on_ehlo(server_reply& reply) {
             _caps.chunking = true;
         } else if (keyword_is(line, "STARTTLS", nullptr)) {
             _caps.starttls = true;
+        } else if (keyword_is(line, "DSN", nullptr)) {
+            _caps.dsn = true;
         } else if (keyword_is(line, "ENHANCEDSTATUSCODES", nullptr)) {
             _caps.enhanced_status_codes = true;
         } else if (keyword_is(line, "AUTH", &param)) {
@@ -537,11 +540,27 @@ void client_session::append_mail_command() {
         params += " BODY=8BITMIME";
     if (_msg.smtputf8)
         params += " SMTPUTF8";
+    if (_caps.dsn) {
+        if (_msg.ret == mail::dsn_ret::full)
+            params += " RET=FULL";
+        else if (_msg.ret == mail::dsn_ret::headers)
+            params += " RET=HDRS";
+        if (!_msg.envid.empty())
+            params.append(" ENVID=").append(_msg.envid);
+    }
     send_command("MAIL FROM:<", _msg.mail_from, ">" + params);
 }
 
 void client_session::send_rcpt(std::uint32_t index) {
-    send_command("RCPT TO:<", _msg.rcpts[index], ">");
+    std::string params = ">";
+    if (_caps.dsn && index < _msg.rcpt_dsn.size()) {
+        const mail::rcpt_dsn& d = _msg.rcpt_dsn[index];
+        if (d.notify != 0)
+            params.append(" NOTIFY=").append(format_notify(d.notify));
+        if (!d.orcpt.empty())
+            params.append(" ORCPT=").append(d.orcpt);
+    }
+    send_command("RCPT TO:<", _msg.rcpts[index], params);
     _expected.push_back(expect{expect_kind::rcpt, index});
 }
 

@@ -42,6 +42,14 @@ class category final : public std::error_category {
                 return "BODY=BINARYMIME not supported";
             case errc::smtputf8_syntax:
                 return "SMTPUTF8 takes no value";
+            case errc::ret_syntax:
+                return "RET syntax error";
+            case errc::envid_syntax:
+                return "ENVID syntax error";
+            case errc::notify_syntax:
+                return "NOTIFY syntax error";
+            case errc::orcpt_syntax:
+                return "ORCPT syntax error";
             case errc::insufficient_storage:
                 return "insufficient storage";
         }

@@ -468,6 +468,7 @@ void server_session::cmd_ehlo(std::string_view arg, bool extended) {
     append_reply_line(_out, 250, true, "8BITMIME");
     append_reply_line(_out, 250, true, "SMTPUTF8");
     append_reply_line(_out, 250, true, "ENHANCEDSTATUSCODES");
+    append_reply_line(_out, 250, true, "DSN");
     const bool starttls = _config.tls_available && !_tls;
     const bool auth = auth_offered();
     append_reply_line(_out, 250, starttls || auth, "CHUNKING");
@@ -512,6 +513,11 @@ void server_session::cmd_mail(std::string_view arg) {
                 return reply(555, "5.5.4", "Error: BODY=BINARYMIME not supported");
             case errc::duplicate_parameter:
                 return reply(501, "5.5.4", "Error: duplicate MAIL parameter");
+            case errc::ret_syntax:
+                return reply(501, "5.5.4", "Error: RET must be FULL or HDRS");
+            case errc::envid_syntax:
+                return reply(501, "5.5.4",
+                             "Error: bad ENVID (xtext of printable ASCII, 100 at most)");
             default:
                 return reply(501, "5.5.4", "Error: bad MAIL parameter syntax");
         }
@@ -524,6 +530,8 @@ void server_session::cmd_mail(std::string_view arg) {
     _env.body = m->params.body;
     _env.smtputf8 = m->params.smtputf8;
     _env.declared_size = m->params.has_size ? m->params.size : 0;
+    _env.ret = m->params.ret;
+    _env.envid = std::move(m->params.envid);
     // RFC 3848 / RFC 6531 3.7.3: S for TLS, A for AUTH; HELO clients stay "SMTP".
     if (!_extended) {
         _env.protocol = "SMTP";
@@ -552,16 +560,25 @@ void server_session::cmd_rcpt(std::string_view arg) {
         if (ec == errc::utf8_needs_smtputf8) {
             return reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8");
         }
-        if (ec == errc::unknown_parameter) {
-            return reply(555, "5.5.4", "Error: unsupported RCPT parameter");
+        switch (static_cast<errc>(ec.value())) {
+            case errc::unknown_parameter:
+                return reply(555, "5.5.4", "Error: unsupported RCPT parameter");
+            case errc::duplicate_parameter:
+                return reply(501, "5.5.4", "Error: duplicate RCPT parameter");
+            case errc::notify_syntax:
+                return reply(501, "5.5.4",
+                             "Error: NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY");
+            case errc::orcpt_syntax:
+                return reply(501, "5.5.4", "Error: bad ORCPT (addr-type;xtext, 500 at most)");
+            default:
+                return reply(501, "5.5.4", "Error: bad RCPT parameter syntax");
         }
-        return reply(501, "5.5.4", "Error: bad RCPT parameter syntax");
     }
     if (_env.rcpt_to.size() >= _config.max_recipients) {
         return reply(452, "4.5.3", "Error: too many recipients");
     }
-    if (!p->postmaster && !relay_allowed()) {
-        std::string domain = domain_of(p->address);
+    if (!p->forward_path.postmaster && !relay_allowed()) {
+        std::string domain = domain_of(p->forward_path.address);
         bool ours = false;
         for (const auto& d : _config.relay_domains) {
             if (equals_nocase(d, domain)) {
@@ -572,7 +589,12 @@ void server_session::cmd_rcpt(std::string_view arg) {
         if (!ours)
             return reply(554, "5.7.1", "Error: relay access denied");
     }
-    _env.rcpt_to.push_back(std::move(p->address));
+    // rcpt_params stays empty until some recipient has DSN parameters, then one per recipient.
+    if (p->has_dsn && _env.rcpt_params.empty())
+        _env.rcpt_params.resize(_env.rcpt_to.size());
+    if (!_env.rcpt_params.empty())
+        _env.rcpt_params.push_back(std::move(p->dsn));
+    _env.rcpt_to.push_back(std::move(p->forward_path.address));
     reply(250, "2.1.5", "Ok");
 }
 
@@ -965,6 +987,9 @@ void server_session::reset_transaction() {
     _env.body = mail::body_type::unspecified;
     _env.smtputf8 = false;
     _env.declared_size = 0;
+    _env.ret = mail::dsn_ret::unspecified;
+    _env.envid.clear();
+    _env.rcpt_params.clear();
     _content_error = content_error::none;
     _scan = scan::line_start;
 }

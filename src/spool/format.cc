@@ -8,7 +8,10 @@ namespace ringmail::spool::format {
 
 namespace {
 
-constexpr std::uint8_t envelope_version = 1;
+// 1: no DSN parameters; 2: RET, ENVID and per-recipient NOTIFY/ORCPT follow the recipients.
+// Both are read, so a spool written before DSN recovers unchanged.
+constexpr std::uint8_t envelope_version_1 = 1;
+constexpr std::uint8_t envelope_version = 2;
 
 void put_str(std::string& out, std::string_view s) {
     char len[4];
@@ -83,6 +86,16 @@ std::string encode_envelope(const mail::envelope& e) {
     out.append(num, 4);
     for (const auto& r : e.rcpt_to)
         put_str(out, r);
+    out.push_back(char(e.ret));
+    put_str(out, e.envid);
+    const std::size_t dsn_count =
+        e.rcpt_params.size() == e.rcpt_to.size() ? e.rcpt_params.size() : 0;
+    put32(num, static_cast<std::uint32_t>(dsn_count));
+    out.append(num, 4);
+    for (std::size_t i = 0; i < dsn_count; ++i) {
+        out.push_back(char(e.rcpt_params[i].notify));
+        put_str(out, e.rcpt_params[i].orcpt);
+    }
     return out;
 }
 
@@ -92,9 +105,10 @@ result<mail::envelope> decode_envelope(std::string_view b) {
     std::uint8_t ver, body, utf8, pad;
     std::uint64_t size, arrival;
     std::uint32_t count;
-    if (!r.u8(ver) || ver != envelope_version || !r.u8(body) || body > 3 || !r.u8(utf8) ||
-        utf8 > 1 || !r.u8(pad) || !r.u64(size) || !r.u64(arrival) || !r.str(e.mail_from) ||
-        !r.str(e.helo_name) || !r.str(e.client_address) || !r.str(e.protocol) || !r.u32(count)) {
+    if (!r.u8(ver) || (ver != envelope_version && ver != envelope_version_1) || !r.u8(body) ||
+        body > 3 || !r.u8(utf8) || utf8 > 1 || !r.u8(pad) || !r.u64(size) || !r.u64(arrival) ||
+        !r.str(e.mail_from) || !r.str(e.helo_name) || !r.str(e.client_address) ||
+        !r.str(e.protocol) || !r.u32(count)) {
         return errc::corrupt;
     }
     // Each recipient takes at least its 4-byte length: bounds the reservation by the input.
@@ -108,6 +122,20 @@ result<mail::envelope> decode_envelope(std::string_view b) {
     for (auto& rc : e.rcpt_to) {
         if (!r.str(rc))
             return errc::corrupt;
+    }
+    if (ver >= 2) {
+        std::uint8_t ret;
+        std::uint32_t dsn_count;
+        if (!r.u8(ret) || ret > 2 || !r.str(e.envid) || !r.u32(dsn_count))
+            return errc::corrupt;
+        if (dsn_count != 0 && dsn_count != count)
+            return errc::corrupt;
+        e.ret = static_cast<mail::dsn_ret>(ret);
+        e.rcpt_params.resize(dsn_count);
+        for (auto& d : e.rcpt_params) {
+            if (!r.u8(d.notify) || d.notify > 15 || !r.str(d.orcpt))
+                return errc::corrupt;
+        }
     }
     if (!r.empty())
         return errc::corrupt;

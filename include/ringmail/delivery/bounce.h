@@ -13,14 +13,19 @@
 #include "ringmail/spool/spool.h"
 
 #include <cstdint>
+#include <optional>
 #include <string_view>
 
 namespace ringmail::delivery {
 
 // Builds the notice for `b` from the original in `original` and writes it into `into` (the
-// shard's own spool; finished with token 0, committed with the next batch).
-result<spool::queue_id> spool_dsn(spool::spool& original, spool::spool& into,
-                                  const queue::bounce_request& b, std::string_view reporting_mta,
-                                  std::int64_t now_unix);
+// shard's own spool; finished with token 0, committed with the next batch). The original's
+// DSN parameters (RFC 3461) shape it: recipients whose NOTIFY excludes this kind of notice are
+// left out, and when none is left nothing is spooled (nullopt); RET=FULL returns the whole
+// message; ENVID and ORCPT come back as Original-Envelope-Id and Original-Recipient.
+result<std::optional<spool::queue_id>> spool_dsn(spool::spool& original, spool::spool& into,
+                                                 const queue::bounce_request& b,
+                                                 std::string_view reporting_mta,
+                                                 std::int64_t now_unix);
 
 }  // namespace ringmail::delivery

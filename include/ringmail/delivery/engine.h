@@ -52,7 +52,7 @@ struct engine_settings {
     config::tls_policy tls = config::tls_policy::opportunistic;
     bool tls_verify = false;
     std::vector<config::domain_config> domains;  // [[domain]]: tls, tls_verify overrides
-    std::string hostname;                      // reporting MTA of DSNs
+    std::string hostname;                        // reporting MTA of DSNs
     std::chrono::milliseconds connect_timeout{30000};
     std::chrono::seconds idle_timeout{60};  // of parked sessions
     std::uint32_t max_messages_per_connection = 1000;
@@ -99,8 +99,9 @@ class engine final : private outbound::link_handler {
         std::uint64_t id = 0;
         queue::delivery_job job;
         std::shared_ptr<const message_view> view;
-        std::vector<std::string> rcpts;  // addresses, parallel to job.rcpts
-        bool started = false;            // false: waits for the link to be ready (RSET)
+        std::vector<std::string> rcpts;        // addresses, parallel to job.rcpts
+        std::vector<mail::rcpt_dsn> rcpt_dsn;  // empty, or parallel to job.rcpts
+        bool started = false;                  // false: waits for the link to be ready (RSET)
     };
     // One scheduler connection: a route lookup, then one link per address tried.
     struct conn {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "ringmail/core/mailbox.h"
+#include "ringmail/mail/envelope.h"
 #include "ringmail/queue/handoff.h"
 
 #include <cstdint>
@@ -30,6 +31,11 @@ struct message_view {
     bool smtputf8 = false;
     std::int64_t arrival = 0;
     std::string message_id;  // for the delivery log
+    // DSN (RFC 3461), passed on to a next hop that offers DSN. rcpt_dsn: empty or parallel to
+    // rcpts.
+    mail::dsn_ret ret = mail::dsn_ret::unspecified;
+    std::string envid;
+    std::vector<mail::rcpt_dsn> rcpt_dsn;
 };
 
 struct shard_message {

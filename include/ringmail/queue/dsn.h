@@ -1,5 +1,7 @@
 // RFC 3464 delivery status notifications: the bounce sent to the envelope sender when some
-// recipients of a message failed for good (5xx) or expired (max_lifetime).
+// recipients of a message failed for good (5xx) or expired (max_lifetime), and the notices a
+// sender asks for with RFC 3461 NOTIFY: delayed (still being retried) and relayed (handed to
+// a next hop that does not offer DSN). One notice holds recipients of one action.
 //
 // A pure function of its request; no shard affinity. The result is a complete message in
 // transmission form (CRLF lines, dot-stuffed, without the final ".\r\n"), ready to be spooled and
@@ -15,12 +17,18 @@
 
 namespace ringmail::queue {
 
+// RFC 3464 section 2.3.3 Action values ringmail reports.
+enum class dsn_action : std::uint8_t { failed, delayed, relayed };
+
 struct failed_recipient {
     std::string address;     // the original forward-path, without <>
-    std::string status;      // RFC 3463 "5.x.y"
+    std::string status;      // RFC 3463 "5.x.y" (4.x.y delayed, 2.x.y relayed)
     std::string remote_mta;  // host that answered, "" when unknown (no connection)
     std::string diagnostic;  // the SMTP reply ("550 5.1.1 no such user"), "" when none
     bool expired = false;    // gave up after max_lifetime rather than on a 5xx
+    dsn_action action = dsn_action::failed;
+    // ORCPT decoded from xtext ("rfc822;user@example.com"), "" when none: Original-Recipient.
+    std::string original_recipient;
 };
 
 struct dsn_request {
@@ -35,6 +43,10 @@ struct dsn_request {
     std::string_view original_message;
     std::string_view message_id_token;  // unique per DSN: Message-ID: <token@reporting_mta>
     std::size_t max_header_bytes = 64 * 1024;
+    // RET=FULL: the whole message comes back (message/rfc822) rather than its headers.
+    bool return_full = false;
+    // ENVID decoded from xtext, "" when none: Original-Envelope-Id.
+    std::string_view original_envelope_id;
 };
 
 std::string build_dsn(const dsn_request& request);

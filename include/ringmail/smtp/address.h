@@ -39,6 +39,8 @@ struct mail_parameters {
     std::uint64_t size = 0;  // SIZE= (RFC 1870)
     mail::body_type body = mail::body_type::unspecified;
     bool smtputf8 = false;
+    mail::dsn_ret ret = mail::dsn_ret::unspecified;  // RET= (RFC 3461)
+    std::string envid;                               // ENVID=, xtext as sent
 };
 
 struct mail_from_command {
@@ -49,9 +51,15 @@ struct mail_from_command {
 // `argument`: the text after "MAIL FROM:" (leading spaces tolerated).
 result<mail_from_command> parse_mail_from(std::string_view argument);
 
+struct rcpt_to_command {
+    path forward_path;
+    mail::rcpt_dsn dsn;  // NOTIFY=, ORCPT= (RFC 3461)
+    bool has_dsn = false;
+};
+
 // `argument`: the text after "RCPT TO:". `smtputf8`: the transaction's MAIL had SMTPUTF8.
-// No RCPT parameter is implemented, so any parameter is errc::unknown_parameter.
-result<path> parse_rcpt_to(std::string_view argument, bool smtputf8);
+// NOTIFY= and ORCPT= are the RCPT parameters we implement.
+result<rcpt_to_command> parse_rcpt_to(std::string_view argument, bool smtputf8);
 
 // Space-separated ESMTP parameters of MAIL (RFC 5321 4.1.2 Mail-parameters).
 result<mail_parameters> parse_mail_parameters(std::string_view text);

@@ -30,6 +30,7 @@
 //   transient). A peer that does not offer AUTH PLAIN fails it with 530 5.7.0.
 #pragma once
 
+#include "ringmail/mail/envelope.h"
 #include "ringmail/smtp/reply_parser.h"
 
 #include <chrono>
@@ -81,6 +82,7 @@ struct peer_capabilities {
     bool chunking = false;
     bool starttls = false;
     bool enhanced_status_codes = false;
+    bool dsn = false;         // RFC 3461
     bool auth_plain = false;  // "AUTH ... PLAIN ..." (or the old "AUTH=PLAIN")
     bool auth_login = false;
 };
@@ -95,6 +97,11 @@ struct outbound_message {
     std::uint64_t size = 0;  // for SIZE=
     bool eight_bit = false;
     bool smtputf8 = false;
+    // DSN parameters (RFC 3461), sent only to a server that offers DSN. rcpt_dsn: empty, or
+    // one per rcpts.
+    mail::dsn_ret ret = mail::dsn_ret::unspecified;
+    std::string_view envid;
+    std::span<const mail::rcpt_dsn> rcpt_dsn;
 };
 
 struct transaction_result {

@@ -29,6 +29,11 @@ enum class errc {
     body_syntax,             // BODY= not 7BIT / 8BITMIME / BINARYMIME
     binarymime_unsupported,  // BODY=BINARYMIME: we do not advertise it
     smtputf8_syntax,         // SMTPUTF8 with a value
+    // DSN parameters (RFC 3461).
+    ret_syntax,     // RET= not FULL / HDRS
+    envid_syntax,   // ENVID= not xtext of printable ASCII, or too long
+    notify_syntax,  // NOTIFY= not NEVER or a list of SUCCESS / FAILURE / DELAY
+    orcpt_syntax,   // ORCPT= not addr-type;xtext, or too long
     // Storage, reported by the daemon's transaction_sink.
     insufficient_storage,  // spool full: 452 4.3.1
 };

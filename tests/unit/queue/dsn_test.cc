@@ -19,8 +19,9 @@ const std::string message =
 
 std::vector<failed_recipient> failures() {
     return {
-        {"gone@b.org", "5.1.1", "mx.b.org", "550 5.1.1 no such user", false},
-        {"slow@c.org", "5.4.7", "", "", true},
+        {"gone@b.org", "5.1.1", "mx.b.org", "550 5.1.1 no such user", false, dsn_action::failed,
+         ""},
+        {"slow@c.org", "5.4.7", "", "", true, dsn_action::failed, ""},
     };
 }
 
@@ -206,8 +207,9 @@ TEST(dsn, message_without_body_and_boundary_collision) {
 }
 
 TEST(dsn, peer_text_cannot_inject_lines) {
-    std::vector<failed_recipient> rcpts = {
-        {"x@b.org", "5.0.0", "mx\r\nEvil: 1", "550 bad\r\nEvil: 2\x01\xff", false}};
+    std::vector<failed_recipient> rcpts = {{"x@b.org", "5.0.0", "mx\r\nEvil: 1",
+                                            "550 bad\r\nEvil: 2\x01\xff", false, dsn_action::failed,
+                                            ""}};
     std::string dsn = build_dsn(request(rcpts));
     for (const std::string& l : split_lines(dsn)) {
         EXPECT_FALSE(l.starts_with("Evil")) << l;
@@ -221,13 +223,64 @@ TEST(dsn, peer_text_cannot_inject_lines) {
 }
 
 TEST(dsn, generated_lines_are_dot_stuffed_and_utf8_addresses_typed) {
-    std::vector<failed_recipient> rcpts = {{".x@b.org", "5.1.1", "", "", false},
-                                           {"j\xc3\xb6rg@b.org", "5.1.1", "", "", false}};
+    std::vector<failed_recipient> rcpts = {
+        {".x@b.org", "5.1.1", "", "", false, dsn_action::failed, ""},
+        {"j\xc3\xb6rg@b.org", "5.1.1", "", "", false, dsn_action::failed, ""}};
     std::string dsn = build_dsn(request(rcpts));
     EXPECT_NE(dsn.find("\r\nFinal-Recipient: utf-8; j\xc3\xb6rg@b.org\r\n"), std::string::npos);
     for (const std::string& l : split_lines(dsn)) {
         EXPECT_TRUE(!l.starts_with(".") || l.starts_with("..")) << l;
     }
+}
+
+TEST(dsn, ret_full_returns_the_whole_message) {
+    auto rcpts = failures();
+    dsn_request r = request(rcpts);
+    r.return_full = true;
+    parsed p = parse(build_dsn(r));
+    ASSERT_EQ(p.parts.size(), 3u);
+    EXPECT_EQ(p.parts[2].headers["Content-Type"], "message/rfc822");
+    EXPECT_TRUE(contains(p.parts[2].body, "Subject: test"));
+    EXPECT_TRUE(contains(p.parts[2].body, "body line"));
+    EXPECT_TRUE(contains(p.parts[2].body, "..dotted"));  // still transmission form
+}
+
+TEST(dsn, envid_and_orcpt_come_back) {
+    std::vector<failed_recipient> rcpts = {{"gone@b.org", "5.1.1", "mx.b.org",
+                                            "550 5.1.1 no such user", false, dsn_action::failed,
+                                            "rfc822;orig+x@b.org"}};
+    dsn_request r = request(rcpts);
+    r.original_envelope_id = "QQ314159";
+    std::string dsn = build_dsn(r);
+    EXPECT_NE(dsn.find("\r\nOriginal-Envelope-Id: QQ314159\r\nReporting-MTA: dns; "),
+              std::string::npos);
+    EXPECT_NE(dsn.find("\r\nOriginal-Recipient: rfc822;orig+x@b.org\r\n"
+                       "Final-Recipient: rfc822; gone@b.org\r\nAction: failed\r\n"),
+              std::string::npos)
+        << dsn;
+}
+
+TEST(dsn, delayed_and_relayed_notices) {
+    std::vector<failed_recipient> delayed = {
+        {"late@b.org", "4.4.1", "mx.b.org", "421 4.4.1 try later", false, dsn_action::delayed, ""}};
+    std::string d = build_dsn(request(delayed));
+    EXPECT_NE(d.find("Subject: Delayed Mail (still being retried)\r\n"), std::string::npos);
+    EXPECT_NE(d.find("\r\nAction: delayed\r\nStatus: 4.4.1\r\n"), std::string::npos);
+    std::vector<failed_recipient> relayed = {
+        {"ok@b.org", "2.0.0", "mx.b.org", "250 2.0.0 queued", false, dsn_action::relayed, ""}};
+    std::string s = build_dsn(request(relayed));
+    EXPECT_NE(s.find("Subject: Successful Mail Delivery Report\r\n"), std::string::npos);
+    EXPECT_NE(s.find("\r\nAction: relayed\r\nStatus: 2.0.0\r\n"), std::string::npos);
+    parsed p = parse(s);
+    EXPECT_EQ(p.parts.size(), 3u);
+}
+
+TEST(dsn_death, one_action_per_notice) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    std::vector<failed_recipient> mixed = {
+        {"a@b.org", "5.1.1", "", "", false, dsn_action::failed, ""},
+        {"b@b.org", "4.4.1", "", "", false, dsn_action::delayed, ""}};
+    EXPECT_DEATH(build_dsn(request(mixed)), "different actions");
 }
 
 TEST(dsn_death, null_sender_aborts) {

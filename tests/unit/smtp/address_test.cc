@@ -187,10 +187,10 @@ TEST_P(rcpt_to_test, parses) {
     auto r = parse_rcpt_to(c.arg, c.smtputf8);
     if (c.error == 0) {
         ASSERT_TRUE(r.has_value()) << r.error().message();
-        EXPECT_EQ(r->address, c.address);
-        EXPECT_EQ(r->postmaster, c.postmaster);
+        EXPECT_EQ(r->forward_path.address, c.address);
+        EXPECT_EQ(r->forward_path.postmaster, c.postmaster);
     } else {
-        ASSERT_FALSE(r.has_value()) << "accepted: " << r->address;
+        ASSERT_FALSE(r.has_value()) << "accepted: " << r->forward_path.address;
         EXPECT_EQ(r.error(), make_error_code(static_cast<errc>(c.error))) << r.error().message();
     }
 }
@@ -206,9 +206,13 @@ INSTANTIATE_TEST_SUITE_P(
                       rcpt_case{"<\xe7\x94\xa8@x.test>", false, e(errc::utf8_needs_smtputf8), ""},
                       rcpt_case{"<\xe7\x94@x.test>", true, e(errc::invalid_utf8), ""},
                       rcpt_case{"<>", false, e(errc::null_path_not_allowed), ""},
-                      rcpt_case{"<postmaster> NOTIFY=NEVER", false, e(errc::unknown_parameter), ""},
-                      rcpt_case{"<a@b.test> ORCPT=rfc822;a@b.test", false,
-                                e(errc::unknown_parameter), ""},
+                      rcpt_case{"<postmaster> NOTIFY=NEVER", false, ok, "postmaster", true},
+                      rcpt_case{"<a@b.test> ORCPT=rfc822;a@b.test", false, ok, "a@b.test"},
+                      rcpt_case{"<a@b.test> NOTIFY=NEVER,DELAY", false, e(errc::notify_syntax), ""},
+                      rcpt_case{"<a@b.test> NOTIFY=DELAY NOTIFY=DELAY", false,
+                                e(errc::duplicate_parameter), ""},
+                      rcpt_case{"<a@b.test> ORCPT=a@b.test", false, e(errc::orcpt_syntax), ""},
+                      rcpt_case{"<a@b.test> FOO=1", false, e(errc::unknown_parameter), ""},
                       rcpt_case{"<a@b.test> =x", false, e(errc::parameter_syntax), ""},
                       rcpt_case{"<a@b.test>x", false, e(errc::path_syntax), ""},
                       rcpt_case{"a@b.test", false, e(errc::path_syntax), ""}));

@@ -111,6 +111,36 @@ TEST(client_session, happy_path_lock_step_exact_bytes) {
     EXPECT_EQ(h.s.current_timeout(), 0s);
 }
 
+TEST(client_session, dsn_parameters_go_only_to_a_server_that_offers_dsn) {
+    const std::vector<mail::rcpt_dsn> dsn{
+        {mail::notify::success | mail::notify::failure, "rfc822;orig+2Bb@example.org"},
+        {0, ""},
+    };
+    for (bool offered : {true, false}) {
+        SCOPED_TRACE(offered);
+        harness h;
+        h.connect(offered ? "250-mx.example.test\r\n250-PIPELINING\r\n250 DSN\r\n"
+                          : "250-mx.example.test\r\n250 PIPELINING\r\n");
+        EXPECT_EQ(h.s.capabilities().dsn, offered);
+        outbound_message m = h.message();
+        m.ret = mail::dsn_ret::headers;
+        m.envid = "QQ314159";
+        m.rcpt_dsn = dsn;
+        h.s.start_transaction(m);
+        if (offered) {
+            EXPECT_EQ(h.drain(),
+                      "MAIL FROM:<a@example.com> RET=HDRS ENVID=QQ314159\r\n"
+                      "RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE "
+                      "ORCPT=rfc822;orig+2Bb@example.org\r\n"
+                      "RCPT TO:<c@example.org>\r\nDATA\r\n");
+        } else {
+            EXPECT_EQ(h.drain(),
+                      "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n"
+                      "RCPT TO:<c@example.org>\r\nDATA\r\n");
+        }
+    }
+}
+
 TEST(client_session, happy_path_pipelining_one_flight) {
     harness h;
     h.connect(ehlo_pipelining);

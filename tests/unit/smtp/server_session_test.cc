@@ -271,7 +271,7 @@ outcome run_all(const server_config& cfg, std::string_view input, bool relay_all
 const std::string greeting = "220 mx.test ESMTP ringmail\r\n";
 const std::string ehlo_reply =
     "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-    "250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n";
+    "250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 CHUNKING\r\n";
 const std::string envelope_in = "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\n";
 const std::string envelope_out = greeting + ehlo_reply + "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n";
 
@@ -369,7 +369,8 @@ TEST(server_session, syntax_errors) {
                      "RCPT TO:<>\r\n"
                      "RCPT TO:<b@-bad.test>\r\n"
                      "RCPT TO:<\xc3\xa9@local.test>\r\n"
-                     "RCPT TO:<b@local.test> NOTIFY=NEVER\r\n"
+                     "RCPT TO:<b@local.test> FOO=1\r\n"
+                     "RCPT TO:<b@local.test> NOTIFY=BOGUS\r\n"
                      "RCPT FROM:<b@local.test>\r\n"
                      "DATA now\r\n");
     EXPECT_EQ(o.output, greeting + "501 5.5.4 Syntax: EHLO hostname\r\n" + ehlo_reply +
@@ -386,8 +387,34 @@ TEST(server_session, syntax_errors) {
                             "501 5.1.3 Error: bad domain syntax\r\n"
                             "553 5.6.7 Error: non-ASCII address requires SMTPUTF8\r\n"
                             "555 5.5.4 Error: unsupported RCPT parameter\r\n"
+                            "501 5.5.4 Error: NOTIFY must be NEVER or a list of SUCCESS, "
+                            "FAILURE, DELAY\r\n"
                             "501 5.5.4 Syntax: RCPT TO:<address>\r\n"
                             "501 5.5.4 Syntax: DATA\r\n");
+}
+
+TEST(server_session, dsn_parameters_travel_with_the_envelope) {
+    auto cfg = test_config();
+    auto o = run_all(cfg,
+                     "EHLO c.test\r\nMAIL FROM:<a@x.test> RET=HDRS ENVID=QQ314159+2Bx\r\n"
+                     "RCPT TO:<b@local.test>\r\n"
+                     "RCPT TO:<c@local.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;C+40local.test\r\n"
+                     "RCPT TO:<d@local.test> NOTIFY=NEVER\r\n"
+                     "DATA\r\nx\r\n.\r\n"
+                     "MAIL FROM:<a@x.test> RET=FULL\r\nRCPT TO:<e@local.test>\r\nRSET\r\n"
+                     "MAIL FROM:<a@x.test> RET=ALL\r\n"
+                     "MAIL FROM:<a@x.test> ENVID=a+ZZ\r\n");
+    EXPECT_NE(o.output.find("250-DSN\r\n"), std::string::npos);
+    EXPECT_NE(o.output.find("501 5.5.4 Error: RET must be FULL or HDRS\r\n"), std::string::npos)
+        << o.output;
+    EXPECT_NE(o.output.find("501 5.5.4 Error: bad ENVID"), std::string::npos) << o.output;
+    EXPECT_EQ(o.last_env.ret, mail::dsn_ret::headers);
+    EXPECT_EQ(o.last_env.envid, "QQ314159+2Bx");
+    ASSERT_EQ(o.last_env.rcpt_params.size(), 3u);
+    EXPECT_EQ(o.last_env.rcpt_params[0], mail::rcpt_dsn{});
+    EXPECT_EQ(o.last_env.rcpt_params[1].notify, mail::notify::success | mail::notify::delay);
+    EXPECT_EQ(o.last_env.rcpt_params[1].orcpt, "rfc822;C+40local.test");
+    EXPECT_EQ(o.last_env.rcpt_params[2].notify, mail::notify::never);
 }
 
 TEST(server_session, smtputf8_transaction) {

@@ -420,3 +420,42 @@ TEST(spool, second_open_of_a_shard_dir_is_refused) {
 
 }  // namespace
 }  // namespace ringmail::spool
+
+// The envelope record, version 2 (DSN parameters) and version 1 (before DSN) side by side.
+#include "../../../src/spool/format.h"
+
+namespace ringmail::spool {
+namespace {
+
+TEST(envelope_format, dsn_parameters_round_trip_and_version_1_still_reads) {
+    mail::envelope e = test::make_envelope(4, 2);  // i % 3 == 1: has DSN parameters
+    ASSERT_TRUE(e.has_dsn());
+    auto back = format::decode_envelope(format::encode_envelope(e));
+    ASSERT_TRUE(back);
+    test::expect_envelope_eq(*back, e);
+
+    // A version 1 record is a version 2 one without its DSN tail (RET, ENVID, count).
+    mail::envelope plain = test::make_envelope(3, 2);
+    ASSERT_FALSE(plain.has_dsn());
+    std::string v1 = format::encode_envelope(plain);
+    v1.resize(v1.size() - (1 + 4 + 4));
+    v1[0] = 1;
+    auto old = format::decode_envelope(v1);
+    ASSERT_TRUE(old) << old.error().message();
+    test::expect_envelope_eq(*old, plain);
+
+    // Per-recipient parameters must cover every recipient or none.
+    mail::envelope odd = e;
+    odd.rcpt_params.pop_back();
+    auto none = format::decode_envelope(format::encode_envelope(odd));
+    ASSERT_TRUE(none);
+    EXPECT_TRUE(none->rcpt_params.empty());
+    std::string bad = format::encode_envelope(e);
+    bad[bad.size() - 1] ^= 0x7f;  // inside the last ORCPT: still well formed
+    EXPECT_TRUE(format::decode_envelope(bad));
+    bad.push_back('x');
+    EXPECT_FALSE(format::decode_envelope(bad));
+}
+
+}  // namespace
+}  // namespace ringmail::spool

@@ -45,6 +45,16 @@ inline mail::envelope make_envelope(int i, int rcpts = 2) {
     e.client_address = "192.0.2." + std::to_string(i % 250);
     e.protocol = i % 3 == 0 ? "ESMTPS" : "ESMTP";
     e.arrival_time = 1700000000 + i;
+    if (i % 3 == 1) {  // DSN parameters on some messages (RFC 3461)
+        e.ret = i % 2 == 0 ? mail::dsn_ret::full : mail::dsn_ret::headers;
+        e.envid = "env+2B" + std::to_string(i);
+        for (int r = 0; r < rcpts; ++r) {
+            e.rcpt_params.push_back(mail::rcpt_dsn{
+                std::uint8_t(r == 0 ? mail::notify::never
+                                    : mail::notify::success | mail::notify::failure),
+                r == 0 ? std::string() : "rfc822;orig" + std::to_string(r) + "@dest.test"});
+        }
+    }
     return e;
 }
 
@@ -74,6 +84,9 @@ inline void expect_envelope_eq(const mail::envelope& a, const mail::envelope& b)
     EXPECT_EQ(a.client_address, b.client_address);
     EXPECT_EQ(a.protocol, b.protocol);
     EXPECT_EQ(a.arrival_time, b.arrival_time);
+    EXPECT_EQ(a.ret, b.ret);
+    EXPECT_EQ(a.envid, b.envid);
+    EXPECT_EQ(a.rcpt_params, b.rcpt_params);
 }
 
 // begin + append in chunks of `step` bytes + finish.
