@@ -683,6 +683,18 @@ const field<delivery_config> delivery_fields[] = {
      [](table_reader& r, std::string_view k, delivery_config& d) {
          read_duration(r, k, d.max_lifetime);
      }},
+    {{"delivery", "delay_warning", "duration or \"\"", "\"4h\"",
+      "age of a deferred recipient that gets one delay notice (RFC 3461); \"\" = none"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         const toml::node* n = r.take(k);
+         if (n == nullptr)
+             return;
+         if (const auto* str = n->as_string(); str && str->get().empty()) {
+             d.delay_warning = std::chrono::seconds(0);
+             return;
+         }
+         duration_value(r.ctx(), *n, r.key(k), d.delay_warning);
+     }},
     {{"delivery", "connect_timeout", "duration", "\"30s\"",
       "time to establish an outbound connection"},
      [](table_reader& r, std::string_view k, delivery_config& d) {

@@ -118,6 +118,7 @@ engine_settings make_settings(const config::settings& cfg, unsigned shard, unsig
     s.tls_verify = d.tls_verify;
     s.domains = cfg.domains;
     s.hostname = cfg.server.hostname;
+    s.delay_warning = d.delay_warning;
     s.connect_timeout = d.connect_timeout;
     s.idle_timeout = d.idle_timeout;
     s.max_messages_per_connection = d.max_messages_per_connection;
@@ -126,7 +127,11 @@ engine_settings make_settings(const config::settings& cfg, unsigned shard, unsig
 }
 
 engine::engine(host& h, outbound::network& net, engine_settings settings)
-    : _host(h), _net(net), _settings(std::move(settings)), _sched(_settings.scheduler) {
+    : _host(h),
+      _net(net),
+      _settings(std::move(settings)),
+      _sched(_settings.scheduler),
+      _ledger(500000, _settings.delay_warning) {
     _host.set_quiet(false);
 }
 
@@ -264,29 +269,16 @@ void engine::apply_notice(const queue::job_notice& n) {
                       spool::format_queue_id(n.queue_id), log::sanitize(lm->rcpts[n.rcpts[i]]));
         }
     }
-    auto a = _ledger.apply(n);
+    auto a = _ledger.apply(n, _host.unix_now());
     if (!sp)
         return;
     for (auto [i, o] : a.outcomes)
         sp->record_rcpt(n.queue_id, i, o);
     if (a.retry)
         sp->record_attempt(n.queue_id, a.retry->attempts, a.retry->next_attempt);
-    if (a.bounce) {
-        auto dsn =
-            spool_dsn(*sp, _host.own_spool(), *a.bounce, _settings.hostname, _host.unix_now());
-        if (dsn && *dsn) {
-            log::info("{}: sender non-delivery notification: {} (to=<{}>, {} recipient(s))",
-                      spool::format_queue_id(a.bounce->id), spool::format_queue_id(**dsn),
-                      log::sanitize(a.bounce->sender), a.bounce->rcpts.size());
-        } else if (dsn) {
-            log::info(
-                "{}: no non-delivery notification: NOTIFY excludes it for every failed "
-                "recipient",
-                spool::format_queue_id(a.bounce->id));
-        } else {
-            log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(a.bounce->id),
-                       dsn.error().message());
-        }
+    for (const auto* notice : {&a.bounce, &a.relayed, &a.delayed}) {
+        if (*notice)
+            send_notice(*sp, **notice);
     }
     if (a.null_sender_failure) {
         // RFC 5321 6.1: never a notification about a notification (or any null-sender mail).
@@ -803,6 +795,26 @@ void engine::run_job(queue::run_job& a) {
         start_job(mc);
 }
 
+void engine::send_notice(spool::spool& sp, const queue::bounce_request& b) {
+    const char* what = "non-delivery";
+    if (!b.rcpts.empty() && b.rcpts.front().action == queue::dsn_action::relayed)
+        what = "relayed";
+    else if (!b.rcpts.empty() && b.rcpts.front().action == queue::dsn_action::delayed)
+        what = "delay";
+    auto dsn = spool_dsn(sp, _host.own_spool(), b, _settings.hostname, _host.unix_now());
+    if (dsn && *dsn) {
+        log::info("{}: sender {} notification: {} (to=<{}>, {} recipient(s))",
+                  spool::format_queue_id(b.id), what, spool::format_queue_id(**dsn),
+                  log::sanitize(b.sender), b.rcpts.size());
+    } else if (dsn) {
+        log::info("{}: no {} notification: NOTIFY excludes it for every recipient concerned",
+                  spool::format_queue_id(b.id), what);
+    } else {
+        log::error("{}: cannot spool its {} notification: {}", spool::format_queue_id(b.id), what,
+                   dsn.error().message());
+    }
+}
+
 void engine::start_job(conn& mc) {
     running_job& rj = *mc.job;
     rj.started = true;
@@ -884,6 +896,10 @@ void engine::on_transaction(outbound::link& c, const smtp::transaction_result& r
             text += ", tls";
         notes.push_back(tx_note{j.job.rcpts[i], t.host, t.ip, std::move(text)});
         results.push_back(queue::rcpt_result{j.job.rcpts[i], st, nullptr});
+        // RFC 3461 5.2.2: a next hop without DSN ends the chain of reports here.
+        if (st == queue::rcpt_status::delivered && i < j.rcpt_dsn.size() && !c.capabilities().dsn &&
+            mail::wants_notice(j.rcpt_dsn[i], mail::notify::success))
+            results.back().relayed_notice = true;
     }
     for (std::size_t i = 0; i < results.size(); ++i)
         results[i].reply = &replies[i];

@@ -39,7 +39,38 @@ const ledger_message* origin_ledger::find(spool::queue_id id) const {
     return it == _entries.end() ? nullptr : &it->second.m;
 }
 
-ledger_actions origin_ledger::apply(const queue::job_notice& n) {
+namespace {
+
+queue::failed_recipient notice_entry(const std::string& address, const queue::attempt_reply* reply,
+                                     queue::dsn_action action, std::string_view fallback) {
+    queue::failed_recipient f;
+    f.address = address;
+    f.action = action;
+    if (reply) {
+        f.remote_mta = reply->remote_mta;
+        if (reply->code != 0)
+            f.diagnostic = reply->to_string();
+        f.status = reply->enhanced;
+    }
+    const char cls = action == queue::dsn_action::relayed ? '2' : '4';
+    if (f.status.empty() || f.status[0] != cls)
+        f.status = std::string(fallback);
+    return f;
+}
+
+queue::bounce_request notice_for(const ledger_message& m,
+                                 std::vector<queue::failed_recipient> rcpts) {
+    queue::bounce_request b;
+    b.id = m.id;
+    b.sender = m.sender;
+    b.arrival = m.arrival;
+    b.rcpts = std::move(rcpts);
+    return b;
+}
+
+}  // namespace
+
+ledger_actions origin_ledger::apply(const queue::job_notice& n, std::int64_t now_unix) {
     _oncore.check();
     ledger_actions a;
     auto it = _entries.find(n.queue_id);
@@ -50,6 +81,10 @@ ledger_actions origin_ledger::apply(const queue::job_notice& n) {
     entry& e = it->second;
     e.m.attempts = std::max(e.m.attempts, n.attempts);
     bool any_deferred = false;
+    std::vector<queue::failed_recipient> relayed;
+    std::vector<queue::failed_recipient> delayed;
+    const bool warn_delays = _delay_warning.count() > 0 && now_unix != 0 && !e.m.sender.empty() &&
+                             now_unix - e.m.arrival >= _delay_warning.count();
     for (std::size_t i = 0; i < n.rcpts.size(); ++i) {
         std::uint16_t r = n.rcpts[i];
         if (r >= e.m.state.size() || e.m.state[r] != queue::rcpt_state::pending) {
@@ -70,6 +105,12 @@ ledger_actions origin_ledger::apply(const queue::job_notice& n) {
                 e.m.state[r] = queue::rcpt_state::delivered;
                 a.outcomes.emplace_back(r, spool::outcome::delivered);
                 --e.pending;
+                if (n.detail && !e.m.sender.empty() &&
+                    std::find(n.detail->relayed.begin(), n.detail->relayed.end(), r) !=
+                        n.detail->relayed.end()) {
+                    relayed.push_back(
+                        notice_entry(e.m.rcpts[r], reply, queue::dsn_action::relayed, "2.0.0"));
+                }
                 break;
             case queue::rcpt_status::failed:
             case queue::rcpt_status::expired: {
@@ -101,9 +142,21 @@ ledger_actions origin_ledger::apply(const queue::job_notice& n) {
             }
             case queue::rcpt_status::deferred:
                 any_deferred = true;
+                if (warn_delays) {
+                    e.delay_noticed.resize(e.m.rcpts.size(), false);
+                    if (!e.delay_noticed[r]) {
+                        e.delay_noticed[r] = true;
+                        delayed.push_back(
+                            notice_entry(e.m.rcpts[r], reply, queue::dsn_action::delayed, "4.0.0"));
+                    }
+                }
                 break;
         }
     }
+    if (!relayed.empty())
+        a.relayed = notice_for(e.m, std::move(relayed));
+    if (!delayed.empty())
+        a.delayed = notice_for(e.m, std::move(delayed));
     if (e.pending == 0) {
         a.done = true;
         if (!e.failed.empty()) {

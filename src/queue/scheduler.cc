@@ -381,10 +381,12 @@ void scheduler::finish_job(dest& d, delivery_job job, std::span<const rcpt_resul
     for (std::uint16_t r : job.rcpts) {
         rcpt_status st = rcpt_status::deferred;
         const attempt_reply* reply = all;
+        bool relayed = false;
         for (const auto& res : results) {
             if (res.rcpt == r) {
                 st = res.status;
                 reply = res.reply;
+                relayed = res.relayed_notice && st == rcpt_status::delivered;
                 break;
             }
         }
@@ -394,10 +396,12 @@ void scheduler::finish_job(dest& d, delivery_job job, std::span<const rcpt_resul
         n.rcpts.push_back(r);
         if (st == rcpt_status::deferred)
             again.push_back(r);
-        if (st != rcpt_status::delivered && reply) {
+        if ((st != rcpt_status::delivered || relayed) && reply) {
             if (!n.detail)
                 n.detail = std::make_unique<notice_detail>();
             n.detail->replies.emplace_back(r, *reply);
+            if (relayed)
+                n.detail->relayed.push_back(r);
         }
     }
     if (!again.empty()) {

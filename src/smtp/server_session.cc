@@ -590,10 +590,10 @@ void server_session::cmd_rcpt(std::string_view arg) {
             return reply(554, "5.7.1", "Error: relay access denied");
     }
     // rcpt_params stays empty until some recipient has DSN parameters, then one per recipient.
-    if (p->has_dsn && _env.rcpt_params.empty())
+    if (p->has_dsn || !_env.rcpt_params.empty()) {
         _env.rcpt_params.resize(_env.rcpt_to.size());
-    if (!_env.rcpt_params.empty())
         _env.rcpt_params.push_back(std::move(p->dsn));
+    }
     _env.rcpt_to.push_back(std::move(p->forward_path.address));
     reply(250, "2.1.5", "Ok");
 }

@@ -414,6 +414,7 @@ class Transaction:
     peer: tuple
     accepted: bool  # False if the sink answered the end of data with 4xx/5xx
     tls: bool = False  # the transaction came over STARTTLS
+    rcpt_params: list = dataclasses.field(default_factory=list)  # per rcpt, its parameters
 
 
 _PATH_RE = re.compile(rb"^(?:MAIL FROM|RCPT TO):\s*<([^>]*)>\s*(.*)$", re.IGNORECASE | re.DOTALL)
@@ -454,8 +455,10 @@ class SmtpSink:
         tempfail_rcpts: dict[str, int] | None = None,
         max_line: int = 1 << 20,
         tls_context: Any = None,
+        dsn: bool = False,
     ) -> None:
-        """tls_context: an ssl.SSLContext (server side): STARTTLS is offered and served."""
+        """tls_context: an ssl.SSLContext (server side): STARTTLS is offered and served.
+        dsn: offer DSN (RFC 3461) in EHLO; the parameters are recorded, never acted on."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -473,6 +476,7 @@ class SmtpSink:
         self.tempfail_rcpts = dict(tempfail_rcpts or {})
         self.max_line = max_line
         self.tls_context = tls_context
+        self.dsn = dsn
         self._rcpt_attempts: dict[str, int] = {}
 
         self._cond = threading.Condition()
@@ -601,6 +605,8 @@ class SmtpSink:
             caps.append("SMTPUTF8")
         caps.append(f"SIZE {self.size_limit}")
         caps.append("ENHANCEDSTATUSCODES")
+        if self.dsn:
+            caps.append("DSN")
         if self.tls_context is not None and not in_tls:
             caps.append("STARTTLS")
         lines = [f"250-{c}" for c in caps[:-1]] + [f"250 {caps[-1]}"]
@@ -613,6 +619,7 @@ class SmtpSink:
         in_tls = False
         mail: tuple[str, list[str]] | None = None
         rcpts: list[str] = []
+        rcpt_params: list[list[str]] = []
         try:
             conn.sendall(f"220 {self.hostname} ESMTP test sink\r\n".encode())
             while True:
@@ -664,7 +671,7 @@ class SmtpSink:
                             elif size > self.size_limit:
                                 out += b"552 5.3.4 message too big\r\n"
                             else:
-                                mail, rcpts = parsed, []
+                                mail, rcpts, rcpt_params = parsed, [], []
                                 out += b"250 2.1.0 ok\r\n"
                     elif verb == b"RCPT":
                         parsed = _split_path(line)
@@ -676,6 +683,7 @@ class SmtpSink:
                             reply = self._rcpt_reply(parsed[0])
                             if reply is None:
                                 rcpts.append(parsed[0])
+                                rcpt_params.append(list(parsed[1]))
                                 out += b"250 2.1.5 ok\r\n"
                             else:
                                 out += reply.encode() + b"\r\n"
@@ -689,8 +697,8 @@ class SmtpSink:
                         raw = self._read_data(conn, buf)
                         if raw is None:
                             return
-                        out += self._finish(mail, rcpts, raw, helo, peer, in_tls)
-                        mail, rcpts = None, []
+                        out += self._finish(mail, rcpts, raw, helo, peer, in_tls, rcpt_params)
+                        mail, rcpts, rcpt_params = None, [], []
                     elif verb == b"RSET":
                         mail, rcpts = None, []
                         out += b"250 2.0.0 ok\r\n"
@@ -752,7 +760,8 @@ class SmtpSink:
                 return None
             buf += chunk
 
-    def _finish(self, mail, rcpts, raw: bytes, helo: str, peer, tls: bool = False) -> bytes:
+    def _finish(self, mail, rcpts, raw: bytes, helo: str, peer, tls: bool = False,
+                rcpt_params: list | None = None) -> bytes:
         with self._cond:
             self._attempts += 1
             accepted = self._attempts > self.tempfail_first
@@ -767,6 +776,7 @@ class SmtpSink:
                     peer=peer,
                     accepted=accepted,
                     tls=tls,
+                    rcpt_params=list(rcpt_params or []),
                 )
             )
             self._cond.notify_all()

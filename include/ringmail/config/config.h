@@ -92,6 +92,7 @@ struct delivery_config {
     std::uint16_t mx_port = 25;
     std::vector<std::chrono::seconds> retry_schedule;  // non-empty; the last interval repeats
     std::chrono::seconds max_lifetime{5 * 86400};
+    std::chrono::seconds delay_warning{4 * 3600};  // 0: no delay notices
     std::chrono::seconds connect_timeout{30};
     std::uint32_t max_connections = 32;  // per shard: to the smarthost, or all MX connections
     // MX routing: connections to one destination (routing domain) over all shards, unless

@@ -59,6 +59,9 @@ struct engine_settings {
     std::uint32_t max_connections = 32;  // this shard, all destinations
     std::size_t max_messages = 500000;   // in the ledger: then new mail gets 452
     std::size_t max_targets = 10;        // addresses tried per attempt, over all hosts
+    // A deferred recipient this old gets one "Action: delayed" notice (NOTIFY permitting);
+    // 0 = never.
+    std::chrono::seconds delay_warning{4 * 3600};
 };
 
 engine_settings make_settings(const config::settings& cfg, unsigned shard, unsigned shards,
@@ -156,6 +159,9 @@ class engine final : private outbound::link_handler {
     void on_transaction(outbound::link& c, const smtp::transaction_result& r) override;
     void on_failed(outbound::link& c, const smtp::server_reply& why) override;
     void on_closed(outbound::link& c) override;
+
+    // Spools one notice (failure, relayed or delayed) about a message of `sp`; logs either way.
+    void send_notice(spool::spool& sp, const queue::bounce_request& b);
 
     core::oncore _oncore;
     host& _host;

@@ -1,7 +1,8 @@
 // The origin shard's record of the messages it spooled while their recipients are delivered by
 // the owners of their destinations (whatever the route: MX, a [[domain]] route, the smarthost):
 // per-recipient state, what to journal when a job_notice comes back, and when to send the one
-// DSN a message gets.
+// DSN a message gets for its failed recipients, the notices of relayed recipients (NOTIFY=
+// SUCCESS to a hop without DSN) and the one delay notice per recipient (after delay_warning).
 //
 // Owned by the origin shard (core::oncore checked). A pure state machine: notices in, journal
 // actions out; the engine applies them to the spool (record_rcpt, record_attempt, spool the
@@ -16,6 +17,7 @@
 #include "ringmail/queue/outcome.h"
 #include "ringmail/spool/spool.h"
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -39,19 +41,25 @@ struct ledger_message {
 struct ledger_actions {
     std::vector<std::pair<std::uint32_t, spool::outcome>> outcomes;  // recipient, final state
     std::optional<queue::retry_record> retry;                        // some recipient still pending
-    std::optional<queue::bounce_request> bounce;
-    bool done = false;                 // no recipient pending: record_done
-    bool null_sender_failure = false;  // failures that get no DSN (null sender)
+    std::optional<queue::bounce_request> bounce;   // failed recipients, once all are final
+    std::optional<queue::bounce_request> relayed;  // delivered to a hop without DSN
+    std::optional<queue::bounce_request> delayed;  // deferred past delay_warning, once each
+    bool done = false;                             // no recipient pending: record_done
+    bool null_sender_failure = false;              // failures that get no DSN (null sender)
 };
 
 class origin_ledger {
   public:
-    explicit origin_ledger(std::size_t max_messages = 500000) : _max(max_messages) {}
+    // delay_warning: age of a deferred recipient that gets a delay notice; 0 = never.
+    explicit origin_ledger(std::size_t max_messages = 500000,
+                           std::chrono::seconds delay_warning = std::chrono::seconds(0))
+        : _max(max_messages), _delay_warning(delay_warning) {}
 
     // errc::queue_full past max_messages; a message without pending recipient is refused
     // (no_recipients).
     result<void> add(ledger_message m);
-    ledger_actions apply(const queue::job_notice& n);
+    // now_unix: the time the delay warning is measured against (0: no delay notices).
+    ledger_actions apply(const queue::job_notice& n, std::int64_t now_unix = 0);
 
     const ledger_message* find(spool::queue_id id) const;
     std::size_t size() const noexcept { return _entries.size(); }
@@ -63,10 +71,12 @@ class origin_ledger {
         ledger_message m;
         std::uint32_t pending = 0;
         std::vector<queue::failed_recipient> failed;  // for the DSN, in the order they failed
+        std::vector<bool> delay_noticed;  // per recipient (this process's life: not journaled)
     };
 
     core::oncore _oncore;
     std::size_t _max;
+    std::chrono::seconds _delay_warning;
     std::unordered_map<spool::queue_id, entry> _entries;
     std::uint64_t _stale = 0;
 };

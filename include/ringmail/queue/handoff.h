@@ -131,6 +131,9 @@ enum class rcpt_status : std::uint8_t { delivered, failed, deferred, expired };
 // Replies worth journaling / reporting (everything but 2xx), only allocated when there are any.
 struct notice_detail {
     std::vector<std::pair<std::uint16_t, attempt_reply>> replies;  // recipient index, reply
+    // Delivered recipients whose sender asked NOTIFY=SUCCESS, to a next hop that does not
+    // offer DSN (their replies are in `replies`): the origin sends an "Action: relayed" notice.
+    std::vector<std::uint16_t> relayed;
 };
 
 // To the origin: what happened to some recipients of one of its messages. delivered and failed

@@ -89,6 +89,9 @@ struct rcpt_result {
     std::uint16_t rcpt = 0;
     rcpt_status status = rcpt_status::deferred;  // delivered, failed (5xx) or deferred (4xx)
     const attempt_reply* reply = nullptr;        // copied into the notice unless delivered
+    // Delivered to a hop without DSN while NOTIFY asked SUCCESS: the reply goes into the
+    // notice too, marked relayed (RFC 3461 5.2.2).
+    bool relayed_notice = false;
 };
 
 struct scheduler_counts {

@@ -148,5 +148,60 @@ TEST(OriginLedger, BoundsAndRefusals) {
     EXPECT_FALSE(a.done);
 }
 
+TEST(OriginLedger, RelayedRecipientsGetANoticeAtOnce) {
+    origin_ledger l;
+    ASSERT_TRUE(l.add(msg(20, "s@a.test", 2)));
+    auto n = notice(20,
+                    {{0, rcpt_status::delivered, reply(250, "2.0.0", "queued")},
+                     {1, rcpt_status::deferred, reply(451, "4.3.0", "later")}},
+                    1, 2000);
+    n.detail->relayed.push_back(0);
+    auto a = l.apply(n);
+    ASSERT_TRUE(a.relayed);
+    ASSERT_EQ(a.relayed->rcpts.size(), 1u);
+    EXPECT_EQ(a.relayed->rcpts[0].address, "r0@example.test");
+    EXPECT_EQ(a.relayed->rcpts[0].action, queue::dsn_action::relayed);
+    EXPECT_EQ(a.relayed->rcpts[0].status, "2.0.0");
+    EXPECT_EQ(a.relayed->rcpts[0].diagnostic, "250 2.0.0 queued");
+    EXPECT_FALSE(a.bounce);
+    EXPECT_FALSE(a.delayed) << "no delay warning configured";
+}
+
+TEST(OriginLedger, OneDelayNoticePerRecipientPastTheWarning) {
+    origin_ledger l(100, std::chrono::seconds(3600));
+    ASSERT_TRUE(l.add(msg(21, "s@a.test", 2)));  // arrival 1000
+    auto young =
+        l.apply(notice(21, {{0, rcpt_status::deferred, reply(451, "4.4.1", "busy")}}, 1, 2000),
+                1000 + 3599);
+    EXPECT_FALSE(young.delayed);
+    auto old = l.apply(notice(21,
+                              {{0, rcpt_status::deferred, reply(451, "4.4.1", "busy")},
+                               {1, rcpt_status::deferred, reply(421, "", "bye")}},
+                              2, 3000),
+                       1000 + 3600);
+    ASSERT_TRUE(old.delayed);
+    ASSERT_EQ(old.delayed->rcpts.size(), 2u);
+    EXPECT_EQ(old.delayed->rcpts[0].action, queue::dsn_action::delayed);
+    EXPECT_EQ(old.delayed->rcpts[0].status, "4.4.1");
+    EXPECT_EQ(old.delayed->rcpts[1].status, "4.0.0");  // no enhanced code: a generic one
+    auto again =
+        l.apply(notice(21, {{0, rcpt_status::deferred, reply(451, "4.4.1", "busy")}}, 3, 4000),
+                1000 + 7200);
+    EXPECT_FALSE(again.delayed) << "once per recipient";
+}
+
+TEST(OriginLedger, NoNoticesForTheNullSender) {
+    origin_ledger l(100, std::chrono::seconds(1));
+    ASSERT_TRUE(l.add(msg(22, "", 2)));
+    auto n = notice(22,
+                    {{0, rcpt_status::delivered, reply(250, "2.0.0", "ok")},
+                     {1, rcpt_status::deferred, reply(451, "4.4.1", "busy")}},
+                    1, 2000);
+    n.detail->relayed.push_back(0);
+    auto a = l.apply(n, 5000);
+    EXPECT_FALSE(a.relayed);
+    EXPECT_FALSE(a.delayed);
+}
+
 }  // namespace
 }  // namespace ringmail::delivery

@@ -415,6 +415,15 @@ TEST(server_session, dsn_parameters_travel_with_the_envelope) {
     EXPECT_EQ(o.last_env.rcpt_params[1].notify, mail::notify::success | mail::notify::delay);
     EXPECT_EQ(o.last_env.rcpt_params[1].orcpt, "rfc822;C+40local.test");
     EXPECT_EQ(o.last_env.rcpt_params[2].notify, mail::notify::never);
+
+    // The first recipient's parameters count too.
+    auto first = run_all(cfg,
+                         "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n"
+                         "RCPT TO:<b@local.test> NOTIFY=DELAY\r\nRCPT TO:<c@local.test>\r\n"
+                         "DATA\r\nx\r\n.\r\n");
+    ASSERT_EQ(first.last_env.rcpt_params.size(), 2u);
+    EXPECT_EQ(first.last_env.rcpt_params[0].notify, mail::notify::delay);
+    EXPECT_EQ(first.last_env.rcpt_params[1], mail::rcpt_dsn{});
 }
 
 TEST(server_session, smtputf8_transaction) {
