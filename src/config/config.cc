@@ -839,11 +839,11 @@ const field<auth_config> auth_fields[] = {
     {{"auth", "users_file", "path", "\"\"", "\"user:hash\" lines for SMTP AUTH; \"\" = no AUTH"},
      [](table_reader& r, std::string_view k, auth_config& a) { read_string(r, k, a.users_file); }},
     {{"auth", "max_failures", "integer", "5",
-      "failed AUTH per client address within failure_window"},
+      "failed AUTH per client address within failure_window, all shards together"},
      [](table_reader& r, std::string_view k, auth_config& a) {
-         read_uint(r, k, a.max_failures, 1, 1000000);
+         read_uint(r, k, a.max_failures, 1, 10000);
      }},
-    {{"auth", "failure_window", "duration", "\"5m\"", "the window of max_failures"},
+    {{"auth", "failure_window", "duration", "\"5m\"", "the window of max_failures (at most 30 days)"},
      [](table_reader& r, std::string_view k, auth_config& a) {
          read_duration(r, k, a.failure_window);
      }},

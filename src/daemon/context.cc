@@ -126,6 +126,12 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
         }
         ctx.verifier = std::move(*v);
     }
+    auth::failure_limiter_options lo;
+    lo.max_failures = cfg.auth.max_failures;
+    lo.window = cfg.auth.failure_window;
+    // As many addresses as the per-shard tables of old held together, and at least 16384.
+    lo.max_entries = std::max<std::size_t>(16384, std::size_t{4096} * ctx.shards);
+    ctx.auth_limiter = std::make_unique<auth::failure_limiter>(lo);
     ctx.cfg = std::move(cfg);
     return ctx;
 }

@@ -48,13 +48,6 @@ class refusal final {
     core::member_completion<refusal, &refusal::on_sent> _op{this};
 };
 
-auth::failure_limiter_options limiter_options(const config::auth_config& a) {
-    auth::failure_limiter_options o;
-    o.max_failures = a.max_failures;
-    o.window = a.failure_window;
-    return o;
-}
-
 }  // namespace
 
 void shard::spool_slot::on_written(int res, std::uint32_t) {
@@ -62,9 +55,7 @@ void shard::spool_slot::on_written(int res, std::uint32_t) {
 }
 
 shard::shard(unsigned id, const daemon_context& ctx)
-    : core::shard_base(id, shard_options_for(ctx)),
-      _ctx(ctx),
-      _auth_limiter(limiter_options(ctx.cfg.auth)) {
+    : core::shard_base(id, shard_options_for(ctx)), _ctx(ctx) {
     _engine_timer.owner = this;
     _now_source = [this] { return ring().now(); };
 }

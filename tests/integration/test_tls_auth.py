@@ -7,6 +7,7 @@ Certificates are made at test time with the openssl CLI, the users file with
 
 import base64
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -221,6 +222,49 @@ class TlsAuthTest(unittest.TestCase):
             self.assertIn("4.7.0", text)
             with self.assertRaises((ConnectionError, OSError)):
                 c.cmd("NOOP")
+
+    def shard_of(self, port: int) -> str | None:
+        """The shard that logged the connection from 127.0.0.3:port."""
+        m = re.search(rf"shard=(\d+) info: connect from 127\.0\.0\.3:{port} ",
+                      self.daemon.log_text())
+        return m.group(1) if m else None
+
+    def auth_once(self, password: str) -> tuple[int, str, str | None]:
+        """One connection from 127.0.0.3 with one AUTH PLAIN: (code, text, shard)."""
+        with Raw(self.submission_port, source="127.0.0.3") as c:
+            port = c.sock.getsockname()[1]
+            self.assertEqual(c.read_reply()[0], 220)
+            c.cmd("EHLO client.test")
+            c.starttls()
+            c.cmd("EHLO client.test")
+            code, text = c.cmd("AUTH PLAIN " + plain_b64(USER, password))
+        harness.wait_until(lambda: self.shard_of(port) is not None, harness.scaled(5))
+        return code, text, self.shard_of(port)
+
+    def test_limiter_counts_all_shards_together(self):
+        # Issue 12: one limit per address for the daemon, not per shard. Each failure on its
+        # own connection (SO_REUSEPORT spreads them over the 2 shards); after max_failures (3)
+        # the right password is refused on every shard.
+        failed_on = set()
+        for i in range(3):
+            code, text, shard = self.auth_once(f"wrong{i}")
+            self.assertEqual(code, 535, text)
+            failed_on.add(shard)
+        refused_on = set()
+        tries = 0
+        while refused_on != {"0", "1"} or tries < 6:
+            self.assertLess(tries, 40, f"the connections landed on shards {refused_on} only")
+            code, text, shard = self.auth_once(PASSWORD)
+            self.assertEqual(code, 421, f"right password accepted on shard {shard} after the "
+                             f"lockout (failures on shards {failed_on}): {text}")
+            self.assertIn("4.7.0", text)
+            refused_on.add(shard)
+            tries += 1
+        # Another address is not affected.
+        with smtplib.SMTP(harness.LOOPBACK, self.submission_port,
+                          timeout=harness.scaled(20)) as s:
+            s.starttls(context=client_context())
+            s.login(USER, PASSWORD)
 
     def test_smtps_garbage_closes_that_connection_only(self):
         with socket.create_connection((harness.LOOPBACK, self.smtps_port),

@@ -122,7 +122,7 @@ struct domain_config {
 
 struct auth_config {
     std::string users_file;          // "user:hash" lines; empty = no AUTH anywhere
-    std::uint32_t max_failures = 5;  // per client IP within failure_window, then 421
+    std::uint32_t max_failures = 5;  // per client IP within failure_window (all shards), then 421
     std::chrono::seconds failure_window{5 * 60};
     std::uint32_t verify_threads = 1;  // slow hashes are verified off the shard threads
     bool enabled() const noexcept { return !users_file.empty(); }

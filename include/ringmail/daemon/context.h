@@ -1,7 +1,7 @@
 // The daemon's wiring: what every shard reads and nobody writes once the shards run — the
 // parsed configuration and the values derived from it at start-up (parsed listener endpoints,
 // per-listener session settings, which spool directories each shard owns, the TLS credentials
-// and ticket key, the AUTH verifier, the rings between the delivery engines).
+// and ticket key, the AUTH verifier and failure limiter, the rings between the delivery engines).
 //
 // Built on the main thread before the shards start, destroyed after they are joined; shards
 // hold a const reference. Building it fails with one clear message (bad endpoint, a
@@ -10,6 +10,7 @@
 #pragma once
 
 #include "ringmail/auth/credential_store.h"
+#include "ringmail/auth/failure_limiter.h"
 #include "ringmail/auth/verifier.h"
 #include "ringmail/config/config.h"
 #include "ringmail/core/mailbox.h"
@@ -68,6 +69,9 @@ struct daemon_context {
     // Password verification off the shard threads; null without [auth] users_file. Shards use
     // their own rings in it (submit/poll with their id); the main thread calls reload().
     std::unique_ptr<auth::verifier> verifier;
+    // One failed-AUTH count per client address for the whole daemon (a table of atomic words:
+    // the shards share it without a lock). Always present; used only where AUTH is offered.
+    std::unique_ptr<auth::failure_limiter> auth_limiter;
 };
 
 // Derives everything from `cfg` (loads certificates and the users file, starts the verifier's
@@ -76,10 +80,12 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
 
 // Start-up, --check-config and SIGHUP (main thread): reads and checks every listener's
 // certificate/key pairs. nullopt with `why` naming the listener and the file on failure.
-std::optional<tls_credentials_set> load_tls_credentials(const config::settings& cfg, std::string& why);
+std::optional<tls_credentials_set> load_tls_credentials(const config::settings& cfg,
+                                                        std::string& why);
 
 // The same for `[auth] users_file` (a store without users when AUTH is off).
-std::shared_ptr<const auth::credential_store> load_users(const config::settings& cfg, std::string& why);
+std::shared_ptr<const auth::credential_store> load_users(const config::settings& cfg,
+                                                         std::string& why);
 
 // What --check-config verifies beyond the parser, without binding or touching the spool:
 // listener features this build lacks, certificates, the users file. `why` on failure.

@@ -55,7 +55,7 @@ class shard final : public core::shard_base, public reception::host, public deli
         return _tls_contexts[index];
     }
     void count_tls_failure() noexcept override { ++_tls_failures; }
-    auth::failure_limiter& auth_limiter() noexcept override { return _auth_limiter; }
+    auth::failure_limiter& auth_limiter() noexcept override { return *_ctx.auth_limiter; }
     auth::verifier* verifier() noexcept override { return _ctx.verifier.get(); }
     const std::string& hostname() const noexcept override { return _ctx.cfg.server.hostname; }
     std::int64_t unix_now() const noexcept override;
@@ -128,7 +128,6 @@ class shard final : public core::shard_base, public reception::host, public deli
     std::vector<std::shared_ptr<const tls::server_context>> _tls_contexts;  // per listener
     std::shared_ptr<const tls_credentials_set> _tls_seen;  // what _tls_contexts were built from
     std::uint64_t _tls_failures = 0;                       // handshakes failed or timed out
-    auth::failure_limiter _auth_limiter;
     std::uint64_t _auth_buf = 0;
     bool _auth_armed = false;
     core::member_completion<shard, &shard::on_auth_ready> _auth_op{this};

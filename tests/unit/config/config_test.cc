@@ -281,7 +281,7 @@ const bad_case bad_cases[] = {
     {"auth_unknown", "[auth]\nuser_file = \"x\"\n" + listener_with(""),
      "auth.user_file: unknown key"},
     {"auth_failures_zero", "[auth]\nmax_failures = 0\n" + listener_with(""),
-     "auth.max_failures: must be between 1 and 1000000, got 0"},
+     "auth.max_failures: must be between 1 and 10000, got 0"},
     {"delivery_tls_value", "[delivery]\ntls = \"always\"\n" + listener_with(""),
      "delivery.tls: expected \"none\", \"opportunistic\" or \"required\", got \"always\""},
     {"domain_table", "domain = 5\n" + listener_with(""),
