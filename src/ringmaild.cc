@@ -2,10 +2,10 @@
 //
 // The main thread only starts and stops shards: it blocks the shutdown signals (every shard
 // inherits the mask), waits for them with sigwaitinfo and asks each shard to drain. Start-up
-// failures (bad config, spool locked, address in use, io_uring unusable, a certificate or
-// users file that does not load) print one clear message and exit non-zero. SIGHUP reloads
-// the certificates and the users file here, on the main thread; a reload that fails is logged
-// and the running ones stay.
+// failures (bad config, spool locked, a listen address in use or served by another process,
+// io_uring unusable, a certificate or users file that does not load) print one clear message
+// and exit non-zero. SIGHUP reloads the certificates and the users file here, on the main
+// thread; a reload that fails is logged and the running ones stay.
 #include "ringmail/config/config.h"
 #include "ringmail/core/log.h"
 #include "ringmail/core/shard_runner.h"
@@ -81,6 +81,13 @@ int serve(ringmail::config::settings cfg) {
     std::string why;
     auto ctx = ringmail::daemon::make_context(std::move(cfg), why);
     if (!ctx) {
+        std::fprintf(stderr, "ringmaild: %s\n", why.c_str());
+        return 1;
+    }
+    // One daemon per listen address: SO_REUSEPORT would let a second one share it silently.
+    // The claims are held (open) until the process exits.
+    std::vector<int> claims;
+    if (!ringmail::daemon::claim_listen_addresses(*ctx, claims, why)) {
         std::fprintf(stderr, "ringmaild: %s\n", why.c_str());
         return 1;
     }
@@ -172,8 +179,8 @@ int main(int argc, char** argv) {
         return check_config(check_path);
 
     ringmail::config::parsed_config parsed =
-        config_path.empty() ? ringmail::config::parse_config(ringmail::config::default_config_toml(),
-                                                           "<embedded default>")
+        config_path.empty() ? ringmail::config::parse_config(
+                                  ringmail::config::default_config_toml(), "<embedded default>")
                             : ringmail::config::load_config_file(config_path);
     if (!parsed) {
         std::fprintf(stderr, "ringmaild: %s\n", parsed.error.c_str());

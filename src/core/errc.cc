@@ -26,6 +26,11 @@ class category final : public std::error_category {
                 return "port missing or outside 0..65535";
             case errc::bad_address_family:
                 return "unsupported address family (only IPv4 and IPv6)";
+            case errc::address_listened:
+                return "another process already listens on this address (or on a wildcard "
+                       "address covering it)";
+            case errc::address_claimed:
+                return "another ringmaild already listens on this address";
         }
         return "unknown ringmail.core error";
     }

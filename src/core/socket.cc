@@ -2,10 +2,13 @@
 
 #include "ringmail/core/errc.h"
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <netinet/tcp.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 namespace ringmail::core {
@@ -194,6 +197,54 @@ result<int> make_listener(const endpoint& ep, int backlog) {
     if (::listen(fd, backlog) != 0)
         return fail({errno, std::system_category()});
     return fd;
+}
+
+result<int> claim_endpoint(const endpoint& ep) {
+    if (ep.family() != AF_INET && ep.family() != AF_INET6)
+        return failure(errc::bad_address_family);
+    if (ep.port() == 0)
+        return -1;
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return sys_failure(errno);
+    sockaddr_un un{};
+    un.sun_family = AF_UNIX;
+    // Abstract namespace: a leading NUL, then the name (not NUL-terminated; its length counts).
+    const std::string name = "ringmaild listen " + to_string(ep);
+    const std::size_t n = std::min(name.size(), sizeof un.sun_path - 1);
+    std::memcpy(un.sun_path + 1, name.data(), n);
+    const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + n);
+    if (::bind(fd, reinterpret_cast<const sockaddr*>(&un), len) != 0) {
+        const int err = errno;
+        ::close(fd);
+        return err == EADDRINUSE ? failure(errc::address_claimed) : sys_failure(err);
+    }
+    return fd;
+}
+
+result<void> probe_unshared(const endpoint& ep) {
+    if (ep.family() != AF_INET && ep.family() != AF_INET6)
+        return failure(errc::bad_address_family);
+    if (ep.port() == 0)
+        return {};
+    int fd = ::socket(ep.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0)
+        return sys_failure(errno);
+    auto done = [fd](result<void> r) {
+        ::close(fd);
+        return r;
+    };
+    if (auto r = set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1); !r)
+        return done(r);
+    if (ep.family() == AF_INET6) {
+        if (auto r = set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1); !r)
+            return done(r);
+    }
+    if (::bind(fd, ep.addr(), ep.len) != 0) {
+        const int err = errno;
+        return done(err == EADDRINUSE ? failure(errc::address_listened) : sys_failure(err));
+    }
+    return done({});
 }
 
 result<int> make_tcp_socket(int family) {

@@ -136,6 +136,30 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
     return ctx;
 }
 
+bool claim_listen_addresses(const daemon_context& ctx, std::vector<int>& claims, std::string& why) {
+    std::vector<core::endpoint> done;
+    for (const auto& l : ctx.listeners) {
+        // The same address twice in one configuration is this daemon's own business.
+        if (std::find(done.begin(), done.end(), l.endpoint) != done.end())
+            continue;
+        done.push_back(l.endpoint);
+        auto claim = core::claim_endpoint(l.endpoint);
+        if (!claim) {
+            why = fmt::format("listen[{}].address \"{}\": {}", l.index,
+                              ctx.cfg.listen[l.index].address, claim.error().message());
+            return false;
+        }
+        if (*claim >= 0)
+            claims.push_back(*claim);
+        if (auto probe = core::probe_unshared(l.endpoint); !probe) {
+            why = fmt::format("listen[{}].address \"{}\": {}", l.index,
+                              ctx.cfg.listen[l.index].address, probe.error().message());
+            return false;
+        }
+    }
+    return true;
+}
+
 std::optional<tls_credentials_set> load_tls_credentials(const config::settings& cfg,
                                                         std::string& why) {
     tls_credentials_set set;

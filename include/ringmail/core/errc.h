@@ -17,6 +17,8 @@ enum class errc {
     bad_endpoint,          // "ip:port" text does not parse
     bad_port,              // port missing, not a number or outside 0..65535
     bad_address_family,    // sockaddr family other than AF_INET/AF_INET6
+    address_listened,      // another socket already listens on (an address overlapping) it
+    address_claimed,       // another ringmaild holds this listen address
 };
 
 const std::error_category& core_category() noexcept;

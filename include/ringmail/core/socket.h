@@ -72,6 +72,24 @@ result<endpoint> peer_endpoint(int fd);
 // the kernel spreads connections), IPV6_V6ONLY for IPv6, close-on-exec. Blocking mode is
 // left on: the ring never blocks on it.
 result<int> make_listener(const endpoint& ep, int backlog);
+// Start-up checks that this process is the only one serving `ep` (issue 12: SO_REUSEPORT lets a
+// second daemon of the same user bind the same address and silently take a share of the
+// connections). Both are made on the main thread before any shard binds; port 0 (an
+// ephemeral port) passes both untouched.
+//
+// claim_endpoint: binds an abstract AF_UNIX socket named after the address ("ringmaild listen
+// " + to_string(ep)) and returns its fd, to be kept open for the life of the process (the
+// kernel frees the name when the process dies, so it is never stale). errc::address_claimed
+// when another ringmaild in this network namespace holds it; race-free between two daemons
+// started at once.
+result<int> claim_endpoint(const endpoint& ep);
+// probe_unshared: binds a TCP socket to `ep` without SO_REUSEPORT (with SO_REUSEADDR, so
+// connections in TIME_WAIT do not count), never listens, closes it. The kernel refuses the bind
+// when any socket listens on an overlapping address: the same one, the wildcard of its family
+// (0.0.0.0 or [::]), a dual-stack [::]; or, for a wildcard `ep`, any address of the family:
+// errc::address_listened. Catches other programs, and daemons the claim cannot see.
+result<void> probe_unshared(const endpoint& ep);
+
 // Unconnected TCP socket (close-on-exec) for a ring connect.
 result<int> make_tcp_socket(int family);
 result<void> set_nodelay(int fd, bool on = true);

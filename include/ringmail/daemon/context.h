@@ -87,6 +87,11 @@ std::optional<tls_credentials_set> load_tls_credentials(const config::settings& 
 std::shared_ptr<const auth::credential_store> load_users(const config::settings& cfg,
                                                          std::string& why);
 
+// Start-up (main thread, before any shard binds): makes sure no other process serves a listen
+// address (core::claim_endpoint, then core::probe_unshared). The claims go to `claims` and
+// must stay open while the daemon runs. false with `why` naming the listener and its address.
+bool claim_listen_addresses(const daemon_context& ctx, std::vector<int>& claims, std::string& why);
+
 // What --check-config verifies beyond the parser, without binding or touching the spool:
 // listener features this build lacks, certificates, the users file. `why` on failure.
 bool check_context(const config::settings& cfg, std::string& why);

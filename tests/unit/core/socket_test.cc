@@ -147,6 +147,94 @@ TEST(socket, errors_carry_a_reason) {
     EXPECT_EQ(in_use.error().value(), EADDRNOTAVAIL);
 }
 
+endpoint with_port(const char* ip, std::uint16_t port) {
+    return parse_endpoint(std::string(ip) + ":" + std::to_string(port)).value();
+}
+
+// The start-up probe: any socket listening on an overlapping address is found, a
+// non-overlapping one is not, and nothing is left bound.
+TEST(socket, probe_finds_a_listener_on_an_overlapping_address) {
+    auto l = make_listener(parse_endpoint("127.0.0.1:0").value(), 8);
+    ASSERT_TRUE(l.has_value()) << l.error().message();
+    const std::uint16_t port = local_endpoint(*l).value().port();
+
+    const auto listened = make_error_code(errc::address_listened);
+    auto same = probe_unshared(with_port("127.0.0.1", port));
+    ASSERT_FALSE(same.has_value());
+    EXPECT_EQ(same.error(), listened);
+    // The IPv4 wildcard covers 127.0.0.1 (bound only, never listening: nothing exposed).
+    auto wildcard = probe_unshared(with_port("0.0.0.0", port));
+    ASSERT_FALSE(wildcard.has_value());
+    EXPECT_EQ(wildcard.error(), listened);
+    // Another loopback address with the same port does not overlap.
+    EXPECT_TRUE(probe_unshared(with_port("127.0.0.2", port)).has_value());
+    // Nor does IPv6 (the daemon's IPv6 listeners are v6only).
+    auto v6 = probe_unshared(with_port("[::]", port));
+    EXPECT_TRUE(v6.has_value() || v6.error().value() == EAFNOSUPPORT) << v6.error().message();
+    // The probe itself leaves nothing bound.
+    EXPECT_TRUE(probe_unshared(with_port("127.0.0.2", port)).has_value());
+
+    ::close(*l);
+    EXPECT_TRUE(probe_unshared(with_port("127.0.0.1", port)).has_value());
+    auto again = make_listener(with_port("127.0.0.1", port), 8);
+    ASSERT_TRUE(again.has_value()) << again.error().message();
+    ::close(*again);
+}
+
+TEST(socket, probe_finds_a_specific_listener_under_a_wildcard_probe_v6) {
+    auto l = make_listener(parse_endpoint("[::1]:0").value(), 8);
+    if (!l && (l.error().value() == EADDRNOTAVAIL || l.error().value() == EAFNOSUPPORT))
+        GTEST_SKIP() << "no IPv6 loopback here";
+    ASSERT_TRUE(l.has_value()) << l.error().message();
+    const std::uint16_t port = local_endpoint(*l).value().port();
+    auto same = probe_unshared(with_port("[::1]", port));
+    ASSERT_FALSE(same.has_value());
+    EXPECT_EQ(same.error(), make_error_code(errc::address_listened));
+    auto wildcard = probe_unshared(with_port("[::]", port));
+    ASSERT_FALSE(wildcard.has_value());
+    EXPECT_EQ(wildcard.error(), make_error_code(errc::address_listened));
+    EXPECT_TRUE(probe_unshared(with_port("127.0.0.1", port)).has_value());
+    ::close(*l);
+}
+
+TEST(socket, probe_ignores_port_zero_and_time_wait) {
+    EXPECT_TRUE(probe_unshared(parse_endpoint("127.0.0.1:0").value()).has_value());
+    // A closed connection leaves the server side in TIME_WAIT: the address is free again.
+    auto l = make_listener(parse_endpoint("127.0.0.1:0").value(), 8);
+    ASSERT_TRUE(l.has_value());
+    const auto bound = local_endpoint(*l).value();
+    int c = make_tcp_socket(AF_INET).value();
+    ASSERT_EQ(::connect(c, bound.addr(), bound.len), 0);
+    int s = ::accept(*l, nullptr, nullptr);
+    ASSERT_GE(s, 0);
+    ::close(s);  // the server closes first: its side waits in TIME_WAIT
+    ::close(c);
+    ::close(*l);
+    EXPECT_TRUE(probe_unshared(bound).has_value());
+}
+
+TEST(socket, claim_is_exclusive_while_held) {
+    const auto ep = parse_endpoint("127.0.0.1:2").value();  // never bound: only the name
+    auto a = claim_endpoint(ep);
+    ASSERT_TRUE(a.has_value()) << a.error().message();
+    ASSERT_GE(*a, 0);
+    auto b = claim_endpoint(ep);
+    ASSERT_FALSE(b.has_value());
+    EXPECT_EQ(b.error(), make_error_code(errc::address_claimed));
+    // Another address (or the same port on IPv6) is another claim.
+    auto other = claim_endpoint(parse_endpoint("[::1]:2").value());
+    ASSERT_TRUE(other.has_value());
+    ::close(*other);
+    ::close(*a);
+    auto c = claim_endpoint(ep);
+    ASSERT_TRUE(c.has_value()) << "a released claim stays taken";
+    ::close(*c);
+    // Port 0 is never claimed (each bind gets its own port).
+    auto zero = claim_endpoint(parse_endpoint("127.0.0.1:0").value());
+    ASSERT_TRUE(zero.has_value());
+    EXPECT_EQ(*zero, -1);
+}
+
 // The one host:port parser, with the rules each caller keeps.
 TEST(split_host_port, one_parser_for_every_caller) {
     auto hp = split_host_port("relay.example.test:2525");
