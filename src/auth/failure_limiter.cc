@@ -137,7 +137,7 @@ bool failure_limiter::record_failure(const key& k, clock::time_point now) noexce
     for (;;) {
         std::uint64_t seen[bucket_ways];
         std::size_t mine = bucket_ways;    // live word with our tag
-        std::size_t free = bucket_ways;    // empty or expired word (ours first)
+        std::size_t spare = bucket_ways;   // empty or expired word (ours first)
         std::size_t victim = bucket_ways;  // fewest failures, oldest among equals
         for (std::size_t i = 0; i < bucket_ways; ++i) {
             seen[i] = _words[at.bucket + i].load(std::memory_order_acquire);
@@ -147,8 +147,8 @@ bool failure_limiter::record_failure(const key& k, clock::time_point now) noexce
                 if (mine == bucket_ways)
                     mine = i;
             } else if (!is_live) {
-                if (free == bucket_ways || (ours && tag_of(seen[free]) != at.tag))
-                    free = i;
+                if (spare == bucket_ways || (ours && tag_of(seen[spare]) != at.tag))
+                    spare = i;
             } else if (victim == bucket_ways || count_of(seen[i]) < count_of(seen[victim]) ||
                        (count_of(seen[i]) == count_of(seen[victim]) &&
                         age(now_s, start_of(seen[i])) > age(now_s, start_of(seen[victim])))) {
@@ -165,7 +165,7 @@ bool failure_limiter::record_failure(const key& k, clock::time_point now) noexce
             next = seen[slot] + 1;
         } else {
             // A fixed window from the first failure: once it has passed, counting starts again.
-            slot = free != bucket_ways ? free : victim;
+            slot = spare != bucket_ways ? spare : victim;
             next = make_word(at.tag, now_s, 1);
         }
         std::uint64_t expected = seen[slot];
