@@ -5,9 +5,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
 #include <filesystem>
 #include <system_error>
+#include <unistd.h>
 
 namespace ringmail::daemon {
 
@@ -30,6 +35,111 @@ std::vector<unsigned> existing_shard_dirs(const std::string& spool_dir) {
     }
     std::sort(found.begin(), found.end());
     return found;
+}
+
+namespace fs = std::filesystem;
+
+// Proves that files can be created in the directory `dir` by creating one and removing it at
+// once: access(2) says yes to root on a read-only or virtual filesystem (/proc, /sys).
+bool can_create_in(const fs::path& dir, std::string& problem) {
+    std::string tmpl = (dir / ".ringmaild-check-XXXXXX").string();
+    const int fd = ::mkostemp(tmpl.data(), O_CLOEXEC);
+    if (fd < 0) {
+        problem = std::strerror(errno);
+        return false;
+    }
+    ::unlink(tmpl.c_str());
+    ::close(fd);
+    return true;
+}
+
+// --check-config: `dir` is a directory the daemon can write in, or does not exist yet and can
+// be created (its nearest existing ancestor is a directory it can write in). Touches nothing.
+bool check_writable_dir(const fs::path& dir, std::string& problem) {
+    std::error_code ec;
+    // not_found covers ENOENT and ENOTDIR (a file on the way: found walking up below).
+    const auto st = fs::status(dir, ec);
+    if (st.type() == fs::file_type::none) {
+        problem = fmt::format("cannot be examined: {}", ec.message());
+        return false;
+    }
+    if (fs::exists(st)) {
+        if (!fs::is_directory(st)) {
+            problem = "is not a directory";
+            return false;
+        }
+        std::string why;
+        if (!can_create_in(dir, why)) {
+            problem = fmt::format("is not writable: {}", why);
+            return false;
+        }
+        return true;
+    }
+    // Walk up to the first ancestor that exists: that is where creation would start.
+    fs::path at = fs::absolute(dir, ec);
+    if (ec) {
+        problem = fmt::format("cannot be examined: {}", ec.message());
+        return false;
+    }
+    while (at.has_parent_path() && at.parent_path() != at) {
+        at = at.parent_path();
+        const auto ast = fs::status(at, ec);
+        if (ast.type() == fs::file_type::none) {
+            problem = fmt::format("cannot be created: {}: {}", at.string(), ec.message());
+            return false;
+        }
+        if (!fs::exists(ast))
+            continue;
+        if (!fs::is_directory(ast)) {
+            problem = fmt::format("cannot be created: {} is not a directory", at.string());
+            return false;
+        }
+        std::string why;
+        if (!can_create_in(at, why)) {
+            problem = fmt::format("cannot be created in {}: {}", at.string(), why);
+            return false;
+        }
+        return true;
+    }
+    problem = "cannot be created: no existing parent directory";
+    return false;
+}
+
+// The delivery log: its directory must exist (the daemon creates the file, not directories)
+// and be writable; an existing file must be a file the daemon can append to.
+bool check_log_file(const fs::path& file, std::string& problem) {
+    std::error_code ec;
+    const auto st = fs::status(file, ec);
+    if (fs::exists(st)) {
+        if (fs::is_directory(st)) {
+            problem = "is a directory";
+            return false;
+        }
+        const int fd = ::open(file.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0) {
+            problem = fmt::format("is not writable: {}", std::strerror(errno));
+            return false;
+        }
+        ::close(fd);
+    }
+    fs::path dir = file.parent_path();
+    if (dir.empty())
+        dir = ".";
+    const auto dst = fs::status(dir, ec);
+    if (!fs::exists(dst)) {
+        problem = fmt::format("directory {} does not exist", dir.string());
+        return false;
+    }
+    if (!fs::is_directory(dst)) {
+        problem = fmt::format("{} is not a directory", dir.string());
+        return false;
+    }
+    std::string why;
+    if (!can_create_in(dir, why)) {
+        problem = fmt::format("directory {} is not writable: {}", dir.string(), why);
+        return false;
+    }
+    return true;
 }
 
 }  // namespace
@@ -204,6 +314,25 @@ bool check_context(const config::settings& cfg, std::string& why) {
             why = fmt::format("listen[{}].proxy_protocol: not supported by this build", i);
             return false;
         }
+    }
+    std::string problem;
+    const std::string& spool = cfg.server.spool_dir;
+    if (!check_writable_dir(spool, problem)) {
+        why = fmt::format("server.spool_dir: \"{}\" {}", spool, problem);
+        return false;
+    }
+    // Shard directories left by earlier runs are written again (recovery, new segments).
+    for (unsigned n : existing_shard_dirs(spool)) {
+        const auto dir = fs::path(spool) / fmt::format("shard-{}", n);
+        if (!check_writable_dir(dir, problem)) {
+            why = fmt::format("server.spool_dir: \"{}\" {}", dir.string(), problem);
+            return false;
+        }
+    }
+    const std::string& log_file = cfg.delivery.log_file;
+    if (!log_file.empty() && !check_log_file(log_file, problem)) {
+        why = fmt::format("delivery.log_file: \"{}\" {}", log_file, problem);
+        return false;
     }
     if (!load_tls_credentials(cfg, why))
         return false;

@@ -92,8 +92,10 @@ std::shared_ptr<const auth::credential_store> load_users(const config::settings&
 // must stay open while the daemon runs. false with `why` naming the listener and its address.
 bool claim_listen_addresses(const daemon_context& ctx, std::vector<int>& claims, std::string& why);
 
-// What --check-config verifies beyond the parser, without binding or touching the spool:
-// listener features this build lacks, certificates, the users file. `why` on failure.
+// What --check-config verifies beyond the parser, without binding or changing anything:
+// listener features this build lacks, that spool_dir (and its shard directories) exists or can
+// be created and is writable, that the delivery log's directory is writable, certificates, the
+// users file. `why` on failure, naming the key.
 bool check_context(const config::settings& cfg, std::string& why);
 
 }  // namespace ringmail::daemon
