@@ -6,7 +6,10 @@
 #include <fmt/format.h>
 
 #include "wolfssl.h"
+#include <cstdint>
 #include <cstring>
+#include <string_view>
+#include <vector>
 
 namespace ringmail::tls {
 
@@ -21,6 +24,25 @@ constexpr const char* cipher_list =
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384";
+
+constexpr const char* groups_list = "X25519:P-256:P-384";
+
+// The IANA values of cipher_list, for check_client_hello.
+bool suite_values(std::vector<std::uint16_t>& out) {
+    std::string_view list = cipher_list;
+    while (!list.empty()) {
+        const std::size_t colon = list.find(':');
+        const std::string name(list.substr(0, colon));
+        list = colon == std::string_view::npos ? std::string_view() : list.substr(colon + 1);
+        unsigned char first = 0;
+        unsigned char second = 0;
+        int flags = 0;
+        if (wolfSSL_get_cipher_suite_from_name(name.c_str(), &first, &second, &flags) != 0)
+            return false;
+        out.push_back(static_cast<std::uint16_t>(first << 8 | second));
+    }
+    return true;
+}
 
 constexpr std::size_t ticket_nonce_size = CHACHA20_POLY1305_AEAD_IV_SIZE;  // 12
 
@@ -84,6 +106,13 @@ bool common_setup(WOLFSSL_CTX* ctx) {
         return false;
     if (wolfSSL_CTX_set_cipher_list(ctx, cipher_list) != WOLFSSL_SUCCESS)
         return false;
+    // Only X25519, P-256 and P-384 (issue 12: testssl found secp256k1 and the brainpool curves
+    // accepted). Two lists in wolfSSL 5.5.4: the curves list sets the mask TLS 1.2 consults
+    // when it picks the ECDHE curve from the client's supported_groups (without it every
+    // curve compiled in is taken), the groups list what TLS 1.3 key shares may use and the
+    // order (set last: the curves list replaces it).
+    if (wolfSSL_CTX_set1_curves_list(ctx, groups_list) != WOLFSSL_SUCCESS)
+        return false;
     // X25519 first: in this wolfSSL build it is several times cheaper than P-256 (generic
     // big-number code, no SP assembly), and every modern client offers it.
     int groups[] = {WOLFSSL_ECC_X25519, WOLFSSL_ECC_SECP256R1, WOLFSSL_ECC_SECP384R1};
@@ -118,6 +147,12 @@ result<std::shared_ptr<const server_context>> server_context::create(
         return errc::no_certificates;
     }
     auto self = std::make_shared<server_context>(std::move(credentials), std::move(tickets));
+    // The IANA values of groups_list, in the same order.
+    self->_groups = {0x001d, 0x0017, 0x0018};
+    if (!suite_values(self->_suites)) {
+        error_text = "tls: wolfSSL does not know a cipher suite of ringmail's list";
+        return errc::context_failed;
+    }
     for (const auto& e : self->_credentials->entries()) {
         WOLFSSL_CTX* c = wolfSSL_CTX_new(wolfSSLv23_server_method());
         if (c == nullptr) {

@@ -1,5 +1,7 @@
 #include "ringmail/tls/session.h"
 
+#include "ringmail/tls/client_hello.h"
+
 #include "wolfssl.h"
 #include <algorithm>
 #include <arpa/inet.h>
@@ -150,6 +152,24 @@ void session::on_eof() {
 void session::step() {
     if (_state != state::handshaking)
         return;
+    if (_server && !_hello_checked) {
+        // Before wolfSSL reads the ClientHello: one it would refuse for its length (more than
+        // 150 suites) is shortened to the suites we have, one without a group of ours is
+        // refused (see client_hello.h).
+        const hello_check c = check_client_hello(_in, _in_pos, _server->hello());
+        if (c == hello_check::need_more) {
+            if (_eof)
+                fail(errc::connection_closed, "handshake failed: connection closed", 0);
+            return;
+        }
+        if (c == hello_check::no_common_group) {
+            _out += handshake_failure_alert();
+            fail(errc::handshake_failed,
+                 "handshake failed: no common group (X25519, P-256, P-384 only)", 0);
+            return;
+        }
+        _hello_checked = true;
+    }
     const int rc = _server ? wolfSSL_accept(_ssl) : wolfSSL_connect(_ssl);
     if (rc == WOLFSSL_SUCCESS) {
         finish_handshake();

@@ -13,8 +13,10 @@
 
 #include "ringmail/core/oncore.h"
 #include "ringmail/core/result.h"
+#include "ringmail/tls/client_hello.h"
 #include "ringmail/tls/credentials.h"
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,7 +29,8 @@ namespace ringmail::tls {
 enum class tls_version { tls1_2, tls1_3 };
 
 // Both sides: TLS 1.2 and 1.3 only; TLS 1.2 limited to ECDHE with AES-GCM or
-// ChaCha20-Poly1305, TLS 1.3 with its standard AEAD suites.
+// ChaCha20-Poly1305, TLS 1.3 with its standard AEAD suites; key exchange over X25519, P-256
+// or P-384 only.
 class server_context {
   public:
     // Builds one wolfSSL context per certificate of `credentials`, all using `tickets`.
@@ -40,6 +43,8 @@ class server_context {
     server_context& operator=(const server_context&) = delete;
 
     const server_credentials& credentials() const noexcept { return *_credentials; }
+    // What the server may choose (IANA values), for check_client_hello.
+    hello_policy hello() const noexcept { return {_suites, _groups}; }
     // Internal to tls: the wolfSSL context of credentials().entries()[i].
     WOLFSSL_CTX* native(std::size_t i) const noexcept { return _ctx[i]; }
     void check_shard() const noexcept { _oncore.check(); }
@@ -51,6 +56,8 @@ class server_context {
     std::shared_ptr<const server_credentials> _credentials;
     std::shared_ptr<const ticket_key> _tickets;
     std::vector<WOLFSSL_CTX*> _ctx;
+    std::vector<std::uint16_t> _suites;
+    std::vector<std::uint16_t> _groups;
     core::oncore _oncore;
 };
 

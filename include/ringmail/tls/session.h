@@ -145,6 +145,7 @@ class session final : public core::byte_transform {
     bool _close_notify = false;
     bool _close_sent = false;
     bool _resumed = false;
+    bool _hello_checked = false;  // server: the ClientHello went through check_client_hello
     bool _verified = false;
     bool _verify_failed = false;
     std::error_code _error_code;
