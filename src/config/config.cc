@@ -700,6 +700,19 @@ const field<delivery_config> delivery_fields[] = {
      [](table_reader& r, std::string_view k, delivery_config& d) {
          read_duration(r, k, d.connect_timeout);
      }},
+    {{"delivery", "data_timeout", "duration", "\"10m\"",
+      "wait for the reply to the end of data (RFC 5321 4.5.3.2.6), then defer"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         if (const toml::node* n = r.take(k)) {
+             std::chrono::seconds v{};
+             if (duration_value(r.ctx(), *n, r.key(k), v)) {
+                 if (v.count() < 1)
+                     r.ctx().fail(*n, r.key(k), "must be at least 1s");
+                 else
+                     d.data_timeout = v;
+             }
+         }
+     }},
     {{"delivery", "max_connections", "integer", "32",
       "open outbound connections per shard, all destinations together"},
      [](table_reader& r, std::string_view k, delivery_config& d) {

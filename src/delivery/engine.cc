@@ -114,6 +114,7 @@ engine_settings make_settings(const config::settings& cfg, unsigned shard, unsig
     sc.gauges = gauges;
     s.routes = router(d.smarthost, cfg.domains);
     s.client.helo_name = d.helo_name.empty() ? cfg.server.hostname : d.helo_name;
+    s.client.data_term_timeout = d.data_timeout;
     s.tls = d.tls;
     s.tls_verify = d.tls_verify;
     s.domains = cfg.domains;
