@@ -856,7 +856,8 @@ const field<auth_config> auth_fields[] = {
      [](table_reader& r, std::string_view k, auth_config& a) {
          read_uint(r, k, a.max_failures, 1, 10000);
      }},
-    {{"auth", "failure_window", "duration", "\"5m\"", "the window of max_failures (at most 30 days)"},
+    {{"auth", "failure_window", "duration", "\"5m\"",
+      "the window of max_failures (at most 30 days)"},
      [](table_reader& r, std::string_view k, auth_config& a) {
          read_duration(r, k, a.failure_window);
      }},

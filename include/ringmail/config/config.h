@@ -95,7 +95,7 @@ struct delivery_config {
     std::chrono::seconds delay_warning{4 * 3600};  // 0: no delay notices
     std::chrono::seconds connect_timeout{30};
     std::chrono::seconds data_timeout{600};  // reply to the final dot; then the jobs defer
-    std::uint32_t max_connections = 32;  // per shard: to the smarthost, or all MX connections
+    std::uint32_t max_connections = 32;      // per shard: to the smarthost, or all MX connections
     // MX routing: connections to one destination (routing domain) over all shards, unless
     // its [[domain]] says otherwise.
     std::uint32_t destination_max_connections = 10;
