@@ -111,8 +111,21 @@ class body_canonicalizer {
             }
             const char* q = p + 1;
             if (_relaxed) {
-                while (q < end && *q != '\r' && *q != ' ' && *q != '\t')
+                // A single SP between words is already canonical: it stays inside the run, so
+                // ordinary text goes to the hash in long runs, not word by word.
+                while (q < end) {
+                    const char ch = *q;
+                    if (ch == '\r' || ch == '\t')
+                        break;
+                    if (ch == ' ') {
+                        if (q + 1 < end && q[1] != ' ' && q[1] != '\t' && q[1] != '\r') {
+                            q += 2;
+                            continue;
+                        }
+                        break;
+                    }
                     ++q;
+                }
             } else {
                 const void* cr = std::memchr(q, '\r', static_cast<std::size_t>(end - q));
                 q = cr ? static_cast<const char*>(cr) : end;

@@ -65,6 +65,9 @@ std::vector<body_case> body_cases() {
              }() +
              "b\r\n"},
         {"dots_are_content", ".\r\n..\r\n", ".\r\n..\r\n", ".\r\n..\r\n"},
+        {"words", "one two  three \r\nx y\tz \t w \r\n", "one two  three \r\nx y\tz \t w \r\n",
+         "one two three\r\nx y z w\r\n"},
+        {"space_before_cr_mid_run", "a b\rc d \r\n", "a b\rc d \r\n", "a b\rc d\r\n"},
     };
 }
 
