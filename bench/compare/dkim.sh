@@ -87,6 +87,7 @@ spool_dir = "$dir/spool"
 
 [[listen]]
 address = "127.0.0.1:$port"
+role = "relay"
 
 [relay]
 allow_networks = ["127.0.0.0/8"]
