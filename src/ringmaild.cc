@@ -3,9 +3,9 @@
 // The main thread only starts and stops shards: it blocks the shutdown signals (every shard
 // inherits the mask), waits for them with sigwaitinfo and asks each shard to drain. Start-up
 // failures (bad config, spool locked, a listen address in use or served by another process,
-// io_uring unusable, a certificate or users file that does not load) print one clear message
-// and exit non-zero. SIGHUP reloads the certificates and the users file here, on the main
-// thread; a reload that fails is logged and the running ones stay.
+// io_uring unusable, a certificate, users file or DKIM key that does not load) print one
+// clear message and exit non-zero. SIGHUP reloads the certificates, the DKIM keys and the
+// users file here, on the main thread; a reload that fails is logged and the running ones stay.
 #include "ringmail/config/config.h"
 #include "ringmail/core/log.h"
 #include "ringmail/core/shard_runner.h"
@@ -44,7 +44,8 @@ int check_config(const std::string& path) {
     return 0;
 }
 
-// SIGHUP: certificates and users file are read again; what fails to load keeps the old one.
+// SIGHUP: certificates, DKIM keys and users file are read again; what fails to load keeps the
+// old one.
 void reload(ringmail::daemon::daemon_context& ctx,
             std::vector<std::unique_ptr<ringmail::daemon::shard>>& shards) {
     std::string why;
@@ -58,6 +59,17 @@ void reload(ringmail::daemon::daemon_context& ctx,
             log::info("SIGHUP: certificates reloaded");
     } else {
         log::error("SIGHUP: certificates not reloaded, keeping the old ones: {}", why);
+    }
+    std::vector<std::string> warnings;
+    if (auto keys = ringmail::daemon::load_dkim_keys(ctx.cfg, why, warnings)) {
+        for (const auto& w : warnings)
+            log::warn("SIGHUP: {}", w);
+        const std::size_t n = keys->specs.size();
+        ctx.reload->dkim.store(std::move(keys));
+        if (n > 0)
+            log::info("SIGHUP: DKIM keys reloaded ({} table(s))", n);
+    } else {
+        log::error("SIGHUP: DKIM keys not reloaded, keeping the old ones: {}", why);
     }
     if (ctx.verifier) {
         if (auto store = ringmail::daemon::load_users(ctx.cfg, why)) {
@@ -146,7 +158,9 @@ int serve(ringmail::config::settings cfg) {
             break;
         }
         if (*sig == SIGHUP) {
-            log::info("SIGHUP: reopening the delivery log, reloading certificates and users");
+            log::info(
+                "SIGHUP: reopening the delivery log, reloading certificates, DKIM keys and "
+                "users");
             reload(*ctx, shards);
             continue;
         }

@@ -1,11 +1,13 @@
 #include "ringmail/config/config.h"
 
+#include "ringmail/core/ascii.h"
 #include "ringmail/core/duration.h"
 #include "ringmail/core/panic.h"
 
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
 #include <cstring>
@@ -841,6 +843,122 @@ const field<domain_config> domain_fields[] = {
      }},
 };
 
+// A header field name (RFC 5322 section 3.6.8: printable ASCII except the colon).
+bool field_name_ok(std::string_view n) {
+    if (n.empty() || n.size() > 64)
+        return false;
+    for (char c : n) {
+        if (c < 33 || c > 126 || c == ':')
+            return false;
+    }
+    return true;
+}
+
+const field<dkim_config> dkim_fields[] = {
+    {{"dkim", "domain", "domain name", "",
+      "d=; signs mail whose From: domain is this domain or a subdomain of it", true},
+     [](table_reader& r, std::string_view k, dkim_config& d) {
+         if (auto v = read_domain_value(r, k))
+             d.domain = *v;
+         else if (r.table().get(k) == nullptr)
+             r.missing(k, "missing (the signing domain, d=)");
+     }},
+    {{"dkim", "selector", "selector", "", "s=; the key is published at SELECTOR._domainkey.DOMAIN",
+      true},
+     [](table_reader& r, std::string_view k, dkim_config& d) {
+         std::string text;
+         if (const toml::node* n = read_string(r, k, text)) {
+             if (auto c = canonical_domain(text)) {
+                 d.selector = *c;
+             } else {
+                 r.ctx().fail(*n, r.key(k),
+                              fmt::format("expected a selector (DNS labels), got {}", shown(text)));
+             }
+         } else if (r.table().get(k) == nullptr) {
+             r.missing(k, "missing (the selector, s=)");
+         }
+     }},
+    {{"dkim", "key_file", "path", "",
+      "PEM private key: RSA (1024-4096 bits) or Ed25519 (PKCS#8); the algorithm follows it", true},
+     [](table_reader& r, std::string_view k, dkim_config& d) {
+         if (const toml::node* n = read_string(r, k, d.key_file)) {
+             if (d.key_file.empty())
+                 r.ctx().fail(*n, r.key(k), "must not be empty");
+         } else if (r.table().get(k) == nullptr) {
+             r.missing(k, "missing (the private key file)");
+         }
+     }},
+    {{"dkim", "headers", "array of header names", "[]",
+      "h= candidates; [] = RFC 6376 5.4.1's list + List-Unsubscribe(-Post), Feedback-ID"},
+     [](table_reader& r, std::string_view k, dkim_config& d) {
+         auto check = [](const toml::node&, const std::string&,
+                         const std::string& text) -> std::optional<std::string> {
+             if (!field_name_ok(text))
+                 return std::nullopt;
+             std::string lower;
+             for (char c : text)
+                 lower += core::to_lower_ascii(c);
+             return lower;
+         };
+         std::vector<std::string> lowered;
+         if (!read_checked_strings(r, k, lowered, "a header field name", check))
+             return;
+         // Keep the names as written (they appear in h=); duplicates were refused above.
+         d.headers.clear();
+         const toml::node* n = r.table().get(k);
+         for (const toml::node& e : *n->as_array())
+             d.headers.push_back(e.as_string()->get());
+         if (!d.headers.empty() &&
+             std::find(lowered.begin(), lowered.end(), "from") == lowered.end()) {
+             r.ctx().fail(*n, r.key(k), "must include From (RFC 6376 section 5.4)");
+         }
+     }},
+    {{"dkim", "over_sign", "boolean", "true",
+      "sign each listed header once more than it occurs, so none can be added"},
+     [](table_reader& r, std::string_view k, dkim_config& d) { read_bool(r, k, d.over_sign); }},
+    {{"dkim", "canonicalization", "\"HEADER/BODY\"", "\"relaxed/relaxed\"",
+      "c=; each simple or relaxed"},
+     [](table_reader& r, std::string_view k, dkim_config& d) {
+         std::string text;
+         const toml::node* n = read_string(r, k, text);
+         if (n == nullptr)
+             return;
+         auto one = [](std::string_view t) -> std::optional<dkim_canon> {
+             if (t == "simple")
+                 return dkim_canon::simple;
+             if (t == "relaxed")
+                 return dkim_canon::relaxed;
+             return std::nullopt;
+         };
+         const std::size_t slash = text.find('/');
+         auto h = one(std::string_view(text).substr(0, slash));
+         auto b = slash == std::string::npos ? std::optional<dkim_canon>(dkim_canon::simple)
+                                             : one(std::string_view(text).substr(slash + 1));
+         if (!h || !b) {
+             r.ctx().fail(*n, r.key(k),
+                          fmt::format(R"(expected "relaxed/relaxed", "simple/simple", )"
+                                      R"("relaxed/simple" or "simple/relaxed", got {})",
+                                      shown(text)));
+             return;
+         }
+         d.header_canon = *h;
+         d.body_canon = *b;
+     }},
+    {{"dkim", "expire_after", "duration", "\"\"", "x= is t= plus this; \"\" = no x="},
+     [](table_reader& r, std::string_view k, dkim_config& d) {
+         const toml::node* n = r.take(k);
+         if (n == nullptr)
+             return;
+         if (n->is_string() && n->as_string()->get().empty()) {
+             d.expire_after = std::chrono::seconds(0);
+             return;
+         }
+         std::chrono::seconds v{};
+         if (duration_value(r.ctx(), *n, r.key(k), v))
+             d.expire_after = v;
+     }},
+};
+
 const field<dns_config> dns_fields[] = {
     {{"dns", "servers", "array of \"ip:port\"", "[]", "resolvers; empty = /etc/resolv.conf"},
      [](table_reader& r, std::string_view k, dns_config& d) {
@@ -986,6 +1104,7 @@ std::span<const key_spec> schema() {
         add(relay_fields);
         add(delivery_fields);
         add(domain_fields);
+        add(dkim_fields);
         add(dns_fields);
         add(auth_fields);
         add(admin_fields);
@@ -1147,6 +1266,20 @@ parsed_config parse_config(std::string_view toml_text, std::string_view source_n
                 ctx.fail(*nn, dr.key("name"),
                          fmt::format("{} is already configured by {}",
                                      shown(nn->as_string()->get()), it->second));
+            }
+        });
+    std::map<std::pair<std::string, std::string>, std::string> dkim_seen;
+    read_array_of_tables<dkim_config>(
+        ctx, r, "dkim", dkim_fields, c.dkim, [&](table_reader& dr, dkim_config& d) {
+            if (d.domain.empty() || d.selector.empty())
+                return;
+            if (auto [it, fresh] =
+                    dkim_seen.emplace(std::pair(d.domain, d.selector), dr.key("selector"));
+                !fresh) {
+                const toml::node* sn = dr.table().get("selector");
+                ctx.fail(*sn, dr.key("selector"),
+                         fmt::format("selector {} of {} is already configured by {}",
+                                     shown(sn->as_string()->get()), d.domain, it->second));
             }
         });
     r.finish();

@@ -1,5 +1,6 @@
 #include "ringmail/daemon/context.h"
 
+#include "ringmail/core/log.h"
 #include "ringmail/core/shard_runner.h"
 
 #include <fmt/format.h>
@@ -7,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
@@ -196,6 +198,14 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
     }
     ctx.reload->tls.store(std::make_shared<const tls_credentials_set>(std::move(*creds)));
 
+    std::vector<std::string> warnings;
+    auto keys = load_dkim_keys(cfg, why, warnings);
+    if (!keys)
+        return std::nullopt;
+    for (const auto& w : warnings)
+        core::log::warn("{}", w);
+    ctx.reload->dkim.store(std::move(keys));
+
     // The rings between the shards' delivery engines: destination queues owned by hash of
     // their key, jobs and notices handed over through these.
     auto mb = delivery::mailbox::create(ctx.shards);
@@ -308,6 +318,40 @@ std::shared_ptr<const auth::credential_store> load_users(const config::settings&
     return std::make_shared<const auth::credential_store>(std::move(*loaded.store));
 }
 
+std::shared_ptr<const dkim::key_set> load_dkim_keys(const config::settings& cfg, std::string& why,
+                                                    std::vector<std::string>& warnings) {
+    auto set = std::make_shared<dkim::key_set>();
+    for (std::size_t i = 0; i < cfg.dkim.size(); ++i) {
+        const auto& d = cfg.dkim[i];
+        std::string text;
+        auto key = dkim::private_key::load_file(d.key_file, text);
+        if (!key) {
+            why = fmt::format("dkim[{}] ({}, selector {}): key_file {}", i, d.domain, d.selector,
+                              text);
+            return nullptr;
+        }
+        if (key->alg() == dkim::algorithm::rsa_sha256 && key->bits() < dkim::warn_rsa_bits) {
+            warnings.push_back(fmt::format(
+                "dkim[{}] ({}, selector {}): {} is an RSA key of {} bits; use 2048 or more "
+                "(RFC 8301)",
+                i, d.domain, d.selector, d.key_file, key->bits()));
+        }
+        dkim::signature_spec s;
+        s.domain = d.domain;
+        s.selector = d.selector;
+        s.headers = d.headers.empty() ? dkim::default_headers() : d.headers;
+        s.over_sign = d.over_sign;
+        s.header_canon = d.header_canon == config::dkim_canon::simple ? dkim::canon::simple
+                                                                      : dkim::canon::relaxed;
+        s.body_canon =
+            d.body_canon == config::dkim_canon::simple ? dkim::canon::simple : dkim::canon::relaxed;
+        s.expire_after = d.expire_after;
+        s.key = std::move(key);
+        set->specs.push_back(std::move(s));
+    }
+    return set;
+}
+
 bool check_context(const config::settings& cfg, std::string& why) {
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
         if (cfg.listen[i].proxy_protocol) {
@@ -336,6 +380,11 @@ bool check_context(const config::settings& cfg, std::string& why) {
     }
     if (!load_tls_credentials(cfg, why))
         return false;
+    std::vector<std::string> warnings;
+    if (!load_dkim_keys(cfg, why, warnings))
+        return false;
+    for (const auto& w : warnings)
+        std::fprintf(stderr, "warning: %s\n", w.c_str());
     return load_users(cfg, why) != nullptr;
 }
 

@@ -149,6 +149,8 @@ bool shard::start(std::string& why) {
     _tls_contexts.resize(_ctx.listeners.size());
     if (!refresh_tls(why))
         return false;
+    if (!refresh_dkim(why))
+        return false;
 
     for (const auto& l : _ctx.listeners) {
         auto fd = core::make_listener(l.endpoint, 1024);
@@ -211,6 +213,21 @@ bool shard::refresh_tls(std::string& why) {
     return true;
 }
 
+bool shard::refresh_dkim(std::string& why) {
+    auto keys = _ctx.reload->dkim.load(std::memory_order_acquire);
+    if (keys == _dkim_seen || keys == nullptr)
+        return true;
+    std::shared_ptr<dkim::signer> fresh;
+    if (!keys->specs.empty()) {
+        fresh = dkim::signer::create(keys, why);
+        if (!fresh)
+            return false;
+    }
+    _dkim = std::move(fresh);  // messages in progress hold the old one
+    _dkim_seen = std::move(keys);
+    return true;
+}
+
 void shard::arm_auth() {
     if (!_ctx.verifier || _auth_armed)
         return;
@@ -234,6 +251,9 @@ void shard::on_wake() {
     std::string why;
     if (!refresh_tls(why))
         log::error("shard {}: certificates not reloaded, keeping the old ones: {}", id(), why);
+    why.clear();
+    if (!refresh_dkim(why))
+        log::error("shard {}: DKIM keys not reloaded, keeping the old ones: {}", id(), why);
 }
 
 bool shard::any_batch_in_flight() const {

@@ -214,12 +214,19 @@ result<void> inbound_connection::begin(const mail::envelope& env) {
         return failure(w.error());
     }
     _writer = *w;
+    // Mail we send is signed; never mail accepted only because its recipient domain is ours.
+    _dkim.reset();
+    if (const auto& signer = _host.dkim_signer();
+        signer && (_relay_allowed || (_session && _session->authenticated())))
+        _dkim.emplace(signer);
     return {};
 }
 
 result<void> inbound_connection::append(std::string_view bytes) {
     if (!_writer)
         return failure(std::make_error_code(std::errc::invalid_argument));
+    if (_dkim)
+        _dkim->update(bytes);
     return _host.spool().append(*_writer, bytes);
 }
 
@@ -227,11 +234,36 @@ void inbound_connection::commit() {
     auto& sp = _host.spool();
     const mail::envelope& env = _session->current_envelope();
     spool::queue_id qid = sp.writer_queue_id(*_writer);
-    std::string received = smtp::format_received(env, _host.hostname(), spool::format_queue_id(qid),
-                                                 _host.shard_id(), _host.unix_now());
+    std::string added;
+    if (_dkim) {
+        auto signed_ = _dkim->finish(_host.unix_now());
+        _dkim.reset();
+        if (!signed_) {
+            // A broken signature is never sent, and neither is our mail without its signature.
+            log::warn("connection {} from {}: DKIM signing failed, message refused: {}", _id,
+                      _peer_text, signed_.error().message());
+            sp.abort(*_writer);
+            _writer.reset();
+            if (signed_.error() == dkim::errc::header_too_large) {
+                _session->on_commit_reply(552, "5.3.4", "Error: header section too large to sign");
+            } else {
+                _session->on_commit_reply(451, "4.3.0",
+                                          "Error: message could not be signed, try again");
+            }
+            pump();
+            return;
+        }
+        if (signed_->headers.empty()) {
+            log::info("connection {} from {}: not DKIM-signed: {}", _id, _peer_text,
+                      log::sanitize(signed_->note));
+        }
+        added = std::move(signed_->headers);
+    }
+    added += smtp::format_received(env, _host.hostname(), spool::format_queue_id(qid),
+                                   _host.shard_id(), _host.unix_now());
     auto w = *_writer;
     _writer.reset();
-    auto id = sp.finish(w, received, _id);
+    auto id = sp.finish(w, added, _id);
     if (!id) {
         log::warn("connection {}: spool could not take the message: {}", _id, id.error().message());
         _session->on_commit(failure(id.error()));
@@ -243,6 +275,7 @@ void inbound_connection::commit() {
 }
 
 void inbound_connection::abort() {
+    _dkim.reset();
     if (_writer) {
         _host.spool().abort(*_writer);
         _writer.reset();
@@ -435,6 +468,7 @@ void inbound_connection::start_close(bool flush) {
         _close_logged = true;
         log_disconnect();
     }
+    _dkim.reset();
     if (_writer) {
         _host.spool().abort(*_writer);
         _writer.reset();

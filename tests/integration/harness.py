@@ -956,11 +956,13 @@ class Dnsmasq:
     """dnsmasq answering for one local zone (e.g. "test") on 127.0.0.1:<port>, nothing else.
 
     mx: [(domain, host, preference)]; hosts: [(name, ip)] (A records); null_mx: domains that
-    publish "0 ." (RFC 7505). Every other name under the zone is NXDOMAIN."""
+    publish "0 ." (RFC 7505); txt: [(name, text)] (one TXT record each, cut into strings of
+    255 octets; a name given twice has two records). Every other name under the zone is
+    NXDOMAIN."""
 
     def __init__(self, zone: str = "test", *, mx: Iterable[tuple[str, str, int]] = (),
                  hosts: Iterable[tuple[str, str]] = (), null_mx: Iterable[str] = (),
-                 port: int | None = None) -> None:
+                 txt: Iterable[tuple[str, str]] = (), port: int | None = None) -> None:
         self.port = port or free_port()
         self.workdir = temp_dir("ringmail-dns-")
         conf = [f"local=/{zone}/", "no-resolv", "no-hosts", "bind-interfaces",
@@ -972,6 +974,11 @@ class Dnsmasq:
             conf.append(f"host-record={name},{ip}")
         for dom in null_mx:
             conf.append(f"dns-rr={dom},15,000000")  # preference 0, root name (one 0 octet)
+        for name, text in txt:
+            if '"' in text or "\n" in text:
+                raise ValueError(f"TXT text for {name} holds a quote or a newline")
+            parts = [text[i:i + 255] for i in range(0, len(text), 255)] or [""]
+            conf.append(f"txt-record={name}," + ",".join(f'"{p}"' for p in parts))
         self.conf_path = os.path.join(self.workdir, "dnsmasq.conf")
         with open(self.conf_path, "w", encoding="utf-8") as f:
             f.write("\n".join(conf) + "\n")

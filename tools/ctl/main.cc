@@ -1,6 +1,8 @@
 // ringmailctl: the administration client. Subcommands:
 //   passwd USER [--scheme argon2id|pbkdf2-sha256|cram-md5]
 //                        password on stdin -> "USER:HASH" on stdout
+//   dkim-record KEY_FILE SELECTOR [--domain D]
+//                        the DNS TXT record that publishes a DKIM key
 //
 // Exit codes: 0 success, 2 usage error (CLI11 parse errors, bad arguments), 1 any other
 // failure, always with one message on stderr.
@@ -8,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "dkim_record.h"
 #include "passwd.h"
 #include <cstdio>
 #include <string>
@@ -29,6 +32,15 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"argon2id", "pbkdf2-sha256", "cram-md5"}))
         ->capture_default_str();
 
+    CLI::App* record = app.add_subcommand(
+        "dkim-record", "print the DNS TXT record that publishes a DKIM key ([[dkim]] key_file)");
+    std::string key_file;
+    std::string selector;
+    std::string domain;
+    record->add_option("KEY_FILE", key_file, "PEM private key (RSA or Ed25519)")->required();
+    record->add_option("SELECTOR", selector, "the [[dkim]] selector (s=)")->required();
+    record->add_option("--domain", domain, "the signing domain: print the full record name");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -44,6 +56,8 @@ int main(int argc, char** argv) {
         }
         return ringmail::ctl::run_passwd(user, *s, stdin);
     }
+    if (record->parsed())
+        return ringmail::ctl::run_dkim_record(key_file, selector, domain);
     std::fputs("ringmailctl: no subcommand\n", stderr);
     return 2;
 }

@@ -121,6 +121,21 @@ struct domain_config {
     std::optional<host_port> route;  // send there instead of the domain's MX hosts
 };
 
+// [[dkim]]: one DKIM signature made for mail we send whose From: domain is `domain` or a
+// subdomain of it. The key file is read when the daemon starts, by --check-config and on
+// SIGHUP, not by the parser.
+enum class dkim_canon { simple, relaxed };
+struct dkim_config {
+    std::string domain;                // d=, canonical lower case
+    std::string selector;              // s=, canonical lower case
+    std::string key_file;              // PEM private key: RSA or Ed25519 (PKCS#8)
+    std::vector<std::string> headers;  // empty = the default list (dkim::default_headers)
+    bool over_sign = true;
+    dkim_canon header_canon = dkim_canon::relaxed;
+    dkim_canon body_canon = dkim_canon::relaxed;
+    std::chrono::seconds expire_after{0};  // 0 = no x=
+};
+
 struct auth_config {
     std::string users_file;          // "user:hash" lines; empty = no AUTH anywhere
     std::uint32_t max_failures = 5;  // per client IP within failure_window (all shards), then 421
@@ -147,6 +162,7 @@ struct settings {
     admin_config admin;
     auth_config auth;
     std::vector<domain_config> domains;  // [[domain]], names distinct
+    std::vector<dkim_config> dkim;       // [[dkim]], (domain, selector) pairs distinct
 };
 
 // The number of shards to start: server.shards, or the online CPUs when it is 0.

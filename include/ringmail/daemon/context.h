@@ -17,6 +17,7 @@
 #include "ringmail/core/result.h"
 #include "ringmail/core/socket.h"
 #include "ringmail/delivery/messages.h"
+#include "ringmail/dkim/signer.h"
 #include "ringmail/queue/handoff.h"
 #include "ringmail/reception/listener.h"
 #include "ringmail/tls/credentials.h"
@@ -42,6 +43,9 @@ struct reload_state {
     // Replaced whole by a successful certificate reload. A woken shard loads it and, when the
     // pointer changed, rebuilds its server contexts; running sessions keep their old context.
     std::atomic<std::shared_ptr<const tls_credentials_set>> tls;
+    // Replaced whole by a successful key reload ([[dkim]]); a woken shard builds its signer
+    // from it. A message in progress keeps the signer it started with.
+    std::atomic<std::shared_ptr<const dkim::key_set>> dkim;
 };
 
 // Shared by the shards' delivery engines; built before they start, destroyed after.
@@ -92,10 +96,16 @@ std::shared_ptr<const auth::credential_store> load_users(const config::settings&
 // must stay open while the daemon runs. false with `why` naming the listener and its address.
 bool claim_listen_addresses(const daemon_context& ctx, std::vector<int>& claims, std::string& why);
 
+// Start-up, --check-config and SIGHUP (main thread): every [[dkim]] table with its key loaded.
+// nullptr with `why` naming the table and the file on failure; a table whose RSA key has fewer
+// than 2048 bits adds a line to `warnings`.
+std::shared_ptr<const dkim::key_set> load_dkim_keys(const config::settings& cfg, std::string& why,
+                                                    std::vector<std::string>& warnings);
+
 // What --check-config verifies beyond the parser, without binding or changing anything:
 // listener features this build lacks, that spool_dir (and its shard directories) exists or can
 // be created and is writable, that the delivery log's directory is writable, certificates, the
-// users file. `why` on failure, naming the key.
+// users file, the DKIM keys. `why` on failure, naming the key.
 bool check_context(const config::settings& cfg, std::string& why);
 
 }  // namespace ringmail::daemon

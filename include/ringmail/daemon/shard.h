@@ -57,6 +57,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     void count_tls_failure() noexcept override { ++_tls_failures; }
     auth::failure_limiter& auth_limiter() noexcept override { return *_ctx.auth_limiter; }
     auth::verifier* verifier() noexcept override { return _ctx.verifier.get(); }
+    const std::shared_ptr<dkim::signer>& dkim_signer() const noexcept override { return _dkim; }
     const std::string& hostname() const noexcept override { return _ctx.cfg.server.hostname; }
     std::int64_t unix_now() const noexcept override;
     void connection_closed(std::uint64_t id) override;
@@ -111,6 +112,8 @@ class shard final : public core::shard_base, public reception::host, public deli
     void batch_done(spool_slot& slot, int res);
     // Builds this shard's server contexts from the published credentials if they changed.
     bool refresh_tls(std::string& why);
+    // Builds this shard's DKIM signer from the published keys if they changed.
+    bool refresh_dkim(std::string& why);
     void arm_auth();
     void on_auth_ready(int res, std::uint32_t flags);
     bool any_batch_in_flight() const;
@@ -128,6 +131,8 @@ class shard final : public core::shard_base, public reception::host, public deli
     std::vector<std::shared_ptr<const tls::server_context>> _tls_contexts;  // per listener
     std::shared_ptr<const tls_credentials_set> _tls_seen;  // what _tls_contexts were built from
     std::uint64_t _tls_failures = 0;                       // handshakes failed or timed out
+    std::shared_ptr<dkim::signer> _dkim;                   // null without [[dkim]]
+    std::shared_ptr<const dkim::key_set> _dkim_seen;       // what _dkim was built from
     std::uint64_t _auth_buf = 0;
     bool _auth_armed = false;
     core::member_completion<shard, &shard::on_auth_ready> _auth_op{this};

@@ -1,5 +1,6 @@
 // What an inbound connection needs from the shard that owns it: the ring, the shard's spool
-// and TLS contexts, the AUTH limiter and verifier, whether delivery takes new mail. The daemon's
+// and TLS contexts, the AUTH limiter and verifier, the DKIM signer, whether delivery takes new
+// mail. The daemon's
 // shard implements it; tests may fake it. Used on the owning shard's thread only.
 #pragma once
 
@@ -7,6 +8,7 @@
 #include "ringmail/auth/verifier.h"
 #include "ringmail/core/buffer_ring.h"
 #include "ringmail/core/reactor.h"
+#include "ringmail/dkim/signer.h"
 #include "ringmail/spool/spool.h"
 #include "ringmail/tls/context.h"
 
@@ -33,6 +35,9 @@ class host {
     virtual void count_tls_failure() noexcept = 0;
     virtual auth::failure_limiter& auth_limiter() noexcept = 0;
     virtual auth::verifier* verifier() noexcept = 0;  // null without [auth]
+    // The shard's DKIM signer as of the last reload; null without [[dkim]] tables. A message
+    // keeps the one it started with.
+    virtual const std::shared_ptr<dkim::signer>& dkim_signer() const noexcept = 0;
     virtual const std::string& hostname() const noexcept = 0;
     virtual std::int64_t unix_now() const noexcept = 0;
     // The connection has closed and nothing names it: destroy it after this call returns.

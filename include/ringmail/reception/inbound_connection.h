@@ -1,8 +1,9 @@
 // Reception: one accepted SMTP connection. The glue between the socket (a
 // core::stream_connection, with the TLS record pump as its transform for STARTTLS or an smtps
 // listener) and the pure smtp::server_session; the session's transaction_sink streams the
-// message into the shard's spool, its auth_backend hands SASL credentials to the daemon's
-// auth::verifier (off the shard).
+// message into the shard's spool (and through the DKIM signer when the message is ours to
+// sign: the signature is stored beside the body with the Received header), its auth_backend
+// hands SASL credentials to the daemon's auth::verifier (off the shard).
 //
 // Owned by the shard that accepted it (through reception::host); destroyed by the shard after
 // on_closed, never inside its own call stack. Peer errors, timeouts, failed TLS handshakes and
@@ -14,6 +15,7 @@
 #include "ringmail/auth/sasl.h"
 #include "ringmail/core/socket.h"
 #include "ringmail/core/stream_connection.h"
+#include "ringmail/dkim/signer.h"
 #include "ringmail/reception/host.h"
 #include "ringmail/reception/listener.h"
 #include "ringmail/smtp/server_session.h"
@@ -108,6 +110,9 @@ class inbound_connection final : public core::stream_connection, private smtp::t
     // carries the TLS details from the start).
     std::optional<smtp::server_session> _session;
     std::optional<spool::spool::writer_id> _writer;
+    // Mail we send (relay_allowed or authenticated) with [[dkim]] tables: the body hash runs
+    // while the content arrives, the signature is made in commit().
+    std::optional<dkim::message_signer> _dkim;
     bool _commit_pending = false;  // finished into the spool, batch not yet completed
 
     // TLS: the transform of the stream (owned by it), from STARTTLS (after its 220 went out

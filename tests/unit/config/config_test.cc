@@ -299,6 +299,52 @@ const bad_case bad_cases[] = {
      "domain[0].tls: expected \"none\", \"opportunistic\" or \"required\", got \"yes\""},
     {"domain_unknown", "[[domain]]\nname = \"a.test\"\nmx = \"x\"\n" + listener_with(""),
      "domain[0].mx: unknown key"},
+    // [[dkim]]
+    {"dkim_domain_missing", "[[dkim]]\nselector = \"s\"\nkey_file = \"k\"\n" + listener_with(""),
+     "dkim[0].domain: missing (the signing domain, d=)"},
+    {"dkim_selector_missing",
+     "[[dkim]]\ndomain = \"a.test\"\nkey_file = \"k\"\n" + listener_with(""),
+     "dkim[0].selector: missing (the selector, s=)"},
+    {"dkim_key_missing", "[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\n" + listener_with(""),
+     "dkim[0].key_file: missing (the private key file)"},
+    {"dkim_selector_bad",
+     "[[dkim]]\ndomain = \"a.test\"\nselector = \"a b\"\nkey_file = \"k\"\n" + listener_with(""),
+     "dkim[0].selector: expected a selector (DNS labels), got \"a b\""},
+    {"dkim_canon_bad",
+     "[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nkey_file = \"k\"\n"
+     "canonicalization = \"relaxed/loose\"\n" +
+         listener_with(""),
+     "dkim[0].canonicalization: expected \"relaxed/relaxed\""},
+    {"dkim_headers_without_from",
+     "[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nkey_file = \"k\"\n"
+     "headers = [\"Subject\", \"To\"]\n" +
+         listener_with(""),
+     "dkim[0].headers: must include From"},
+    {"dkim_headers_bad_name",
+     "[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nkey_file = \"k\"\n"
+     "headers = [\"From\", \"Sub ject\"]\n" +
+         listener_with(""),
+     "dkim[0].headers[1]: expected a header field name, got \"Sub ject\""},
+    {"dkim_headers_duplicate",
+     "[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nkey_file = \"k\"\n"
+     "headers = [\"From\", \"from\"]\n" +
+         listener_with(""),
+     "dkim[0].headers[1]: \"from\" duplicates dkim[0].headers[0]"},
+    {"dkim_expire_bad",
+     "[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nkey_file = \"k\"\n"
+     "expire_after = \"soon\"\n" +
+         listener_with(""),
+     "dkim[0].expire_after: expected a duration"},
+    {"dkim_duplicate_selector",
+     "[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nkey_file = \"k\"\n"
+     "[[dkim]]\ndomain = \"A.test\"\nselector = \"S\"\nkey_file = \"k2\"\n" +
+         listener_with(""),
+     "dkim[1].selector: selector \"S\" of a.test is already configured by dkim[0].selector"},
+    {"dkim_unknown",
+     "[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nkey_file = \"k\"\n"
+     "algorithm = \"rsa\"\n" +
+         listener_with(""),
+     "dkim[0].algorithm: unknown key"},
 };
 
 INSTANTIATE_TEST_SUITE_P(all, config_errors, ::testing::ValuesIn(bad_cases),
@@ -513,6 +559,32 @@ address = ""
 
     EXPECT_EQ(c.dns.servers, (std::vector<std::string>{"192.0.2.53:53", "[2001:db8::53]:5353"}));
     EXPECT_FALSE(c.admin.enabled());
+}
+
+TEST(config, dkim_tables) {
+    const auto r = parse(
+        "[[dkim]]\ndomain = \"Example.COM\"\nselector = \"S2026\"\nkey_file = \"/k.pem\"\n"
+        "[[dkim]]\ndomain = \"example.com\"\nselector = \"ed\"\nkey_file = \"/e.pem\"\n"
+        "headers = [\"From\", \"Subject\", \"List-Unsubscribe\"]\nover_sign = false\n"
+        "canonicalization = \"simple/relaxed\"\nexpire_after = \"30d\"\n" +
+        with_listener(""));
+    ASSERT_TRUE(r.ok()) << r.error;
+    ASSERT_EQ(r->dkim.size(), 2u);
+    const auto& a = r->dkim[0];
+    EXPECT_EQ(a.domain, "example.com");
+    EXPECT_EQ(a.selector, "s2026");
+    EXPECT_EQ(a.key_file, "/k.pem");
+    EXPECT_TRUE(a.headers.empty());
+    EXPECT_TRUE(a.over_sign);
+    EXPECT_EQ(a.header_canon, dkim_canon::relaxed);
+    EXPECT_EQ(a.body_canon, dkim_canon::relaxed);
+    EXPECT_EQ(a.expire_after, 0s);
+    const auto& b = r->dkim[1];
+    EXPECT_EQ(b.headers, (std::vector<std::string>{"From", "Subject", "List-Unsubscribe"}));
+    EXPECT_FALSE(b.over_sign);
+    EXPECT_EQ(b.header_canon, dkim_canon::simple);
+    EXPECT_EQ(b.body_canon, dkim_canon::relaxed);
+    EXPECT_EQ(b.expire_after, 30 * 86400s);
 }
 
 TEST(config, smarthost_forms) {

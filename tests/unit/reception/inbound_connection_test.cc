@@ -2,10 +2,11 @@
 // the client on the other end of a socket pair: the 250 waits for the group commit, a message
 // committed after its client left is still durable, a reset inside DATA leaves nothing, a full
 // delivery queue defers new mail, drain says 421 between transactions and lets an open one
-// finish, the AUTH limiter and a missing verifier answer 421 and 454.
+// finish, the AUTH limiter and a missing verifier answer 421 and 454, mail from a trusted
+// client is DKIM-signed (the signature stored before Received) and mail accepted only for a
+// relay domain is not.
 #include "ringmail/reception/inbound_connection.h"
 
-#include "../spool/test_util.h"
 #include "ringmail/auth/failure_limiter.h"
 #include "ringmail/core/buffer_ring.h"
 #include "ringmail/core/reactor.h"
@@ -15,6 +16,7 @@
 
 #include <gtest/gtest.h>
 
+#include "../spool/test_util.h"
 #include <cerrno>
 #include <functional>
 #include <map>
@@ -57,14 +59,14 @@ class fake_host final : public host {
     void count_tls_failure() noexcept override { ++tls_failures; }
     auth::failure_limiter& auth_limiter() noexcept override { return limiter; }
     auth::verifier* verifier() noexcept override { return nullptr; }
+    const std::shared_ptr<dkim::signer>& dkim_signer() const noexcept override { return dkim; }
     const std::string& hostname() const noexcept override { return _hostname; }
     std::int64_t unix_now() const noexcept override { return 1700000000; }
     void connection_closed(std::uint64_t id) override { closed.push_back(id); }
 
     // The shard's group commit: runs the pending batch (if any) and answers its connections.
     // Returns the committed ids.
-    std::vector<spool::queue_id> commit(
-        const std::map<std::uint64_t, inbound_connection*>& live) {
+    std::vector<spool::queue_id> commit(const std::map<std::uint64_t, inbound_connection*>& live) {
         std::vector<spool::queue_id> ids;
         const spool::commit_batch* b = _spool->prepare_batch();
         if (!b)
@@ -84,6 +86,7 @@ class fake_host final : public host {
     int tls_failures = 0;
     auth::failure_limiter limiter{{.max_failures = 2}};
     std::vector<std::uint64_t> closed;
+    std::shared_ptr<dkim::signer> dkim;
 
   private:
     temp_dir _dir;
@@ -113,7 +116,9 @@ struct client {
     std::unique_ptr<inbound_connection> conn;
     std::string pending;  // received, not yet returned as lines
 
-    client(fake_host& host, std::uint64_t id, const listener_settings& l) : h(host) {
+    client(fake_host& host, std::uint64_t id, const listener_settings& l,
+           bool relay_allowed = false)
+        : h(host) {
         int sv[2];
         EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
         fd = sv[1];
@@ -121,7 +126,7 @@ struct client {
         peer.storage.ss_family = AF_UNIX;
         peer.len = sizeof(sa_family_t);
         conn = std::make_unique<inbound_connection>(h, id, core::ring_fd::adopt(sv[0]), peer, l,
-                                                    false);
+                                                    relay_allowed);
         conn->start();
     }
     ~client() {
@@ -248,6 +253,49 @@ TEST(inbound_connection, the_250_waits_for_the_group_commit) {
     EXPECT_TRUE(c.peer_closed());
     EXPECT_TRUE(c.spin([&] { return c.finished(); }));
     EXPECT_EQ(h.closed, std::vector<std::uint64_t>{1});
+}
+
+std::shared_ptr<dkim::signer> test_signer() {
+    std::string why;
+    auto key =
+        dkim::private_key::load_file(std::string(RINGMAIL_DKIM_TEST_DATA) + "/ed25519.pem", why);
+    EXPECT_TRUE(key) << why;
+    auto ks = std::make_shared<dkim::key_set>();
+    dkim::signature_spec spec;
+    spec.domain = "client.test";
+    spec.selector = "s";
+    spec.headers = dkim::default_headers();
+    spec.key = key;
+    ks->specs.push_back(spec);
+    auto s = dkim::signer::create(ks, why);
+    EXPECT_TRUE(s) << why;
+    return s;
+}
+
+TEST(inbound_connection, mail_we_send_is_signed_mail_for_a_relay_domain_is_not) {
+    fake_host h;
+    h.dkim = test_signer();
+    const auto l = plain_listener();
+    std::vector<std::string> added;
+    for (bool trusted : {true, false}) {
+        client c(h, trusted ? 10 : 11, l, trusted);
+        c.open_transaction();
+        c.send("From: a@client.test\r\nSubject: t\r\n\r\n..dot\r\n.\r\n");
+        c.drain_socket(5);
+        const auto ids = h.commit(live({&c}));
+        ASSERT_EQ(ids.size(), 1u);
+        EXPECT_EQ(c.reply().substr(0, 4), "250 ");
+        auto stored = h.spool().read(ids[0]);
+        ASSERT_TRUE(stored);
+        added.emplace_back(stored->added_headers);
+        EXPECT_EQ(stored->body, "From: a@client.test\r\nSubject: t\r\n\r\n..dot\r\n");
+    }
+    EXPECT_EQ(added[0].rfind(
+                  "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=client.test;", 0),
+              0u)
+        << added[0];
+    EXPECT_NE(added[0].find("\r\nReceived: "), std::string::npos) << added[0];
+    EXPECT_EQ(added[1].rfind("Received: ", 0), 0u) << added[1];
 }
 
 TEST(inbound_connection, a_message_committed_after_its_client_left_is_durable) {
