@@ -354,8 +354,8 @@ void shard::batch_done(spool_slot& slot, int res) {
     for (auto& c : committed) {
         if (c.id)
             _engine->add_committed(*slot.sp, *c.id);
-        if (c.token == 0) {
-            _engine->internal_committed(c.id);
+        if (delivery::engine::internal_token(c.token)) {
+            _engine->internal_committed(c.token, c.id);
             continue;
         }
         if (auto* conn = _connections.find(c.token)) {
