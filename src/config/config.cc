@@ -528,6 +528,12 @@ const field<server_config> server_fields[] = {
      [](table_reader& r, std::string_view k, server_config& s) {
          read_uint(r, k, s.max_connections, 1);
      }},
+    {{"server", "max_unwritten_bytes", "integer (bytes)", "33554432",
+      "per shard: message data received but not yet written to the spool; past it, sessions "
+      "sending data wait (their sockets are not read) until writes complete"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_uint(r, k, s.max_unwritten_bytes, 1 << 20);
+     }},
     {{"server", "command_timeout", "duration", "\"5m\"", "wait for the next command"},
      [](table_reader& r, std::string_view k, server_config& s) {
          read_duration(r, k, s.command_timeout);

@@ -347,8 +347,8 @@ void reactor::nop(completion* c) {
 }
 
 void reactor::write_chain(std::span<const write_request> writes, std::span<const int> sync_fds,
-                          completion* done) {
-    const std::size_t steps = writes.size() + sync_fds.size();
+                          completion* done, std::span<const int> fsync_fds) {
+    const std::size_t steps = writes.size() + sync_fds.size() + fsync_fds.size();
     if (steps == 0) {
         nop(done);  // an empty batch is trivially durable; still answered from the loop
         return;
@@ -374,6 +374,15 @@ void reactor::write_chain(std::span<const write_request> writes, std::span<const
         s.expected = SIZE_MAX;
         io_uring_sqe* sqe = io_uring_get_sqe(&_ring);
         io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+        if (++i < steps)
+            sqe->flags |= IOSQE_IO_LINK;
+        io_uring_sqe_set_data(sqe, static_cast<completion*>(&s));
+    }
+    for (int fd : fsync_fds) {
+        chain_step& s = chain->step(i);
+        s.expected = SIZE_MAX;
+        io_uring_sqe* sqe = io_uring_get_sqe(&_ring);
+        io_uring_prep_fsync(sqe, fd, 0);
         if (++i < steps)
             sqe->flags |= IOSQE_IO_LINK;
         io_uring_sqe_set_data(sqe, static_cast<completion*>(&s));

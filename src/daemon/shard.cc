@@ -54,6 +54,16 @@ void shard::spool_slot::on_written(int res, std::uint32_t) {
     owner->batch_done(*this, res);
 }
 
+void shard::spool_slot::on_streamed(int res, std::uint32_t) {
+    owner->check_shard();
+    stream_in_flight = false;
+    if (res < 0) {
+        log::error("spool {}: message data could not be written: {}", sp->dir().string(),
+                   std::strerror(-res));
+    }
+    sp->complete_stream(res);
+}
+
 shard::shard(unsigned id, const daemon_context& ctx)
     : core::shard_base(id, shard_options_for(ctx)), _ctx(ctx) {
     _engine_timer.owner = this;
@@ -93,6 +103,7 @@ bool shard::start(std::string& why) {
     spool::options so;
     so.max_message_size = _ctx.cfg.server.max_message_size +
                           _ctx.cfg.server.max_message_size / 8;  // dot-stuffing headroom
+    so.unwritten_budget = _ctx.cfg.server.max_unwritten_bytes;
     std::vector<spool::recovered_message> recovered_all;
     std::vector<spool_slot*> recovered_slots;
     for (unsigned dir : _ctx.spool_dirs[id()]) {
@@ -165,7 +176,10 @@ bool shard::start(std::string& why) {
             [this, &l](core::ring_fd conn) { accepted_connection(std::move(conn), l); }));
     }
 
-    reactor().on_iteration_end([this] { flush_commits(); });
+    reactor().on_iteration_end([this] {
+        flush_commits();
+        resume_held_input();
+    });
     reactor().on_iteration_end([this] {
         _connections.reap();
         _engine->reap();
@@ -258,10 +272,18 @@ void shard::on_wake() {
 
 bool shard::any_batch_in_flight() const {
     for (const auto& s : _spools) {
-        if (s->in_flight || s->sp->has_pending())
+        if (s->in_flight || s->stream_in_flight || s->sp->has_pending())
             return true;
     }
     return false;
+}
+
+// Connections that stopped reading for the budget read again once writes freed it.
+void shard::resume_held_input() {
+    if (!_input_held || spool().over_budget())
+        return;
+    _input_held = false;
+    _connections.for_each([](reception::inbound_connection& c) { c.resume_input(); });
 }
 
 bool shard::settling() {
@@ -327,6 +349,17 @@ void shard::connection_closed(std::uint64_t cid) {
 void shard::flush_commits() {
     check_shard();
     for (auto& slot : _spools) {
+        if (!slot->stream_in_flight) {
+            if (const spool::commit_batch* sb = slot->sp->prepare_stream()) {
+                slot->stream_requests.clear();
+                for (const auto& w : sb->writes) {
+                    slot->stream_requests.push_back(core::write_request{
+                        w.fd, w.offset, w.iov.data(), static_cast<unsigned>(w.iov.size())});
+                }
+                slot->stream_in_flight = true;
+                reactor().write_chain(slot->stream_requests, {}, &slot->stream_op);
+            }
+        }
         if (slot->in_flight || reactor().now() < slot->retry_at)
             continue;
         const spool::commit_batch* b = slot->sp->prepare_batch();
@@ -337,12 +370,12 @@ void shard::flush_commits() {
             slot->requests.push_back(core::write_request{w.fd, w.offset, w.iov.data(),
                                                          static_cast<unsigned>(w.iov.size())});
         }
-        if (slot->requests.empty() && b->sync_fds.empty()) {
+        if (slot->requests.empty() && b->sync_fds.empty() && b->fsync_fds.empty()) {
             batch_done(*slot, 0);
             continue;
         }
         slot->in_flight = true;
-        reactor().write_chain(slot->requests, b->sync_fds, &slot->op);
+        reactor().write_chain(slot->requests, b->sync_fds, &slot->op, b->fsync_fds);
     }
 }
 
@@ -365,8 +398,8 @@ void shard::batch_done(spool_slot& slot, int res) {
     for (auto& c : committed) {
         if (c.id)
             _engine->add_committed(*slot.sp, *c.id);
-        if (c.token == 0) {
-            _engine->internal_committed(c.id);
+        if (delivery::engine::internal_token(c.token)) {
+            _engine->internal_committed(c.token, c.id);
             continue;
         }
         if (auto* conn = _connections.find(c.token)) {

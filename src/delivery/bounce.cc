@@ -49,7 +49,7 @@ std::string original_recipient(std::string_view orcpt) {
 result<std::optional<spool::queue_id>> spool_dsn(spool::spool& original, spool::spool& into,
                                                  const queue::bounce_request& b,
                                                  std::string_view reporting_mta,
-                                                 std::int64_t now_unix) {
+                                                 std::int64_t now_unix, std::uint64_t token) {
     auto orig = original.read(b.id);
     if (!orig)
         return failure(orig.error());
@@ -66,7 +66,7 @@ result<std::optional<spool::queue_id>> spool_dsn(spool::spool& original, spool::
     std::string envid;
     if (!orig->env.envid.empty())
         envid = smtp::xtext_decode(orig->env.envid).value_or(std::string());
-    std::string token = fmt::format("{}.{}", spool::format_queue_id(b.id), now_unix);
+    std::string id_token = fmt::format("{}.{}", spool::format_queue_id(b.id), now_unix);
     queue::dsn_request req;
     req.reporting_mta = reporting_mta;
     req.original_sender = b.sender;
@@ -77,7 +77,7 @@ result<std::optional<spool::queue_id>> spool_dsn(spool::spool& original, spool::
     req.original_envelope_id = envid;
     req.original_added_headers = orig->added_headers;
     req.original_message = orig->body;
-    req.message_id_token = token;
+    req.message_id_token = id_token;
     std::string text = queue::build_dsn(req);
 
     mail::envelope env;
@@ -96,7 +96,7 @@ result<std::optional<spool::queue_id>> spool_dsn(spool::spool& original, spool::
         into.abort(*w);
         return failure(ok.error());
     }
-    auto id = into.finish(*w, {}, 0);
+    auto id = into.finish(*w, {}, token);
     if (!id)
         return failure(id.error());
     return std::optional<spool::queue_id>(*id);

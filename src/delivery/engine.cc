@@ -187,7 +187,7 @@ void engine::submit(const std::shared_ptr<const message_view>& view,
     _dirty = true;
 }
 
-void engine::add_recovered(spool::spool&, const spool::recovered_message& m) {
+void engine::add_recovered(spool::spool& sp, const spool::recovered_message& m) {
     _oncore.check();
     ledger_message lm;
     lm.id = m.msg.id;
@@ -207,6 +207,33 @@ void engine::add_recovered(spool::spool&, const spool::recovered_message& m) {
             pending.push_back(i);
         }
     }
+    if (pending.empty()) {
+        // Every recipient final but not done: the process stopped before the DSN was durable
+        // (or before the done entry was). Failed recipients get their DSN now.
+        queue::bounce_request b;
+        b.id = m.msg.id;
+        b.sender = lm.sender;
+        b.arrival = lm.arrival;
+        for (std::size_t i = 0; i < lm.rcpts.size(); ++i) {
+            if (lm.state[i] != queue::rcpt_state::bounced &&
+                lm.state[i] != queue::rcpt_state::expired) {
+                continue;
+            }
+            queue::failed_recipient f;
+            f.address = lm.rcpts[i];
+            f.expired = lm.state[i] == queue::rcpt_state::expired;
+            f.status = f.expired ? "5.4.7" : "5.0.0";
+            b.rcpts.push_back(std::move(f));
+        }
+        if (b.rcpts.empty() || b.sender.empty()) {
+            sp.record_done(m.msg.id);
+        } else {
+            _dsn_waits[m.msg.id] += 1;
+            spool_bounce(pending_dsn{m.msg.id, std::move(b)});
+        }
+        _journaled = true;
+        return;
+    }
     if (auto ok = _ledger.add(std::move(lm)); !ok) {
         log::error("{}: cannot queue recovered message: {}", spool::format_queue_id(m.msg.id),
                    ok.error().message());
@@ -218,6 +245,7 @@ void engine::add_recovered(spool::spool&, const spool::recovered_message& m) {
 
 void engine::add_committed(spool::spool& sp, spool::queue_id id) {
     _oncore.check();
+    retry_bounces();
     auto m = sp.read(id);
     if (!m) {
         log::error("{}: committed but unreadable: {}", spool::format_queue_id(id),
@@ -254,9 +282,78 @@ void engine::add_committed(spool::spool& sp, spool::queue_id id) {
     submit(view, pending, 0, 0);
 }
 
-void engine::internal_committed(const result<spool::queue_id>& id) {
-    if (!id)
-        log::error("a delivery status notification could not be spooled: {}", id.error().message());
+void engine::internal_committed(std::uint64_t token, const result<spool::queue_id>& id) {
+    _oncore.check();
+    auto it = _dsns.find(token);
+    if (it == _dsns.end()) {
+        if (!id)
+            log::error("a message of ours could not be spooled: {}", id.error().message());
+        return;
+    }
+    pending_dsn d = std::move(it->second);
+    _dsns.erase(it);
+    if (!id) {
+        log::warn("{}: its bounce was not committed ({}), spooling it again",
+                  spool::format_queue_id(d.original), id.error().message());
+        spool_bounce(std::move(d));
+        return;
+    }
+    // The DSN is durable: now the original may be done.
+    notice_durable(d.original);
+}
+
+// One of the notices the original waits for is durable (or wanted by nobody): once none is
+// left, the original is done.
+void engine::notice_durable(spool::queue_id original) {
+    auto it = _dsn_waits.find(original);
+    if (it != _dsn_waits.end() && --it->second != 0)
+        return;
+    if (it != _dsn_waits.end())
+        _dsn_waits.erase(it);
+    if (spool::spool* sp = _host.spool_for(original)) {
+        sp->record_done(original);
+        _journaled = true;
+    }
+}
+
+void engine::spool_bounce(pending_dsn d) {
+    spool::spool* sp = _host.spool_for(d.original);
+    if (!sp)
+        return;
+    const std::uint64_t token = internal_token_bit | _next_dsn_token++;
+    auto dsn =
+        spool_dsn(*sp, _host.own_spool(), d.bounce, _settings.hostname, _host.unix_now(), token);
+    if (dsn && !*dsn) {
+        log::info("{}: no notification: NOTIFY excludes it for every recipient concerned",
+                  spool::format_queue_id(d.original));
+        notice_durable(d.original);
+        return;
+    }
+    if (!dsn) {
+        // Kept: retried with the next committed batch, and after a restart (the original is
+        // not done).
+        log::error("{}: cannot spool its bounce: {}", spool::format_queue_id(d.original),
+                   dsn.error().message());
+        _dsn_retry.push_back(std::move(d));
+        return;
+    }
+    log::info("{}: sender {} notification: {} (to=<{}>, {} recipient(s))",
+              spool::format_queue_id(d.original),
+              !d.bounce.rcpts.empty() && d.bounce.rcpts.front().action == queue::dsn_action::relayed
+                  ? "relayed"
+                  : "non-delivery",
+              spool::format_queue_id(**dsn), log::sanitize(d.bounce.sender), d.bounce.rcpts.size());
+    _dsns.emplace(token, std::move(d));
+    _journaled = true;
+}
+
+void engine::retry_bounces() {
+    if (_dsn_retry.empty())
+        return;
+    auto retry = std::move(_dsn_retry);
+    _dsn_retry.clear();
+    for (auto& d : retry)
+        spool_bounce(std::move(d));
 }
 
 // The one outcome path: a notice's recipients -> journal (final states, the retry record) ->
@@ -277,17 +374,35 @@ void engine::apply_notice(const queue::job_notice& n) {
         sp->record_rcpt(n.queue_id, i, o);
     if (a.retry)
         sp->record_attempt(n.queue_id, a.retry->attempts, a.retry->next_attempt);
-    for (const auto* notice : {&a.bounce, &a.relayed, &a.delayed}) {
-        if (*notice)
-            send_notice(*sp, **notice);
-    }
+    if (a.delayed)
+        send_notice(*sp, *a.delayed);  // informational: the message is not done
     if (a.null_sender_failure) {
         // RFC 5321 6.1: never a notification about a notification (or any null-sender mail).
         log::info("{}: undeliverable, null sender: no notification sent",
                   spool::format_queue_id(n.queue_id));
     }
-    if (a.done)
-        sp->record_done(n.queue_id);
+    // The notices that come with the message's end (failed, relayed): done once they are
+    // committed (internal_committed), never before. A relayed notice while others are pending
+    // is informational like a delay notice.
+    std::vector<queue::bounce_request> finals;
+    for (auto* notice : {&a.bounce, &a.relayed}) {
+        if (!*notice)
+            continue;
+        if (a.done) {
+            finals.push_back(std::move(**notice));
+        } else {
+            send_notice(*sp, **notice);
+        }
+    }
+    if (a.done) {
+        if (finals.empty()) {
+            sp->record_done(n.queue_id);
+        } else {
+            _dsn_waits[n.queue_id] += static_cast<unsigned>(finals.size());
+            for (auto& f : finals)
+                spool_bounce(pending_dsn{n.queue_id, std::move(f)});
+        }
+    }
     if (!a.outcomes.empty() || a.retry || a.done)
         _journaled = true;
 }
@@ -415,6 +530,7 @@ void engine::log_notice(const queue::job_notice& n) {
 // --- the owner side: the scheduler's actions ----------------------------------------------
 
 void engine::on_timer() {
+    retry_bounces();
     _dirty = true;
     run();
 }

@@ -308,7 +308,15 @@ void inbound_connection::on_received(std::string_view bytes) {
 }
 
 bool inbound_connection::wants_input() const {
-    return _session && !_peer_gone && !_tls_dead && !_session->input_full();
+    if (!_session || _peer_gone || _tls_dead || _session->input_full())
+        return false;
+    // Back-pressure: message data waits in the socket while the spool holds its budget of
+    // unwritten bytes (the shard resumes us when writes complete).
+    if (_writer && _host.spool().over_budget()) {
+        _host.input_held();
+        return false;
+    }
+    return true;
 }
 
 void inbound_connection::on_input_end(int err) {

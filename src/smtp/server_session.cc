@@ -878,9 +878,15 @@ std::size_t server_session::scan_line(const char* b, std::size_t i, std::size_t 
     if (const void* lf = std::memchr(b + i, '\n', stop - i)) {
         std::size_t k = static_cast<const char*>(lf) - b;
         note_line_bytes(k - i + 1);
+        if (std::memchr(b + i, '\0', k - i) != nullptr)
+            fail_content(content_error::nul);
         fail_content(content_error::bare_cr_lf);
         return k + 1;
     }
+    // A NUL is line content, never an end, but a receiver that drops it would see
+    // "\r\n\0.\r\n" as the end of data: refused like a bare CR or LF.
+    if (std::memchr(b + i, '\0', stop - i) != nullptr)
+        fail_content(content_error::nul);
     note_line_bytes(stop - i);
     if (cr) {
         _scan = scan::cr;
@@ -959,6 +965,8 @@ void server_session::end_of_content() {
         switch (e) {
             case content_error::bare_cr_lf:
                 return reply(550, "5.6.0", "Error: message contains bare <CR> or <LF>");
+            case content_error::nul:
+                return reply(550, "5.6.0", "Error: message contains <NUL>");
             case content_error::line_too_long:
                 return reply(500, "5.5.2", "Error: message line too long");
             case content_error::too_big:

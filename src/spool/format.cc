@@ -146,22 +146,20 @@ void encode_header(char* out, const record_header& h) {
     put32(out, record_magic);
     put16(out + 4, version);
     put16(out + 6, header_size);
-    put64(out + 8, header_size + std::uint64_t(h.envelope_length) + h.added_headers_length +
-                       h.body_length + trailer_size);
+    put64(out + 8, h.body_offset() + h.body_length + trailer_size);
     put64(out + 16, h.id);
     put32(out + 24, h.envelope_length);
     put32(out + 28, h.added_headers_length);
     put64(out + 32, h.body_length);
     put32(out + 40, h.body_crc);
-    put32(out + 44, 0);
+    put32(out + 44, h.pad_length);
 }
 
 result<record_header> check_record(std::string_view bytes) {
     if (bytes.size() < header_size + trailer_size)
         return errc::corrupt;
     const char* p = bytes.data();
-    if (get32(p) != record_magic || get16(p + 4) != version || get16(p + 6) != header_size ||
-        get32(p + 44) != 0) {
+    if (get32(p) != record_magic || get16(p + 4) != version || get16(p + 6) != header_size) {
         return errc::corrupt;
     }
     record_header h;
@@ -171,18 +169,18 @@ result<record_header> check_record(std::string_view bytes) {
     h.added_headers_length = get32(p + 28);
     h.body_length = get64(p + 32);
     h.body_crc = get32(p + 40);
+    h.pad_length = get32(p + 44);
     // Lengths are untrusted: compare without overflow (body_length < 2^64 - 2^34 checked first).
     if (h.body_length > bytes.size())
         return errc::corrupt;
-    const std::uint64_t expect = header_size + std::uint64_t(h.envelope_length) +
-                                 h.added_headers_length + h.body_length + trailer_size;
+    const std::uint64_t expect = h.body_offset() + h.body_length + trailer_size;
     if (h.record_length != expect || h.record_length > bytes.size())
         return errc::corrupt;
     const std::size_t meta = header_size + h.envelope_length + h.added_headers_length;
-    const char* t = p + meta + h.body_length;
+    const char* t = p + h.body_offset() + h.body_length;
     if (get32(t + 4) != trailer_magic)
         return errc::corrupt;
-    if (crc32c(p + meta, h.body_length) != h.body_crc)
+    if (crc32c(p + h.body_offset(), h.body_length) != h.body_crc)
         return errc::corrupt;
     if (crc32c(p, meta) != get32(t))
         return errc::corrupt;

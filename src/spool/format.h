@@ -79,13 +79,18 @@ struct record_header {
     std::uint32_t added_headers_length = 0;
     std::uint64_t body_length = 0;
     std::uint32_t body_crc = 0;
+    std::uint32_t pad_length = 0;
+    // Offset of the body from the record's start.
+    std::uint64_t body_offset() const {
+        return header_size + std::uint64_t(envelope_length) + added_headers_length + pad_length;
+    }
 };
 
 void encode_header(char* out, const record_header&);  // header_size bytes; computes record_length
 
 // Record at the start of `bytes` (which runs to the end of the valid file region). Checks
-// magics, lengths and both CRCs. On success fills `h`; the envelope, added headers and body
-// follow the header back to back.
+// magics, lengths and both CRCs. On success fills `h`; the envelope and added headers follow
+// the header back to back, then the pad, then the body.
 result<record_header> check_record(std::string_view bytes);
 
 struct journal_entry {

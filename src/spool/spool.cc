@@ -31,16 +31,32 @@ constexpr std::uint32_t slot_mask = (1u << slot_bits) - 1;
 constexpr const char* journal_name = "journal";
 constexpr const char* journal_tmp_name = "journal.tmp";
 constexpr const char* segment_prefix = "segment-";
+constexpr const char* message_prefix = "message-";
+// A streaming message's file: keys in the segment map beside the sequence numbers.
+constexpr std::uint64_t message_file_key = 1ull << 63;
+// Room for the added headers (Received, later DKIM-Signature) between a streamed message's
+// envelope and its body, which is written before they are known.
+constexpr std::uint64_t added_headers_room = 16 << 10;
+constexpr std::size_t stream_chunk = 64 << 10;      // chunk size once a message streams
+constexpr std::uint64_t stream_flush = 128 << 10;   // buffered bytes that make a stream write
+constexpr std::uint64_t pressure_spill = 16 << 10;  // over budget: messages this big stream
+// Bounds of one ring chain (the SQ has 4096 entries): streamed records per commit batch, and
+// files per stream batch.
+constexpr std::size_t max_streamed_per_batch = 256;
+constexpr std::size_t max_stream_files = 1024;
 
-std::string segment_name(std::uint64_t seq) {
+std::string file_name(const char* prefix, std::uint64_t seq) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%s%016llX", segment_prefix,
-                  static_cast<unsigned long long>(seq));
+    std::snprintf(buf, sizeof buf, "%s%016llX", prefix, static_cast<unsigned long long>(seq));
     return buf;
 }
 
-bool parse_segment_name(std::string_view name, std::uint64_t& seq) {
-    const std::string_view p = segment_prefix;
+std::string segment_name(std::uint64_t seq) {
+    return file_name(segment_prefix, seq);
+}
+
+bool parse_file_name(std::string_view name, const char* prefix, std::uint64_t& seq) {
+    const std::string_view p = prefix;
     if (name.size() != p.size() + 16 || name.substr(0, p.size()) != p)
         return false;
     seq = 0;
@@ -56,6 +72,10 @@ bool parse_segment_name(std::string_view name, std::uint64_t& seq) {
         seq = seq << 4 | unsigned(v);
     }
     return seq > 0 && seq < seq_limit;
+}
+
+bool parse_segment_name(std::string_view name, std::uint64_t& seq) {
+    return parse_file_name(name, segment_prefix, seq);
 }
 
 failure errno_failure(int err) {
@@ -80,10 +100,42 @@ int write_all(int fd, const char* p, std::size_t n, std::uint64_t off) {
     return 0;
 }
 
+// Message bytes not yet on disk. Each chunk charges its size to the spool's unwritten count for
+// as long as it is allocated, whoever holds it (writer, pending record, batch in flight).
 struct chunk {
     std::unique_ptr<char[]> data;
     std::size_t size = 0;
     std::size_t used = 0;
+    std::uint64_t* charged = nullptr;
+
+    chunk(std::size_t n, std::uint64_t* counter)
+        : data(std::make_unique_for_overwrite<char[]>(n)), size(n), charged(counter) {
+        *charged += n;
+    }
+    chunk(chunk&& o) noexcept
+        : data(std::move(o.data)),
+          size(o.size),
+          used(o.used),
+          charged(std::exchange(o.charged, nullptr)) {}
+    chunk& operator=(chunk&& o) noexcept {
+        if (this != &o) {
+            release();
+            data = std::move(o.data);
+            size = o.size;
+            used = o.used;
+            charged = std::exchange(o.charged, nullptr);
+        }
+        return *this;
+    }
+    chunk(const chunk&) = delete;
+    chunk& operator=(const chunk&) = delete;
+    ~chunk() { release(); }
+    void release() noexcept {
+        if (charged)
+            *charged -= size;
+        charged = nullptr;
+        data.reset();
+    }
 };
 
 }  // namespace
@@ -103,6 +155,11 @@ struct spool::segment {
     std::uint64_t live = 0;           // committed messages not done
     std::uint64_t inflight = 0;       // records placed here whose batch has not completed
     bool sealed = false;              // never appended to again
+    std::uint64_t key = 0;            // in _segments: seq, or message_file_key | number
+    bool message_file = false;        // one streamed message's own file (message-<N>)
+    bool writing = false;             // message file: its message is not committed or failed yet
+    unsigned stream_inflight = 0;     // stream batches in flight that write here
+    std::error_code stream_error;     // a stream write here failed: its message fails
     // Ids of records in this file that are done (or whose batch failed): compaction keeps a done
     // entry for each while the file exists, so recovery never resurrects them.
     std::vector<queue_id> dead;
@@ -128,6 +185,14 @@ struct spool::writer {
     std::uint64_t body_length = 0;
     std::uint32_t body_crc = 0;
     queue_id id = 0;  // drawn at begin(), so the Received header can name it
+    // Streaming: the message's own file, where its body starts, and how many body bytes went
+    // to stream batches already (`body` holds the bytes after them).
+    segment* file = nullptr;
+    std::uint64_t body_start = 0;
+    std::uint64_t handed = 0;
+    // The message failed (no file, a stream write failed): its bytes are dropped at once, so
+    // that a session still reading to its end of data holds no budget.
+    std::error_code error;
 };
 
 struct spool::record {
@@ -140,7 +205,9 @@ struct spool::record {
     std::uint32_t rcpt_count = 0;
     segment* seg = nullptr;
     std::uint64_t offset = 0;
-    std::error_code error;  // set when placement failed
+    std::error_code error;     // set when placement failed
+    bool streamed = false;     // seg is its own file (set at finish), body partly written already
+    std::uint64_t handed = 0;  // streamed: body bytes already written by stream batches
 };
 
 struct spool::batch {
@@ -149,7 +216,30 @@ struct spool::batch {
     std::vector<queue_id> dones;  // applied in memory once the journal write commits
     std::vector<segment*> touched;
     std::uint64_t record_bytes = 0;
+    bool dir_synced = false;       // fsyncs the directory (new message files, a rename)
+    bool compaction_swap = false;  // also writes journal.tmp: the compaction ends with it
     commit_batch cb;
+};
+
+struct spool::stream_batch {
+    std::vector<chunk> chunks;
+    std::vector<segment*> files;
+    commit_batch cb;
+};
+
+struct spool::compaction {
+    int fd = -1;  // journal.tmp
+    std::vector<char> image;
+    std::vector<char> tail;
+    char floor[format::journal_entry_size]{};
+    std::uint64_t size = 0;           // of journal.tmp once the swap batch is written
+    std::vector<std::uint64_t> segs;  // segment keys when the walk started
+    std::size_t seg = 0;
+    std::size_t dead = 0;
+    std::size_t buckets = 0;  // _live.bucket_count() of the walk: a rehash restarts the walk
+    std::size_t bucket = 0;
+    bool walked = false;
+    bool in_batch = false;  // the swap batch is in flight
 };
 
 spool::spool(std::filesystem::path dir, unsigned shard, const options& opt, int dir_fd, int lock_fd)
@@ -169,6 +259,8 @@ spool::~spool() {
     }
     if (_journal_fd >= 0)
         ::close(_journal_fd);
+    if (_compaction)
+        ::close(_compaction->fd);  // journal.tmp is removed by the next recovery
     ::close(_dir_fd);
     ::close(_lock_fd);
 }
@@ -203,6 +295,45 @@ result<std::unique_ptr<spool>> spool::open(const std::filesystem::path& shard_di
 
 // ---------------------------------------------------------------- segments
 
+// A streaming message's own file. No directory fsync here: the commit batch that makes its
+// record valid fsyncs the directory first (the name only has to be durable before the 250), so
+// many messages starting to stream at once cost one fsync, on the ring.
+result<spool::segment*> spool::create_message_file(std::uint64_t capacity) {
+    for (int tries = 0; tries < 64; ++tries) {
+        if (_next_stream >= seq_limit)
+            _next_stream = 1;
+        const std::uint64_t n = _next_stream++;
+        const std::string name = file_name(message_prefix, n);
+        const int fd = ::openat(_dir_fd, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            if (errno == EEXIST)
+                continue;  // a file left from before a wrap of the numbers
+            return errno_failure(errno);
+        }
+        void* map = ::mmap(nullptr, capacity, PROT_READ, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+            const int err = errno;
+            ::close(fd);
+            ::unlinkat(_dir_fd, name.c_str(), 0);
+            return errno_failure(err);
+        }
+        auto s = std::make_unique<segment>();
+        s->seq = n;
+        s->key = message_file_key | n;
+        s->message_file = true;
+        s->sealed = true;  // batches never place records here
+        s->writing = true;
+        s->fd = fd;
+        s->map = static_cast<char*>(map);
+        s->capacity = capacity;
+        segment* raw = s.get();
+        _segments.emplace(s->key, std::move(s));
+        _dir_dirty = true;
+        return raw;
+    }
+    return errno_failure(EEXIST);
+}
+
 result<spool::segment*> spool::create_segment(std::uint64_t capacity) {
     if (_next_seq >= seq_limit)
         return errc::ids_exhausted;
@@ -229,6 +360,7 @@ result<spool::segment*> spool::create_segment(std::uint64_t capacity) {
     ++_next_seq;
     auto s = std::make_unique<segment>();
     s->seq = seq;
+    s->key = seq;
     s->fd = fd;
     s->map = static_cast<char*>(map);
     s->capacity = capacity;
@@ -257,17 +389,25 @@ result<void> spool::rotate(std::uint64_t min_capacity) {
 }
 
 void spool::maybe_reclaim(segment* s) {
-    // The newest segment file stays on disk: its name is the persisted high-water mark of the
-    // sequence (and so of queue ids) until a newer one exists.
-    if (!s->sealed || s->live != 0 || s->inflight != 0 || s->seq + 1 == _next_seq)
+    if (s->live != 0 || s->inflight != 0 || s->stream_inflight != 0)
         return;
+    if (s->message_file) {
+        if (s->writing)
+            return;
+    } else if (!s->sealed || s->seq + 1 == _next_seq) {
+        // The newest segment file stays on disk: its name is the persisted high-water mark of
+        // the sequence (and so of queue ids) until a newer one exists.
+        return;
+    }
     if (s->map)
         ::munmap(s->map, s->capacity);
     ::close(s->fd);
-    // A failed unlink leaves a file whose messages are all journaled done: recovery deletes it.
-    ::unlinkat(_dir_fd, segment_name(s->seq).c_str(), 0);
+    // A failed unlink leaves a file whose messages are all journaled done (or that holds no
+    // valid record): recovery deletes it.
+    ::unlinkat(_dir_fd,
+               file_name(s->message_file ? message_prefix : segment_prefix, s->seq).c_str(), 0);
     ++_m.segments_reclaimed;
-    _segments.erase(s->seq);
+    _segments.erase(s->key);
 }
 
 // ---------------------------------------------------------------- reception
@@ -294,6 +434,10 @@ result<spool::writer_id> spool::begin(const mail::envelope& env) {
     w.body.clear();
     w.body_length = 0;
     w.body_crc = 0;
+    w.file = nullptr;
+    w.body_start = 0;
+    w.handed = 0;
+    w.error.clear();
     if (_id_index == index_limit) {
         // The id block is used up: a new segment brings a new block.
         auto r = rotate(_opt.segment_size);
@@ -327,15 +471,29 @@ result<void> spool::append(writer_id id, std::string_view bytes) {
     writer& w = *_writers[slot];
     if (bytes.size() > _opt.max_message_size - w.body_length)
         return errc::message_too_large;
+    if (w.error)
+        return failure(w.error);
+    if (!w.file && w.body_length + bytes.size() > _opt.stream_threshold) {
+        if (auto r = spill(w); !r) {
+            w.error = r.error();
+            w.body.clear();
+            return failure(w.error);
+        }
+    }
     w.body_crc = crc32c(bytes, w.body_crc);
     w.body_length += bytes.size();
     while (!bytes.empty()) {
         if (w.body.empty() || w.body.back().used == w.body.back().size) {
-            // Geometric chunks: few iovecs for big bodies, little waste for small ones, and
-            // never a reallocating copy.
-            const std::size_t size =
-                w.body.empty() ? first_chunk : std::min(max_chunk, w.body.back().size * 2);
-            w.body.push_back(chunk{std::make_unique<char[]>(size), size, 0});
+            // In memory, geometric chunks: few iovecs for big bodies, little waste for small
+            // ones, and never a reallocating copy. Streaming: fixed chunks, written as they fill.
+            // (Sized to the bytes at hand, up to stream_chunk: a budget spent on empty chunk
+            // space would hold sessions back for nothing.)
+            std::size_t size = std::clamp<std::size_t>((bytes.size() + 4095) & ~std::size_t(4095),
+                                                       16 << 10, stream_chunk);
+            if (!w.file) {
+                size = w.body.empty() ? first_chunk : std::min(max_chunk, w.body.back().size * 2);
+            }
+            w.body.emplace_back(size, &_unwritten);
         }
         chunk& c = w.body.back();
         const std::size_t n = std::min(bytes.size(), c.size - c.used);
@@ -358,6 +516,119 @@ void spool::abort(writer_id id) {
     w.body.clear();
     w.envelope.clear();
     _free_writers.push_back(slot);
+    if (segment* f = std::exchange(w.file, nullptr)) {
+        // Written parts are dropped with the file once no stream write names it.
+        f->writing = false;
+        maybe_reclaim(f);
+    }
+}
+
+// The message gets a file of its own; its bytes so far are written from there on.
+result<void> spool::spill(writer& w) {
+    const std::uint64_t meta = format::header_size + w.envelope.size();
+    const std::uint64_t start = (meta + added_headers_room + 4095) & ~std::uint64_t(4095);
+    auto f = create_message_file(start + _opt.max_message_size + format::trailer_size);
+    if (!f)
+        return failure(f.error());
+    w.file = *f;
+    w.body_start = start;
+    w.handed = 0;
+    ++_m.streamed_messages;
+    return {};
+}
+
+// Hands a streaming writer's buffered bytes to a stream batch.
+void spool::flush_writer(writer& w, stream_batch& sb) {
+    segment* f = w.file;
+    std::uint64_t off = w.body_start + w.handed;
+    for (chunk& c : w.body) {
+        if (c.used == 0)
+            continue;
+        if (sb.cb.writes.empty() || sb.cb.writes.back().fd != f->fd ||
+            sb.cb.writes.back().iov.size() == iov_max) {
+            sb.cb.writes.push_back(write_op{f->fd, off, {}});
+        }
+        sb.cb.writes.back().iov.push_back(iovec{c.data.get(), c.used});
+        off += c.used;
+        w.handed += c.used;
+        sb.chunks.push_back(std::move(c));
+    }
+    w.body.clear();
+    if (std::find(sb.files.begin(), sb.files.end(), f) == sb.files.end()) {
+        sb.files.push_back(f);
+        ++f->stream_inflight;
+    }
+}
+
+const commit_batch* spool::prepare_stream() {
+    _oncore.check();
+    if (_stream)
+        return nullptr;
+    const bool pressure = over_budget();
+    if (pressure) {
+        // The memory must be freed by writing, so messages still held in memory start to stream
+        // (the bigger ones; all of them if none is big).
+        bool any = false;
+        for (int pass = 0; pass < 2 && !any; ++pass) {
+            for (auto& wp : _writers) {
+                writer& w = *wp;
+                if (!w.open || w.file || w.body_length == 0 ||
+                    (pass == 0 && w.body_length < pressure_spill)) {
+                    continue;
+                }
+                if (auto r = spill(w); !r) {
+                    // No file for it: it fails (451/452 at its end), its memory is freed.
+                    w.error = r.error();
+                    w.body.clear();
+                    continue;
+                }
+                any = true;
+            }
+        }
+    }
+    auto sb = std::make_unique<stream_batch>();
+    for (auto& wp : _writers) {
+        writer& w = *wp;
+        if (!w.open || !w.file || w.body.empty() || w.error)
+            continue;
+        if (sb->files.size() == max_stream_files)
+            break;
+        if (pressure || w.body_length - w.handed >= stream_flush)
+            flush_writer(w, *sb);
+    }
+    if (sb->cb.writes.empty()) {
+        for (segment* f : sb->files)
+            --f->stream_inflight;
+        return nullptr;
+    }
+    _stream = std::move(sb);
+    return &_stream->cb;
+}
+
+void spool::complete_stream(int res) {
+    _oncore.check();
+    if (!_stream)
+        core::invariant_broken("spool: complete_stream() without a stream batch in flight");
+    std::unique_ptr<stream_batch> sb = std::move(_stream);
+    if (res < 0)
+        ++_m.stream_batches_failed;
+    if (res < 0) {
+        for (segment* f : sb->files) {
+            if (!f->stream_error)
+                f->stream_error = from_errno(-res);
+        }
+        for (auto& wp : _writers) {
+            if (wp->open && wp->file && wp->file->stream_error) {
+                wp->error = wp->file->stream_error;
+                wp->body.clear();
+            }
+        }
+    }
+    for (segment* f : sb->files) {
+        --f->stream_inflight;
+        maybe_reclaim(f);
+    }
+    // The chunks are freed with sb.
 }
 
 result<queue_id> spool::finish(writer_id wid, std::string_view added_headers, std::uint64_t token) {
@@ -379,6 +650,14 @@ result<queue_id> spool::finish(writer_id wid, std::string_view added_headers, st
         return errc::message_too_large;
     }
     const queue_id id = w.id;
+    const std::uint64_t meta_length =
+        format::header_size + w.envelope.size() + added_headers.size();
+    if (w.error)
+        return failure(w.error);
+    if (w.file) {
+        if (meta_length > w.body_start)
+            return errc::message_too_large;  // added headers past their room (16 KiB)
+    }
 
     record rec;
     rec.id = id;
@@ -389,9 +668,10 @@ result<queue_id> spool::finish(writer_id wid, std::string_view added_headers, st
     rec.h.added_headers_length = static_cast<std::uint32_t>(added_headers.size());
     rec.h.body_length = w.body_length;
     rec.h.body_crc = w.body_crc;
-    rec.h.record_length = format::header_size + w.envelope.size() + added_headers.size() +
-                          w.body_length + format::trailer_size;
-    rec.meta_length = format::header_size + w.envelope.size() + added_headers.size();
+    if (w.file)
+        rec.h.pad_length = static_cast<std::uint32_t>(w.body_start - meta_length);
+    rec.h.record_length = rec.h.body_offset() + w.body_length + format::trailer_size;
+    rec.meta_length = meta_length;
     rec.meta = std::make_unique<char[]>(rec.meta_length + format::trailer_size);
     char* m = rec.meta.get();
     format::encode_header(m, rec.h);
@@ -402,6 +682,13 @@ result<queue_id> spool::finish(writer_id wid, std::string_view added_headers, st
     format::put32(m + rec.meta_length, crc32c(m, rec.meta_length));
     format::put32(m + rec.meta_length + 4, format::trailer_magic);
     rec.body = std::move(w.body);
+    if (w.file) {
+        // The file goes with the record; it stays `writing` until the record commits or fails.
+        rec.streamed = true;
+        rec.seg = std::exchange(w.file, nullptr);
+        rec.offset = 0;
+        rec.handed = w.handed;
+    }
     _pending->record_bytes += rec.h.record_length;
     _pending->records.push_back(std::move(rec));
     return id;
@@ -444,19 +731,47 @@ void spool::record_done(queue_id id) {
 
 bool spool::has_pending() const {
     _oncore.check();
-    return !_pending->records.empty() || !_pending->journal.empty();
+    return !_pending->records.empty() || !_pending->journal.empty() ||
+           (_compaction && _compaction->walked && !_compaction->in_batch);
 }
 
 const commit_batch* spool::prepare_batch() {
     _oncore.check();
-    if (_inflight || !has_pending())
+    if (_inflight)
         return nullptr;
-    // Between batches the journal file holds exactly the committed state, and the batch built
-    // below is addressed to whichever journal fd is current afterwards.
+    // Between batches: a slice of the compaction's walk (it runs while idle too).
     maybe_compact();
+    if (!has_pending())
+        return nullptr;
     _inflight = std::move(_pending);
     _pending = std::make_unique<batch>();
     batch& b = *_inflight;
+    // A streamed record whose file still has stream writes in flight waits for the next batch:
+    // its fdatasync must come after them. So do streamed records past max_streamed_per_batch
+    // (each is 3 writes and a sync of its own: the chain must fit the ring).
+    const auto streamed_count = std::count_if(b.records.begin(), b.records.end(),
+                                              [](const record& r) { return r.streamed; });
+    if (std::any_of(b.records.begin(), b.records.end(),
+                    [](const record& r) { return r.streamed && r.seg->stream_inflight != 0; }) ||
+        streamed_count > std::ptrdiff_t(max_streamed_per_batch)) {
+        std::vector<record> ready;
+        std::size_t taken = 0;
+        for (record& r : b.records) {
+            if (r.streamed && (r.seg->stream_inflight != 0 || taken == max_streamed_per_batch)) {
+                b.record_bytes -= r.h.record_length;
+                _pending->record_bytes += r.h.record_length;
+                _pending->records.push_back(std::move(r));
+            } else {
+                taken += r.streamed;
+                ready.push_back(std::move(r));
+            }
+        }
+        b.records = std::move(ready);
+        if (b.records.empty() && b.journal.empty() && !(_compaction && _compaction->walked)) {
+            _inflight.reset();  // empty: every record waits in _pending
+            return nullptr;
+        }
+    }
 
     std::uint64_t op_end = 0;  // file offset just past the last write_op's bytes
     auto add = [&](int fd, std::uint64_t off, const void* p, std::size_t n) {
@@ -471,8 +786,33 @@ const commit_batch* spool::prepare_batch() {
     };
 
     std::error_code place_error;
+    bool streamed = false;
     for (record& r : b.records) {
         const std::uint64_t len = r.h.record_length;
+        if (r.streamed) {
+            segment* f = r.seg;
+            if (f->stream_error) {
+                r.error = f->stream_error;
+                r.seg = nullptr;
+                f->writing = false;
+                maybe_reclaim(f);
+                continue;
+            }
+            // Its own file: the header and added headers in front of the body, the rest of the
+            // body where the stream writes stopped, the trailer after it.
+            streamed = true;
+            ++f->inflight;
+            b.touched.push_back(f);
+            add(f->fd, 0, r.meta.get(), r.meta_length);
+            std::uint64_t off = r.h.body_offset() + r.handed;
+            for (const chunk& c : r.body) {
+                add(f->fd, off, c.data.get(), c.used);
+                off += c.used;
+            }
+            add(f->fd, r.h.body_offset() + r.h.body_length, r.meta.get() + r.meta_length,
+                format::trailer_size);
+            continue;
+        }
         if (!place_error && (!_current || _current->append_offset + len > _current->capacity)) {
             // A record that does not fit starts a new segment; a huge one gets its own.
             auto rr = rotate(len);
@@ -508,6 +848,32 @@ const commit_batch* spool::prepare_batch() {
         add(_journal_fd, _journal_offset, b.journal.data(), b.journal.size());
         b.cb.sync_fds.push_back(_journal_fd);
     }
+    if (_compaction && _compaction->walked) {
+        // The swap batch: journal.tmp gets the image, the tail, this batch's entries and the
+        // floor (the highest sequence now), and is synced with the rest.
+        compaction& c = *_compaction;
+        c.in_batch = true;
+        b.compaction_swap = true;
+        format::encode_journal(c.floor, {format::journal_type::seq_floor, 0, _next_seq - 1, 0});
+        std::uint64_t off = 0;
+        add(c.fd, off, c.image.data(), c.image.size());
+        off += c.image.size();
+        add(c.fd, off, c.tail.data(), c.tail.size());
+        off += c.tail.size();
+        add(c.fd, off, b.journal.data(), b.journal.size());
+        off += b.journal.size();
+        add(c.fd, off, c.floor, sizeof c.floor);
+        off += sizeof c.floor;
+        c.size = off;
+        b.cb.sync_fds.push_back(c.fd);
+    }
+    if (_dir_dirty && (streamed || b.compaction_swap || !b.journal.empty())) {
+        // New message files' names must be durable before their 250s, a compaction's rename
+        // before the new journal is relied on.
+        b.cb.fsync_fds.push_back(_dir_fd);
+        b.dir_synced = true;
+        _dir_dirty = false;
+    }
     return &b.cb;
 }
 
@@ -528,6 +894,7 @@ std::vector<spool::committed> spool::complete_batch(int res) {
             }
             --r.seg->inflight;
             ++r.seg->live;
+            r.seg->writing = false;
             auto loc = std::make_unique<location>();
             loc->seg = r.seg;
             loc->offset = r.offset;
@@ -566,10 +933,22 @@ std::vector<spool::committed> spool::complete_batch(int res) {
             s->dead.push_back(id);
             maybe_reclaim(s);
         }
+        if (_compaction) {
+            if (b->compaction_swap) {
+                swap_journal();
+            } else {
+                _compaction->tail.insert(_compaction->tail.end(), b->journal.begin(),
+                                         b->journal.end());
+            }
+        }
         return out;
     }
 
     ++_m.batches_failed;
+    if (b->dir_synced)
+        _dir_dirty = true;
+    if (b->compaction_swap)
+        end_compaction(true);  // the old journal stays; a new walk starts later
     const failure err = errno_failure(-res);
     // The journal entries are facts that still have to reach the disk: they go first in the next
     // batch, rewritten at the same offset, so whatever this batch tore is overwritten by the
@@ -586,6 +965,7 @@ std::vector<spool::committed> spool::complete_batch(int res) {
         if (!r.seg)
             continue;
         --r.seg->inflight;
+        r.seg->writing = false;
         // The record may have reached the disk intact although the batch failed (the client
         // was told 4xx): a done entry keeps recovery from delivering it.
         journal_entry(std::uint8_t(format::journal_type::done), r.id, 0, 0);
@@ -614,7 +994,7 @@ result<stored_message> spool::decode_at(const location& loc) const {
     m.id = loc.h.id;
     m.env = std::move(*env);
     m.added_headers = {p, loc.h.added_headers_length};
-    p += loc.h.added_headers_length;
+    p += std::uint64_t(loc.h.added_headers_length) + loc.h.pad_length;
     m.body = {p, loc.h.body_length};
     return m;
 }
@@ -636,6 +1016,7 @@ spool_metrics spool::metrics() const {
     m.segments_live = _segments.size();
     m.messages_live = _live.size();
     m.journal_bytes = _journal_offset;
+    m.unwritten_bytes = _unwritten;
     return m;
 }
 
@@ -647,7 +1028,7 @@ struct scanned {
     recovered_message m;
     std::uint64_t offset;
     format::record_header h;
-    std::uint64_t seq;
+    std::uint64_t key;  // of its segment or message file
     bool done = false;
 };
 
@@ -688,6 +1069,7 @@ result<std::vector<recovered_message>> spool::recover() {
         core::invariant_broken("spool: recover() called twice");
 
     ::unlinkat(_dir_fd, journal_tmp_name, 0);
+    // Segment sequence numbers, and message files as message_file_key | number.
     std::vector<std::uint64_t> seqs;
     {
         DIR* d = ::opendir(_dir.c_str());
@@ -695,19 +1077,31 @@ result<std::vector<recovered_message>> spool::recover() {
             return errno_failure(errno);
         while (dirent* e = ::readdir(d)) {
             std::uint64_t seq;
-            if (parse_segment_name(e->d_name, seq))
+            if (parse_segment_name(e->d_name, seq)) {
                 seqs.push_back(seq);
+            } else if (parse_file_name(e->d_name, message_prefix, seq)) {
+                seqs.push_back(message_file_key | seq);
+                _next_stream = std::max(_next_stream, seq + 1);
+            }
         }
         ::closedir(d);
     }
     std::sort(seqs.begin(), seqs.end());
+    auto name_of = [](std::uint64_t key) {
+        return key & message_file_key ? file_name(message_prefix, key & ~message_file_key)
+                                      : segment_name(key);
+    };
 
-    // Segments: every record whose checksums verify, up to the first that does not.
+    // Segments and message files: every record whose checksums verify, up to the first that
+    // does not (a message file whose upload did not commit holds none).
     std::vector<scanned> found;
     std::unordered_map<queue_id, std::size_t> by_id;
-    for (std::uint64_t seq : seqs) {
-        _next_seq = std::max(_next_seq, seq + 1);
-        const int fd = ::openat(_dir_fd, segment_name(seq).c_str(), O_RDONLY | O_CLOEXEC);
+    for (std::uint64_t key : seqs) {
+        const bool message_file = (key & message_file_key) != 0;
+        const std::uint64_t seq = key & ~message_file_key;
+        if (!message_file)
+            _next_seq = std::max(_next_seq, seq + 1);
+        const int fd = ::openat(_dir_fd, name_of(key).c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0)
             return errno_failure(errno);
         struct stat st;
@@ -718,6 +1112,8 @@ result<std::vector<recovered_message>> spool::recover() {
         }
         auto s = std::make_unique<segment>();
         s->seq = seq;
+        s->key = key;
+        s->message_file = message_file;
         s->fd = fd;
         s->sealed = true;
         s->capacity = std::uint64_t(st.st_size);
@@ -742,7 +1138,7 @@ result<std::vector<recovered_message>> spool::recover() {
             scanned sc;
             sc.offset = off;
             sc.h = *h;
-            sc.seq = seq;
+            sc.key = key;
             sc.m.msg.id = h->id;
             sc.m.msg.env = std::move(*env);
             const std::size_t n = sc.m.msg.env.rcpt_to.size();
@@ -752,7 +1148,7 @@ result<std::vector<recovered_message>> spool::recover() {
             found.push_back(std::move(sc));
             off += h->record_length;
         }
-        _segments.emplace(seq, std::move(s));
+        _segments.emplace(key, std::move(s));
     }
 
     // Journal: apply entries up to the first torn one.
@@ -800,7 +1196,7 @@ result<std::vector<recovered_message>> spool::recover() {
     // in a segment file, so a crash before the unlinks below cannot resurrect them).
     std::vector<recovered_message> out;
     for (scanned& sc : found) {
-        segment* s = _segments.at(sc.seq).get();
+        segment* s = _segments.at(sc.key).get();
         if (sc.done) {
             s->dead.push_back(sc.m.msg.id);
             continue;
@@ -829,16 +1225,16 @@ result<std::vector<recovered_message>> spool::recover() {
         return failure(c.error());
 
     // Segments without live messages are deleted.
-    for (std::uint64_t seq : seqs) {
-        segment* s = _segments.at(seq).get();
+    for (std::uint64_t key : seqs) {
+        segment* s = _segments.at(key).get();
         if (s->live != 0)
             continue;
         if (s->map)
             ::munmap(s->map, s->capacity);
         ::close(s->fd);
-        if (::unlinkat(_dir_fd, segment_name(seq).c_str(), 0) != 0)
+        if (::unlinkat(_dir_fd, name_of(key).c_str(), 0) != 0)
             return errno_failure(errno);
-        _segments.erase(seq);
+        _segments.erase(key);
     }
     if (::fsync(_dir_fd) != 0)
         return errno_failure(errno);
@@ -923,23 +1319,124 @@ result<void> spool::compact_journal() {
     return {};
 }
 
+// Runtime compaction is incremental, so that no loop iteration stalls (1,000,000 live messages
+// take seconds to serialize and sync). It walks the committed state in slices, one per
+// prepare_batch(), into an image in memory, while every batch committed meanwhile also goes to a
+// tail: replaying image then tail gives the current state whatever changed during the walk
+// (outcomes are final, the last attempt entry wins, a done entry comes after the message's
+// other entries, and duplicates are harmless). The swap batch writes its journal entries to
+// both journals and image + tail + its entries + the floor to journal.tmp, with an fdatasync of
+// each; once it completed, journal.tmp is renamed over journal (the directory is fsynced by the
+// next batch): a crash before leaves the old journal, complete, a crash after the new one.
+
+namespace {
+void put_entry(std::vector<char>& out, format::journal_type t, queue_id id, std::uint64_t a,
+               std::uint64_t b) {
+    char e[format::journal_entry_size];
+    format::encode_journal(e, {t, id, a, b});
+    out.insert(out.end(), e, e + sizeof e);
+}
+}  // namespace
+
 void spool::maybe_compact() {
+    if (_compaction) {
+        if (!_compaction->walked)
+            compaction_step();
+        return;
+    }
     if (_journal_offset < _compact_at)
         return;
-    const std::uint64_t compacted = compacted_journal_entries() * format::journal_entry_size;
+    const int fd =
+        ::openat(_dir_fd, journal_tmp_name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        ++_m.journal_compaction_failures;
+        _compact_at = _journal_offset + std::max(_opt.journal_compact_bytes, std::uint64_t{1});
+        return;
+    }
+    _compaction = std::make_unique<compaction>();
+    _compaction->fd = fd;
+    _compaction->segs.reserve(_segments.size());
+    for (const auto& [key, sg] : _segments)
+        _compaction->segs.push_back(key);
+    _compaction->buckets = _live.bucket_count();
+    compaction_step();
+}
+
+void spool::compaction_step() {
+    compaction& c = *_compaction;
+    std::size_t budget = std::max<std::size_t>(_opt.journal_compact_slice, 1);
+    while (budget > 0 && c.seg < c.segs.size()) {
+        auto it = _segments.find(c.segs[c.seg]);
+        if (it == _segments.end()) {  // reclaimed meanwhile: its done entries are not needed
+            ++c.seg;
+            c.dead = 0;
+            continue;
+        }
+        const std::vector<queue_id>& dead = it->second->dead;
+        for (; budget > 0 && c.dead < dead.size(); ++c.dead, --budget)
+            put_entry(c.image, format::journal_type::done, dead[c.dead], 0, 0);
+        if (c.dead >= dead.size()) {
+            ++c.seg;
+            c.dead = 0;
+        }
+    }
+    if (_live.bucket_count() != c.buckets) {
+        // Rehashed: walk every bucket again (what was walked already is duplicated, harmless).
+        c.buckets = _live.bucket_count();
+        c.bucket = 0;
+    }
+    for (; budget > 0 && c.bucket < c.buckets; ++c.bucket, --budget) {
+        for (auto it = _live.begin(c.bucket); it != _live.end(c.bucket); ++it) {
+            const location& loc = *it->second;
+            for (std::size_t i = 0; i < loc.rcpt_state.size(); ++i) {
+                if (loc.rcpt_state[i] != 0) {
+                    put_entry(c.image, format::journal_type::rcpt, it->first,
+                              std::uint64_t(i) << 8 | loc.rcpt_state[i], 0);
+                }
+            }
+            if (loc.attempts != 0 || loc.next_attempt != 0) {
+                put_entry(c.image, format::journal_type::attempt, it->first, loc.attempts,
+                          static_cast<std::uint64_t>(loc.next_attempt));
+            }
+        }
+    }
+    if (c.seg < c.segs.size() || c.bucket < c.buckets)
+        return;
+    c.walked = true;
+    const std::uint64_t compacted = c.image.size() + c.tail.size();
     const std::uint64_t floor = std::max(_opt.journal_compact_bytes, std::uint64_t{1});
     if (_journal_offset < _opt.journal_compact_ratio * compacted) {
-        // Mostly live state: look again once the journal grew past the ratio.
+        // Mostly live state: not worth it; look again once the journal grew past the ratio.
+        end_compaction(false);
         _compact_at = std::max(floor, _opt.journal_compact_ratio * compacted);
-        return;
     }
-    if (auto r = compact_journal(); !r) {
+}
+
+void spool::end_compaction(bool failed) {
+    ::close(_compaction->fd);
+    ::unlinkat(_dir_fd, journal_tmp_name, 0);
+    _compaction.reset();
+    if (failed) {
         ++_m.journal_compaction_failures;
-        _compact_at = _journal_offset + floor;
+        _compact_at = _journal_offset + std::max(_opt.journal_compact_bytes, std::uint64_t{1});
+    }
+}
+
+// The swap batch completed: journal.tmp holds everything the journal holds.
+void spool::swap_journal() {
+    compaction& c = *_compaction;
+    if (::renameat(_dir_fd, journal_tmp_name, _dir_fd, journal_name) != 0) {
+        end_compaction(true);
         return;
     }
+    ::close(_journal_fd);
+    _journal_fd = c.fd;
+    _journal_offset = c.size;
+    _compaction.reset();
+    _dir_dirty = true;  // the rename is made durable by the next batch's directory fsync
     ++_m.journal_compactions;
-    _compact_at = std::max(floor, _opt.journal_compact_ratio * _journal_offset);
+    _compact_at = std::max(std::max(_opt.journal_compact_bytes, std::uint64_t{1}),
+                           _opt.journal_compact_ratio * _journal_offset);
 }
 
 // ---------------------------------------------------------------- synchronous execution
@@ -973,6 +1470,10 @@ int execute_batch_sync(const commit_batch& b) {
     }
     for (int fd : b.sync_fds) {
         if (::fdatasync(fd) != 0)
+            return -errno;
+    }
+    for (int fd : b.fsync_fds) {
+        if (::fsync(fd) != 0)
             return -errno;
     }
     return 0;

@@ -11,7 +11,6 @@
 #include "ringmail/smtp/server_session.h"
 
 #include "fuzz_check.h"
-
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -55,6 +54,7 @@ class checking_sink final : public ringmail::smtp::transaction_sink {
                 check(i > 0 && content[i - 1] == '\r', "bare LF committed");
             if (content[i] == '\r')
                 check(i + 1 < content.size() && content[i + 1] == '\n', "bare CR committed");
+            check(content[i] != '\0', "NUL committed");
         }
         check(content.rfind(".\r\n", 0) != 0 && content.find("\r\n.\r\n") == std::string::npos,
               "lone dot line inside committed content");

@@ -42,7 +42,8 @@ struct server_config {
     std::uint32_t max_recipients = 1000;
     std::uint32_t max_line_length = 1000;
     std::uint32_t max_errors = 10;
-    std::uint32_t max_connections = 10000;  // per shard
+    std::uint32_t max_connections = 10000;         // per shard
+    std::uint64_t max_unwritten_bytes = 33554432;  // per shard: received, not yet on disk
     std::chrono::seconds command_timeout{5 * 60};
     std::chrono::seconds data_timeout{3 * 60};
     core::log::level log_level = core::log::level::info;

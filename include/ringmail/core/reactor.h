@@ -123,14 +123,14 @@ class reactor {
     void read(int fd, void* buf, std::size_t len, completion* c);  // at the current offset
     void nop(completion* c);
 
-    // Group commit: every write (vectored, positioned) then an fdatasync of every sync fd, as
-    // one linked chain. `done` gets one CQE-like call: 0 when every write was complete and
-    // every fdatasync succeeded, else the first failure as -errno (-EIO for a short write);
-    // a failure cancels the rest of the chain, so nothing after it claims durability.
-    // The chain must fit the SQ (writes + syncs <= sq_entries) or it is an invariant
-    // violation. The iovecs must stay valid until `done` is called.
+    // Group commit: every write (vectored, positioned) then an fdatasync of every sync fd, then
+    // a full fsync of every fsync fd (directories: new names), as one linked chain. `done` gets one
+    // CQE-like call: 0 when every write was complete and every fdatasync succeeded, else the first
+    // failure as -errno (-EIO for a short write); a failure cancels the rest of the chain, so
+    // nothing after it claims durability. The chain must fit the SQ (writes + syncs <= sq_entries)
+    // or it is an invariant violation. The iovecs must stay valid until `done` is called.
     void write_chain(std::span<const write_request> writes, std::span<const int> sync_fds,
-                     completion* done);
+                     completion* done, std::span<const int> fsync_fds = {});
 
     // Time: cached at the start of each wait and after it returns.
     clock::time_point now() const noexcept { return _now; }

@@ -61,6 +61,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     const std::string& hostname() const noexcept override { return _ctx.cfg.server.hostname; }
     std::int64_t unix_now() const noexcept override;
     void connection_closed(std::uint64_t id) override;
+    void input_held() noexcept override { _input_held = true; }
 
     // delivery::host
     queue::steady_time now() const override { return _now_source(); }
@@ -91,6 +92,11 @@ class shard final : public core::shard_base, public reception::host, public deli
         std::vector<core::write_request> requests;
         void on_written(int res, std::uint32_t flags);
         core::member_completion<spool_slot, &spool_slot::on_written> op{this};
+        // Streaming messages' bytes on their way to their files (no sync), beside the batch.
+        bool stream_in_flight = false;
+        std::vector<core::write_request> stream_requests;
+        void on_streamed(int res, std::uint32_t flags);
+        core::member_completion<spool_slot, &spool_slot::on_streamed> stream_op{this};
     };
     // The engine's one wake-up.
     struct engine_timer final : core::timer {
@@ -117,6 +123,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     void arm_auth();
     void on_auth_ready(int res, std::uint32_t flags);
     bool any_batch_in_flight() const;
+    void resume_held_input();
 
     const daemon_context& _ctx;
     std::function<queue::steady_time()> _now_source;
@@ -127,6 +134,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     std::unique_ptr<delivery::engine> _engine;
     engine_timer _engine_timer;
     core::connection_set<reception::inbound_connection> _connections;  // reaped per iteration
+    bool _input_held = false;  // a connection stopped reading: the spool was over its budget
 
     std::vector<std::shared_ptr<const tls::server_context>> _tls_contexts;  // per listener
     std::shared_ptr<const tls_credentials_set> _tls_seen;  // what _tls_contexts were built from

@@ -19,13 +19,13 @@
 namespace ringmail::delivery {
 
 // Builds the notice for `b` from the original in `original` and writes it into `into` (the
-// shard's own spool; finished with token 0, committed with the next batch). The original's
+// shard's own spool; finished with `token`, committed with the next batch). The original's
 // DSN parameters (RFC 3461) shape it: recipients whose NOTIFY excludes this kind of notice are
 // left out, and when none is left nothing is spooled (nullopt); RET=FULL returns the whole
 // message; ENVID and ORCPT come back as Original-Envelope-Id and Original-Recipient.
 result<std::optional<spool::queue_id>> spool_dsn(spool::spool& original, spool::spool& into,
                                                  const queue::bounce_request& b,
                                                  std::string_view reporting_mta,
-                                                 std::int64_t now_unix);
+                                                 std::int64_t now_unix, std::uint64_t token = 0);
 
 }  // namespace ringmail::delivery

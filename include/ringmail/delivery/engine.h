@@ -76,9 +76,21 @@ class engine final : private outbound::link_handler {
 
     // Origin side: a message from the spool after a restart (its journaled recipient states
     // and attempts), a message just committed, a DSN of ours committed (or not).
+    //
+    // A DSN is never lost: the message it reports on is journaled done only once the DSN's
+    // own commit succeeded. A DSN whose batch failed is spooled again (the original is still
+    // live, so it can be read again); a restart in between finds the original with every
+    // recipient final but not done, and spools its DSN then.
     void add_recovered(spool::spool& sp, const spool::recovered_message& m);
     void add_committed(spool::spool& sp, spool::queue_id id);
-    void internal_committed(const result<spool::queue_id>& id);
+    // Tokens of the engine's own messages (DSNs) in spool::finish / complete_batch.
+    static constexpr std::uint64_t internal_token_bit = 1ull << 63;
+    static bool internal_token(std::uint64_t token) noexcept {
+        return token == 0 || (token & internal_token_bit) != 0;
+    }
+    void internal_committed(std::uint64_t token, const result<spool::queue_id>& id);
+    // DSNs spooled and not yet committed, or waiting to be spooled again.
+    std::size_t dsns_pending() const noexcept { return _dsns.size() + _dsn_retry.size(); }
     // New mail is refused (452) when the ledger is full.
     bool can_accept() const;
 
@@ -135,6 +147,14 @@ class engine final : private outbound::link_handler {
                 std::span<const std::uint32_t> pending, std::uint32_t attempts,
                 std::int64_t next_attempt_unix);
     void apply_notice(const queue::job_notice& n);
+    // A DSN for `b` (the original stays live until the DSN is committed).
+    struct pending_dsn {
+        spool::queue_id original = 0;
+        queue::bounce_request bounce;
+    };
+    void spool_bounce(pending_dsn d);
+    void notice_durable(spool::queue_id original);
+    void retry_bounces();
     void log_notice(const queue::job_notice& n);
     void hold_view(const std::shared_ptr<const message_view>& v, std::size_t rcpts);
     void release(std::uint64_t id, std::size_t n);
@@ -174,6 +194,10 @@ class engine final : private outbound::link_handler {
     std::unordered_map<std::uint64_t, conn> _conns;      // by scheduler connection id
     std::vector<std::unique_ptr<outbound::link>> _dead;
     std::unordered_map<std::uint64_t, std::vector<tx_note>> _notes;  // by queue id
+    std::unordered_map<std::uint64_t, pending_dsn> _dsns;      // spooled, by their finish token
+    std::vector<pending_dsn> _dsn_retry;                       // the spool refused them: try again
+    std::unordered_map<spool::queue_id, unsigned> _dsn_waits;  // original -> notices not durable
+    std::uint64_t _next_dsn_token = 1;
     bool _dirty = true;
     bool _running = false;
     bool _journaled = false;

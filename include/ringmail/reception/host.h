@@ -1,7 +1,7 @@
 // What an inbound connection needs from the shard that owns it: the ring, the shard's spool
-// and TLS contexts, the AUTH limiter and verifier, the DKIM signer, whether delivery takes new
-// mail. The daemon's
-// shard implements it; tests may fake it. Used on the owning shard's thread only.
+// (and its back-pressure) and TLS contexts, the AUTH limiter and verifier, the DKIM signer,
+// whether delivery takes new mail. The daemon's shard implements it; tests may fake it. Used on
+// the owning shard's thread only.
 #pragma once
 
 #include "ringmail/auth/failure_limiter.h"
@@ -42,6 +42,9 @@ class host {
     virtual std::int64_t unix_now() const noexcept = 0;
     // The connection has closed and nothing names it: destroy it after this call returns.
     virtual void connection_closed(std::uint64_t id) = 0;
+    // A connection stopped reading because the spool is over its budget of unwritten bytes:
+    // once it is not, the host calls resume_input() on its connections.
+    virtual void input_held() noexcept = 0;
 
   protected:
     ~host() = default;

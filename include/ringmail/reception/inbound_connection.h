@@ -69,6 +69,8 @@ class inbound_connection final : public core::stream_connection, private smtp::t
     // The daemon is stopping: idle sessions are told 421 now, a session inside a transaction
     // finishes it first. force: close now whatever the state (drain deadline passed).
     void shutdown(bool force);
+    // The spool's budget freed: a connection that stopped reading for it reads again.
+    void resume_input() { pump(); }
     std::uint64_t id() const noexcept { return _id; }
 
   private:

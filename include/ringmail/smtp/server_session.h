@@ -7,7 +7,8 @@
 // only a broken invariant (caller misuse) aborts.
 //
 // Lines end in CRLF only. A bare CR or LF never ends a command line or the data, and a message
-// containing one is refused (SMTP smuggling, CVE-2023-51764 class).
+// containing one is refused (SMTP smuggling, CVE-2023-51764 class); so is one containing NUL
+// (a receiver that drops NULs would see "\r\n\0.\r\n" as the end), after the real end of data.
 //
 // STARTTLS (RFC 3207) and AUTH (RFC 4954) are framed here; the TLS pump and the SASL mechanisms
 // live elsewhere. Decisions:
@@ -211,7 +212,14 @@ class server_session {
     };
     // Where the content scanner is within a line.
     enum class scan : std::uint8_t { line_start, mid_line, cr, dot, dot_cr };
-    enum class content_error : std::uint8_t { none, bare_cr_lf, line_too_long, too_big, storage };
+    enum class content_error : std::uint8_t {
+        none,
+        bare_cr_lf,
+        nul,
+        line_too_long,
+        too_big,
+        storage
+    };
 
     std::size_t process(std::string_view in);
     std::size_t process_line(std::string_view in);

@@ -12,12 +12,28 @@
 // Journal compaction rewrites the journal from the in-memory state (floor entry, per-recipient
 // outcomes and attempts of live messages, done entries of messages whose segment file still
 // exists) into journal.tmp, fdatasyncs it, renames it over `journal` and fsyncs the directory:
-// a crash leaves either the old or the new journal, each complete. It runs at recovery and,
-// while running, synchronously inside prepare_batch() when no batch is in flight and the
-// committed journal passed options::journal_compact_bytes and journal_compact_ratio times the
-// compacted size. That is a rare stall bounded by the live state (40 bytes per entry), not a
-// per-message cost; the batch it prepares then appends to the new journal. A failed runtime
-// compaction leaves the old journal in use and is retried after another journal_compact_bytes.
+// a crash leaves either the old or the new journal, each complete. It runs synchronously at
+// recovery. While running it is incremental, so that no loop iteration stalls: once the
+// committed journal passed options::journal_compact_bytes, each prepare_batch() walks a slice
+// of the in-memory state into an image while the batches committed meanwhile are kept as a
+// tail; when the walk is done (and the journal is journal_compact_ratio times the image), the
+// next batch writes its entries to both journals and image + tail to journal.tmp, syncs both,
+// and its completion renames journal.tmp over journal (the next batch fsyncs the directory).
+// A failed runtime compaction leaves the old journal in use and is retried after another
+// journal_compact_bytes.
+//
+// Message data streams to disk as it arrives. A message holds its body in memory only up to
+// options::stream_threshold; past it (or earlier, when the shard is over its budget) it gets a
+// file of its own, `message-<N>`, whose body region is written by stream batches
+// (prepare_stream / complete_stream: plain writes, no sync, one in flight at a time, apart from
+// the commit batch). Its record header, added headers and trailer are written only by the commit
+// batch, with an fdatasync of the file (and a full fsync of the directory, for the new name):
+// until then the file holds no valid record, so a crash mid-upload leaves nothing recovery
+// would deliver, and recovery deletes it. The record leaves room for the added headers before
+// the body (the header's pad length), so the body is never moved. unwritten_bytes() is the
+// memory held by message bytes not yet on disk (chunks allocated, in any state); past
+// options::unwritten_budget the spool is over_budget() and the daemon stops reading from the
+// sessions that are receiving data until writes complete (back-pressure, never an error).
 //
 // Failures are values: a failed batch fails every message in it (the daemon answers 451/452
 // 4.3.x), seals the segment it touched and puts its journal entries back in the queue; the spool
@@ -65,7 +81,10 @@ struct options {
     std::uint64_t segment_size = 64 << 20;
     std::uint64_t max_message_size = 52428800;       // body bytes (transmission form) per message
     std::uint64_t journal_compact_bytes = 64 << 20;  // committed journal size that triggers...
-    std::uint64_t journal_compact_ratio = 4;  // ...if also this many times the compacted size
+    std::uint64_t journal_compact_ratio = 4;     // ...if also this many times the compacted size
+    std::size_t journal_compact_slice = 32768;   // buckets (or done entries) walked per batch
+    std::uint64_t stream_threshold = 256 << 10;  // body bytes held in memory before streaming
+    std::uint64_t unwritten_budget = 32 << 20;   // unwritten bytes past which over_budget()
 };
 
 struct write_op {
@@ -79,6 +98,7 @@ struct write_op {
 struct commit_batch {
     std::vector<write_op> writes;
     std::vector<int> sync_fds;
+    std::vector<int> fsync_fds;  // full fsync after the fdatasyncs (the directory: new names)
 };
 
 // pwritev loop + fdatasync, for tests and start-up. Returns 0 or -errno.
@@ -114,6 +134,9 @@ struct spool_metrics {
     std::uint64_t segments_reclaimed = 0;
     std::uint64_t journal_compactions = 0;  // while running (not counting recovery)
     std::uint64_t journal_compaction_failures = 0;
+    std::uint64_t unwritten_bytes = 0;    // memory held by message bytes not yet written
+    std::uint64_t streamed_messages = 0;  // messages that got a file of their own
+    std::uint64_t stream_batches_failed = 0;
 };
 
 class spool {
@@ -161,6 +184,16 @@ class spool {
     std::vector<committed> complete_batch(int res);
     bool in_flight() const { return _inflight != nullptr; }
 
+    // Streaming: the body bytes of streaming messages that are ready to go to disk, as plain
+    // writes (no sync_fds); nullptr if nothing or a stream batch is in flight. Over budget it
+    // also moves messages still in memory to their own files, so that memory can be freed.
+    // The iovecs live until complete_stream(res) (0, or -errno: the messages written fail).
+    const commit_batch* prepare_stream();
+    void complete_stream(int res);
+    bool stream_in_flight() const { return _stream != nullptr; }
+    std::uint64_t unwritten_bytes() const { return _unwritten; }
+    bool over_budget() const { return _unwritten >= _opt.unwritten_budget; }
+
     result<stored_message> read(queue_id) const;
 
     spool_metrics metrics() const;
@@ -172,17 +205,25 @@ class spool {
     struct batch;
     struct writer;
     struct location;
+    struct stream_batch;
+    struct compaction;
 
   private:
     spool(std::filesystem::path dir, unsigned shard, const options& opt, int dir_fd, int lock_fd);
 
     result<segment*> create_segment(std::uint64_t capacity);
+    result<segment*> create_message_file(std::uint64_t capacity);
+    result<void> spill(writer&);
+    void flush_writer(writer&, stream_batch&);
     result<void> rotate(std::uint64_t min_capacity);
     void maybe_reclaim(segment*);
     void journal_entry(std::uint8_t type, queue_id id, std::uint64_t a, std::uint64_t b);
     std::uint64_t compacted_journal_entries() const;
     result<void> compact_journal();
     void maybe_compact();
+    void compaction_step();
+    void end_compaction(bool failed);
+    void swap_journal();
     result<stored_message> decode_at(const location&) const;
 
     core::oncore _oncore;
@@ -200,15 +241,23 @@ class spool {
     std::uint64_t _id_block = 0;  // sequence number whose id block finish() draws from
     std::uint64_t _id_index = 0;
 
-    std::unordered_map<std::uint64_t, std::unique_ptr<segment>> _segments;  // by sequence
+    // Segments by sequence number, message files by message_file_key | number.
+    std::unordered_map<std::uint64_t, std::unique_ptr<segment>> _segments;
     segment* _current = nullptr;  // where the next batch appends; nullptr when sealed by a failure
     std::unordered_map<queue_id, std::unique_ptr<location>> _live;
 
+    // Charged by every chunk of message bytes for as long as it is allocated (declared before
+    // the chunks' owners, so it outlives them).
+    std::uint64_t _unwritten = 0;
     std::vector<std::unique_ptr<writer>> _writers;  // slot index = low bits of writer_id
     std::vector<std::uint32_t> _free_writers;
 
     std::unique_ptr<batch> _pending;
     std::unique_ptr<batch> _inflight;
+    std::unique_ptr<stream_batch> _stream;    // in flight
+    std::unique_ptr<compaction> _compaction;  // a runtime compaction under way
+    std::uint64_t _next_stream = 1;           // next message-<N> file number
+    bool _dir_dirty = false;  // a message file was created since the last directory fsync
     spool_metrics _m;
 };
 

@@ -325,11 +325,17 @@ struct fixture {
                 if (b) {
                     int res = spool::execute_batch_sync(*b);
                     EXPECT_EQ(res, 0);
+                    if (fail_batches > 0) {
+                        // The disk said no (written or not, the batch is not durable).
+                        --fail_batches;
+                        ++failed_batches;
+                        res = -EIO;
+                    }
                     for (auto& c : host.spool_->complete_batch(res)) {
                         if (c.id)
                             e->add_committed(*host.spool_, *c.id);
-                        if (c.token == 0)
-                            e->internal_committed(c.id);
+                        if (engine::internal_token(c.token))
+                            e->internal_committed(c.token, c.id);
                     }
                     moved = true;
                 }
@@ -349,6 +355,9 @@ struct fixture {
         }
         settle();
     }
+
+    int fail_batches = 0;  // the next N commit batches fail
+    int failed_batches = 0;
 
     fake_link& last_link() { return *net.links.back(); }
     std::size_t live_messages() { return host.spool_->metrics().messages_live; }
@@ -609,6 +618,111 @@ TEST(engine, drain_lets_the_running_transaction_finish_and_starts_no_other) {
     EXPECT_EQ(f.net.made, 1u);
     EXPECT_TRUE(f.e->idle());
     EXPECT_EQ(f.live_messages(), 1u);  // the second message waits in the spool for a restart
+}
+
+// A DSN is never lost: the batch that holds it fails, the original stays live (not done) until
+// the DSN spooled again is committed, then it is done; exactly one DSN goes out.
+TEST(engine, a_dsn_whose_batch_fails_is_spooled_again_before_the_original_is_done) {
+    fixture f;
+    const auto id = f.receive("s@origin.test", {"bad@x.test"}, "doomed");
+    auto& l = f.last_link();
+    l.greet();
+    f.settle();
+    f.fail_batches = 1;  // the batch with the DSN and the recipient's bounce entry
+    l.answer({unknown()});
+    f.settle();
+    EXPECT_EQ(f.failed_batches, 1);
+    auto d = f.dsns();
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_NE(d[0].body.find("bad@x.test"), std::string::npos);
+    EXPECT_NE(d[0].body.find("Subject: doomed"), std::string::npos);
+    EXPECT_EQ(f.e->dsns_pending(), 0u);
+    // The original is done (read() fails), the DSN itself is live until it is answered.
+    EXPECT_FALSE(f.host.spool_->read(id).has_value());
+    EXPECT_EQ(f.live_messages(), 1u);
+}
+
+// Every failing batch in a row: the original is never done before its DSN commits.
+TEST(engine, the_original_is_not_done_while_its_dsn_is_not_durable) {
+    fixture f;
+    const auto id = f.receive("s@origin.test", {"bad@x.test"});
+    auto& l = f.last_link();
+    l.greet();
+    f.settle();
+    f.fail_batches = 1000;
+    l.answer({unknown()});
+    f.settle();
+    EXPECT_GE(f.failed_batches, 2);
+    EXPECT_TRUE(f.host.spool_->read(id).has_value()) << "done before its DSN was durable";
+    EXPECT_TRUE(f.dsns().empty());
+    EXPECT_EQ(f.e->dsns_pending(), 1u);
+    f.fail_batches = 0;
+    f.settle();
+    EXPECT_EQ(f.dsns().size(), 1u);
+    EXPECT_FALSE(f.host.spool_->read(id).has_value());
+}
+
+// The process stopped after the recipients' outcomes were journaled but before the DSN was
+// durable: the restart finds every recipient final, not done, and sends the DSN then.
+TEST(engine, a_restart_before_the_dsn_was_durable_sends_it) {
+    temp_dir dir;
+    spool::queue_id id = 0;
+    {
+        fake_host host(dir.path());
+        mail::envelope env;
+        env.mail_from = "s@origin.test";
+        env.rcpt_to = {"a@x.test", "bad@x.test"};
+        env.arrival_time = host.unix_now();
+        auto w = host.spool_->begin(env);
+        ASSERT_TRUE(host.spool_->append(*w, "Subject: before the crash\r\n\r\nbody\r\n"));
+        auto fin = host.spool_->finish(*w, {}, 7);
+        ASSERT_TRUE(fin);
+        id = *fin;
+        auto commit = [&] {
+            const auto* b = host.spool_->prepare_batch();
+            ASSERT_NE(b, nullptr);
+            ASSERT_EQ(spool::execute_batch_sync(*b), 0);
+            host.spool_->complete_batch(0);
+        };
+        commit();
+        host.spool_->record_rcpt(id, 0, spool::outcome::delivered);
+        host.spool_->record_rcpt(id, 1, spool::outcome::bounced);
+        commit();
+    }
+    fake_host host(dir.path());
+    ASSERT_EQ(host.recovered.size(), 1u);
+    fake_network net;
+    auto cfg = config_from(smarthost_toml);
+    engine e(host, net, make_settings(cfg, 0, 1, nullptr));
+    e.add_recovered(*host.spool_, host.recovered[0]);
+    EXPECT_EQ(e.dsns_pending(), 1u);
+    const auto* b = host.spool_->prepare_batch();
+    ASSERT_NE(b, nullptr);
+    ASSERT_EQ(spool::execute_batch_sync(*b), 0);
+    for (auto& c : host.spool_->complete_batch(0)) {
+        if (c.id)
+            e.add_committed(*host.spool_, *c.id);
+        if (engine::internal_token(c.token))
+            e.internal_committed(c.token, c.id);
+    }
+    EXPECT_EQ(e.dsns_pending(), 0u);
+    EXPECT_TRUE(host.spool_->read(id).has_value());  // done is journaled with the next batch
+    b = host.spool_->prepare_batch();
+    ASSERT_NE(b, nullptr);
+    ASSERT_EQ(spool::execute_batch_sync(*b), 0);
+    host.spool_->complete_batch(0);
+    EXPECT_FALSE(host.spool_->read(id).has_value());
+    e.reap();
+    net.deliver();
+    e.reap();
+    ASSERT_EQ(net.links.size(), 1u);
+    net.links[0]->greet();
+    e.reap();
+    ASSERT_EQ(net.links[0]->sent.size(), 1u);
+    EXPECT_EQ(net.links[0]->sent[0].from, "");
+    EXPECT_EQ(net.links[0]->sent[0].rcpts, std::vector<std::string>{"s@origin.test"});
+    EXPECT_NE(net.links[0]->sent[0].body.find("bad@x.test"), std::string::npos);
+    EXPECT_NE(net.links[0]->sent[0].body.find("Subject: before the crash"), std::string::npos);
 }
 
 TEST(engine, after_a_restart_only_the_pending_recipients_are_delivered) {

@@ -63,6 +63,8 @@ class fake_host final : public host {
     const std::string& hostname() const noexcept override { return _hostname; }
     std::int64_t unix_now() const noexcept override { return 1700000000; }
     void connection_closed(std::uint64_t id) override { closed.push_back(id); }
+    void input_held() noexcept override { ++held; }
+    int held = 0;
 
     // The shard's group commit: runs the pending batch (if any) and answers its connections.
     // Returns the committed ids.

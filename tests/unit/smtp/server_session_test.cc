@@ -655,6 +655,48 @@ TEST(server_session, bdat_bare_cr_at_end) {
     EXPECT_EQ(o.output, envelope_out + "550 5.6.0 Error: message contains bare <CR> or <LF>\r\n");
 }
 
+// NUL in content: refused like a bare CR or LF (a receiver that drops NULs would see
+// "\r\n\0.\r\n" as the end of data), only after the real end; the smuggled transaction after
+// the fake terminator is content, never commands.
+TEST(server_session, nul_in_data_refused_after_real_end) {
+    auto cfg = test_config();
+    const std::string nul(1, '\0');
+    auto o =
+        run_all(cfg, envelope_in + "DATA\r\nbody\r\n" + nul +
+                         ".\r\nMAIL FROM:<smuggled@evil.test>\r\nRCPT TO:<victim@local.test>\r\n"
+                         "DATA\r\nsmuggled\r\n.\r\nNOOP\r\n");
+    EXPECT_EQ(o.output, envelope_out +
+                            "354 End data with <CR><LF>.<CR><LF>\r\n"
+                            "550 5.6.0 Error: message contains <NUL>\r\n"
+                            "250 2.0.0 Ok\r\n");
+    EXPECT_TRUE(o.messages.empty());
+    EXPECT_EQ(o.stats.mail, 1u);
+    EXPECT_EQ(o.stats.messages_rejected, 1u);
+    EXPECT_EQ(o.log, "begin a@x.test -> b@local.test [ESMTP]\nabort\n");
+    // Mid-line, after a leading dot, and as the last octet before the terminator.
+    for (std::string body : {"a" + nul + "b\r\n", "." + nul + "\r\n", "line" + nul + "\r\n"}) {
+        o = run_all(cfg, envelope_in + "DATA\r\n" + body + ".\r\nNOOP\r\n");
+        EXPECT_EQ(o.output, envelope_out +
+                                "354 End data with <CR><LF>.<CR><LF>\r\n"
+                                "550 5.6.0 Error: message contains <NUL>\r\n"
+                                "250 2.0.0 Ok\r\n");
+        EXPECT_TRUE(o.messages.empty());
+    }
+}
+
+TEST(server_session, nul_in_bdat_refused_at_last_chunk) {
+    auto cfg = test_config();
+    const std::string nul(1, '\0');
+    auto o = run_all(
+        cfg, envelope_in + "BDAT 6\r\nab\r\n" + nul + "." + "BDAT 4 LAST\r\n\r\nok" + "NOOP\r\n");
+    EXPECT_EQ(o.output, envelope_out +
+                            "250 2.0.0 Ok: 6 octets received\r\n"
+                            "550 5.6.0 Error: message contains <NUL>\r\n"
+                            "250 2.0.0 Ok\r\n");
+    EXPECT_TRUE(o.messages.empty());
+    EXPECT_EQ(o.log, "begin a@x.test -> b@local.test [ESMTP]\nabort\n");
+}
+
 TEST(server_session, bdat_size_limit) {
     auto cfg = test_config();
     cfg.max_message_size = 10;

@@ -183,7 +183,9 @@ TEST(compaction, everything_done_keeps_ids_unique_through_the_floor) {
     EXPECT_GT(id, *std::prev(seen.end(), 2));
 }
 
-TEST(compaction, failed_batch_after_compaction_rewrites_in_the_new_journal) {
+// The swap batch fails: the old journal stays in use, the batch's entries are rewritten in
+// place by the next one, and journal.tmp is gone.
+TEST(compaction, failed_swap_batch_keeps_the_old_journal) {
     test::temp_dir td;
     const auto dir = td.shard(0);
     options opt = small_options();
@@ -200,31 +202,34 @@ TEST(compaction, failed_batch_after_compaction_rewrites_in_the_new_journal) {
         commit(*sp);
         ASSERT_GE(sp->metrics().journal_bytes, threshold);
         EXPECT_EQ(sp->metrics().journal_compactions, 0u);
+        const std::uint64_t old_size = journal_file_size(dir);
 
-        // This batch compacts first, then is written to the new journal: torn and failed.
+        // This batch walks the (small) state at once and is the swap batch: its entry goes to
+        // the old journal and, with the image, to journal.tmp. Torn and failed.
         sp->record_rcpt(a, 1, outcome::bounced);
         const commit_batch* b = sp->prepare_batch();
         ASSERT_NE(b, nullptr);
-        EXPECT_EQ(sp->metrics().journal_compactions, 1u);
-        ASSERT_EQ(b->writes.size(), 1u);
-        const std::uint64_t off = b->writes[0].offset;
+        ASSERT_EQ(b->writes.size(), 2u);
+        EXPECT_EQ(b->writes[0].offset, old_size);
         const int fd = b->writes[0].fd;
-        EXPECT_EQ(off, 2u * 40);  // the floor and the latest attempt of `a`
-        EXPECT_EQ(journal_file_size(dir), off);
+        EXPECT_TRUE(std::filesystem::exists(dir / "journal.tmp"));
         const std::string junk(40, '\x5A');
-        ASSERT_EQ(::pwrite(b->writes[0].fd, junk.data(), junk.size(), off_t(off)), 40);
+        ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), off_t(old_size)), 40);
         sp->complete_batch(-EIO);
+        EXPECT_EQ(sp->metrics().journal_compactions, 0u);
+        EXPECT_EQ(sp->metrics().journal_compaction_failures, 1u);
+        EXPECT_FALSE(std::filesystem::exists(dir / "journal.tmp"));
 
         sp->record_attempt(a, 77, 1700007777);
         const commit_batch* b2 = sp->prepare_batch();
         ASSERT_NE(b2, nullptr);
         ASSERT_EQ(b2->writes.size(), 1u);
-        EXPECT_EQ(b2->writes[0].offset, off);
+        EXPECT_EQ(b2->writes[0].offset, old_size);
         EXPECT_EQ(b2->writes[0].fd, fd);
         ASSERT_EQ(execute_batch_sync(*b2), 0);
         sp->complete_batch(0);
-        EXPECT_EQ(journal_file_size(dir), off + 80);
-        EXPECT_EQ(sp->metrics().journal_bytes, off + 80);
+        EXPECT_EQ(journal_file_size(dir), old_size + 80);
+        EXPECT_EQ(sp->metrics().journal_bytes, old_size + 80);
     }
     std::vector<recovered_message> rec;
     auto sp = open_recovered(dir, 0, &rec, opt);
@@ -234,6 +239,97 @@ TEST(compaction, failed_batch_after_compaction_rewrites_in_the_new_journal) {
     EXPECT_EQ(rec[0].rcpt_outcome[1], outcome::bounced);
     EXPECT_EQ(rec[0].attempts, 77u);
     EXPECT_EQ(rec[0].next_attempt, 1700007777);
+}
+
+// A walk that spans many batches (one bucket per batch) while outcomes, attempts, dones and
+// new messages keep committing: the swapped journal recovers exactly the state the spool had.
+TEST(compaction, incremental_walk_sees_everything_committed_meanwhile) {
+    test::temp_dir td;
+    const auto dir = td.shard(0);
+    options opt = small_options();
+    opt.journal_compact_ratio = 1;
+    opt.journal_compact_slice = 1;
+    std::map<queue_id, expected_state> want;
+    std::vector<queue_id> live;
+    int batches_walking = 0;
+    {
+        auto sp = open_recovered(dir, 0, nullptr, opt);
+        for (int i = 0; i < 40; ++i) {
+            const queue_id id = store_rcpts(*sp, i, 3, 1);
+            live.push_back(id);
+            want[id] = {{false, false, false},
+                        {outcome::delivered, outcome::delivered, outcome::delivered}};
+        }
+        commit(*sp);
+        for (int i = 0; i < 40; ++i) {
+            sp->record_rcpt(live[std::size_t(i)], 0, outcome::delivered);
+            want[live[std::size_t(i)]].rcpt_done[0] = true;
+        }
+        commit(*sp);
+        // Past the threshold: the next prepare_batch starts the walk.
+        const int entries = int(threshold / 40) + 1;
+        for (int i = 0; i < entries; ++i)
+            sp->record_attempt(live[0], std::uint32_t(i + 1), 1700000000 + i);
+        want[live[0]].attempts = std::uint32_t(entries);
+        want[live[0]].next_attempt = 1700000000 + entries - 1;
+        commit(*sp);
+        int round = 0;
+        while (sp->metrics().journal_compactions == 0) {
+            ASSERT_LT(round, 10000);
+            if (std::filesystem::exists(dir / "journal.tmp"))
+                ++batches_walking;
+            // Something to commit every round (the other changes may be no-ops).
+            sp->record_attempt(live[2], std::uint32_t(round + 1), 1750000000 + round);
+            want[live[2]].attempts = std::uint32_t(round + 1);
+            want[live[2]].next_attempt = 1750000000 + round;
+            const queue_id l = live[std::size_t(round) % live.size()];
+            switch (round % 4) {
+                case 0:
+                    sp->record_attempt(l, std::uint32_t(1000 + round), 1800000000 + round);
+                    want[l].attempts = std::uint32_t(1000 + round);
+                    want[l].next_attempt = 1800000000 + round;
+                    break;
+                case 1:
+                    if (!want[l].rcpt_done[2]) {
+                        sp->record_rcpt(l, 2, outcome::bounced);
+                        want[l].rcpt_done[2] = true;
+                        want[l].rcpt_outcome[2] = outcome::bounced;
+                    }
+                    break;
+                case 2: {
+                    const queue_id n = store_rcpts(*sp, 500 + round, 3, 1);
+                    live.push_back(n);
+                    want[n] = {{false, false, false},
+                               {outcome::delivered, outcome::delivered, outcome::delivered}};
+                    break;
+                }
+                case 3:
+                    if (live.size() > 20 && want.count(live.back())) {
+                        sp->record_done(live.back());
+                        want.erase(live.back());
+                        live.pop_back();
+                    }
+                    break;
+            }
+            commit(*sp);
+            ++round;
+        }
+        EXPECT_GT(batches_walking, 10);
+        EXPECT_FALSE(std::filesystem::exists(dir / "journal.tmp"));
+        EXPECT_EQ(journal_file_size(dir), sp->metrics().journal_bytes);
+        // A batch after the swap goes to the new journal (and fsyncs the directory).
+        sp->record_attempt(live[1], 4242, 1900000000);
+        want[live[1]].attempts = 4242;
+        want[live[1]].next_attempt = 1900000000;
+        const commit_batch* b = sp->prepare_batch();
+        ASSERT_NE(b, nullptr);
+        EXPECT_EQ(b->fsync_fds.size(), 1u);
+        ASSERT_EQ(execute_batch_sync(*b), 0);
+        sp->complete_batch(0);
+    }
+    std::vector<recovered_message> rec;
+    auto sp = open_recovered(dir, 0, &rec, opt);
+    expect_recovered(rec, want);
 }
 
 }  // namespace
