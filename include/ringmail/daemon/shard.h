@@ -59,6 +59,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     auth::verifier* verifier() noexcept override { return _ctx.verifier.get(); }
     const std::string& hostname() const noexcept override { return _ctx.cfg.server.hostname; }
     std::int64_t unix_now() const noexcept override;
+    bool relay_allowed(const core::endpoint& client) const noexcept override;
     void connection_closed(std::uint64_t id) override;
 
     // delivery::host
@@ -128,6 +129,8 @@ class shard final : public core::shard_base, public reception::host, public deli
     std::vector<std::shared_ptr<const tls::server_context>> _tls_contexts;  // per listener
     std::shared_ptr<const tls_credentials_set> _tls_seen;  // what _tls_contexts were built from
     std::uint64_t _tls_failures = 0;                       // handshakes failed or timed out
+    std::uint64_t _untrusted_proxy_refused = 0;  // PROXY listeners: sources not trusted
+    core::reactor::clock::time_point _untrusted_logged_at{};
     std::uint64_t _auth_buf = 0;
     bool _auth_armed = false;
     core::member_completion<shard, &shard::on_auth_ready> _auth_op{this};

@@ -1,5 +1,6 @@
 // What an inbound connection needs from the shard that owns it: the ring, the shard's spool
-// and TLS contexts, the AUTH limiter and verifier, whether delivery takes new mail. The daemon's
+// and TLS contexts, the AUTH limiter and verifier, whether delivery takes new mail, the relay
+// networks. The daemon's
 // shard implements it; tests may fake it. Used on the owning shard's thread only.
 #pragma once
 
@@ -7,6 +8,7 @@
 #include "ringmail/auth/verifier.h"
 #include "ringmail/core/buffer_ring.h"
 #include "ringmail/core/reactor.h"
+#include "ringmail/core/socket.h"
 #include "ringmail/spool/spool.h"
 #include "ringmail/tls/context.h"
 
@@ -34,6 +36,9 @@ class host {
     virtual auth::failure_limiter& auth_limiter() noexcept = 0;
     virtual auth::verifier* verifier() noexcept = 0;  // null without [auth]
     virtual const std::string& hostname() const noexcept = 0;
+    // The client (the connection's peer, or the one a PROXY header named) may relay anywhere
+    // without AUTH (relay.allow_networks).
+    virtual bool relay_allowed(const core::endpoint& client) const noexcept = 0;
     virtual std::int64_t unix_now() const noexcept = 0;
     // The connection has closed and nothing names it: destroy it after this call returns.
     virtual void connection_closed(std::uint64_t id) = 0;
