@@ -653,6 +653,8 @@ role = "relay"
     EXPECT_EQ(a.server.log_level, b.server.log_level);
     EXPECT_EQ(a.server.io_uring_defer_taskrun, b.server.io_uring_defer_taskrun);
     EXPECT_EQ(a.server.multishot_accept, b.server.multishot_accept);
+    EXPECT_EQ(a.server.drain_grace, b.server.drain_grace);
+    EXPECT_EQ(a.server.shutdown_timeout, b.server.shutdown_timeout);
     ASSERT_EQ(a.listen.size(), b.listen.size());
     for (std::size_t i = 0; i < a.listen.size(); ++i) {
         EXPECT_EQ(a.listen[i].address, b.listen[i].address);
