@@ -9,7 +9,8 @@
 # conffile, `ringmaild --check-config /etc/ringmail/ringmail.toml`, the ringmail user, the
 # spool's mode 0700 and owner, the unit and logrotate files, the man pages; then
 # `systemd-analyze verify` of the installed unit with systemd installed in the chroot. The
-# chroot is removed at the end (KEEP=1 keeps it). Needs root.
+# chroot is removed at the end (KEEP=1 keeps it). BASE=DIR starts from a copy of a clean
+# debootstrap made earlier instead of running one. Needs root.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -41,12 +42,18 @@ PASSED=0
 ok() { printf 'ok: %s\n' "$*" >&2; PASSED=$((PASSED + 1)); }
 in_chroot() { chroot "$CHROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
 
-log "debootstrap bookworm (minbase) into $CHROOT"
-debootstrap --variant=minbase bookworm "$CHROOT" "$MIRROR" >"$CHROOT.debootstrap.log" 2>&1 || {
-  tail -20 "$CHROOT.debootstrap.log" >&2
-  exit 1
-}
-rm -f "$CHROOT.debootstrap.log"
+if [ -n "${BASE:-}" ] && [ -x "$BASE/bin/sh" ]; then
+  # A clean debootstrap made earlier (BASE=dir): copied, never modified.
+  log "copying the clean bookworm base $BASE into $CHROOT"
+  cp -a "$BASE/." "$CHROOT/"
+else
+  log "debootstrap bookworm (minbase) into $CHROOT"
+  debootstrap --variant=minbase bookworm "$CHROOT" "$MIRROR" >"$CHROOT.debootstrap.log" 2>&1 || {
+    tail -20 "$CHROOT.debootstrap.log" >&2
+    exit 1
+  }
+  rm -f "$CHROOT.debootstrap.log"
+fi
 mount -t proc proc "$CHROOT/proc"
 mount --bind /dev "$CHROOT/dev"
 mount --bind /dev/pts "$CHROOT/dev/pts"
