@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Developer entry point for a fresh Debian 12 machine.
 #
-#   ./packaging/dev.sh run  [ringmaild args]  install what is missing, build, run ringmaild
+#   ./packaging/dev.sh run  [ringmaild args]  install what is missing, build the daemon and
+#                                             the tools only, run ringmaild
 #   ./packaging/dev.sh test                   install what is missing, build, run every test
 #   ./packaging/dev.sh deps | build           the individual steps
 #
@@ -17,7 +18,7 @@ ROOT=$(pwd)
 PACKAGES=(meson ninja-build pkg-config g++ liburing-dev libwolfssl-dev libc-ares-dev
   libmimalloc-dev libargon2-dev libtomlplusplus-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
   libbenchmark-dev cmake python3 postfix swaks dnsmasq-base clang libclang-rt-14-dev
-  python3-dkim opendkim opendkim-tools)
+  python3-dkim opendkim opendkim-tools haproxy)
 
 JOBS=${JOBS:-2}
 
@@ -47,7 +48,8 @@ install_deps() {
   fi
   log "installing: ${missing[*]}"
   # Postfix is only here for its smtp-source/smtp-sink tools and for side-by-side
-  # benchmarks: no configuration, and no system daemon left running.
+  # benchmarks, haproxy for the PROXY protocol tests: no configuration, and no system daemon
+  # left running.
   echo 'postfix postfix/main_mailer_type select No configuration' | as_root debconf-set-selections
   local policy=/usr/sbin/policy-rc.d made_policy=0
   if [ ! -e "$policy" ]; then
@@ -67,6 +69,8 @@ install_deps() {
   [ "$rc" -eq 0 ] || { log "package installation failed"; return "$rc"; }
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     as_root systemctl disable --now postfix.service >/dev/null 2>&1 || true
+    # haproxy is started by the PROXY protocol tests on loopback; no system instance.
+    as_root systemctl disable --now haproxy.service >/dev/null 2>&1 || true
   fi
   if [ -f /etc/postfix/main.cf ] && as_root postfix status >/dev/null 2>&1; then
     as_root postfix stop >/dev/null 2>&1 || true
@@ -91,9 +95,14 @@ build_main() {
   meson compile -C build -j "$JOBS"
 }
 
+# What `run` needs: the daemon and the tools, not the tests and benchmarks (a newcomer wants
+# a first mail, not 200 targets).
+RUN_TARGETS=(src/ringmaild tools/ringmail-blast tools/ringmail-sink tools/ringmailctl)
+
 cmd_run() {
   install_deps
-  build_main
+  setup_dir build --buildtype=debugoptimized
+  meson compile -C build -j "$JOBS" "${RUN_TARGETS[@]}"
   local daemon="$ROOT/build/src/ringmaild"
   if [ ! -x "$daemon" ]; then
     log "build/src/ringmaild was not built (the daemon is not part of this tree yet)"
@@ -212,7 +221,8 @@ cmd_test() {
     if CXX=clang++ setup_dir build-fuzz --buildtype=debugoptimized -Dfuzz=true \
       -Dbenchmarks=false -Dmimalloc=disabled; then
       # Only the fuzz targets: the rest of the tree is built and tested twice already.
-      COMPILE_TARGETS=(fuzz_server_session fuzz_address fuzz_reply_parser fuzz_dns_message)
+      COMPILE_TARGETS=(fuzz_server_session fuzz_address fuzz_reply_parser fuzz_dns_message
+        fuzz_proxy_header fuzz_http_request)
       run_suite build-fuzz --suite fuzz
       COMPILE_TARGETS=()
     else

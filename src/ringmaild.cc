@@ -1,13 +1,22 @@
-// ringmaild: the daemon. Command line, configuration, start-up of the shards, signals.
+// ringmaild: the daemon. Command line, configuration, start-up of the shards and of the admin
+// endpoint, signals, the drain, systemd notifications.
 //
-// The main thread only starts and stops shards: it blocks the shutdown signals (every shard
-// inherits the mask), waits for them with sigwaitinfo and asks each shard to drain. Start-up
+// The main thread only starts and stops threads: it blocks the shutdown signals (every shard
+// inherits the mask), waits for them with sigwaitinfo and drives the drain. Start-up
 // failures (bad config, spool locked, a listen address in use or served by another process,
 // io_uring unusable, a certificate, users file or DKIM key that does not load) print one
 // clear message and exit non-zero. SIGHUP reloads the certificates, the DKIM keys and the
 // users file here, on the main thread; a reload that fails is logged and the running ones stay.
+//
+// Drain (SIGTERM/SIGINT): /readyz turns 503 and systemd is told STOPPING=1 at once; the
+// listeners keep accepting for server.drain_grace (a second signal ends the grace), then every
+// shard drains (listeners close, idle sessions get 421, open transactions finish and commit,
+// deliveries in flight finish) with what is left of server.shutdown_timeout, after which what
+// is still open is closed. The admin endpoint stops last. Exit 0.
+#include "ringmail/admin/server.h"
 #include "ringmail/config/config.h"
 #include "ringmail/core/log.h"
+#include "ringmail/core/sd_notify.h"
 #include "ringmail/core/shard_runner.h"
 #include "ringmail/daemon/context.h"
 #include "ringmail/daemon/shard.h"
@@ -19,6 +28,8 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <string_view>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -88,6 +99,29 @@ void reload(ringmail::daemon::daemon_context& ctx,
         s->wake();
 }
 
+// systemd's notification socket, when there is one; failures are logged, never fatal.
+void notify(std::string_view state) {
+    auto r = ringmail::core::sd_notify(state);
+    if (!r)
+        log::warn("sd_notify: cannot tell the service manager: {}", r.error().message());
+}
+
+// The admin endpoint's thread, when [admin] address is set.
+struct admin_thread {
+    std::unique_ptr<ringmail::admin::server> server;
+    std::thread thread;
+
+    void stop() {
+        if (!server)
+            return;
+        server->request_stop();
+        if (thread.joinable())
+            thread.join();
+        server.reset();
+    }
+    ~admin_thread() { stop(); }
+};
+
 int serve(ringmail::config::settings cfg) {
     log::set_level(cfg.server.log_level);
     std::string why;
@@ -108,6 +142,34 @@ int serve(ringmail::config::settings cfg) {
         std::fprintf(stderr, "ringmaild: cannot block signals: %s\n",
                      sigs.error().message().c_str());
         return 1;
+    }
+
+    // The admin endpoint first: a busy address fails start-up before any spool is opened, and
+    // /readyz says "starting" while the shards recover their spools.
+    ringmail::admin::health health;
+    admin_thread admin;
+    if (ctx->cfg.admin.enabled()) {
+        auto ep = ringmail::core::parse_endpoint(ctx->cfg.admin.address);
+        if (!ep) {
+            std::fprintf(stderr, "ringmaild: admin.address \"%s\": %s\n",
+                         ctx->cfg.admin.address.c_str(), ep.error().message().c_str());
+            return 1;
+        }
+        admin.server = std::make_unique<ringmail::admin::server>(ctx->shards, *ep, health);
+        try {
+            admin.thread = std::thread([s = admin.server.get()] { s->run(); });
+        } catch (const std::system_error& e) {
+            std::fprintf(stderr, "ringmaild: cannot start the admin thread: %s\n", e.what());
+            return 1;
+        }
+        while (admin.server->status() == startup_state::pending)
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        if (admin.server->status() == startup_state::failed) {
+            std::fprintf(stderr, "ringmaild: %s\n", admin.server->startup_error().c_str());
+            admin.thread.join();
+            admin.server.reset();
+            return 1;
+        }
     }
 
     std::vector<std::unique_ptr<ringmail::daemon::shard>> shards;
@@ -150,7 +212,10 @@ int serve(ringmail::config::settings cfg) {
               ctx->cfg.delivery.smarthost
                   ? ringmail::delivery::host_port_text(*ctx->cfg.delivery.smarthost)
                   : std::string("none"));
+    health.started.store(true, std::memory_order_release);
+    notify(fmt::format("READY=1\nSTATUS=listening on {}", addrs));
 
+    const char* stop_signal = nullptr;
     for (;;) {
         auto sig = ringmail::core::wait_for_signal(*sigs);
         if (!sig) {
@@ -165,16 +230,46 @@ int serve(ringmail::config::settings cfg) {
             continue;
         }
         if (*sig == SIGTERM || *sig == SIGINT) {
-            log::info("signal {}: draining", *sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            stop_signal = *sig == SIGTERM ? "SIGTERM" : "SIGINT";
             break;
         }
     }
+    const auto signalled = std::chrono::steady_clock::now();
+    health.draining.store(true, std::memory_order_release);
+    notify("STOPPING=1\nSTATUS=draining");
+    const auto grace = std::chrono::milliseconds(ctx->cfg.server.drain_grace);
+    log::info("{}: draining: readiness 503, listeners open for {} ms more",
+              stop_signal != nullptr ? stop_signal : "sigwaitinfo failed", grace.count());
+    // The grace: connections a balancer routed before it saw the 503 are still served.
+    while (stop_signal != nullptr) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            signalled + grace - std::chrono::steady_clock::now());
+        if (left.count() <= 0)
+            break;
+        auto sig = ringmail::core::wait_for_signal(*sigs, left);
+        if (!sig || *sig == 0)
+            break;
+        if (*sig == SIGHUP) {
+            log::info("SIGHUP: reopening the delivery log, reloading certificates and users");
+            reload(*ctx, shards);
+            continue;
+        }
+        if (*sig == SIGTERM || *sig == SIGINT) {
+            log::info("second stop signal: the grace ends now");
+            break;
+        }
+    }
+    log::info("closing the listeners; open transactions finish");
     for (auto& s : shards)
         s->request_stop();
     runner.join();
+    admin.stop();
     if (ctx->verifier)
         ctx->verifier->stop();
-    log::info("ringmaild stopped");
+    log::info("ringmaild stopped ({} ms after the signal)",
+              std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::steady_clock::now() - signalled)
+                  .count());
     return 0;
 }
 

@@ -256,6 +256,19 @@ bool duration_value(context& ctx, const toml::node& n, std::string_view key,
     return true;
 }
 
+// A duration that may also be zero ("0s" or 0): "do not wait at all" is meaningful there.
+void read_duration_or_zero(table_reader& r, std::string_view k, std::chrono::seconds& out) {
+    const toml::node* n = r.take(k);
+    if (n == nullptr)
+        return;
+    if ((n->is_integer() && n->as_integer()->get() == 0) ||
+        (n->is_string() && (n->as_string()->get() == "0s" || n->as_string()->get() == "0"))) {
+        out = std::chrono::seconds(0);
+        return;
+    }
+    duration_value(r.ctx(), *n, r.key(k), out);
+}
+
 void read_duration(table_reader& r, std::string_view k, std::chrono::seconds& out) {
     const toml::node* n = r.take(k);
     if (n != nullptr)
@@ -565,6 +578,16 @@ const field<server_config> server_fields[] = {
       "multishot accept (off: one accept re-armed per connection)"},
      [](table_reader& r, std::string_view k, server_config& s) {
          read_bool(r, k, s.multishot_accept);
+     }},
+    {{"server", "drain_grace", "duration (or \"0s\")", "\"5s\"",
+      "after SIGTERM, listeners keep accepting this long (readiness 503 at once), then close"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_duration_or_zero(r, k, s.drain_grace);
+     }},
+    {{"server", "shutdown_timeout", "duration", "\"30s\"",
+      "from SIGTERM to exit; what is still open then is closed (acknowledged mail is durable)"},
+     [](table_reader& r, std::string_view k, server_config& s) {
+         read_duration(r, k, s.shutdown_timeout);
      }},
 };
 
@@ -1215,6 +1238,16 @@ parsed_config parse_config(std::string_view toml_text, std::string_view source_n
     read_section<server_config>(ctx, section(r, "server"), "server", server_fields, c.server);
     if (c.server.hostname.empty())
         c.server.hostname = default_hostname();
+    if (c.server.shutdown_timeout <= c.server.drain_grace) {
+        const toml::table* st = root.get_as<toml::table>("server");
+        const toml::node* n = st != nullptr ? st->get("shutdown_timeout") : nullptr;
+        if (n == nullptr && st != nullptr)
+            n = st->get("drain_grace");
+        ctx.fail(n != nullptr ? &n->source() : nullptr, "server.shutdown_timeout",
+                 fmt::format("{} must be longer than server.drain_grace ({})",
+                             core::format_duration(c.server.shutdown_timeout),
+                             core::format_duration(c.server.drain_grace)));
+    }
 
     // [[listen]]: at least one; addresses distinct; smtps has certificates.
     const toml::node* ln = root.get("listen");

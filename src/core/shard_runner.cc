@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <pthread.h>
 #include <sched.h>
 #include <system_error>
@@ -47,6 +48,26 @@ result<int> wait_for_signal(const sigset_t& set) {
         int sig = sigwaitinfo(&set, &info);
         if (sig > 0)
             return sig;
+        if (errno != EINTR)
+            return sys_failure(errno);
+    }
+}
+
+result<int> wait_for_signal(const sigset_t& set, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0)
+            return 0;
+        timespec ts{static_cast<time_t>(left.count() / 1000000000),
+                    static_cast<long>(left.count() % 1000000000)};
+        siginfo_t info;
+        const int sig = sigtimedwait(&set, &info, &ts);
+        if (sig > 0)
+            return sig;
+        if (errno == EAGAIN)
+            return 0;
         if (errno != EINTR)
             return sys_failure(errno);
     }

@@ -102,9 +102,11 @@ void stream_connection::send_pieces(std::span<const std::string_view> pieces) {
     pump();
 }
 
-void stream_connection::start_transform(std::unique_ptr<byte_transform> t) {
+void stream_connection::start_transform(std::unique_ptr<byte_transform> t,
+                                        std::string_view received) {
     _oncore.check();
     _transform = std::move(t);
+    _wire_in.append(received);
     _ready_reported = false;
     _failure_reported = false;
     pump();

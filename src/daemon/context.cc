@@ -154,8 +154,11 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
 
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
         const auto& l = cfg.listen[i];
-        if (l.proxy_protocol) {
-            why = fmt::format("listen[{}].proxy_protocol: not supported by this build", i);
+        if (l.proxy_protocol && l.trusted_proxies.empty()) {
+            why = fmt::format(
+                "listen[{}].trusted_proxies: empty, but proxy_protocol is on: no "
+                "balancer could connect",
+                i);
             return std::nullopt;
         }
         auto ep = core::parse_endpoint(l.address);
@@ -175,6 +178,8 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
         ls.session.relay_domains = cfg.relay.domains;
         ls.index = i;
         ls.implicit_tls = l.role == config::listener_role::smtps;
+        ls.proxy_protocol = l.proxy_protocol;
+        ls.trusted_proxies = l.trusted_proxies;
         ls.auth = cfg.auth.enabled();
         ls.session.tls_available = !l.tls_certificates.empty();
         ls.session.auth_plaintext = l.auth_plaintext;
@@ -354,8 +359,12 @@ std::shared_ptr<const dkim::key_set> load_dkim_keys(const config::settings& cfg,
 
 bool check_context(const config::settings& cfg, std::string& why) {
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
-        if (cfg.listen[i].proxy_protocol) {
-            why = fmt::format("listen[{}].proxy_protocol: not supported by this build", i);
+        const auto& l = cfg.listen[i];
+        if (l.proxy_protocol && l.trusted_proxies.empty()) {
+            why = fmt::format(
+                "listen[{}].trusted_proxies: empty, but proxy_protocol is on: no "
+                "balancer could connect",
+                i);
             return false;
         }
     }

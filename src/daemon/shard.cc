@@ -24,7 +24,11 @@ core::shard_options shard_options_for(const daemon_context& ctx) {
     o.ring.defer_taskrun = ctx.cfg.server.io_uring_defer_taskrun;
     // How long a drain waits for open transactions and deliveries before closing what is left
     // (acknowledged messages are durable: what did not go out is delivered after a restart).
-    o.drain_timeout = 30s;
+    // The drain starts after server.drain_grace; 2 s of server.shutdown_timeout are kept for
+    // closing what is left, settling the last commit and joining the threads.
+    const auto budget = std::chrono::duration_cast<std::chrono::milliseconds>(
+        ctx.cfg.server.shutdown_timeout - ctx.cfg.server.drain_grace - 2s);
+    o.drain_timeout = std::max<std::chrono::milliseconds>(budget, 1s);
     return o;
 }
 
@@ -330,13 +334,32 @@ void shard::accepted_connection(core::ring_fd fd, const reception::listener_sett
         reactor().close(std::move(fd));
         return;
     }
+    if (l.proxy_protocol && !l.trusted_proxies.contains(peer->addr())) {
+        // Only a trusted balancer may say who the client is; anyone else would choose their
+        // own address (and with it relay permission). Closed before any byte is read or sent.
+        ++_untrusted_proxy_refused;
+        const auto now = reactor().now();
+        if (now - _untrusted_logged_at >= 1s) {
+            log::warn(
+                "connection from {} to {} refused: not in trusted_proxies of this PROXY "
+                "protocol listener ({} refused so far on shard {})",
+                core::to_string(*peer), core::to_string(l.endpoint), _untrusted_proxy_refused,
+                id());
+            _untrusted_logged_at = now;
+        }
+        reactor().close(std::move(fd));
+        return;
+    }
     (void)core::set_nodelay(fd.get());
-    bool relay_allowed = _ctx.cfg.relay.allow_networks.contains(peer->addr());
     const std::uint64_t cid = _connections.next_id();
     _connections
-        .add(cid, std::make_unique<reception::inbound_connection>(*this, cid, std::move(fd), *peer,
-                                                                  l, relay_allowed))
+        .add(cid,
+             std::make_unique<reception::inbound_connection>(*this, cid, std::move(fd), *peer, l))
         .start();
+}
+
+bool shard::relay_allowed(const core::endpoint& client) const noexcept {
+    return _ctx.cfg.relay.allow_networks.contains(client.addr());
 }
 
 void shard::connection_closed(std::uint64_t cid) {

@@ -145,18 +145,17 @@ std::optional<smtp::auth_step> inbound_auth::on_verdict(auth::verdict v) {
 }
 
 // --- the connection ---
-// --- the connection ---
 
 inbound_connection::inbound_connection(host& owner, std::uint64_t id, core::ring_fd fd,
                                        const core::endpoint& peer,
-                                       const listener_settings& listener, bool relay_allowed)
+                                       const listener_settings& listener)
     : core::stream_connection(owner.reactor(), owner.buffers()),
       _host(owner),
       _id(id),
       _listener(listener),
       _peer(peer),
       _peer_text(core::to_string(peer)),
-      _relay_allowed(relay_allowed),
+      _relay_allowed(owner.relay_allowed(peer)),
       _connected_at(owner.unix_now()) {
     attach(std::move(fd));
 }
@@ -176,14 +175,63 @@ void inbound_connection::make_session(std::optional<smtp::tls_details> tls) {
 }
 
 void inbound_connection::start() {
+    if (_listener.proxy_protocol) {
+        // Nothing is said before the header: the balancer speaks first.
+        _via_text = _peer_text;
+        log::info("connect from {} (connection {}), awaiting its PROXY header", _peer_text, _id);
+        _proxy.emplace();
+        set_deadline(ring().now() + proxy_header_timeout);
+        update_input();
+        return;
+    }
     log::info("connect from {} (connection {})", _peer_text, _id);
+    begin_protocol({});
+}
+
+void inbound_connection::begin_protocol(std::string_view early) {
     if (_listener.implicit_tls) {
-        begin_tls();  // the session starts once the handshake is done
+        begin_tls(early);  // the session starts once the handshake is done
     } else {
         make_session(std::nullopt);
         _session->start();
+        if (!early.empty())
+            _session->receive(early);
     }
     pump();
+}
+
+// --- PROXY protocol: the balancer's header, before anything else ---------------------------
+
+void inbound_connection::proxy_input(std::string_view bytes) {
+    const std::size_t n = _proxy->feed(bytes);
+    if (_proxy->failed()) {
+        proxy_failed(_proxy->error());
+        return;
+    }
+    if (!_proxy->done())
+        return;  // every byte taken: the rest of the header is still on its way
+    const smtp::proxy_header h = _proxy->header();
+    _proxy.reset();
+    clear_deadline();
+    if (h.local) {
+        // The balancer's own connection (a health check): its address stands.
+        log::info("connection {}: PROXY v{} {} from {}", _id, h.version,
+                  h.version == 2 ? "LOCAL" : "UNKNOWN", _via_text);
+    } else {
+        _peer = h.source;
+        _peer_text = core::to_string(_peer);
+        _relay_allowed = _host.relay_allowed(_peer);
+        log::info("connection {}: client {} via {} (PROXY v{}){}", _id, _peer_text, _via_text,
+                  h.version, _relay_allowed ? ", may relay" : "");
+    }
+    begin_protocol(bytes.substr(n));
+}
+
+void inbound_connection::proxy_failed(std::string_view why) {
+    log::warn("connection {} from {}: no valid PROXY header ({}): closed without a greeting", _id,
+              _via_text, why);
+    _proxy.reset();
+    start_close(false);
 }
 
 void inbound_connection::on_auth_verdict(auth::verdict v) {
@@ -301,6 +349,10 @@ void inbound_connection::on_committed(const result<spool::queue_id>& id) {
 // --- the stream's events ---
 
 void inbound_connection::on_received(std::string_view bytes) {
+    if (_proxy) {
+        proxy_input(bytes);
+        return;
+    }
     if (_tls_dead || !_session)
         return;
     _session->receive(bytes);
@@ -308,6 +360,8 @@ void inbound_connection::on_received(std::string_view bytes) {
 }
 
 bool inbound_connection::wants_input() const {
+    if (_proxy)
+        return !_peer_gone;
     if (!_session || _peer_gone || _tls_dead || _session->input_full())
         return false;
     // Back-pressure: message data waits in the socket while the spool holds its budget of
@@ -326,6 +380,10 @@ void inbound_connection::on_input_end(int err) {
 }
 
 void inbound_connection::on_deadline() {
+    if (_proxy) {
+        proxy_failed(fmt::format("none within {} s", proxy_header_timeout.count()));
+        return;
+    }
     if (_tls && _tls->handshaking() && !_tls_dead) {
         tls_broken(true, "handshake timed out");
     } else {
@@ -354,7 +412,7 @@ void inbound_connection::peer_gone() {
 // --- TLS -------------------------------------------------------------------------------------
 
 // STARTTLS (after the 220 went out in plaintext) or the first byte of an smtps connection.
-void inbound_connection::begin_tls() {
+void inbound_connection::begin_tls(std::string_view early) {
     const auto& context = _host.tls_context(_listener.index);
     if (!context) {
         // STARTTLS is offered only on listeners with certificates, whose contexts every shard
@@ -365,7 +423,7 @@ void inbound_connection::begin_tls() {
     _tls = t.get();
     _handshake_deadline = ring().now() + handshake_timeout;
     const bool failed = t->failed();
-    start_transform(std::move(t));
+    start_transform(std::move(t), early);
     if (failed)
         tls_broken(true, _tls->error());
 }
@@ -444,6 +502,10 @@ void inbound_connection::pump() {
         }
         _session->shutdown();
         pump();
+        return;
+    }
+    if (!_session && !_tls) {
+        update_input();  // still reading the PROXY header
         return;
     }
     // Deadline: a fixed one for a handshake, none while our own commit is pending, else the

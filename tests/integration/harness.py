@@ -194,12 +194,15 @@ def make_config(
     listen_options: dict[str, Any] | None = None,
     auth: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A config dict with the contract keys; admin is disabled ("").
+    """A config dict with the contract keys; admin is disabled (""), drain_grace is "0s".
 
     delivery_options: more [delivery] keys (connect_timeout, max_connections, ...).
     listen_options: more keys of the first [[listen]] (role, tls_cert, tls_key, ...).
     auth: an [auth] table (users_file, max_failures, ...); none when not given."""
-    server: dict[str, Any] = {"hostname": hostname, "shards": shards, "spool_dir": spool_dir}
+    # No drain grace unless a test asks for one: a stop closes the listeners at once, as the
+    # tests written before server.drain_grace expect (test_drain sets its own).
+    server: dict[str, Any] = {"hostname": hostname, "shards": shards, "spool_dir": spool_dir,
+                              "drain_grace": "0s"}
     if max_message_size is not None:
         server["max_message_size"] = max_message_size
     server.update(server_options or {})
@@ -1023,6 +1026,88 @@ class Dnsmasq:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------
+# HAProxy: a real load balancer in front of ringmaild (PROXY protocol tests)
+
+
+HAPROXY = os.environ.get("HAPROXY", shutil.which("haproxy") or "/usr/sbin/haproxy")
+
+
+def _port_bound(host: str, port: int) -> bool:
+    """True when something listens on host:port (a plain bind fails with EADDRINUSE)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class Haproxy:
+    """haproxy in TCP mode on loopback, in the foreground; one frontend per route.
+
+    routes: (frontend port, backend "ip:port", server options such as "send-proxy-v2")."""
+
+    def __init__(self, routes: Iterable[tuple[int, str, str]], timeout: float = 20.0) -> None:
+        if not os.path.exists(HAPROXY):
+            raise unittest_skip("haproxy is not installed (packaging/dev.sh deps)")
+        self.dir = temp_dir("ringmail-haproxy-")
+        self.routes = list(routes)
+        lines = [
+            "global", "    maxconn 512",
+            "defaults", "    mode tcp", "    timeout connect 5s", "    timeout client 60s",
+            "    timeout server 60s",
+        ]
+        for i, (port, backend, options) in enumerate(self.routes):
+            lines += [f"frontend fe{i}", f"    bind {LOOPBACK}:{port}", f"    default_backend be{i}",
+                      f"backend be{i}", f"    server s{i} {backend} {options}".rstrip()]
+        self.config_path = os.path.join(self.dir, "haproxy.cfg")
+        with open(self.config_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        self._log_path = os.path.join(self.dir, "haproxy.log")
+        out = open(self._log_path, "wb")
+        try:
+            self.proc = spawn([HAPROXY, "-db", "-f", self.config_path], stdin=subprocess.DEVNULL,
+                              stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            out.close()
+        ok = wait_until(lambda: self.proc.poll() is not None or
+                        all(_port_bound(LOOPBACK, p) for p, _, _ in self.routes),
+                        scaled(timeout))
+        if not ok or self.proc.poll() is not None:
+            text = self.log_text()
+            self.close()
+            raise AssertionError(f"haproxy did not start:\n{text}")
+
+    def log_text(self) -> str:
+        try:
+            with open(self._log_path, "rb") as f:
+                return f.read()[-20000:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def __enter__(self) -> "Haproxy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def unittest_skip(reason: str) -> Exception:
+    import unittest
+
+    return unittest.SkipTest(reason)
 
 
 def log(msg: str) -> None:

@@ -51,6 +51,11 @@ struct server_config {
     // multishot accept was reported on 6.6-6.8): turn either off on an affected kernel.
     bool io_uring_defer_taskrun = true;
     bool multishot_accept = true;
+    // SIGTERM/SIGINT: readiness turns 503 at once, the listeners keep accepting for
+    // drain_grace (a balancer still routes connections for a few seconds), then close; the
+    // process exits within shutdown_timeout of the signal.
+    std::chrono::seconds drain_grace{5};
+    std::chrono::seconds shutdown_timeout{30};
 };
 
 // One certificate chain and its private key (PEM files); read when the daemon starts and on

@@ -10,6 +10,7 @@
 
 #include "ringmail/core/result.h"
 
+#include <chrono>
 #include <functional>
 #include <signal.h>
 #include <thread>
@@ -24,6 +25,8 @@ std::vector<int> online_cpus();
 result<sigset_t> block_shutdown_signals();
 // Waits for one signal of `set` (blocked beforehand); returns its number. EINTR is retried.
 result<int> wait_for_signal(const sigset_t& set);
+// The same, for at most `timeout`: 0 when it passed without a signal.
+result<int> wait_for_signal(const sigset_t& set, std::chrono::milliseconds timeout);
 
 class shard_runner {
   public:

@@ -105,8 +105,9 @@ class stream_connection : private timer {
 
     // --- transform ---------------------------------------------------------------------
     // From now on every received byte goes through `t`, and so does every batch sent after
-    // this call. A client's first records go out at once.
-    void start_transform(std::unique_ptr<byte_transform> t);
+    // this call. A client's first records go out at once. `received`: bytes that already
+    // arrived and belong to the transform (behind a PROXY header), fed to it first.
+    void start_transform(std::unique_ptr<byte_transform> t, std::string_view received = {});
     byte_transform* transform() noexcept { return _transform.get(); }
     const byte_transform* transform() const noexcept { return _transform.get(); }
     // Ends the transformed stream (close_notify) once the batch in hand is encoded.

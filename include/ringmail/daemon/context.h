@@ -5,7 +5,7 @@
 //
 // Built on the main thread before the shards start, destroyed after they are joined; shards
 // hold a const reference. Building it fails with one clear message (bad endpoint, a
-// certificate or users file that does not load, PROXY protocol). The one thing that changes
+// certificate or users file that does not load). The one thing that changes
 // while the shards run is reload_state (SIGHUP).
 #pragma once
 
@@ -103,7 +103,7 @@ std::shared_ptr<const dkim::key_set> load_dkim_keys(const config::settings& cfg,
                                                     std::vector<std::string>& warnings);
 
 // What --check-config verifies beyond the parser, without binding or changing anything:
-// listener features this build lacks, that spool_dir (and its shard directories) exists or can
+// a proxy_protocol listener nobody may use, that spool_dir (and its shard directories) exists or can
 // be created and is writable, that the delivery log's directory is writable, certificates, the
 // users file, the DKIM keys. `why` on failure, naming the key.
 bool check_context(const config::settings& cfg, std::string& why);

@@ -60,6 +60,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     const std::shared_ptr<dkim::signer>& dkim_signer() const noexcept override { return _dkim; }
     const std::string& hostname() const noexcept override { return _ctx.cfg.server.hostname; }
     std::int64_t unix_now() const noexcept override;
+    bool relay_allowed(const core::endpoint& client) const noexcept override;
     void connection_closed(std::uint64_t id) override;
     void input_held() noexcept override { _input_held = true; }
 
@@ -141,6 +142,8 @@ class shard final : public core::shard_base, public reception::host, public deli
     std::uint64_t _tls_failures = 0;                       // handshakes failed or timed out
     std::shared_ptr<dkim::signer> _dkim;                   // null without [[dkim]]
     std::shared_ptr<const dkim::key_set> _dkim_seen;       // what _dkim was built from
+    std::uint64_t _untrusted_proxy_refused = 0;            // PROXY listeners: sources not trusted
+    core::reactor::clock::time_point _untrusted_logged_at{};
     std::uint64_t _auth_buf = 0;
     bool _auth_armed = false;
     core::member_completion<shard, &shard::on_auth_ready> _auth_op{this};

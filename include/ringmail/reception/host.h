@@ -1,13 +1,14 @@
 // What an inbound connection needs from the shard that owns it: the ring, the shard's spool
 // (and its back-pressure) and TLS contexts, the AUTH limiter and verifier, the DKIM signer,
-// whether delivery takes new mail. The daemon's shard implements it; tests may fake it. Used on
-// the owning shard's thread only.
+// whether delivery takes new mail, the relay networks. The daemon's shard implements it; tests
+// may fake it. Used on the owning shard's thread only.
 #pragma once
 
 #include "ringmail/auth/failure_limiter.h"
 #include "ringmail/auth/verifier.h"
 #include "ringmail/core/buffer_ring.h"
 #include "ringmail/core/reactor.h"
+#include "ringmail/core/socket.h"
 #include "ringmail/dkim/signer.h"
 #include "ringmail/spool/spool.h"
 #include "ringmail/tls/context.h"
@@ -39,6 +40,9 @@ class host {
     // keeps the one it started with.
     virtual const std::shared_ptr<dkim::signer>& dkim_signer() const noexcept = 0;
     virtual const std::string& hostname() const noexcept = 0;
+    // The client (the connection's peer, or the one a PROXY header named) may relay anywhere
+    // without AUTH (relay.allow_networks).
+    virtual bool relay_allowed(const core::endpoint& client) const noexcept = 0;
     virtual std::int64_t unix_now() const noexcept = 0;
     // The connection has closed and nothing names it: destroy it after this call returns.
     virtual void connection_closed(std::uint64_t id) = 0;

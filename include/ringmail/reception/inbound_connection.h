@@ -3,7 +3,11 @@
 // listener) and the pure smtp::server_session; the session's transaction_sink streams the
 // message into the shard's spool (and through the DKIM signer when the message is ours to
 // sign: the signature is stored beside the body with the Received header), its auth_backend
-// hands SASL credentials to the daemon's auth::verifier (off the shard).
+// hands SASL credentials to the daemon's auth::verifier (off the shard). On a proxy_protocol
+// listener a PROXY v1/v2 header (smtp::proxy_reader) is read first, within
+// proxy_header_timeout and before any greeting or TLS; the client it names is then the peer for
+// everything (relay permission, Received, the AUTH failure limiter, logs). A connection without
+// a valid header is closed, no greeting.
 //
 // Owned by the shard that accepted it (through reception::host); destroyed by the shard after
 // on_closed, never inside its own call stack. Peer errors, timeouts, failed TLS handshakes and
@@ -18,6 +22,7 @@
 #include "ringmail/dkim/signer.h"
 #include "ringmail/reception/host.h"
 #include "ringmail/reception/listener.h"
+#include "ringmail/smtp/proxy_header.h"
 #include "ringmail/smtp/server_session.h"
 #include "ringmail/spool/spool.h"
 #include "ringmail/tls/session.h"
@@ -57,8 +62,12 @@ class inbound_auth final : public smtp::auth_backend {
 
 class inbound_connection final : public core::stream_connection, private smtp::transaction_sink {
   public:
+    // How long a balancer has to send its PROXY header once connected.
+    static constexpr std::chrono::seconds proxy_header_timeout{5};
+
+    // `peer`: the socket's peer (on a proxy_protocol listener, a trusted balancer).
     inbound_connection(host& owner, std::uint64_t id, core::ring_fd fd, const core::endpoint& peer,
-                       const listener_settings& listener, bool relay_allowed);
+                       const listener_settings& listener);
     ~inbound_connection() override;
 
     void start();
@@ -93,8 +102,13 @@ class inbound_connection final : public core::stream_connection, private smtp::t
     void on_closed() override;
 
     void make_session(std::optional<smtp::tls_details> tls);
+    // The protocol proper (TLS or the SMTP greeting) starts; `early`: bytes that arrived
+    // behind the PROXY header (a TLS ClientHello, an impatient client's first command).
+    void begin_protocol(std::string_view early);
+    void proxy_input(std::string_view bytes);
+    void proxy_failed(std::string_view why);
     void pump();
-    void begin_tls();
+    void begin_tls(std::string_view early = {});
     void tls_broken(bool handshake, std::string_view why);
     void peer_gone();
     void start_close(bool flush);
@@ -104,9 +118,12 @@ class inbound_connection final : public core::stream_connection, private smtp::t
     host& _host;
     const std::uint64_t _id;
     const listener_settings& _listener;
-    core::endpoint _peer;
+    core::endpoint _peer;  // the client: the socket's peer, or the PROXY header's source
     std::string _peer_text;
-    bool _relay_allowed;
+    bool _relay_allowed = false;
+    // While the PROXY header is awaited (proxy_protocol listeners); the balancer's address.
+    std::optional<smtp::proxy_reader> _proxy;
+    std::string _via_text;
     inbound_auth _auth{*this};
     // Built at start() or, on an smtps listener, once the handshake has finished (peer_info
     // carries the TLS details from the start).

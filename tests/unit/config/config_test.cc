@@ -110,6 +110,15 @@ const bad_case bad_cases[] = {
      "server.io_uring_defer_taskrun: expected a boolean, got a string"},
     {"multishot_accept_type", server("multishot_accept = 0"),
      "server.multishot_accept: expected a boolean, got an integer"},
+    {"drain_grace_negative", server("drain_grace = \"-1s\""),
+     "server.drain_grace: expected a duration"},
+    {"drain_grace_type", server("drain_grace = true"), "server.drain_grace: expected a duration"},
+    {"shutdown_timeout_zero", server("shutdown_timeout = 0"),
+     "server.shutdown_timeout: expected a duration"},
+    {"shutdown_not_past_grace", server("drain_grace = \"30s\"\nshutdown_timeout = \"30s\""),
+     "server.shutdown_timeout: 30s must be longer than server.drain_grace (30s)"},
+    {"shutdown_below_default_grace", server("shutdown_timeout = \"3s\""),
+     "server.shutdown_timeout: 3s must be longer than server.drain_grace (5s)"},
     {"server_unknown_key", server("shardz = 4"), "server.shardz: unknown key"},
     {"server_unknown_table", server("[server.extra]\nx = 1"), "server.extra: unknown table"},
     {"server_not_table", "server = 1\n" + std::string(one_listener),
@@ -385,6 +394,8 @@ TEST(config, defaults_applied) {
     EXPECT_EQ(c.server.command_timeout, 5min);
     EXPECT_EQ(c.server.data_timeout, 3min);
     EXPECT_EQ(c.server.log_level, core::log::level::info);
+    EXPECT_EQ(c.server.drain_grace, 5s);
+    EXPECT_EQ(c.server.shutdown_timeout, 30s);
 
     ASSERT_EQ(c.listen.size(), 1u);
     EXPECT_EQ(c.listen[0].address, "127.0.0.1:2525");
@@ -606,6 +617,20 @@ TEST(config, smarthost_forms) {
     }
 }
 
+TEST(config, drain_grace_may_be_zero) {
+    for (const char* zero : {"\"0s\"", "0", "\"0\""}) {
+        auto r = parse_config(
+            server(std::string("drain_grace = ") + zero + "\nshutdown_timeout = \"2s\""),
+            "test.toml");
+        ASSERT_TRUE(r) << zero << ": " << r.error;
+        EXPECT_EQ(r->server.drain_grace, 0s);
+        EXPECT_EQ(r->server.shutdown_timeout, 2s);
+    }
+    auto r = parse_config(server("drain_grace = \"1m\"\nshutdown_timeout = \"2m\""), "t");
+    ASSERT_TRUE(r) << r.error;
+    EXPECT_EQ(r->server.drain_grace, 60s);
+}
+
 TEST(config, helo_name_overrides_hostname) {
     const auto r = parse(with_listener(
         "[server]\nhostname = \"a.test\"\n[delivery]\nhelo_name = \"out.example.test\"\n"));
@@ -700,6 +725,8 @@ role = "relay"
     EXPECT_EQ(a.server.log_level, b.server.log_level);
     EXPECT_EQ(a.server.io_uring_defer_taskrun, b.server.io_uring_defer_taskrun);
     EXPECT_EQ(a.server.multishot_accept, b.server.multishot_accept);
+    EXPECT_EQ(a.server.drain_grace, b.server.drain_grace);
+    EXPECT_EQ(a.server.shutdown_timeout, b.server.shutdown_timeout);
     ASSERT_EQ(a.listen.size(), b.listen.size());
     for (std::size_t i = 0; i < a.listen.size(); ++i) {
         EXPECT_EQ(a.listen[i].address, b.listen[i].address);

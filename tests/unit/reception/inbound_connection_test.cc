@@ -4,11 +4,15 @@
 // delivery queue defers new mail, drain says 421 between transactions and lets an open one
 // finish, the AUTH limiter and a missing verifier answer 421 and 454, mail from a trusted
 // client is DKIM-signed (the signature stored before Received) and mail accepted only for a
-// relay domain is not.
+// relay domain is not; on a proxy_protocol listener the PROXY header's client is the peer
+// (relay permission, the Received header), a header coalesced with the first command works,
+// v2 LOCAL keeps the socket's peer, and a missing or malformed header closes the connection
+// without a greeting.
 #include "ringmail/reception/inbound_connection.h"
 
 #include "ringmail/auth/failure_limiter.h"
 #include "ringmail/core/buffer_ring.h"
+#include "ringmail/core/cidr.h"
 #include "ringmail/core/reactor.h"
 #include "ringmail/core/ring_fd.h"
 #include "ringmail/reception/host.h"
@@ -61,6 +65,9 @@ class fake_host final : public host {
     auth::verifier* verifier() noexcept override { return nullptr; }
     const std::shared_ptr<dkim::signer>& dkim_signer() const noexcept override { return dkim; }
     const std::string& hostname() const noexcept override { return _hostname; }
+    bool relay_allowed(const core::endpoint& client) const noexcept override {
+        return trust_all || relay_networks.contains(client.addr());
+    }
     std::int64_t unix_now() const noexcept override { return 1700000000; }
     void connection_closed(std::uint64_t id) override { closed.push_back(id); }
     void input_held() noexcept override { ++held; }
@@ -89,6 +96,8 @@ class fake_host final : public host {
     auth::failure_limiter limiter{{.max_failures = 2}};
     std::vector<std::uint64_t> closed;
     std::shared_ptr<dkim::signer> dkim;
+    core::cidr_set relay_networks;
+    bool trust_all = false;  // every client may relay (a socket pair has no address)
 
   private:
     temp_dir _dir;
@@ -127,8 +136,8 @@ struct client {
         core::endpoint peer;
         peer.storage.ss_family = AF_UNIX;
         peer.len = sizeof(sa_family_t);
-        conn = std::make_unique<inbound_connection>(h, id, core::ring_fd::adopt(sv[0]), peer, l,
-                                                    relay_allowed);
+        h.trust_all = relay_allowed;
+        conn = std::make_unique<inbound_connection>(h, id, core::ring_fd::adopt(sv[0]), peer, l);
         conn->start();
     }
     ~client() {
@@ -416,6 +425,81 @@ TEST(inbound_connection, a_blocked_client_gets_421_at_auth) {
     c.send("AUTH PLAIN AHVzZXIAcGFzcw==\r\n");
     EXPECT_EQ(c.reply().substr(0, 10), "421 4.7.0 ");
     EXPECT_TRUE(c.peer_closed());
+}
+
+// --- PROXY protocol --------------------------------------------------------------------------
+
+listener_settings proxy_listener() {
+    auto l = plain_listener();
+    l.proxy_protocol = true;
+    return l;
+}
+
+const std::string v2_sig("\r\n\r\n\0\r\nQUIT\n", 12);
+
+TEST(inbound_connection, the_proxy_header_client_decides_relay_and_received) {
+    fake_host h;
+    h.relay_networks.add(*core::parse_cidr("192.0.2.7"));
+    const auto l = proxy_listener();
+    client c(h, 20, l);
+    c.drain_socket(5);
+    EXPECT_EQ(c.pending, "") << "nothing is said before the header";
+    c.send("PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\n");
+    ASSERT_EQ(c.reply().substr(0, 4), "220 ");
+    c.send("EHLO client.test\r\n");
+    ASSERT_EQ(c.reply().substr(0, 3), "250");
+    // Not a relay domain: only a client allowed to relay gets 250.
+    c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<x@elsewhere.test>\r\nDATA\r\n");
+    ASSERT_EQ(c.reply().substr(0, 3), "250");
+    const std::string rcpt = c.reply();
+    ASSERT_EQ(rcpt.substr(0, 3), "250") << rcpt;
+    ASSERT_EQ(c.reply().substr(0, 3), "354");
+    c.send("Subject: p\r\n\r\nbody\r\n.\r\n");
+    c.drain_socket(5);
+    const auto ids = h.commit(live({&c}));
+    ASSERT_EQ(ids.size(), 1u);
+    EXPECT_EQ(c.reply().substr(0, 4), "250 ");
+    auto stored = h.spool().read(ids[0]);
+    ASSERT_TRUE(stored);
+    EXPECT_EQ(stored->env.client_address, "192.0.2.7");
+}
+
+TEST(inbound_connection, a_proxy_header_with_the_first_command_in_one_read) {
+    fake_host h;  // nobody may relay
+    const auto l = proxy_listener();
+    client c(h, 21, l);
+    std::string header = v2_sig + std::string("\x21\x11\x00\x0c", 4);
+    header += std::string("\xc0\x00\x02\x07\xc6\x33\x64\x01\x9c\x40\x00\x19", 12);
+    c.send(header +
+           "EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n"
+           "RCPT TO:<x@elsewhere.test>\r\n");
+    ASSERT_EQ(c.reply().substr(0, 4), "220 ");
+    ASSERT_EQ(c.reply().substr(0, 3), "250");
+    ASSERT_EQ(c.reply().substr(0, 3), "250");
+    EXPECT_EQ(c.reply().substr(0, 3), "554") << "192.0.2.7 may not relay here";
+}
+
+TEST(inbound_connection, v2_local_keeps_the_socket_peer) {
+    fake_host h;
+    const auto l = proxy_listener();
+    client c(h, 22, l);
+    c.send(v2_sig + std::string("\x20\x00\x00\x00", 4));
+    ASSERT_EQ(c.reply().substr(0, 4), "220 ");
+    c.send("QUIT\r\n");
+    EXPECT_EQ(c.reply().substr(0, 4), "221 ");
+}
+
+TEST(inbound_connection, no_valid_proxy_header_closes_without_a_greeting) {
+    for (const std::string& bad :
+         {std::string("EHLO client.test\r\n"), std::string("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"),
+          v2_sig + std::string("\x21\x31\x00\x00", 4)}) {
+        fake_host h;
+        const auto l = proxy_listener();
+        client c(h, 23, l);
+        c.send(bad);
+        EXPECT_TRUE(c.peer_closed()) << bad;
+        EXPECT_EQ(c.pending, "") << bad;
+    }
 }
 
 }  // namespace
