@@ -195,6 +195,7 @@ void engine::add_recovered(spool::spool& sp, const spool::recovered_message& m) 
     lm.arrival = m.msg.env.arrival_time;
     lm.rcpts = m.msg.env.rcpt_to;
     lm.attempts = m.attempts;
+    lm.delay_noticed = m.rcpt_delay_noticed;
     std::vector<std::uint32_t> pending;
     lm.state.resize(lm.rcpts.size(), queue::rcpt_state::pending);
     for (std::uint32_t i = 0; i < lm.rcpts.size(); ++i) {
@@ -372,6 +373,8 @@ void engine::apply_notice(const queue::job_notice& n) {
         return;
     for (auto [i, o] : a.outcomes)
         sp->record_rcpt(n.queue_id, i, o);
+    for (auto i : a.delay_noticed)
+        sp->record_rcpt(n.queue_id, i, spool::outcome::delay_noticed);
     if (a.retry)
         sp->record_attempt(n.queue_id, a.retry->attempts, a.retry->next_attempt);
     if (a.delayed)

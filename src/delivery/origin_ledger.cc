@@ -28,6 +28,7 @@ result<void> origin_ledger::add(ledger_message m) {
         }
     }
     spool::queue_id id = m.id;
+    e.delay_noticed = m.delay_noticed;
     e.m = std::move(m);
     if (!_entries.emplace(id, std::move(e)).second)
         return queue::errc::queue_full;  // already known: never twice
@@ -146,6 +147,7 @@ ledger_actions origin_ledger::apply(const queue::job_notice& n, std::int64_t now
                     e.delay_noticed.resize(e.m.rcpts.size(), false);
                     if (!e.delay_noticed[r]) {
                         e.delay_noticed[r] = true;
+                        a.delay_noticed.push_back(r);
                         delayed.push_back(
                             notice_entry(e.m.rcpts[r], reply, queue::dsn_action::delayed, "4.0.0"));
                     }

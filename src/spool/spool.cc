@@ -1144,6 +1144,7 @@ result<std::vector<recovered_message>> spool::recover() {
             const std::size_t n = sc.m.msg.env.rcpt_to.size();
             sc.m.rcpt_done.assign(n, false);
             sc.m.rcpt_outcome.assign(n, outcome::delivered);
+            sc.m.rcpt_delay_noticed.assign(n, false);
             by_id.emplace(h->id, found.size());
             found.push_back(std::move(sc));
             off += h->record_length;
@@ -1177,6 +1178,10 @@ result<std::vector<recovered_message>> spool::recover() {
                 if (idx < sc.m.rcpt_done.size() && o >= 1 && o <= 3) {
                     sc.m.rcpt_done[idx] = true;
                     sc.m.rcpt_outcome[idx] = outcome(o);
+                    sc.m.rcpt_delay_noticed[idx] = false;
+                } else if (idx < sc.m.rcpt_done.size() &&
+                           o == std::uint8_t(outcome::delay_noticed) && !sc.m.rcpt_done[idx]) {
+                    sc.m.rcpt_delay_noticed[idx] = true;
                 }
                 break;
             }
@@ -1211,6 +1216,8 @@ result<std::vector<recovered_message>> spool::recover() {
         for (std::size_t i = 0; i < sc.m.rcpt_done.size(); ++i) {
             if (sc.m.rcpt_done[i])
                 loc->rcpt_state[i] = std::uint8_t(sc.m.rcpt_outcome[i]);
+            else if (sc.m.rcpt_delay_noticed[i])
+                loc->rcpt_state[i] = std::uint8_t(outcome::delay_noticed);
         }
         loc->attempts = sc.m.attempts;
         loc->next_attempt = sc.m.next_attempt;

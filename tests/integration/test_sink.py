@@ -166,7 +166,8 @@ class SinkTest(unittest.TestCase):
         long_line = b"L" * 990
         bodies = [
             b"Subject: dots\r\n\r\n.leading\r\n..two\r\n.\r\n...\r\nend .\r\n",
-            b"Subject: 8bit\r\n\r\n\xe9t\xe9 \xff\x80\x00 bytes\r\n" + long_line + b"\r\n",
+            # 8-bit bytes and a control character (a NUL would be refused: 550 5.6.0).
+            b"Subject: 8bit\r\n\r\n\xe9t\xe9 \xff\x80\x01 bytes\r\n" + long_line + b"\r\n",
             b"Subject: no body\r\n\r\n",
             b"Subject: blank lines\r\n\r\n\r\n\r\nx\r\n\r\n",
         ]

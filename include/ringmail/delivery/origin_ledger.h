@@ -36,6 +36,8 @@ struct ledger_message {
     // Recovered messages bring their final recipients; empty = all pending.
     std::vector<queue::rcpt_state> state;
     std::uint32_t attempts = 0;
+    // Recovered: recipients whose delay notice was journaled; empty = none.
+    std::vector<bool> delay_noticed;
 };
 
 struct ledger_actions {
@@ -44,6 +46,7 @@ struct ledger_actions {
     std::optional<queue::bounce_request> bounce;   // failed recipients, once all are final
     std::optional<queue::bounce_request> relayed;  // delivered to a hop without DSN
     std::optional<queue::bounce_request> delayed;  // deferred past delay_warning, once each
+    std::vector<std::uint32_t> delay_noticed;      // journal them (outcome::delay_noticed)
     bool done = false;                             // no recipient pending: record_done
     bool null_sender_failure = false;              // failures that get no DSN (null sender)
 };
@@ -71,7 +74,7 @@ class origin_ledger {
         ledger_message m;
         std::uint32_t pending = 0;
         std::vector<queue::failed_recipient> failed;  // for the DSN, in the order they failed
-        std::vector<bool> delay_noticed;  // per recipient (this process's life: not journaled)
+        std::vector<bool> delay_noticed;  // per recipient; journaled, restored at recovery
     };
 
     core::oncore _oncore;

@@ -104,7 +104,9 @@ struct commit_batch {
 // pwritev loop + fdatasync, for tests and start-up. Returns 0 or -errno.
 int execute_batch_sync(const commit_batch&);
 
-enum class outcome : std::uint8_t { delivered = 1, bounced = 2, expired = 3 };
+// delivered, bounced and expired are final; delay_noticed is not (the recipient is still pending
+// and has had its one delay notice, RFC 3461), and a final outcome journaled later replaces it.
+enum class outcome : std::uint8_t { delivered = 1, bounced = 2, expired = 3, delay_noticed = 4 };
 
 // Views point into the segment's mapping and stay valid until the message is marked done (and
 // that record committed) or the spool is destroyed.
@@ -117,8 +119,9 @@ struct stored_message {
 
 struct recovered_message {
     stored_message msg;
-    std::vector<bool> rcpt_done;        // per RCPT: a final outcome was journaled
-    std::vector<outcome> rcpt_outcome;  // meaningful where rcpt_done
+    std::vector<bool> rcpt_done;           // per RCPT: a final outcome was journaled
+    std::vector<outcome> rcpt_outcome;     // meaningful where rcpt_done
+    std::vector<bool> rcpt_delay_noticed;  // per RCPT: pending, its delay notice already sent
     std::uint32_t attempts = 0;
     std::int64_t next_attempt = 0;  // unix seconds, 0 = none journaled
 };

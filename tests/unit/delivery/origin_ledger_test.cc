@@ -188,6 +188,22 @@ TEST(OriginLedger, OneDelayNoticePerRecipientPastTheWarning) {
         l.apply(notice(21, {{0, rcpt_status::deferred, reply(451, "4.4.1", "busy")}}, 3, 4000),
                 1000 + 7200);
     EXPECT_FALSE(again.delayed) << "once per recipient";
+    EXPECT_EQ(old.delay_noticed, (std::vector<std::uint32_t>{0, 1})) << "journaled";
+}
+
+TEST(OriginLedger, ARecoveredDelayNoticeIsNotSentAgain) {
+    origin_ledger l(100, std::chrono::seconds(60));
+    auto m = msg(23, "s@a.test", 2);
+    m.delay_noticed = {true, false};
+    ASSERT_TRUE(l.add(std::move(m)));
+    auto a = l.apply(notice(23,
+                            {{0, rcpt_status::deferred, reply(451, "4.4.1", "busy")},
+                             {1, rcpt_status::deferred, reply(451, "4.4.1", "busy")}},
+                            3, 9000),
+                     5000);
+    ASSERT_TRUE(a.delayed);
+    ASSERT_EQ(a.delayed->rcpts.size(), 1u);
+    EXPECT_EQ(a.delayed->rcpts[0].address, "r1@example.test");
 }
 
 TEST(OriginLedger, NoNoticesForTheNullSender) {

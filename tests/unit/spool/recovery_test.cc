@@ -208,6 +208,30 @@ TEST(recovery, journal_outcomes_applied_and_survive_compaction) {
     }
 }
 
+TEST(recovery, delay_notices_are_not_final_and_survive_compaction) {
+    test::temp_dir td;
+    queue_id a;
+    {
+        auto sp = open_recovered(td.shard(0), 0);
+        a = store(*sp, 1, 100, 1);  // two recipients
+        commit(*sp);
+        sp->record_rcpt(a, 0, outcome::delay_noticed);
+        sp->record_rcpt(a, 1, outcome::delay_noticed);
+        commit(*sp);
+        sp->record_rcpt(a, 1, outcome::delivered);  // a final outcome replaces it
+        commit(*sp);
+    }
+    for (int restart = 0; restart < 2; ++restart) {  // the second reads the compacted journal
+        SCOPED_TRACE(restart);
+        std::vector<recovered_message> rec;
+        auto sp = open_recovered(td.shard(0), 0, &rec);
+        ASSERT_EQ(rec.size(), 1u);
+        EXPECT_EQ(rec[0].msg.id, a);
+        EXPECT_EQ(rec[0].rcpt_done, (std::vector<bool>{false, true}));
+        EXPECT_EQ(rec[0].rcpt_delay_noticed, (std::vector<bool>{true, false}));
+    }
+}
+
 TEST(recovery, torn_journal_tail_dropped) {
     test::temp_dir td;
     queue_id a;
