@@ -1,9 +1,9 @@
 // libFuzzer target: the path and ESMTP parameter parsers must never crash, and what they
 // accept must respect the RFC 5321 limits and UTF-8 rules they promise.
 #include "ringmail/smtp/address.h"
+#include "ringmail/smtp/dsn_params.h"
 
 #include "fuzz_check.h"
-
 #include <cstdint>
 #include <string_view>
 
@@ -24,11 +24,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             check(c > ' ' || a.front() == '"', "no controls outside quotes");
     }
     for (bool utf8 : {false, true}) {
-        if (auto r = parse_rcpt_to(in, utf8)) {
+        if (auto cmd = parse_rcpt_to(in, utf8)) {
+            const auto* r = &cmd->forward_path;
             check(!r->address.empty(), "RCPT never null");
             check(r->address.size() + 2 <= max_path_length, "RCPT path within 256 octets");
             check(utf8 || !r->utf8, "UTF-8 recipient needs SMTPUTF8");
             check(is_valid_utf8(r->address), "RCPT address is valid UTF-8");
+            check(cmd->dsn.orcpt.size() <= max_orcpt_length, "ORCPT within 500 octets");
+            check((cmd->dsn.notify & ringmail::mail::notify::never) == 0 ||
+                      cmd->dsn.notify == ringmail::mail::notify::never,
+                  "NOTIFY=NEVER stands alone");
             std::string d = domain_of(r->address);
             check(d.size() <= max_domain_length, "domain within 255 octets");
             for (char c : d)

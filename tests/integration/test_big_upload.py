@@ -123,7 +123,10 @@ class BigUploadTest(unittest.TestCase):
                 f"message {n} differs",
             )
         self.assertEqual(len(sink.transactions()), CLIENTS)
-        self.assertLess(growth, GROWTH_BOUND, daemon.log_text())
+        # Under AddressSanitizer the resident set is the sanitizer's (shadow memory, a quarantine
+        # of freed blocks), not ours: the bound is asserted in the plain build only.
+        if harness.TIME_SCALE == 1:
+            self.assertLess(growth, GROWTH_BOUND, daemon.log_text())
         daemon.stop()
 
 
