@@ -1,6 +1,7 @@
 #include "ringmail/auth/cram_md5.h"
 
 #include "ringmail/auth/secret.h"
+#include "ringmail/core/hex.h"
 
 #include <cstring>
 #include <string.h>
@@ -109,22 +110,12 @@ std::array<std::uint32_t, 4> pad_state(const std::uint8_t key[64], std::uint8_t 
     return st;
 }
 
-int hex_value(char c) noexcept {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 bool parse_hex(std::string_view hex, std::uint8_t* out, std::size_t n) noexcept {
     if (hex.size() != 2 * n)
         return false;
     for (std::size_t i = 0; i < n; ++i) {
-        const int hi = hex_value(hex[2 * i]);
-        const int lo = hex_value(hex[2 * i + 1]);
+        const int hi = core::hex_value(hex[2 * i]);
+        const int lo = core::hex_value(hex[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return false;
         out[i] = std::uint8_t(hi << 4 | lo);
@@ -154,14 +145,13 @@ cram_context make_cram_context(std::string_view password) {
 }
 
 std::string format_cram_md5(const cram_context& c) {
-    static constexpr char digits[] = "0123456789abcdef";
     std::string s(cram_md5_prefix);
     for (const auto* words : {&c.outer, &c.inner}) {
         for (std::uint32_t w : *words) {
             for (int j = 0; j < 4; ++j) {
                 const auto byte = std::uint8_t(w >> (8 * j));
-                s.push_back(digits[byte >> 4]);
-                s.push_back(digits[byte & 15]);
+                s.push_back(core::hex_lower[byte >> 4]);
+                s.push_back(core::hex_lower[byte & 15]);
             }
         }
     }

@@ -3,6 +3,7 @@
 #include "ringmail/auth/secret.h"
 #include "ringmail/core/ascii.h"
 #include "ringmail/core/base64.h"
+#include "ringmail/core/hex.h"
 #include "ringmail/core/panic.h"
 
 #include <cstdio>
@@ -27,7 +28,7 @@ bool hex_digest(std::string_view s) noexcept {
     if (s.size() != 32)
         return false;
     for (const char c : s) {
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
+        if (core::hex_value(c) < 0)
             return false;
     }
     return true;

@@ -1,5 +1,6 @@
 #include "ringmail/core/log.h"
 
+#include "ringmail/core/hex.h"
 #include "ringmail/core/oncore.h"
 
 #include <fmt/format.h>
@@ -18,7 +19,7 @@ namespace {
 // Written once at start-up, read by every shard: relaxed is enough and costs a plain load.
 std::atomic<level> g_level{level::info};
 
-constexpr char hex_digits[] = "0123456789abcdef";
+constexpr const char* hex_digits = hex_lower;
 
 struct line_state {
     char message[max_line];  // the caller's text, formatted (cut at max_line)

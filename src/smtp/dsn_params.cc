@@ -1,24 +1,11 @@
 #include "ringmail/smtp/dsn_params.h"
 
 #include "ringmail/core/ascii.h"
+#include "ringmail/core/hex.h"
 
 #include <utility>
 
 namespace ringmail::smtp {
-
-namespace {
-
-int hex_digit(char c) noexcept {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-}  // namespace
 
 std::optional<std::string> xtext_decode(std::string_view x) {
     std::string out;
@@ -28,8 +15,8 @@ std::optional<std::string> xtext_decode(std::string_view x) {
         if (c == '+') {
             if (i + 2 >= x.size())
                 return std::nullopt;
-            const int hi = hex_digit(x[i + 1]);
-            const int lo = hex_digit(x[i + 2]);
+            const int hi = core::hex_value(x[i + 1]);
+            const int lo = core::hex_value(x[i + 2]);
             if (hi < 0 || lo < 0)
                 return std::nullopt;
             out.push_back(static_cast<char>(hi << 4 | lo));
@@ -49,15 +36,14 @@ std::optional<std::string> xtext_decode(std::string_view x) {
 }
 
 std::string xtext_encode(std::string_view text) {
-    static constexpr char digits[] = "0123456789ABCDEF";
     std::string out;
     out.reserve(text.size());
     for (const char c : text) {
         const auto u = static_cast<unsigned char>(c);
         if (u < 33 || u > 126 || c == '+' || c == '=') {
             out.push_back('+');
-            out.push_back(digits[u >> 4]);
-            out.push_back(digits[u & 15]);
+            out.push_back(core::hex_upper[u >> 4]);
+            out.push_back(core::hex_upper[u & 15]);
         } else {
             out.push_back(c);
         }
