@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 PACKAGES=(meson ninja-build pkg-config g++ liburing-dev libwolfssl-dev libc-ares-dev
-  libmimalloc-dev libargon2-dev libtomlplusplus-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
+  libmimalloc-dev libargon2-dev libre2-dev libtomlplusplus-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
   libbenchmark-dev cmake python3 postfix swaks dnsmasq-base clang libclang-rt-14-dev
   python3-dkim opendkim opendkim-tools haproxy)
 
