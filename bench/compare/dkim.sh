@@ -6,7 +6,8 @@
 #                         [--key rsa|ed25519]
 #
 # Reported per size: median delivered messages/s (N / time from the first message sent until
-# the sink received the Nth), unsigned and signed, and signed/unsigned. The sink must receive
+# the sink received the Nth), unsigned and signed, and signed/unsigned; and the daemon's CPU
+# time (user + system) per message, which a busy machine disturbs less than the rates. The sink must receive
 # exactly N (ringmail-sink --exit-after N) and blast must report N accepted, or the run is
 # "fail". Binaries from build/ (RINGMAILD, RINGMAIL_BLAST, RINGMAIL_SINK override). Loopback
 # only; processes and temp dirs go away at exit.
@@ -76,6 +77,7 @@ fi
 run() {
   local signed=$1 size=$2 port sink_port dir pid sink t0 t1 rc=0 accepted
   SECS=fail
+  CPU_US=fail
   port=$(free_port)
   sink_port=$(free_port)
   dir=$(mktemp -d "$WORK/run.XXXXXX")
@@ -128,6 +130,9 @@ EOF
     log "  some messages were not signed: $(grep -m1 'not DKIM-signed\|signing failed' "$dir/ringmaild.log")"
     return 0
   fi
+  local stat
+  read -r -a stat <"/proc/$pid/stat"
+  CPU_US=$(python3 -c "print('%.1f' % ((${stat[13]} + ${stat[14]}) / $(getconf CLK_TCK) / $MESSAGES * 1e6))")
   kill -TERM "$pid" 2>/dev/null || true
   timeout 30 tail --pid="$pid" -f /dev/null || kill -9 "$pid" 2>/dev/null || true
   SECS=$(python3 -c "print($t1 - $t0)")
@@ -143,18 +148,20 @@ rate() { if [ "$1" = fail ]; then echo "-"; else python3 -c "print('%.0f' % ($ME
 
 printf '\n%s messages, %s connections, %s run(s), medians, %s CPUs, key %s\n' \
   "$MESSAGES" "$CONNECTIONS" "$REPEAT" "$(nproc)" "$KEY"
-printf '%-8s %12s %12s %8s\n' size "unsigned/s" "signed/s" ratio
+printf '%-8s %12s %12s %8s %14s %14s\n' size "unsigned/s" "signed/s" ratio "cpu/msg unsig" "cpu/msg signed"
 for size in $SIZES; do
-  U=() S=()
+  U=() S=() UC=() SC=()
   for ((i = 1; i <= REPEAT; i++)); do
     log "size $size run $i/$REPEAT: unsigned"
-    run 0 "$size"; U+=("$SECS")
+    run 0 "$size"; U+=("$SECS"); UC+=("$CPU_US")
     log "size $size run $i/$REPEAT: signed"
-    run 1 "$size"; S+=("$SECS")
+    run 1 "$size"; S+=("$SECS"); SC+=("$CPU_US")
   done
   u=$(rate "$(printf '%s\n' "${U[@]}" | median)")
   s=$(rate "$(printf '%s\n' "${S[@]}" | median)")
   r=-
   if [ "$u" != - ] && [ "$s" != - ]; then r=$(python3 -c "print('%.2f' % ($s / $u))"); fi
-  printf '%-8s %12s %12s %8s\n' "$size" "$u" "$s" "$r"
+  uc=$(printf '%s\n' "${UC[@]}" | median)
+  sc=$(printf '%s\n' "${SC[@]}" | median)
+  printf '%-8s %12s %12s %8s %12s us %12s us\n' "$size" "$u" "$s" "$r" "$uc" "$sc"
 done

@@ -65,12 +65,31 @@ class folder {
 
 const std::vector<std::string>& default_headers() {
     static const std::vector<std::string> h = {
-        "From",        "Reply-To",   "Subject",          "Date",
-        "To",          "Cc",         "Resent-Date",      "Resent-From",
-        "Resent-To",   "Resent-Cc",  "In-Reply-To",      "References",
-        "List-Id",     "List-Help",  "List-Unsubscribe", "List-Subscribe",
-        "List-Post",   "List-Owner", "List-Archive",     "List-Unsubscribe-Post",
+        "From",
+        "Reply-To",
+        "Subject",
+        "Date",
+        "To",
+        "Cc",
+        "Resent-Date",
+        "Resent-From",
+        "Resent-To",
+        "Resent-Cc",
+        "In-Reply-To",
+        "References",
+        "List-Id",
+        "List-Help",
+        "List-Unsubscribe",
+        "List-Subscribe",
+        "List-Post",
+        "List-Owner",
+        "List-Archive",
+        "List-Unsubscribe-Post",
         "Feedback-ID",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
     };
     return h;
 }

@@ -40,7 +40,8 @@ struct signature_spec {
     std::shared_ptr<const private_key> key;
 };
 
-// RFC 6376 section 5.4.1, plus List-Unsubscribe-Post (RFC 8058) and Feedback-ID.
+// RFC 6376 section 5.4.1, plus List-Unsubscribe-Post (RFC 8058), Feedback-ID, and Message-ID
+// and the MIME fields (a changed Content-Type could make the same body show differently).
 const std::vector<std::string>& default_headers();
 
 struct key_set {
