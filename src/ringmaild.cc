@@ -286,6 +286,7 @@ int main(int argc, char** argv) {
 
     if (!check_path.empty())
         return check_config(check_path);
+    ringmail::core::log::prepare_output();
 
     ringmail::config::parsed_config parsed =
         config_path.empty() ? ringmail::config::parse_config(

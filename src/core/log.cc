@@ -10,6 +10,10 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <fcntl.h>
+#include <memory>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace ringmail::core::log {
@@ -29,6 +33,21 @@ struct line_state {
 };
 
 thread_local line_state tl;
+
+// How batches reach stderr: chosen once by prepare_output() before the threads start, then
+// only read.
+int g_batch_fd = STDERR_FILENO;
+bool g_batch_socket = false;
+std::atomic<std::uint64_t> g_dropped{0};
+
+struct batch_state {
+    bool on = false;
+    std::unique_ptr<char[]> data;
+    std::size_t len = 0;
+    std::uint64_t unreported = 0;  // dropped since the last report
+};
+
+thread_local batch_state tb;
 
 bool is_control(unsigned char c) {
     return c < 0x20 || c == 0x7f;
@@ -73,7 +92,103 @@ void write_all(const char* p, std::size_t n) noexcept {
     }
 }
 
+// One non-blocking write of at most n bytes; the bytes written, 0 when it would block, -1 when
+// stderr is gone (the batch is then discarded: there is nowhere to report it).
+ssize_t write_some(const char* p, std::size_t n) noexcept {
+    for (;;) {
+        const ssize_t w = g_batch_socket ? ::send(g_batch_fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+                                         : ::write(g_batch_fd, p, n);
+        if (w >= 0)
+            return w;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        return -1;
+    }
+}
+
+// Writes the batch in chunks that end at a line end and hold at most max_line bytes (so no
+// line of ours interleaves with another writer's on a pipe), until done or stderr is full.
+void drain(batch_state& b) noexcept {
+    std::size_t done = 0;
+    while (done < b.len) {
+        std::size_t n = std::min(b.len - done, max_line);
+        if (done + n < b.len) {
+            const char* start = b.data.get() + done;
+            const void* nl = ::memrchr(start, '\n', n);
+            if (nl != nullptr)
+                n = static_cast<std::size_t>(static_cast<const char*>(nl) - start) + 1;
+        }
+        const ssize_t w = write_some(b.data.get() + done, n);
+        if (w < 0) {
+            done = b.len;
+            break;
+        }
+        if (w == 0)
+            break;
+        done += static_cast<std::size_t>(w);
+    }
+    if (done > 0) {
+        std::memmove(b.data.get(), b.data.get() + done, b.len - done);
+        b.len -= done;
+    }
+}
+
 }  // namespace
+
+void prepare_output() noexcept {
+    struct stat st {};
+    if (::fstat(STDERR_FILENO, &st) != 0)
+        return;
+    if (S_ISSOCK(st.st_mode)) {
+        g_batch_socket = true;
+    } else if (S_ISFIFO(st.st_mode)) {
+        // A second open of the pipe is a file description of its own: O_NONBLOCK on it leaves
+        // the one we share with our parent as it was.
+        const int fd = ::open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd >= 0)
+            g_batch_fd = fd;
+    }
+}
+
+void begin_batching() noexcept {
+    if (tb.on)
+        return;
+    if (!tb.data)
+        tb.data = std::make_unique<char[]>(batch_capacity);
+    tb.len = 0;
+    tb.on = true;
+}
+
+void flush() noexcept {
+    batch_state& b = tb;
+    if (!b.on || (b.len == 0 && b.unreported == 0))
+        return;
+    drain(b);
+    if (b.unreported > 0 && b.len == 0) {
+        const std::uint64_t n = b.unreported;
+        b.unreported = 0;
+        write_line(level::warn, "{} log line(s) dropped: stderr did not keep up",
+                   fmt::make_format_args(n));
+        drain(b);
+    }
+}
+
+void end_batching() noexcept {
+    batch_state& b = tb;
+    if (!b.on)
+        return;
+    flush();
+    b.on = false;
+    if (b.len > 0)
+        write_all(b.data.get(), b.len);  // shutting down: blocking is fine now
+    b.len = 0;
+}
+
+std::uint64_t dropped_lines() noexcept {
+    return g_dropped.load(std::memory_order_relaxed);
+}
 
 void set_level(level l) noexcept {
     g_level.store(l, std::memory_order_relaxed);
@@ -162,7 +277,23 @@ void write_line(level l, fmt::string_view format, fmt::format_args args) noexcep
         out.put("...");
     }
     st.line[out.len++] = '\n';
-    write_all(st.line, out.len);
+
+    batch_state& b = tb;
+    if (!b.on) {
+        write_all(st.line, out.len);
+        return;
+    }
+    if (b.len + out.len > batch_capacity)
+        drain(b);
+    if (b.len + out.len > batch_capacity) {
+        ++b.unreported;
+        g_dropped.fetch_add(1, std::memory_order_relaxed);
+        return;
+    }
+    std::memcpy(b.data.get() + b.len, st.line, out.len);
+    b.len += out.len;
+    if (l >= level::error)
+        drain(b);
 }
 
 std::string sanitize(std::string_view peer_text, std::size_t max_len) {

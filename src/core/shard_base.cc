@@ -1,5 +1,6 @@
 #include "ringmail/core/shard_base.h"
 
+#include "ringmail/core/log.h"
 #include "ringmail/core/oncore.h"
 
 #include <fmt/format.h>
@@ -72,8 +73,10 @@ void shard_base::run() {
     arm_wake();
     started();
     _status.store(startup_state::ready, std::memory_order_release);
+    log::begin_batching();
     while (!_stopped) {
         _reactor->run_once(1s);
+        log::flush();
         if (_draining) {
             const bool late = _reactor->now() >= _drain_deadline;
             if (drained(late))
@@ -81,9 +84,12 @@ void shard_base::run() {
         }
     }
     // Flush what the last iteration may have left and let the ring settle.
-    for (int i = 0; i < 100 && settling(); ++i)
+    for (int i = 0; i < 100 && settling(); ++i) {
         _reactor->run_once(10ms);
+        log::flush();
+    }
     stopped();
+    log::end_batching();
     _status.store(startup_state::stopped, std::memory_order_release);
 }
 

@@ -7,6 +7,13 @@
 // \xNN, so one call is always one line; pass anything a peer sent through sanitize() as well,
 // which also escapes non-ASCII and caps the length. A failed write is dropped: logging never
 // fails the caller. The level threshold is set once at start-up, before the shards run.
+//
+// Shard threads batch (begin_batching): a line goes to a bounded per-thread buffer that flush()
+// writes at the end of each loop iteration, in whole-line chunks of at most PIPE_BUF, so a
+// shard makes one write(2) per iteration, not one per line. After prepare_output(), a shard
+// never blocks on a slow stderr (a full pipe or socket to journald): what cannot be written
+// waits in the buffer; lines that do not fit are dropped, counted (dropped_lines) and
+// reported by one line once stderr drains. Errors are written at once.
 #pragma once
 
 #include <fmt/format.h>
@@ -33,6 +40,21 @@ inline bool enabled(level l) noexcept {
 // "debug" | "info" | "warn" | "error"; nullopt for anything else.
 std::optional<level> parse_level(std::string_view name) noexcept;
 std::string_view level_name(level l) noexcept;
+
+// Once at start-up, before any thread logs: when stderr is a pipe or a socket, shard batches
+// are written without blocking (a pipe through a second, non-blocking open of it; a socket
+// with MSG_DONTWAIT). Without it (or for files and terminals) batches are written as usual.
+void prepare_output() noexcept;
+
+// The calling thread batches its lines from now on; end_batching() writes what is left
+// (blocking) and stops. flush() writes what it can without blocking; cheap when empty.
+inline constexpr std::size_t batch_capacity = 256 * 1024;
+void begin_batching() noexcept;
+void flush() noexcept;
+void end_batching() noexcept;
+
+// Lines dropped because stderr did not keep up, over all threads.
+std::uint64_t dropped_lines() noexcept;
 
 // Formats and writes one line (no level check: the templates below do that first, so disabled
 // levels cost neither formatting nor a write).

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <ctime>
+#include <fcntl.h>
 #include <regex>
 #include <string>
 #include <thread>
@@ -250,6 +251,91 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(log_sanitize, default_cap) {
     const auto out = log::sanitize(std::string(1000, 'q'));
     EXPECT_EQ(out, std::string(log::default_sanitize_len, 'q') + "...");
+}
+
+}  // namespace
+}  // namespace ringmail::core
+
+namespace ringmail::core {
+namespace {
+
+TEST_F(log_test, batched_lines_wait_for_flush_and_errors_do_not) {
+    capture_stderr cap;
+    log::begin_batching();
+    log::info("first {}", 1);
+    log::info("second {}", 2);
+    log::flush();
+    log::info("third");
+    log::error("an error goes out at once");
+    log::end_batching();
+    const auto lines = lines_of(cap.text());
+    ASSERT_EQ(lines.size(), 4u);
+    EXPECT_TRUE(lines[0].ends_with("info: first 1"));
+    EXPECT_TRUE(lines[1].ends_with("info: second 2"));
+    EXPECT_TRUE(lines[2].ends_with("info: third"));
+    EXPECT_TRUE(lines[3].ends_with("error: an error goes out at once"));
+}
+
+TEST_F(log_test, batched_lines_are_held_until_flush) {
+    capture_stderr cap;
+    log::begin_batching();
+    log::info("held");
+    std::fflush(stderr);
+    EXPECT_EQ(::lseek(STDERR_FILENO, 0, SEEK_CUR), 0);  // nothing written yet
+    log::flush();
+    EXPECT_GT(::lseek(STDERR_FILENO, 0, SEEK_CUR), 0);
+    log::end_batching();
+    EXPECT_EQ(lines_of(cap.text()).size(), 1u);
+}
+
+// A full pipe (nobody reads it) must not block a batching thread: lines wait, then are
+// dropped and counted, and once the pipe drains one line says how many were lost.
+TEST(log_death, a_full_stderr_pipe_never_blocks_a_batching_thread) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            int p[2];
+            if (::pipe(p) != 0)
+                std::_Exit(2);
+            ::dup2(p[1], STDERR_FILENO);
+            log::prepare_output();
+            log::begin_batching();
+            const std::string filler(200, 'x');
+            // Far more than the pipe (64 KiB) and the batch (256 KiB) hold together.
+            for (int i = 0; i < 4000; ++i) {
+                log::info("{} {}", i, filler);
+                if (i % 100 == 0)
+                    log::flush();
+            }
+            log::flush();
+            if (log::dropped_lines() == 0)
+                std::_Exit(3);
+            // Drain the pipe and the batch; the report line must come through.
+            ::fcntl(p[0], F_SETFL, O_NONBLOCK);
+            std::string seen;
+            char buf[65536];
+            for (int round = 0; round < 200; ++round) {
+                ssize_t n;
+                while ((n = ::read(p[0], buf, sizeof buf)) > 0)
+                    seen.append(buf, static_cast<std::size_t>(n));
+                log::flush();
+            }
+            if (seen.find("log line(s) dropped: stderr did not keep up") == std::string::npos)
+                std::_Exit(4);
+            // Every line that arrived is whole.
+            std::size_t start = 0;
+            while (start < seen.size()) {
+                const auto nl = seen.find('\n', start);
+                if (nl == std::string::npos)
+                    std::_Exit(5);
+                const std::string_view line(seen.data() + start, nl - start);
+                if (line.find(" info: ") == line.npos && line.find(" warn: ") == line.npos)
+                    std::_Exit(6);
+                start = nl + 1;
+            }
+            std::_Exit(0);
+        },
+        ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace
