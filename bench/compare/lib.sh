@@ -140,14 +140,18 @@ smtp_sink_count() {
 # smtp_sink_watch LOG N OUT [SECONDS]: in the background (sets WATCH_PID), polls the sink's
 # counter every 2 ms and writes to OUT the wall-clock time (seconds since the epoch, as
 # $EPOCHREALTIME) at which it first saw N messages, or "timeout" after SECONDS (default
-# BENCH_TIMEOUT).
+# BENCH_TIMEOUT). Returns once the watcher polls (a Python start-up on a loaded machine can
+# take a good part of a second: started late, it would report the time it first looked).
 smtp_sink_watch() {
+  local i
+  rm -f "$3" "$3.ready"
   python3 - "$1" "$2" "$3" "${4:-$BENCH_TIMEOUT}" <<'EOF' &
 import os, re, sys, time
 log, n, out, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 pat = re.compile(rb"mesg=(\d+)")
 deadline = time.monotonic() + limit
 fd = os.open(log, os.O_RDONLY)
+open(out + ".ready", "w").close()
 result = "timeout"
 while time.monotonic() < deadline:
     size = os.fstat(fd).st_size
@@ -162,6 +166,13 @@ with open(out, "w") as f:
 EOF
   WATCH_PID=$!
   PIDS+=("$WATCH_PID")
+  for ((i = 0; i < 2000; i++)); do
+    [ -e "$3.ready" ] && return 0
+    proc_alive "$WATCH_PID" || break
+    sleep 0.005
+  done
+  log "  the sink's watcher did not start"
+  return 1
 }
 
 # smtp_sink_stop_check PID LOG N: stops the sink and checks that it counted exactly N

@@ -26,7 +26,8 @@
 # check in any run prints "fail", never a figure. `sync` runs before every row.
 # Binaries: RINGMAILD, RINGMAIL_BLAST (defaults: this tree's build/); BENCH_TIMEOUT bounds
 # each load and each wait for the sink (default 900 s). Everything stays on 127.0.0.1; all
-# processes and temp dirs go away at exit. Prints progress on stderr, the table on stdout.
+# processes and temp dirs go away at exit. Prints progress on stderr, the table on stdout;
+# exits 1 if any run failed a check.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -114,7 +115,7 @@ run_row() {
     ringmaild_start "$dir" "$port" || return 0
     ;;
   esac
-  smtp_sink_watch "$sink_log" "$MESSAGES" "$dir/seen" "$((2 * BENCH_TIMEOUT))"
+  smtp_sink_watch "$sink_log" "$MESSAGES" "$dir/seen" "$((2 * BENCH_TIMEOUT))" || return 0
   if [ "$LOADER" = blast ]; then
     run_blast "$port" "$MESSAGES" "$CONNECTIONS" "$SIZE" "$json" "${BLAST_ARGS[@]}"
   else
@@ -146,6 +147,7 @@ run_row() {
   fi
 }
 
+FAILED=0
 declare -A R_ACC R_DEL R_P50 R_P99 R_ACH R_BEHIND
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((i = 1; i <= REPEAT; i++)); do
@@ -153,9 +155,10 @@ for ((i = 1; i <= REPEAT; i++)); do
     sync
     log "run $i/$REPEAT: $row"
     run_row "$row" "$i"
+    [ "$ACC" = fail ] && FAILED=1
     R_ACC[$row]+=" $ACC" R_DEL[$row]+=" $DEL" R_P50[$row]+=" $P50" R_P99[$row]+=" $P99"
     R_ACH[$row]+=" $ACH" R_BEHIND[$row]+=" $BEHIND"
-    log "  $row: seconds until accepted $ACC, until delivered $DEL; latency p50 $P50 ms, p99 $P99 ms"
+    log "  $row: seconds until accepted $ACC, until delivered $DEL$([ "$P50" = - ] || echo "; latency p50 $P50 ms, p99 $P99 ms")"
   done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -223,3 +226,4 @@ for row in rows:
                 cells += [num(f["ach"], "%.0f"), num(f["behind"], "%.0f")]
     print(" ".join([names[row].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells, widths[1:])]))
 EOF
+exit "$FAILED"
