@@ -45,7 +45,7 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then
   log "ulimit -Hn is $hard: $CONNECTIONS connections need $want descriptors (raise the hard limit, e.g. as root: ulimit -Hn $want)"
   exit 1
 fi
-[ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want" ] && ulimit -n "$want"
+[ "$(ulimit -Sn)" != unlimited ] && [ "$(ulimit -Sn)" -lt "$want" ] && ulimit -Sn "$want"
 
 bench_init ringmail-idle
 

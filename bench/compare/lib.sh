@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # result variables (SECS, CONF, ...) are for the caller
 # Shell functions shared by the bench/compare scripts (sourced, not run): temp dir and clean-up,
 # free loopback ports, Postfix's smtp-sink and smtp-source, ringmail-blast, a private Postfix
 # instance and a ringmaild relaying to a sink.
