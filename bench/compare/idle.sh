@@ -58,7 +58,7 @@ ringmaild_start "$dir" "$port" || { echo fail; exit 1; }
 sleep 1 # the wait_port probe's session is gone, the shards are settled
 
 rc=0
-python3 - "$RINGMAILD_PID" "$port" "$CONNECTIONS" "$BENCH_TIMEOUT" "$EHLO" >"$WORK/idle.out" <<'EOF' || rc=$?
+python3 - "$RINGMAILD_PID" "$port" "$CONNECTIONS" "$BENCH_TIMEOUT" "$EHLO" >"$WORK/idle.out" <<'EOF' &
 import asyncio, os, socket, sys, time
 
 pid, port, n, limit = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -135,6 +135,7 @@ async def main():
 
 asyncio.run(main())
 EOF
+wait_child $! || rc=$?
 ringmaild_stop "$RINGMAILD_PID" || true
 
 if [ "$rc" -ne 0 ]; then

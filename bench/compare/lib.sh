@@ -103,6 +103,14 @@ stop_pid() {
   return "$rc"
 }
 
+# wait_child PID: its exit status. The child runs in the background and is in PIDS, so a
+# SIGINT/SIGTERM to the script interrupts the wait (bash runs traps only between foreground
+# commands) and the clean-up stops the child (timeout(1) passes the signal on).
+wait_child() {
+  PIDS+=("$1")
+  wait "$1"
+}
+
 fcalc() { python3 -c "print($1)"; } # floating point arithmetic
 
 # json_get FILE KEY[.KEY...]: one value out of a JSON document.
@@ -188,6 +196,37 @@ smtp_sink_stop_check() {
   fi
 }
 
+# ----------------------------------------------------------------------------- ringmail-sink
+
+# ringmail_sink_start PORT N LOG: ringmail-sink --exit-after N (SINK_LISTEN_FLAG, default
+# --listen, is how it is told its address); sets SINK_PID.
+ringmail_sink_start() {
+  local port=$1 n=$2 sink_log=$3
+  "$RINGMAIL_SINK" "${SINK_LISTEN_FLAG:---listen}" "127.0.0.1:$port" --exit-after "$n" \
+    >"$sink_log" 2>&1 &
+  SINK_PID=$!
+  PIDS+=("$SINK_PID")
+  wait_port "$port" 10 || { log "ringmail-sink did not start: $(tail -3 "$sink_log")"; return 1; }
+}
+
+# ringmail_sink_check PID LOG N: the sink exits after N messages with "ringmail-sink: received
+# N messages, ..." on its last line; 1 (and a line on stderr) if it did not within 30 s or
+# counted otherwise.
+ringmail_sink_check() {
+  local pid=$1 sink_log=$2 n=$3 got
+  if ! wait_exit "$pid" 30; then
+    log "  ringmail-sink did not exit after $n messages"
+    stop_pid "$pid" 5 || true
+    return 1
+  fi
+  wait "$pid" 2>/dev/null || true
+  got=$(sed -n 's/.*ringmail-sink: received \([0-9]*\) messages.*/\1/p' "$sink_log" | tail -1)
+  if [ "$got" != "$n" ]; then
+    log "  ringmail-sink reports ${got:-no} messages, expected $n: $(tail -2 "$sink_log")"
+    return 1
+  fi
+}
+
 # ----------------------------------------------------------------------------- loaders
 
 # run_blast PORT N CONNECTIONS SIZE JSON [BLAST ARGS...]: ringmail-blast --json into JSON;
@@ -201,7 +240,8 @@ run_blast() {
   LOAD_T0=$t0
   timeout "$BENCH_TIMEOUT" "$RINGMAIL_BLAST" --target "127.0.0.1:$port" --messages "$n" \
     --connections "$conns" --size "$size" "$@" --json --no-progress \
-    >"$json" 2>"$json.err" || rc=$?
+    >"$json" 2>"$json.err" &
+  wait_child $! || rc=$?
   t1=$EPOCHREALTIME
   if [ "$rc" -ne 0 ]; then
     log "  ringmail-blast failed ($rc): $(tail -3 "$json.err") $(head -c 600 "$json")"
@@ -223,7 +263,8 @@ run_smtp_source() {
   t0=$EPOCHREALTIME
   LOAD_T0=$t0
   timeout "$BENCH_TIMEOUT" "$SMTP_SOURCE" -d -s "$conns" -m "$n" -l "$size" \
-    -f from@x.test -t to@y.test "127.0.0.1:$port" >"$src_log" 2>&1 || rc=$?
+    -f from@x.test -t to@y.test "127.0.0.1:$port" >"$src_log" 2>&1 &
+  wait_child $! || rc=$?
   t1=$EPOCHREALTIME
   if [ "$rc" -ne 0 ]; then
     log "  smtp-source failed ($rc): $(tail -3 "$src_log")"
