@@ -63,11 +63,13 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# wait_port PORT SECONDS: until something accepts on 127.0.0.1:PORT; 1 on timeout.
+# wait_port PORT SECONDS [PID]: until something accepts on 127.0.0.1:PORT; 1 on timeout or
+# as soon as PID (the process that should listen) has exited.
 wait_port() {
-  local port=$1 limit=$2 i
+  local port=$1 limit=$2 pid=${3:-} i
   for ((i = 0; i < limit * 20; i++)); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if [ -n "$pid" ] && ! proc_alive "$pid"; then return 1; fi
     sleep 0.05
   done
   return 1
@@ -138,7 +140,7 @@ smtp_sink_start() {
   "$SMTP_SINK" "${user_args[@]}" -c "127.0.0.1:$port" "$backlog" >"$sink_log" 2>&1 &
   SINK_PID=$!
   PIDS+=("$SINK_PID")
-  wait_port "$port" 10 || { log "smtp-sink did not start: $(tail -3 "$sink_log")"; return 1; }
+  wait_port "$port" 10 "$SINK_PID" || { log "smtp-sink did not start: $(tail -3 "$sink_log")"; return 1; }
 }
 
 # smtp_sink_count LOG: the highest message count in the log (nothing if there is none).
@@ -206,7 +208,7 @@ ringmail_sink_start() {
     >"$sink_log" 2>&1 &
   SINK_PID=$!
   PIDS+=("$SINK_PID")
-  wait_port "$port" 10 || { log "ringmail-sink did not start: $(tail -3 "$sink_log")"; return 1; }
+  wait_port "$port" 10 "$SINK_PID" || { log "ringmail-sink did not start: $(tail -3 "$sink_log")"; return 1; }
 }
 
 # ringmail_sink_check PID LOG N: the sink exits after N messages with "ringmail-sink: received
@@ -395,7 +397,7 @@ ringmaild_start() {
   "$RINGMAILD" --config "$dir/ringmail.toml" >"$dir/ringmaild.log" 2>&1 &
   RINGMAILD_PID=$!
   PIDS+=("$RINGMAILD_PID")
-  if ! wait_port "$port" 20; then
+  if ! wait_port "$port" 20 "$RINGMAILD_PID"; then
     log "ringmaild did not start: $(tail -10 "$dir/ringmaild.log")"
     return 1
   fi

@@ -92,46 +92,54 @@ BLAST_ARGS=(--pipelining)
 [ -n "$RATE" ] && BLAST_ARGS+=(--rate "$RATE")
 
 # run_row ROW RUN: one run of one row. Sets ACC and DEL (seconds) and, with blast, P50 and
-# P99 (ms), ACH (achieved messages/s) and BEHIND; "fail" where a check failed.
+# P99 (ms), ACH (achieved messages/s) and BEHIND; "fail" where a check failed. Whatever it
+# started is stopped before it returns, so no run loads the next one.
 run_row() {
-  local row=$1 i=$2 sink_port port dir sink_log json seen ok=1
+  local row=$1 i=$2 sink_port port dir sink_log json seen ok=0 mta=""
   ACC=fail DEL=fail P50=- P99=- ACH=- BEHIND=-
   dir="$WORK/$row$i"
   mkdir -p "$dir"
   sink_log="$dir/sink.log"
   json="$dir/blast.json"
   sink_port=$(free_port)
-  smtp_sink_start "$sink_port" "$sink_log" || return 0
+  smtp_sink_start "$sink_port" "$sink_log" || { stop_pid "$SINK_PID" 5 || true; return 0; }
   case "$row" in
-  harness) port=$sink_port ;;
+  harness) port=$sink_port ok=1 ;;
   postfix)
     port=$(free_port)
     postfix_make "$dir/pf" "$port" "$sink_port"
-    postfix_start "$CONF" "$port" || return 0
+    mta=postfix
+    postfix_start "$CONF" "$port" && ok=1
     ;;
   ringmail)
     port=$(free_port)
     ringmail_config "$dir" "$port" "$sink_port"
-    ringmaild_start "$dir" "$port" || return 0
+    ringmaild_start "$dir" "$port" && ok=1
+    mta=ringmail
     ;;
   esac
-  smtp_sink_watch "$sink_log" "$MESSAGES" "$dir/seen" "$((2 * BENCH_TIMEOUT))" || return 0
-  if [ "$LOADER" = blast ]; then
-    run_blast "$port" "$MESSAGES" "$CONNECTIONS" "$SIZE" "$json" "${BLAST_ARGS[@]}"
-  else
-    run_smtp_source "$port" "$MESSAGES" "$CONNECTIONS" "$SIZE" "$dir/source.log"
+  if [ "$ok" = 1 ]; then
+    smtp_sink_watch "$sink_log" "$MESSAGES" "$dir/seen" "$((2 * BENCH_TIMEOUT))" || ok=0
   fi
-  if [ "$SECS" = fail ]; then
-    ok=0
-    kill "$WATCH_PID" 2>/dev/null || true
+  if [ "$ok" = 1 ]; then
+    if [ "$LOADER" = blast ]; then
+      run_blast "$port" "$MESSAGES" "$CONNECTIONS" "$SIZE" "$json" "${BLAST_ARGS[@]}"
+    else
+      run_smtp_source "$port" "$MESSAGES" "$CONNECTIONS" "$SIZE" "$dir/source.log"
+    fi
+    if [ "$SECS" = fail ]; then
+      ok=0
+      kill "$WATCH_PID" 2>/dev/null || true
+    fi
+    wait "$WATCH_PID" 2>/dev/null || true
+    seen=$(cat "$dir/seen" 2>/dev/null || echo timeout)
+    if [ "$ok" = 1 ] && [ "$seen" = timeout ]; then
+      log "  the sink did not count $MESSAGES messages in time ($(smtp_sink_count "$sink_log") so far)"
+      ok=0
+    fi
   fi
-  wait "$WATCH_PID" 2>/dev/null || true
-  seen=$(cat "$dir/seen" 2>/dev/null || echo timeout)
-  if [ "$ok" = 1 ] && [ "$seen" = timeout ]; then
-    log "  the sink did not count $MESSAGES messages in time ($(smtp_sink_count "$sink_log") so far)"
-    ok=0
-  fi
-  case "$row" in
+  # The MTA stops first, so that a message it delivers twice still reaches the sink's count.
+  case "$mta" in
   postfix) postfix_stop "$CONF" ;;
   ringmail) ringmaild_stop "$RINGMAILD_PID" || true ;;
   esac
