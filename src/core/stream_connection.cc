@@ -416,7 +416,10 @@ void stream_connection::send_plain() {
 
 void stream_connection::batch_done() {
     _batch = batch::none;
-    _owned.clear();
+    // The sent bytes' buffer is released, not kept: an idle connection holds no reply buffer
+    // (issue 18: 10,000 idle sessions after EHLO would each keep one), and a busy one pays one
+    // small allocation per reply batch.
+    std::string().swap(_owned);
     _owned_off = 0;
     _pieces.clear();
     _iov.clear();

@@ -28,8 +28,12 @@ enum class startup_state : int { pending = 0, ready = 1, failed = 2, stopped = 3
 struct shard_options {
     reactor_options ring;
     std::uint16_t buffer_group = 1;
-    unsigned recv_buffers = 2048;       // provided buffers of the shard's recv ring
-    unsigned recv_buffer_size = 16384;  // 2048 x 16 KiB: 32 MiB per shard
+    // The kernel takes provided buffers in ring order, so every buffer's first page is paged in
+    // once some thousand receives have happened, whatever the number of connections: the pool
+    // is a fixed share of the resident set (1024 x 16 KiB: at most 16 MiB per shard). Buffers
+    // go back to the ring as soon as their CQE is handled, so 1024 covers a loop iteration.
+    unsigned recv_buffers = 1024;       // provided buffers of the shard's recv ring
+    unsigned recv_buffer_size = 16384;
     // How long a drain may take before drained(late = true) is asked to give up what is left.
     std::chrono::milliseconds drain_timeout{30000};
 };
