@@ -178,6 +178,7 @@ const reply_case replies[] = {
     {452, "4.3.1", "x", "QuotaIssues"},
     {421, "4.3.2", "x", "TransientFailure"},
     {554, "5.3.5", "x", "BadConfiguration"},
+    {451, "4.4.0", "session failed: 554 5.7.1 go away", "BadConnection"},
     {451, "4.4.1", "x", "NoAnswerFromHost"},
     {451, "4.4.2", "x", "BadConnection"},
     {451, "4.4.3", "x", "DNSFailure"},
