@@ -18,7 +18,7 @@ ROOT=$(pwd)
 PACKAGES=(meson ninja-build pkg-config g++ liburing-dev libwolfssl-dev libc-ares-dev
   libmimalloc-dev libargon2-dev libre2-dev libtomlplusplus-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
   libbenchmark-dev cmake python3 postfix swaks dnsmasq-base clang libclang-rt-14-dev
-  python3-dkim opendkim opendkim-tools haproxy)
+  python3-dkim opendkim opendkim-tools haproxy redis-server)
 
 JOBS=${JOBS:-2}
 
@@ -48,7 +48,8 @@ install_deps() {
   fi
   log "installing: ${missing[*]}"
   # Postfix is only here for its smtp-source/smtp-sink tools and for side-by-side
-  # benchmarks, haproxy for the PROXY protocol tests: no configuration, and no system daemon
+  # benchmarks, haproxy for the PROXY protocol tests, redis-server for the [cluster] tests
+  # (each starts its own on a free loopback port): no configuration, and no system daemon
   # left running.
   echo 'postfix postfix/main_mailer_type select No configuration' | as_root debconf-set-selections
   local policy=/usr/sbin/policy-rc.d made_policy=0
@@ -71,6 +72,10 @@ install_deps() {
     as_root systemctl disable --now postfix.service >/dev/null 2>&1 || true
     # haproxy is started by the PROXY protocol tests on loopback; no system instance.
     as_root systemctl disable --now haproxy.service >/dev/null 2>&1 || true
+    as_root systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+  fi
+  if [ -f /run/redis/redis-server.pid ] && command -v redis-cli >/dev/null 2>&1; then
+    as_root redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true
   fi
   if [ -f /etc/postfix/main.cf ] && as_root postfix status >/dev/null 2>&1; then
     as_root postfix stop >/dev/null 2>&1 || true

@@ -85,7 +85,8 @@ spool=$(in_chroot stat -c '%a %U' /var/spool/ringmail 2>/dev/null || true)
 if [ "$spool" = "700 ringmail" ]; then ok "/var/spool/ringmail 0700 ringmail"; else fail "/var/spool/ringmail: '$spool'"; fi
 for f in /lib/systemd/system/ringmail.service /etc/logrotate.d/ringmail \
   /usr/share/man/man8/ringmaild.8.gz /usr/share/man/man1/ringmail-blast.1.gz \
-  /usr/share/man/man1/ringmail-sink.1.gz /usr/share/man/man1/ringmailctl.1.gz; do
+  /usr/share/man/man1/ringmail-sink.1.gz /usr/share/man/man1/ringmailctl.1.gz \
+  /usr/share/ringmail/bounces.toml; do
   if [ -e "$CHROOT$f" ]; then ok "$f"; else fail "$f missing"; fi
 done
 if in_chroot ringmaild --version | grep -q '^ringmaild '; then ok "ringmaild --version"; else fail "ringmaild --version"; fi

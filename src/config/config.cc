@@ -789,6 +789,19 @@ const field<delivery_config> delivery_fields[] = {
      [](table_reader& r, std::string_view k, delivery_config& d) {
          read_string(r, k, d.log_file);
      }},
+    {{"delivery", "bounce_rules_file", "path, or array of paths",
+      "\"/usr/share/ringmail/bounces.toml\"",
+      "bounce classification rules in KumoMTA's format; the first file's rules first"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         std::vector<std::string> files;
+         const toml::node* n = r.table().get(k);
+         if (read_paths(r, k, files) && n != nullptr) {
+             if (files.empty())
+                 r.ctx().fail(*n, r.key(k), "must not be empty");
+             else
+                 d.bounce_rules_files = std::move(files);
+         }
+     }},
 };
 
 const field<domain_config> domain_fields[] = {

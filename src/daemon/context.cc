@@ -222,6 +222,10 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
     if (ctx.shards > 1)
         ctx.delivery.gauges = std::make_unique<queue::spare_gauges>(ctx.shards);
     ctx.delivery.quiet = std::make_unique<std::atomic<bool>[]>(ctx.shards);
+    ctx.delivery.bounces = load_bounce_rules(cfg, why);
+    if (!ctx.delivery.bounces)
+        return std::nullopt;
+    ctx.delivery.bounce_counts = std::make_unique<queue::bounce_counters[]>(ctx.shards);
 
     std::error_code ec;
     std::filesystem::create_directories(cfg.server.spool_dir, ec);
@@ -357,6 +361,29 @@ std::shared_ptr<const dkim::key_set> load_dkim_keys(const config::settings& cfg,
     return set;
 }
 
+std::shared_ptr<const queue::bounce_classifier> load_bounce_rules(const config::settings& cfg,
+                                                                  std::string& why) {
+    const auto& files = cfg.delivery.bounce_rules_files;
+    std::string problem;
+    std::optional<queue::bounce_classifier> c;
+    std::error_code ec;
+    if (files.size() == 1 && files[0] == config::shipped_bounce_rules_path &&
+        !fs::exists(files[0], ec)) {
+        // Not installed (a build tree): the same rules, built in.
+        std::vector<queue::bounce_classifier::source> src{
+            {std::string(config::shipped_bounce_rules_path) + " (built in)",
+             std::string(queue::shipped_bounce_rules())}};
+        c = queue::bounce_classifier::parse(src, problem);
+    } else {
+        c = queue::bounce_classifier::load(files, problem);
+    }
+    if (!c) {
+        why = fmt::format("delivery.bounce_rules_file: {}", problem);
+        return nullptr;
+    }
+    return std::make_shared<const queue::bounce_classifier>(std::move(*c));
+}
+
 bool check_context(const config::settings& cfg, std::string& why) {
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
         const auto& l = cfg.listen[i];
@@ -394,6 +421,8 @@ bool check_context(const config::settings& cfg, std::string& why) {
         return false;
     for (const auto& w : warnings)
         std::fprintf(stderr, "warning: %s\n", w.c_str());
+    if (!load_bounce_rules(cfg, why))
+        return false;
     return load_users(cfg, why) != nullptr;
 }
 

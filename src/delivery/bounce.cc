@@ -49,7 +49,8 @@ std::string original_recipient(std::string_view orcpt) {
 result<std::optional<spool::queue_id>> spool_dsn(spool::spool& original, spool::spool& into,
                                                  const queue::bounce_request& b,
                                                  std::string_view reporting_mta,
-                                                 std::int64_t now_unix, std::uint64_t token) {
+                                                 std::int64_t now_unix, std::uint64_t token,
+                                                 std::span<const std::string> category_names) {
     auto orig = original.read(b.id);
     if (!orig)
         return failure(orig.error());
@@ -78,6 +79,7 @@ result<std::optional<spool::queue_id>> spool_dsn(spool::spool& original, spool::
     req.original_added_headers = orig->added_headers;
     req.original_message = orig->body;
     req.message_id_token = id_token;
+    req.category_names = category_names;
     std::string text = queue::build_dsn(req);
 
     mail::envelope env;

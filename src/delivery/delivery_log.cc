@@ -157,6 +157,7 @@ void format_delivery_record(const delivery_record& r, std::string& out) {
     field(out, "mx_host", r.mx_host);
     field(out, "mx_ip", r.mx_ip);
     field(out, "reply", r.reply);
+    field(out, "category", r.category);
     field(out, "attempt", r.attempt);
     field(out, "latency_ms", r.latency_ms);
     field(out, "size", r.size);

@@ -23,11 +23,32 @@ std::string one_line(std::string_view text) {
     return s;
 }
 
-queue::attempt_reply to_attempt(const smtp::server_reply& r, std::string_view host) {
-    return queue::attempt_reply{.code = r.code,
-                                .enhanced = r.enhanced,
-                                .text = one_line(r.text),
-                                .remote_mta = std::string(host)};
+// Failures without a server's reply have no text worth matching: their category is what
+// happened.
+queue::bounce_class local_category(smtp::local_failure f) noexcept {
+    using smtp::local_failure;
+    switch (f) {
+        case local_failure::connect:
+        case local_failure::connection_lost:
+        case local_failure::tls:
+            return queue::bounce_class::bad_connection;
+        case local_failure::no_answer:
+            return queue::bounce_class::no_answer_from_host;
+        case local_failure::tls_unavailable:
+        case local_failure::auth_unavailable:
+            return queue::bounce_class::bad_configuration;
+        case local_failure::protocol:
+            return queue::bounce_class::protocol_errors;
+        case local_failure::none:
+            break;
+    }
+    return queue::bounce_class::uncategorized;
+}
+
+queue::failure_outcome outcome_of(queue::rcpt_status s) noexcept {
+    return s == queue::rcpt_status::failed    ? queue::failure_outcome::bounced
+           : s == queue::rcpt_status::expired ? queue::failure_outcome::expired
+                                              : queue::failure_outcome::transient;
 }
 
 smtp::tls_policy to_smtp_policy(config::tls_policy p) noexcept {
@@ -224,6 +245,8 @@ void engine::add_recovered(spool::spool& sp, const spool::recovered_message& m) 
             f.address = lm.rcpts[i];
             f.expired = lm.state[i] == queue::rcpt_state::expired;
             f.status = f.expired ? "5.4.7" : "5.0.0";
+            f.category = f.expired ? queue::bounce_class::message_expired
+                                   : queue::bounce_class::uncategorized;
             b.rcpts.push_back(std::move(f));
         }
         if (b.rcpts.empty() || b.sender.empty()) {
@@ -322,8 +345,8 @@ void engine::spool_bounce(pending_dsn d) {
     if (!sp)
         return;
     const std::uint64_t token = internal_token_bit | _next_dsn_token++;
-    auto dsn =
-        spool_dsn(*sp, _host.own_spool(), d.bounce, _settings.hostname, _host.unix_now(), token);
+    auto dsn = spool_dsn(*sp, _host.own_spool(), d.bounce, _settings.hostname, _host.unix_now(),
+                         token, category_names());
     if (dsn && !*dsn) {
         log::info("{}: no notification: NOTIFY excludes it for every recipient concerned",
                   spool::format_queue_id(d.original));
@@ -472,22 +495,37 @@ void engine::log_notice(const queue::job_notice& n) {
         std::string reply_text;
         std::string_view host;
         std::string_view ip;
+        queue::bounce_class category = queue::bounce_class::uncategorized;
         if (note) {
             reply_text = note->reply;
             host = note->host;
             ip = note->ip;
+            category = note->category;
         } else if (n.detail) {
             for (const auto& [idx, rep] : n.detail->replies) {
                 if (idx == r) {
                     reply_text = rep.to_string();
                     host = rep.remote_mta;
+                    category = rep.category;
                 }
             }
         }
+        // Whatever the last reply said, an expired recipient failed because its time ran out.
+        if (n.status[i] == queue::rcpt_status::expired)
+            category = queue::bounce_class::message_expired;
+        const bool failed = n.status[i] != queue::rcpt_status::delivered;
+        std::string_view category_name;
+        if (failed) {
+            category_name = _settings.bounces ? _settings.bounces->name(category)
+                                              : queue::predefined_name(category);
+            if (_settings.bounce_counts)
+                _settings.bounce_counts->add(outcome_of(n.status[i]), category);
+        }
         std::string_view rcpt = v && r < v->rcpts.size() ? std::string_view(v->rcpts[r]) : "";
-        log::info("{}: to=<{}>, relay={}[{}], attempt={}, status={} ({})", id, log::sanitize(rcpt),
-                  host.empty() ? "none" : host, ip, n.attempts, status_word(n.status[i]),
-                  log::sanitize(reply_text));
+        log::info("{}: to=<{}>, relay={}[{}], attempt={}, status={} ({}){}{}", id,
+                  log::sanitize(rcpt), host.empty() ? "none" : host, ip, n.attempts,
+                  status_word(n.status[i]), log::sanitize(reply_text), failed ? ", category=" : "",
+                  category_name);
         if (!events.enabled())
             continue;
         delivery_record rec;
@@ -517,6 +555,7 @@ void engine::log_notice(const queue::job_notice& n) {
         rec.mx_host = host;
         rec.mx_ip = ip;
         rec.reply = reply_text;
+        rec.category = category_name;
         rec.attempt = n.attempts;
         events.add(rec);
     }
@@ -743,6 +782,26 @@ outbound::outbound_settings engine::settings_for(std::string_view key) {
     return s;
 }
 
+queue::bounce_class engine::classify(const smtp::server_reply& r) {
+    if (r.local != smtp::local_failure::none)
+        return local_category(r.local);
+    if (r.positive() || !_settings.bounces)
+        return queue::bounce_class::uncategorized;
+    return _settings.bounces->classify(r.code, r.enhanced, r.text, _bounce_scratch);
+}
+
+queue::attempt_reply engine::to_attempt(const smtp::server_reply& r, std::string_view host) {
+    return queue::attempt_reply{.code = r.code,
+                                .enhanced = r.enhanced,
+                                .text = one_line(r.text),
+                                .remote_mta = std::string(host),
+                                .category = classify(r)};
+}
+
+std::span<const std::string> engine::category_names() const noexcept {
+    return _settings.bounces ? _settings.bounces->names() : std::span<const std::string>();
+}
+
 void engine::open(const queue::open_connection& a) {
     const std::uint64_t cid = a.conn;
     conn& mc = _conns[cid];
@@ -777,6 +836,8 @@ void engine::on_route(std::uint64_t cid, const result<dns::route>& r) {
         why.code = dns::reply_code(ec);
         why.enhanced = std::string(dns::enhanced_status(ec));
         why.text = fmt::format("{}: {}", mc.key, ec.message());
+        why.category = dns::is_permanent(ec) ? queue::bounce_class::bad_domain
+                                             : queue::bounce_class::dns_failure;
         if (fixed) {
             // A route's host is the operator's choice, not the recipient's: a name that does
             // not resolve is a configuration or DNS problem, and mail waits for it (as far as
@@ -784,6 +845,7 @@ void engine::on_route(std::uint64_t cid, const result<dns::route>& r) {
             why.code = 451;
             why.enhanced = "4.4.3";
             why.text = fmt::format("relay {}: {}", host_port_text(*fixed), ec.message());
+            why.category = queue::bounce_class::dns_failure;
             connection_failed(cid, mc, std::move(why));
         } else if (dns::is_permanent(ec)) {
             // Every job of the destination fails with this reply: the scheduler runs them on
@@ -864,7 +926,7 @@ void engine::finish_pseudo(std::uint64_t cid, conn& mc, running_job& j) {
     for (auto r : j.job.rcpts) {
         results.push_back(queue::rcpt_result{
             .rcpt = r, .status = queue::rcpt_status::failed, .reply = &*mc.dns_failure});
-        notes.push_back(tx_note{r, "", "", mc.dns_failure->to_string()});
+        notes.push_back(tx_note{r, "", "", mc.dns_failure->to_string(), mc.dns_failure->category});
     }
     _sched.complete(cid, j.id, results, _host.now(), _host.unix_now());
 }
@@ -889,7 +951,9 @@ void engine::run_job(queue::run_job& a) {
             .code = 451,
             .enhanced = vit == _views.end() ? "4.3.0" : "4.4.2",
             .text = vit == _views.end() ? "message not available" : "connection lost",
-            .remote_mta = mc.c ? mc.c->target().host : ""};
+            .remote_mta = mc.c ? mc.c->target().host : "",
+            .category = vit == _views.end() ? queue::bounce_class::transient_failure
+                                            : queue::bounce_class::bad_connection};
         _sched.job_failed(a.conn, a.job, why, _host.now(), _host.unix_now());
         if (mc.c && !mc.c->finished()) {
             mc.c->stop(true);  // on_closed reports connection_closed
@@ -921,7 +985,8 @@ void engine::send_notice(spool::spool& sp, const queue::bounce_request& b) {
         what = "relayed";
     else if (!b.rcpts.empty() && b.rcpts.front().action == queue::dsn_action::delayed)
         what = "delay";
-    auto dsn = spool_dsn(sp, _host.own_spool(), b, _settings.hostname, _host.unix_now());
+    auto dsn = spool_dsn(sp, _host.own_spool(), b, _settings.hostname, _host.unix_now(), 0,
+                         category_names());
     if (dsn && *dsn) {
         log::info("{}: sender {} notification: {} (to=<{}>, {} recipient(s))",
                   spool::format_queue_id(b.id), what, spool::format_queue_id(**dsn),
@@ -1014,7 +1079,8 @@ void engine::on_transaction(outbound::link& c, const smtp::transaction_result& r
         std::string text = replies.back().to_string();
         if (c.tls_active())
             text += ", tls";
-        notes.push_back(tx_note{j.job.rcpts[i], t.host, t.ip, std::move(text)});
+        notes.push_back(
+            tx_note{j.job.rcpts[i], t.host, t.ip, std::move(text), replies.back().category});
         results.push_back(queue::rcpt_result{j.job.rcpts[i], st, nullptr});
         // RFC 3461 5.2.2: a next hop without DSN ends the chain of reports here.
         if (st == queue::rcpt_status::delivered && i < j.rcpt_dsn.size() && !c.capabilities().dsn &&
@@ -1065,7 +1131,8 @@ void engine::on_closed(outbound::link& c) {
         queue::attempt_reply why{.code = 421,
                                  .enhanced = "4.4.2",
                                  .text = "connection closed during delivery",
-                                 .remote_mta = c.target().host};
+                                 .remote_mta = c.target().host,
+                                 .category = queue::bounce_class::bad_connection};
         _sched.job_failed(c.id(), mc.job->id, why, now, _host.unix_now());
         mc.job.reset();
     }

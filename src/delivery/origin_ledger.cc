@@ -24,6 +24,8 @@ result<void> origin_ledger::add(ledger_message m) {
             f.address = m.rcpts[i];
             f.expired = m.state[i] == queue::rcpt_state::expired;
             f.status = f.expired ? "4.4.7" : "5.0.0";
+            f.category = f.expired ? queue::bounce_class::message_expired
+                                   : queue::bounce_class::uncategorized;
             e.failed.push_back(std::move(f));
         }
     }
@@ -52,6 +54,8 @@ queue::failed_recipient notice_entry(const std::string& address, const queue::at
         if (reply->code != 0)
             f.diagnostic = reply->to_string();
         f.status = reply->enhanced;
+        if (action != queue::dsn_action::relayed)
+            f.category = reply->category;
     }
     const char cls = action == queue::dsn_action::relayed ? '2' : '4';
     if (f.status.empty() || f.status[0] != cls)
@@ -128,13 +132,17 @@ ledger_actions origin_ledger::apply(const queue::job_notice& n, std::int64_t now
                     if (reply->code != 0)
                         f.diagnostic = reply->to_string();
                     f.status = reply->enhanced;
+                    f.category = reply->category;
                 }
                 // An expired recipient failed because its time ran out (RFC 3463 X.4.7,
                 // "delivery time expired"); the last temporary reply is its Diagnostic-Code.
                 // Turning that reply's 4.a.b into 5.a.b would claim a permanent condition the
                 // receiver never reported (4.2.1 "mailbox busy" is not 5.2.1 "disabled").
+                if (!f.category)
+                    f.category = queue::bounce_class::uncategorized;
                 if (expired) {
                     f.status = "5.4.7";
+                    f.category = queue::bounce_class::message_expired;
                 } else if (f.status.empty() || f.status[0] != '5') {
                     f.status = "5.0.0";
                 }

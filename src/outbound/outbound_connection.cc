@@ -229,7 +229,7 @@ void outbound_connection::report_failure(const smtp::server_reply& why) {
 
 void outbound_connection::fail(std::string_view why) {
     log::warn("{} [{}]: {}", _target.host, _target.ip, why);
-    report_failure(smtp::make_reply(421, "4.4.1", why));
+    report_failure(smtp::make_reply(421, "4.4.1", why, smtp::local_failure::connect));
     close();
 }
 

@@ -210,6 +210,14 @@ std::string build_dsn(const dsn_request& req) {
             line(out, "Remote-MTA: dns; " + clean(r.remote_mta));
         if (!r.diagnostic.empty())
             line(out, "Diagnostic-Code: smtp; " + clean(r.diagnostic));
+        // RFC 3464 2.4: extension fields start with X-.
+        if (r.category && action != dsn_action::relayed) {
+            const auto i = static_cast<std::size_t>(*r.category);
+            std::string_view name = i < req.category_names.size()
+                                        ? std::string_view(req.category_names[i])
+                                        : predefined_name(*r.category);
+            line(out, "X-Ringmail-Category: " + clean(name.empty() ? "Uncategorized" : name));
+        }
     }
     line(out, "");
 

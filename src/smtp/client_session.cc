@@ -197,8 +197,9 @@ void client_session::fail(server_reply reason) {
     if (_tx) {
         // Every answer still missing becomes transient: the message is retried elsewhere/later.
         server_reply pending =
-            reason.transient() ? reason
-                               : make_reply(451, "4.4.0", "session failed: " + reason.to_string());
+            reason.transient()
+                ? reason
+                : make_reply(451, "4.4.0", "session failed: " + reason.to_string(), reason.local);
         if (_tx->mail.code == 0)
             _tx->mail = pending;
         for (server_reply& r : _tx->rcpts) {
@@ -250,7 +251,8 @@ void client_session::on_timeout() {
             _state = state::closed;
             return;
         default:
-            fail(make_reply(451, "4.4.2", "timeout waiting for the server's reply"));
+            fail(make_reply(451, "4.4.2", "timeout waiting for the server's reply",
+                            local_failure::no_answer));
     }
 }
 
@@ -261,7 +263,7 @@ void client_session::on_connection_lost() {
         _state = state::closed;
         return;
     }
-    fail(make_reply(451, "4.4.2", "connection lost"));
+    fail(make_reply(451, "4.4.2", "connection lost", local_failure::connection_lost));
 }
 
 // --- input --------------------------------------------------------------------------------
@@ -270,13 +272,15 @@ void client_session::receive(std::string_view bytes) {
     while (!bytes.empty() && _state != state::closed) {
         if (_state == state::tls_wait) {
             // Plaintext after the 220 would be read as if it came through TLS.
-            fail(make_reply(451, "4.7.0", "server sent data after its 220 to STARTTLS"));
+            fail(make_reply(451, "4.7.0", "server sent data after its 220 to STARTTLS",
+                            local_failure::protocol));
             return;
         }
         std::size_t n = _parser.feed(bytes);
         bytes.remove_prefix(n);
         if (_parser.failed()) {
-            fail(make_reply(451, "4.5.0", "malformed reply from the server"));
+            fail(make_reply(451, "4.5.0", "malformed reply from the server",
+                            local_failure::protocol));
             return;
         }
         if (_parser.has_reply())
@@ -320,8 +324,8 @@ void client_session::on_reply(server_reply reply) {
             break;
         case state::idle:
         case state::tls_wait:
-            fail(
-                make_reply(451, "4.5.0", "unexpected reply from the server: " + reply.to_string()));
+            fail(make_reply(451, "4.5.0", "unexpected reply from the server: " + reply.to_string(),
+                            local_failure::protocol));
             break;
         case state::closed:
             break;
@@ -396,7 +400,8 @@ void client_session::after_hello() {
             return;
         }
         if (_config.starttls == tls_policy::required) {
-            fail(make_reply(451, "4.7.0", "TLS required but not offered by peer"));
+            fail(make_reply(451, "4.7.0", "TLS required but not offered by peer",
+                            local_failure::tls_unavailable));
             return;
         }
     }
@@ -406,7 +411,8 @@ void client_session::after_hello() {
 void client_session::after_tls_decision() {
     if (_config.credentials && !_authenticated) {
         if (!_caps.auth_plain) {
-            fail(make_reply(530, "5.7.0", "AUTH PLAIN required but not offered by peer"));
+            fail(make_reply(530, "5.7.0", "AUTH PLAIN required but not offered by peer",
+                            local_failure::auth_unavailable));
             return;
         }
         std::string raw;
@@ -427,7 +433,8 @@ void client_session::on_starttls(server_reply& reply) {
         return;
     }
     if (_config.starttls == tls_policy::required) {
-        fail(make_reply(451, "4.7.0", "TLS required but STARTTLS refused: " + reply.to_string()));
+        fail(make_reply(451, "4.7.0", "TLS required but STARTTLS refused: " + reply.to_string(),
+                        local_failure::tls));
         return;
     }
     after_tls_decision();  // opportunistic: carry on in plaintext
@@ -451,7 +458,7 @@ void client_session::on_tls_failed(std::string_view reason) {
     std::string text = "TLS handshake failed";
     if (!reason.empty())
         text.append(": ").append(reason);
-    fail(make_reply(451, "4.7.0", text));
+    fail(make_reply(451, "4.7.0", text, local_failure::tls));
 }
 
 void client_session::on_auth(server_reply& reply) {
@@ -604,7 +611,8 @@ void client_session::send_body() {
 
 void client_session::on_transaction_reply(server_reply& reply) {
     if (_expected_head >= _expected.size()) {
-        fail(make_reply(451, "4.5.0", "unexpected reply from the server: " + reply.to_string()));
+        fail(make_reply(451, "4.5.0", "unexpected reply from the server: " + reply.to_string(),
+                        local_failure::protocol));
         return;
     }
     expect e = _expected[_expected_head++];
@@ -653,7 +661,8 @@ void client_session::on_transaction_reply(server_reply& reply) {
             finish_transaction(false);
             return;
     }
-    fail(make_reply(451, "4.5.0", "reply out of sequence from the server: " + reply.to_string()));
+    fail(make_reply(451, "4.5.0", "reply out of sequence from the server: " + reply.to_string(),
+                    local_failure::protocol));
 }
 
 void client_session::finish_transaction(bool need_rset) {

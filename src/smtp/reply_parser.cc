@@ -52,8 +52,10 @@ std::string server_reply::to_string() const {
     return out;
 }
 
-server_reply make_reply(int code, std::string_view enhanced, std::string_view text) {
+server_reply make_reply(int code, std::string_view enhanced, std::string_view text,
+                        local_failure why) {
     server_reply r;
+    r.local = why;
     r.code = code;
     r.enhanced = std::string(enhanced);
     r.text = std::string(text);

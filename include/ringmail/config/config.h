@@ -112,7 +112,13 @@ struct delivery_config {
     bool tls_verify = false;
     std::string tls_ca_file;  // extra trusted CAs (PEM) besides the system store
     std::string log_file;     // JSON lines delivery log; empty = none; reopened on SIGHUP
+    // Bounce classification rules, KumoMTA's format, first file first; never empty.
+    std::vector<std::string> bounce_rules_files;
 };
+
+// Where the Debian package (and meson install with prefix /usr) puts packaging/bounces.toml:
+// the default of delivery.bounce_rules_file.
+inline constexpr std::string_view shipped_bounce_rules_path = "/usr/share/ringmail/bounces.toml";
 
 // [[domain]]: per-destination overrides of the [delivery] defaults (exact name match).
 struct domain_config {

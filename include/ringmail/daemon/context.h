@@ -18,6 +18,7 @@
 #include "ringmail/core/socket.h"
 #include "ringmail/delivery/messages.h"
 #include "ringmail/dkim/signer.h"
+#include "ringmail/queue/bounce_class.h"
 #include "ringmail/queue/handoff.h"
 #include "ringmail/reception/listener.h"
 #include "ringmail/tls/credentials.h"
@@ -55,6 +56,12 @@ struct delivery_shared {
     // Drain: a shard that has nothing in flight (no connection, nothing to send) says so here;
     // every shard stops only once all of them are quiet (see delivery::engine::idle).
     std::unique_ptr<std::atomic<bool>[]> quiet;
+    // Bounce classification rules (immutable, read by every shard) and, per shard, its failed
+    // recipients by (outcome, category): bounce_counts[shard] is written by that shard only.
+    // The metrics endpoint sums the shards' relaxed loads and labels them with
+    // bounces->names() and queue::outcome_name.
+    std::shared_ptr<const queue::bounce_classifier> bounces;
+    std::unique_ptr<queue::bounce_counters[]> bounce_counts;
 };
 
 struct daemon_context {
@@ -103,9 +110,12 @@ std::shared_ptr<const dkim::key_set> load_dkim_keys(const config::settings& cfg,
                                                     std::vector<std::string>& warnings);
 
 // What --check-config verifies beyond the parser, without binding or changing anything:
-// a proxy_protocol listener nobody may use, that spool_dir (and its shard directories) exists or can
-// be created and is writable, that the delivery log's directory is writable, certificates, the
+// a proxy_protocol listener nobody may use, that spool_dir (and its shard directories) exists or
+// can be created and is writable, that the delivery log's directory is writable, certificates, the
 // users file, the DKIM keys. `why` on failure, naming the key.
 bool check_context(const config::settings& cfg, std::string& why);
+// delivery.bounce_rules_file, compiled; null with `why` naming the file, line and rule.
+std::shared_ptr<const queue::bounce_classifier> load_bounce_rules(const config::settings& cfg,
+                                                                  std::string& why);
 
 }  // namespace ringmail::daemon

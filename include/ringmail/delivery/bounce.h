@@ -14,6 +14,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
+#include <string>
 #include <string_view>
 
 namespace ringmail::delivery {
@@ -26,6 +28,7 @@ namespace ringmail::delivery {
 result<std::optional<spool::queue_id>> spool_dsn(spool::spool& original, spool::spool& into,
                                                  const queue::bounce_request& b,
                                                  std::string_view reporting_mta,
-                                                 std::int64_t now_unix, std::uint64_t token = 0);
+                                                 std::int64_t now_unix, std::uint64_t token = 0,
+                                                 std::span<const std::string> category_names = {});
 
 }  // namespace ringmail::delivery

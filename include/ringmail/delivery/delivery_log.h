@@ -32,7 +32,8 @@ struct delivery_record {
     std::string_view client_ip;    // Reception
     std::string_view mx_host;
     std::string_view mx_ip;
-    std::string_view reply;  // the SMTP reply (or our own reason) as one line
+    std::string_view reply;     // the SMTP reply (or our own reason) as one line
+    std::string_view category;  // failures: the bounce category ("InvalidRecipient")
     std::int64_t attempt = -1;
     std::int64_t latency_ms = -1;  // since reception
     std::int64_t size = -1;

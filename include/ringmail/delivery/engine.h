@@ -31,12 +31,14 @@
 #include "ringmail/delivery/router.h"
 #include "ringmail/outbound/link.h"
 #include "ringmail/outbound/session_pool.h"
+#include "ringmail/queue/bounce_class.h"
 #include "ringmail/queue/scheduler.h"
 #include "ringmail/spool/spool.h"
 
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -62,6 +64,12 @@ struct engine_settings {
     // A deferred recipient this old gets one "Action: delayed" notice (NOTIFY permitting);
     // 0 = never.
     std::chrono::seconds delay_warning{4 * 3600};
+    // Bounce categories of failed attempts (shared, immutable); null: every failure is
+    // Uncategorized, except those without a reply (connection, DNS, expiry), categorised by
+    // the engine itself.
+    std::shared_ptr<const queue::bounce_classifier> bounces;
+    // This shard's failed recipients per (outcome, category); may be null.
+    queue::bounce_counters* bounce_counts = nullptr;
 };
 
 engine_settings make_settings(const config::settings& cfg, unsigned shard, unsigned shards,
@@ -140,6 +148,7 @@ class engine final : private outbound::link_handler {
         std::string host;
         std::string ip;
         std::string reply;
+        queue::bounce_class category = queue::bounce_class::uncategorized;
     };
 
     void run();
@@ -168,6 +177,10 @@ class engine final : private outbound::link_handler {
     void close(std::uint64_t cid);
     void finish_pseudo(std::uint64_t cid, conn& mc, running_job& j);
     void connection_failed(std::uint64_t cid, conn& mc, queue::attempt_reply why);
+    // The reply as the scheduler and the notices carry it, with its bounce category.
+    queue::attempt_reply to_attempt(const smtp::server_reply& r, std::string_view host);
+    queue::bounce_class classify(const smtp::server_reply& r);
+    std::span<const std::string> category_names() const noexcept;
     outbound::outbound_settings settings_for(std::string_view key);
     outbound::adoption_policy adoption_for(const outbound::outbound_settings& s) const;
     void reclaim_idle();
@@ -198,6 +211,7 @@ class engine final : private outbound::link_handler {
     std::vector<pending_dsn> _dsn_retry;                       // the spool refused them: try again
     std::unordered_map<spool::queue_id, unsigned> _dsn_waits;  // original -> notices not durable
     std::uint64_t _next_dsn_token = 1;
+    queue::bounce_classifier::scratch _bounce_scratch;
     bool _dirty = true;
     bool _running = false;
     bool _journaled = false;

@@ -9,8 +9,11 @@
 // the delivery queue never asks for it, and build_dsn aborts if called so.
 #pragma once
 
+#include "ringmail/queue/bounce_class.h"
+
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -29,6 +32,8 @@ struct failed_recipient {
     dsn_action action = dsn_action::failed;
     // ORCPT decoded from xtext ("rfc822;user@example.com"), "" when none: Original-Recipient.
     std::string original_recipient;
+    // The bounce category: an X-Ringmail-Category field (failed and delayed notices).
+    std::optional<bounce_class> category;
 };
 
 struct dsn_request {
@@ -47,6 +52,8 @@ struct dsn_request {
     bool return_full = false;
     // ENVID decoded from xtext, "" when none: Original-Envelope-Id.
     std::string_view original_envelope_id;
+    // Names of the categories (bounce_classifier::names()); empty: the predefined names only.
+    std::span<const std::string> category_names;
 };
 
 std::string build_dsn(const dsn_request& request);

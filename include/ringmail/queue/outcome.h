@@ -5,6 +5,7 @@
 // Plain values; no shard affinity.
 #pragma once
 
+#include "ringmail/queue/bounce_class.h"
 #include "ringmail/queue/dsn.h"
 
 #include <cstdint>
@@ -21,6 +22,8 @@ struct attempt_reply {
     std::string enhanced;  // "x.y.z" or ""
     std::string text;
     std::string remote_mta;  // host name of the server, "" when no connection was made
+    // Why it failed (set by the shard that made the attempt; meaningless when delivered).
+    bounce_class category = bounce_class::uncategorized;
 
     std::string to_string() const;  // "550 5.1.1 text", on one line
 };

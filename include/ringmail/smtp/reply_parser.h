@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,12 +18,28 @@
 
 namespace ringmail::smtp {
 
+// What went wrong when the client made a reply up itself because no server reply says it: the
+// delivery side gives such failures their bounce category (BadConnection, NoAnswerFromHost, ...)
+// from this, not from the made-up text. `none`: a server's reply, or one made up for a reason
+// its codes say (a message the server cannot take), classified like a server's.
+enum class local_failure : std::uint8_t {
+    none,
+    connect,           // socket, connect refused or timed out
+    no_answer,         // connected, then no reply in time
+    connection_lost,   // the connection broke or closed mid-session
+    tls,               // handshake failed, STARTTLS refused
+    tls_unavailable,   // TLS required, not offered
+    auth_unavailable,  // AUTH required, not offered
+    protocol,          // malformed or unexpected reply
+};
+
 // One complete reply.
 struct server_reply {
     int code = 0;                    // 200..599
     std::string enhanced;            // RFC 3463 "x.y.z" from the first line, "" when absent
     std::string text;                // every line's text (enhanced code stripped), joined with '\n'
     std::vector<std::string> lines;  // every line's text as sent (for EHLO keywords)
+    local_failure local = local_failure::none;
 
     bool positive() const { return code >= 200 && code < 300; }
     bool intermediate() const { return code >= 300 && code < 400; }
@@ -33,7 +50,8 @@ struct server_reply {
 };
 
 // A reply made up by the client itself (local failure, timeout, lost connection).
-server_reply make_reply(int code, std::string_view enhanced, std::string_view text);
+server_reply make_reply(int code, std::string_view enhanced, std::string_view text,
+                        local_failure why = local_failure::none);
 
 class reply_parser {
   public:

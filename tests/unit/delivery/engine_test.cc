@@ -76,8 +76,9 @@ class fake_link final : public outbound::link {
         _ready = true;
         _h.on_ready(*this);
     }
-    void refuse(int code, std::string_view enhanced, std::string_view text) {
-        _h.on_failed(*this, smtp::make_reply(code, enhanced, text));
+    void refuse(int code, std::string_view enhanced, std::string_view text,
+                smtp::local_failure why = smtp::local_failure::none) {
+        _h.on_failed(*this, smtp::make_reply(code, enhanced, text, why));
         close();
     }
     // Replies per recipient of the running transaction (the DATA reply 250 when any got 250).
@@ -283,15 +284,32 @@ retry_schedule = ["1m"]
 max_lifetime = "1h"
 )";
 
+// The shipped bounce rules, compiled once for every test.
+std::shared_ptr<const queue::bounce_classifier> shipped_rules() {
+    static const auto rules = [] {
+        std::string why;
+        std::vector<queue::bounce_classifier::source> f{
+            {"bounces.toml", std::string(queue::shipped_bounce_rules())}};
+        auto c = queue::bounce_classifier::parse(f, why);
+        EXPECT_TRUE(c) << why;
+        return std::make_shared<const queue::bounce_classifier>(std::move(*c));
+    }();
+    return rules;
+}
+
 struct fixture {
     temp_dir dir;
     fake_host host{dir.path()};
     fake_network net;
+    queue::bounce_counters counts;
     std::unique_ptr<engine> e;
 
     explicit fixture(const std::string& toml = smarthost_toml) {
         auto cfg = config_from(toml);
-        e = std::make_unique<engine>(host, net, make_settings(cfg, 0, 1, nullptr));
+        auto settings = make_settings(cfg, 0, 1, nullptr);
+        settings.bounces = shipped_rules();
+        settings.bounce_counts = &counts;
+        e = std::make_unique<engine>(host, net, std::move(settings));
         for (const auto& m : host.recovered)
             e->add_recovered(*host.spool_, m);
         settle();
@@ -451,6 +469,17 @@ TEST(engine, partial_failures_make_one_dsn_with_every_failed_recipient) {
     EXPECT_NE(d[0].body.find("Status: 5.2.2"), std::string::npos);
     EXPECT_NE(d[0].body.find("550 5.1.1 no such user"), std::string::npos);
     EXPECT_NE(d[0].body.find("Subject: three of them"), std::string::npos);
+    // Every failure has its category: in the DSN, and counted per (outcome, category).
+    EXPECT_NE(d[0].body.find("550 5.1.1 no such user\r\nX-Ringmail-Category: InvalidRecipient"),
+              std::string::npos)
+        << d[0].body;
+    EXPECT_NE(d[0].body.find("552 5.2.2 mailbox full\r\nX-Ringmail-Category: QuotaIssues"),
+              std::string::npos);
+    using queue::bounce_class;
+    using queue::failure_outcome;
+    EXPECT_EQ(f.counts.get(failure_outcome::bounced, bounce_class::invalid_recipient), 1u);
+    EXPECT_EQ(f.counts.get(failure_outcome::bounced, bounce_class::quota_issues), 1u);
+    EXPECT_EQ(f.counts.get(failure_outcome::transient, bounce_class::transient_failure), 1u);
 }
 
 TEST(engine, a_recipient_past_max_lifetime_expires_with_5_4_7_and_one_dsn) {
@@ -471,6 +500,9 @@ TEST(engine, a_recipient_past_max_lifetime_expires_with_5_4_7_and_one_dsn) {
     ASSERT_EQ(d.size(), 1u);
     EXPECT_NE(d[0].body.find("Status: 5.4.7"), std::string::npos) << d[0].body;
     EXPECT_NE(d[0].body.find("451 4.2.0 busy, try later"), std::string::npos);
+    EXPECT_NE(d[0].body.find("X-Ringmail-Category: MessageExpired"), std::string::npos);
+    EXPECT_EQ(f.counts.get(queue::failure_outcome::expired, queue::bounce_class::message_expired),
+              1u);
     const std::size_t attempts = l.sent.size();
     f.advance(10min);
     EXPECT_EQ(l.sent.size(), attempts + 0) << "tried after expiry";
@@ -544,6 +576,10 @@ TEST(engine, a_refused_greeting_tries_the_next_mx_then_defers_with_451) {
     f.settle();
     // Every address failed: deferred, not bounced, whatever the greeting said.
     EXPECT_EQ(f.live_messages(), 1u);
+    // The last greeting's reply decides the category of the deferral.
+    EXPECT_EQ(
+        f.counts.get(queue::failure_outcome::transient, queue::bounce_class::transient_failure),
+        1u);
     EXPECT_TRUE(f.dsns().empty());
     f.advance(70s);
     ASSERT_EQ(f.net.made, 3u);
@@ -553,6 +589,21 @@ TEST(engine, a_refused_greeting_tries_the_next_mx_then_defers_with_451) {
     f.last_link().answer({ok()});
     f.settle();
     EXPECT_EQ(f.live_messages(), 0u);
+}
+
+// Failures without a reply get their category from what happened, not from a made-up text.
+TEST(engine, a_refused_connection_defers_as_bad_connection) {
+    fixture f(mx_toml);
+    f.net.hosts["two.test"] = {{"mx1.two.test", 10, "127.0.0.2"}};
+    f.receive("s@origin.test", {"u@two.test"});
+    f.last_link().refuse(421, "4.4.1", "connect to 127.0.0.2:25: Connection refused",
+                         smtp::local_failure::connect);
+    f.settle();
+    EXPECT_EQ(f.counts.get(queue::failure_outcome::transient, queue::bounce_class::bad_connection),
+              1u);
+    EXPECT_EQ(
+        f.counts.get(queue::failure_outcome::transient, queue::bounce_class::no_answer_from_host),
+        0u);  // what the rules would have said of 4.4.1
 }
 
 TEST(engine, nxdomain_bounces_at_once_with_5_1_2) {
@@ -568,6 +619,8 @@ TEST(engine, nxdomain_bounces_at_once_with_5_1_2) {
     auto d = f.dsns();
     ASSERT_EQ(d.size(), 1u);
     EXPECT_NE(d[0].body.find("Status: 5.1.2"), std::string::npos);
+    // No reply to match: the engine says why.
+    EXPECT_NE(d[0].body.find("X-Ringmail-Category: BadDomain"), std::string::npos);
     EXPECT_EQ(f.live_messages(), 1u);  // the DSN itself, until its transaction is answered
     l.answer({ok()});
     f.settle();

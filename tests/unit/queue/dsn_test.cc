@@ -19,9 +19,15 @@ const std::string message =
 
 std::vector<failed_recipient> failures() {
     return {
-        {"gone@b.org", "5.1.1", "mx.b.org", "550 5.1.1 no such user", false, dsn_action::failed,
-         ""},
-        {"slow@c.org", "5.4.7", "", "", true, dsn_action::failed, ""},
+        {"gone@b.org",
+         "5.1.1",
+         "mx.b.org",
+         "550 5.1.1 no such user",
+         false,
+         dsn_action::failed,
+         "",
+         {}},
+        {"slow@c.org", "5.4.7", "", "", true, dsn_action::failed, "", {}},
     };
 }
 
@@ -207,9 +213,14 @@ TEST(dsn, message_without_body_and_boundary_collision) {
 }
 
 TEST(dsn, peer_text_cannot_inject_lines) {
-    std::vector<failed_recipient> rcpts = {{"x@b.org", "5.0.0", "mx\r\nEvil: 1",
-                                            "550 bad\r\nEvil: 2\x01\xff", false, dsn_action::failed,
-                                            ""}};
+    std::vector<failed_recipient> rcpts = {{"x@b.org",
+                                            "5.0.0",
+                                            "mx\r\nEvil: 1",
+                                            "550 bad\r\nEvil: 2\x01\xff",
+                                            false,
+                                            dsn_action::failed,
+                                            "",
+                                            {}}};
     std::string dsn = build_dsn(request(rcpts));
     for (const std::string& l : split_lines(dsn)) {
         EXPECT_FALSE(l.starts_with("Evil")) << l;
@@ -224,8 +235,8 @@ TEST(dsn, peer_text_cannot_inject_lines) {
 
 TEST(dsn, generated_lines_are_dot_stuffed_and_utf8_addresses_typed) {
     std::vector<failed_recipient> rcpts = {
-        {".x@b.org", "5.1.1", "", "", false, dsn_action::failed, ""},
-        {"j\xc3\xb6rg@b.org", "5.1.1", "", "", false, dsn_action::failed, ""}};
+        {".x@b.org", "5.1.1", "", "", false, dsn_action::failed, "", {}},
+        {"j\xc3\xb6rg@b.org", "5.1.1", "", "", false, dsn_action::failed, "", {}}};
     std::string dsn = build_dsn(request(rcpts));
     EXPECT_NE(dsn.find("\r\nFinal-Recipient: utf-8; j\xc3\xb6rg@b.org\r\n"), std::string::npos);
     for (const std::string& l : split_lines(dsn)) {
@@ -246,9 +257,14 @@ TEST(dsn, ret_full_returns_the_whole_message) {
 }
 
 TEST(dsn, envid_and_orcpt_come_back) {
-    std::vector<failed_recipient> rcpts = {{"gone@b.org", "5.1.1", "mx.b.org",
-                                            "550 5.1.1 no such user", false, dsn_action::failed,
-                                            "rfc822;orig+x@b.org"}};
+    std::vector<failed_recipient> rcpts = {{"gone@b.org",
+                                            "5.1.1",
+                                            "mx.b.org",
+                                            "550 5.1.1 no such user",
+                                            false,
+                                            dsn_action::failed,
+                                            "rfc822;orig+x@b.org",
+                                            {}}};
     dsn_request r = request(rcpts);
     r.original_envelope_id = "QQ314159";
     std::string dsn = build_dsn(r);
@@ -261,13 +277,19 @@ TEST(dsn, envid_and_orcpt_come_back) {
 }
 
 TEST(dsn, delayed_and_relayed_notices) {
-    std::vector<failed_recipient> delayed = {
-        {"late@b.org", "4.4.1", "mx.b.org", "421 4.4.1 try later", false, dsn_action::delayed, ""}};
+    std::vector<failed_recipient> delayed = {{"late@b.org",
+                                              "4.4.1",
+                                              "mx.b.org",
+                                              "421 4.4.1 try later",
+                                              false,
+                                              dsn_action::delayed,
+                                              "",
+                                              {}}};
     std::string d = build_dsn(request(delayed));
     EXPECT_NE(d.find("Subject: Delayed Mail (still being retried)\r\n"), std::string::npos);
     EXPECT_NE(d.find("\r\nAction: delayed\r\nStatus: 4.4.1\r\n"), std::string::npos);
     std::vector<failed_recipient> relayed = {
-        {"ok@b.org", "2.0.0", "mx.b.org", "250 2.0.0 queued", false, dsn_action::relayed, ""}};
+        {"ok@b.org", "2.0.0", "mx.b.org", "250 2.0.0 queued", false, dsn_action::relayed, "", {}}};
     std::string s = build_dsn(request(relayed));
     EXPECT_NE(s.find("Subject: Successful Mail Delivery Report\r\n"), std::string::npos);
     EXPECT_NE(s.find("\r\nAction: relayed\r\nStatus: 2.0.0\r\n"), std::string::npos);
@@ -278,8 +300,8 @@ TEST(dsn, delayed_and_relayed_notices) {
 TEST(dsn_death, one_action_per_notice) {
     GTEST_FLAG_SET(death_test_style, "threadsafe");
     std::vector<failed_recipient> mixed = {
-        {"a@b.org", "5.1.1", "", "", false, dsn_action::failed, ""},
-        {"b@b.org", "4.4.1", "", "", false, dsn_action::delayed, ""}};
+        {"a@b.org", "5.1.1", "", "", false, dsn_action::failed, "", {}},
+        {"b@b.org", "4.4.1", "", "", false, dsn_action::delayed, "", {}}};
     EXPECT_DEATH(build_dsn(request(mixed)), "different actions");
 }
 
@@ -353,6 +375,34 @@ TEST(dsn, python_email_package_parses_it) {
     int rc = std::system(cmd.c_str());
     unlink(path);
     EXPECT_EQ(rc, 0) << "python3's email parser disagreed (see output above)";
+}
+
+// Each failed or delayed recipient carries its bounce category as an X- field (RFC 3464 2.4);
+// user-defined categories come by name from the classifier's table.
+TEST(dsn, category_per_recipient) {
+    std::vector<failed_recipient> rcpts = failures();
+    rcpts[0].category = ringmail::queue::bounce_class::invalid_recipient;
+    rcpts[1].category = ringmail::queue::bounce_class::message_expired;
+    std::string dsn = build_dsn(request(rcpts));
+    EXPECT_NE(dsn.find("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"
+                       "X-Ringmail-Category: InvalidRecipient\r\n"),
+              std::string::npos)
+        << dsn;
+    EXPECT_NE(dsn.find("Status: 5.4.7\r\nX-Ringmail-Category: MessageExpired\r\n"),
+              std::string::npos)
+        << dsn;
+
+    std::vector<std::string> names(ringmail::queue::predefined_bounce_classes + 1, "x");
+    names.back() = "MyClass";
+    rcpts[0].category =
+        static_cast<ringmail::queue::bounce_class>(ringmail::queue::predefined_bounce_classes);
+    dsn_request req = request(rcpts);
+    req.category_names = names;
+    dsn = build_dsn(req);
+    EXPECT_NE(dsn.find("X-Ringmail-Category: MyClass\r\n"), std::string::npos) << dsn;
+
+    // No category known: no field.
+    EXPECT_EQ(build_dsn(request(failures())).find("X-Ringmail-Category"), std::string::npos);
 }
 
 }  // namespace

@@ -68,7 +68,8 @@ TEST(shard_message, round_trip_through_an_spsc_ring) {
     n.status[1] = rcpt_status::failed;
     n.attempts = 1;
     n.detail = std::make_unique<notice_detail>();
-    n.detail->replies.emplace_back(4, attempt_reply{550, "5.1.1", "no such user", "mx.test"});
+    n.detail->replies.emplace_back(
+        4, attempt_reply{550, "5.1.1", "no such user", "mx.test", bounce_class::invalid_recipient});
     ASSERT_TRUE(ring->try_push(std::move(n)));
 
     destination_slots slots(3);
@@ -93,6 +94,7 @@ TEST(shard_message, round_trip_through_an_spsc_ring) {
     EXPECT_EQ(got.status[1], rcpt_status::failed);
     ASSERT_TRUE(got.detail);
     EXPECT_EQ(got.detail->replies[0].second.to_string(), "550 5.1.1 no such user");
+    EXPECT_EQ(got.detail->replies[0].second.category, bounce_class::invalid_recipient);
 
     auto m3 = ring->try_pop();
     ASSERT_TRUE(m3);
