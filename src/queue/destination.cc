@@ -115,6 +115,44 @@ std::vector<delivery_job> destination_queue::take_all_ready() {
     return out;
 }
 
+std::size_t destination_queue::promote_all() {
+    const std::size_t n = _deferred.size();
+    while (!_deferred.empty()) {
+        std::pop_heap(_deferred.begin(), _deferred.end(), later);
+        _ready.push_back(std::move(_deferred.back().job));
+        _deferred.pop_back();
+    }
+    return n;
+}
+
+std::vector<delivery_job> destination_queue::take_if(
+    const std::function<bool(const delivery_job&)>& pred, std::size_t& ready_taken) {
+    std::vector<delivery_job> out;
+    ready_taken = 0;
+    for (auto it = _ready.begin(); it != _ready.end();) {
+        if (pred(*it)) {
+            out.push_back(std::move(*it));
+            it = _ready.erase(it);
+            ++ready_taken;
+        } else {
+            ++it;
+        }
+    }
+    bool removed = false;
+    for (auto it = _deferred.begin(); it != _deferred.end();) {
+        if (pred(it->job)) {
+            out.push_back(std::move(it->job));
+            it = _deferred.erase(it);
+            removed = true;
+        } else {
+            ++it;
+        }
+    }
+    if (removed)
+        std::make_heap(_deferred.begin(), _deferred.end(), later);
+    return out;
+}
+
 void destination_queue::job_finished() {
     if (_in_flight == 0)
         core::invariant_broken("destination_queue: job finished but none in flight");
