@@ -220,6 +220,8 @@ int serve(ringmail::config::settings cfg) {
             break;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+    // Ready before the "ready" line, so whoever waits for the line finds /readyz 200.
+    health.started.store(true, std::memory_order_release);
     std::string addrs;
     for (const auto& l : ctx->cfg.listen)
         addrs += (addrs.empty() ? "" : ", ") + l.address;
@@ -228,7 +230,6 @@ int serve(ringmail::config::settings cfg) {
               ctx->cfg.delivery.smarthost
                   ? ringmail::delivery::host_port_text(*ctx->cfg.delivery.smarthost)
                   : std::string("none"));
-    health.started.store(true, std::memory_order_release);
     notify(fmt::format("READY=1\nSTATUS=listening on {}", addrs));
 
     const char* stop_signal = nullptr;

@@ -187,6 +187,23 @@ class AdminTest(unittest.TestCase):
         self.assertEqual(len(row), 1, q)
         self.assertEqual(row[0]["recipients"], 1)
         self.assertIsNotNone(row[0]["suspended_until"])
+        ctl = os.environ.get("RINGMAILCTL")
+        if ctl:
+            base = [ctl, "--admin", f"{harness.LOOPBACK}:{self.admin_port}", "--token-file",
+                    os.path.join(self.workdir, "admin.token")]
+            out = subprocess.run(base + ["queue"], capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertIn("a.test", out.stdout)
+            out = subprocess.run(base + ["--json", "suspend"], capture_output=True, text=True,
+                                 timeout=30)
+            self.assertEqual(json.loads(out.stdout)["suspensions"][0]["domain"], "a.test")
+            out = subprocess.run(base + ["inspect", held], capture_output=True, text=True,
+                                 timeout=30)
+            self.assertIn("held@a.test", out.stdout)
+            out = subprocess.run(base[:3] + ["queue"], capture_output=True, text=True,
+                                 timeout=30)
+            self.assertEqual(out.returncode, 1)  # no token
+            self.assertIn("401", out.stderr)
         m = self.api("GET", f"/api/v1/messages/{held}")
         self.assertEqual(m["sender"], SENDER)
         self.assertEqual([r["state"] for r in m["recipients"]], ["pending"])
