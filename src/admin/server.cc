@@ -452,6 +452,21 @@ std::optional<std::string> server::handle(std::uint64_t conn, const http_request
     check_shard();
     const std::string_view path = req.path();
     const bool keep = req.keep_alive;
+    if (path == "/readyz" && (req.method == "GET" || req.method == "HEAD") &&
+        _health.started.load(std::memory_order_acquire) &&
+        !_health.draining.load(std::memory_order_acquire)) {
+        // Serving, but a spool whose last commit failed cannot take mail: a balancer should
+        // send it elsewhere until commits succeed again.
+        std::int64_t failing = 0;
+        for (const auto& m : _src.metrics)
+            failing = std::max(failing, m.spool_failing.get());
+        if (failing != 0) {
+            return format_response(
+                503, "application/json",
+                failing == 1 ? "{\"reason\":\"disk full\"}\n" : "{\"reason\":\"spool failing\"}\n",
+                req.keep_alive, req.method == "HEAD");
+        }
+    }
     if (path == "/healthz" || path == "/readyz")
         return answer(req, _health);
     const bool get = req.method == "GET" || req.method == "HEAD";

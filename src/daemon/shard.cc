@@ -526,6 +526,7 @@ void shard::batch_done(spool_slot& slot, int res) {
     check_shard();
     if (slot.in_flight && res >= 0)
         metrics()->spool_commit.observe(reactor().now() - slot.submitted);
+    metrics()->spool_failing.set(res >= 0 ? 0 : (res == -ENOSPC || res == -EDQUOT) ? 1 : 2);
     slot.in_flight = false;
     if (res < 0) {
         slot.backoff = slot.backoff.count() == 0

@@ -124,6 +124,8 @@ struct alignas(64) shard_metrics {
     // Spool.
     histogram<12> spool_commit{spool_commit_bounds};
     gauge spool_bytes;
+    // The last commit batch failed: 0 no, 1 disk full (ENOSPC, EDQUOT), 2 another error.
+    gauge spool_failing;
 
     // DNS lookups answered (cache hits included).
     std::array<counter, static_cast<std::size_t>(dns_result::count)> dns{};
