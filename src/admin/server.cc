@@ -529,6 +529,7 @@ std::optional<std::string> server::handle(std::uint64_t conn, const http_request
             return json_error(503, "no shards", keep);
         control_message m;
         m.kind = request_kind::destinations;
+        m.ages = true;
         if (!ask_shards(conn, req, std::move(m), [this, limit, sort](pending& p) {
                 _src.suspensions.expire(unix_now());
                 auto rows = merge_destinations(std::move(p.destinations));

@@ -252,7 +252,7 @@ void shard::on_control(admin::control_message&& m) {
     };
     switch (m.kind) {
         case admin::request_kind::destinations:
-            for (auto& d : _engine->scheduler().destinations()) {
+            for (auto& d : _engine->scheduler().destinations(m.ages)) {
                 admin::destination_row row;
                 row.key = std::move(d.key);
                 row.ready = d.ready;

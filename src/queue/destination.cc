@@ -70,6 +70,7 @@ destination_queue::destination_queue(std::string key, const destination_policy& 
 void destination_queue::push(delivery_job job, steady_time now) {
     if (job.rcpts.empty())
         core::invariant_broken("destination_queue: job without recipients");
+    _queued_rcpts += job.rcpts.size();
     if (job.next_attempt <= now) {
         _ready.push_back(std::move(job));
         return;
@@ -95,6 +96,7 @@ std::optional<delivery_job> destination_queue::pop_ready() {
         return std::nullopt;
     delivery_job j = std::move(_ready.front());
     _ready.pop_front();
+    _queued_rcpts -= j.rcpts.size();
     return j;
 }
 
@@ -112,6 +114,8 @@ std::vector<delivery_job> destination_queue::take_all_ready() {
     std::vector<delivery_job> out(std::make_move_iterator(_ready.begin()),
                                   std::make_move_iterator(_ready.end()));
     _ready.clear();
+    for (const auto& j : out)
+        _queued_rcpts -= j.rcpts.size();
     return out;
 }
 
@@ -150,6 +154,8 @@ std::vector<delivery_job> destination_queue::take_if(
     }
     if (removed)
         std::make_heap(_deferred.begin(), _deferred.end(), later);
+    for (const auto& j : out)
+        _queued_rcpts -= j.rcpts.size();
     return out;
 }
 

@@ -153,7 +153,7 @@ std::size_t scheduler::bounce(std::string_view key, std::uint64_t queue_id,
     return rcpts;
 }
 
-std::vector<destination_info> scheduler::destinations() const {
+std::vector<destination_info> scheduler::destinations(bool ages) const {
     _oncore.check();
     std::vector<destination_info> out;
     out.reserve(_by_id.size());
@@ -168,11 +168,13 @@ std::vector<destination_info> scheduler::destinations() const {
         i.in_flight = c.in_flight;
         i.connections = d->connecting + d->established;
         i.next_attempt = d->q.next_deferred();
-        d->q.for_each_job([&](const delivery_job& j) {
-            i.recipients += j.rcpts.size();
-            if (i.oldest_arrival_unix == 0 || j.arrival_unix < i.oldest_arrival_unix)
-                i.oldest_arrival_unix = j.arrival_unix;
-        });
+        i.recipients = d->q.queued_recipients();
+        if (ages) {
+            d->q.for_each_job([&](const delivery_job& j) {
+                if (i.oldest_arrival_unix == 0 || j.arrival_unix < i.oldest_arrival_unix)
+                    i.oldest_arrival_unix = j.arrival_unix;
+            });
+        }
         i.last_reply = d->last_reply;
         out.push_back(std::move(i));
     }

@@ -66,6 +66,7 @@ struct control_message {
     std::string key;
     std::uint64_t queue_id = 0;
     std::string reason;
+    bool ages = false;  // destinations: also their oldest jobs' ages (a walk over the jobs)
     std::shared_ptr<const queue::suspensions> suspensions;
     // Reply.
     std::vector<destination_row> destinations;

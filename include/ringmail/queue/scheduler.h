@@ -199,8 +199,10 @@ class scheduler {
     // `why` (a 5xx): notices go to their origins, which bounce as usual. How many recipients.
     std::size_t bounce(std::string_view key, std::uint64_t queue_id, const attempt_reply& why,
                        steady_time now, std::int64_t now_unix);
-    // Owned and borrowed destinations with something queued, running or connected.
-    std::vector<destination_info> destinations() const;
+    // Owned and borrowed destinations with something queued, running or connected. `ages`:
+    // also oldest_arrival_unix, a walk over every queued job (the queue API); without it the
+    // cost is one entry per destination (/metrics).
+    std::vector<destination_info> destinations(bool ages = true) const;
     // The jobs of message `queue_id` queued here, with their destination key.
     std::vector<std::pair<std::string, delivery_job>> jobs_of(std::uint64_t queue_id) const;
     // Nothing held: no job, connection, lease (either way) or outgoing message.
