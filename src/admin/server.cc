@@ -223,7 +223,7 @@ class admin_connection final : public core::stream_connection {
             if (sending()) {
                 close(false);
             } else {
-                respond(format_response(431, text_plain, "request too large\n", false), true);
+                respond(json_error(431, "request too large", false), true);
             }
             return;
         }
@@ -247,7 +247,7 @@ class admin_connection final : public core::stream_connection {
             return;
         }
         if (!sending() && _parser.size() > 0) {
-            respond(format_response(408, text_plain, "request timeout\n", false), true);
+            respond(json_error(408, "request timeout", false), true);
             return;
         }
         close(false);
@@ -261,9 +261,7 @@ class admin_connection final : public core::stream_connection {
         _in.erase(0, n);
         if (_parser.failed()) {
             log::debug("admin: bad request: {}", _parser.error());
-            respond(format_response(_parser.error_status(), text_plain,
-                                    fmt::format("{}\n", _parser.error()), false),
-                    true);
+            respond(json_error(_parser.error_status(), _parser.error(), false), true);
             return;
         }
         if (!_parser.done())

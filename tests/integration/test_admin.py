@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import smtplib
+import socket
 import subprocess
 import time
 import unittest
@@ -172,6 +173,20 @@ class AdminTest(unittest.TestCase):
             self.assertIn("error", json.loads(text), path)
         status, _ = self.http("GET", "/api/v1/messages/00000000DEADBEEF")
         self.assertEqual(status, 404)
+        # Malformed HTTP: its 4xx (505 for HTTP/2.0) with a JSON error, then the connection
+        # closes; the endpoint carries on.
+        for raw in (b"GET /metrics HTTP/1.1\nHost: x\n\n", b"GET /metrics HTTP/2.0\r\n\r\n",
+                    b"POST /api/v1/flush HTTP/1.1\r\nContent-Length: 99999\r\n\r\n",
+                    b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\n\r\n", b"\x00\xff\r\n\r\n"):
+            with socket.create_connection((harness.LOOPBACK, self.admin_port), timeout=10) as c:
+                c.sendall(raw)
+                answer = b""
+                while chunk := c.recv(65536):
+                    answer += chunk
+            status = int(answer.split(b" ", 2)[1])
+            self.assertTrue(400 <= status < 500 or status == 505, answer)
+            self.assertIn(b'{"error":', answer)
+        self.assertEqual(self.http("GET", "/healthz", token=None)[0], 200)
 
     def test_suspend_restart_resume_flush_bounce_drain(self):
         until = self.api("POST", "/api/v1/suspend",
