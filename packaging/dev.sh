@@ -18,7 +18,7 @@ ROOT=$(pwd)
 PACKAGES=(meson ninja-build pkg-config g++ liburing-dev libwolfssl-dev libc-ares-dev
   libmimalloc-dev libargon2-dev libre2-dev libtomlplusplus-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
   libbenchmark-dev cmake python3 postfix swaks dnsmasq-base clang libclang-rt-14-dev
-  python3-dkim opendkim opendkim-tools haproxy redis-server)
+  python3-dkim opendkim opendkim-tools haproxy redis-server prometheus chromium)
 
 JOBS=${JOBS:-2}
 
@@ -73,6 +73,8 @@ install_deps() {
     # haproxy is started by the PROXY protocol tests on loopback; no system instance.
     as_root systemctl disable --now haproxy.service >/dev/null 2>&1 || true
     as_root systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+    # prometheus is here for promtool (tests/integration/test_admin.py): no system instance.
+    as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
   fi
   if [ -f /run/redis/redis-server.pid ] && command -v redis-cli >/dev/null 2>&1; then
     as_root redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true

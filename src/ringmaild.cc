@@ -26,11 +26,13 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 namespace {
@@ -155,7 +157,21 @@ int serve(ringmail::config::settings cfg) {
                          ctx->cfg.admin.address.c_str(), ep.error().message().c_str());
             return 1;
         }
-        admin.server = std::make_unique<ringmail::admin::server>(ctx->shards, *ep, health);
+        ringmail::admin::sources src;
+        src.metrics =
+            std::span<const ringmail::core::shard_metrics>(ctx->metrics.get(), ctx->shards);
+        for (const auto& l : ctx->cfg.listen)
+            src.listeners.push_back(l.address);
+        src.spool_dir = ctx->cfg.server.spool_dir;
+        src.token = ctx->admin_token;
+        src.mailbox = ctx->admin_mailbox.get();
+        src.shards = ctx->shards;
+        src.suspensions = *ctx->suspensions;
+        src.suspensions_path = ctx->suspensions_path;
+        // As SIGTERM: the main thread's signal wait takes it and drains as usual.
+        src.drain = [] { ::kill(::getpid(), SIGTERM); };
+        admin.server =
+            std::make_unique<ringmail::admin::server>(ctx->shards, *ep, health, std::move(src));
         try {
             admin.thread = std::thread([s = admin.server.get()] { s->run(); });
         } catch (const std::system_error& e) {
@@ -204,6 +220,8 @@ int serve(ringmail::config::settings cfg) {
             break;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+    // Ready before the "ready" line, so whoever waits for the line finds /readyz 200.
+    health.started.store(true, std::memory_order_release);
     std::string addrs;
     for (const auto& l : ctx->cfg.listen)
         addrs += (addrs.empty() ? "" : ", ") + l.address;
@@ -212,7 +230,6 @@ int serve(ringmail::config::settings cfg) {
               ctx->cfg.delivery.smarthost
                   ? ringmail::delivery::host_port_text(*ctx->cfg.delivery.smarthost)
                   : std::string("none"));
-    health.started.store(true, std::memory_order_release);
     notify(fmt::format("READY=1\nSTATUS=listening on {}", addrs));
 
     const char* stop_signal = nullptr;

@@ -2,7 +2,11 @@
 # Side-by-side throughput: a private Postfix instance and ringmaild, same load, same sink.
 #
 #   bench/compare/postfix.sh [--repeat N] [--messages N] [--sessions N] [--size BYTES]
-#                            [--only postfix|ringmail]
+#                            [--only postfix|ringmail] [--scrape MS]
+#
+# --scrape MS: ringmaild serves its admin endpoint and one keep-alive HTTP client (a stand-in for
+# Prometheus) GETs /metrics every MS milliseconds during the load (issue 14: the cost of being
+# scraped). Compare the ringmail figures of a run with and without it.
 #
 # Each MTA relays everything to Postfix's smtp-sink on loopback and is loaded with
 # `smtp-source -d -s 50 -m 20000 -l 1024`. Reported per MTA (median over --repeat runs):
@@ -19,6 +23,7 @@ MESSAGES=20000
 SESSIONS=50
 SIZE=1024
 ONLY=""
+SCRAPE_MS=""
 TIMEOUT=${BENCH_TIMEOUT:-600} # per run, seconds
 
 while [ $# -gt 0 ]; do
@@ -28,7 +33,8 @@ while [ $# -gt 0 ]; do
   --sessions) SESSIONS=$2; shift 2 ;;
   --size) SIZE=$2; shift 2 ;;
   --only) ONLY=$2; shift 2 ;;
-  -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+  --scrape) SCRAPE_MS=$2; shift 2 ;;
+  -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
   *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -237,11 +243,46 @@ ensure_ringmaild() {
 }
 
 # run_ringmail N: sets ACC and DEL.
+# GET /metrics every $2 ms on one keep-alive connection until killed; writes the scrape count
+# and the mean scrape time to $3 at exit.
+start_scraper() {
+  python3 - "$1" "$2" "$3" <<'PY' &
+import http.client, signal, sys, time
+port, every, out = int(sys.argv[1]), float(sys.argv[2]) / 1000, sys.argv[3]
+n, spent = 0, 0.0
+def done(*_):
+    with open(out, "w") as f:
+        f.write(f"{n} {spent / max(n, 1) * 1000:.2f}\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+nxt = time.monotonic()
+while True:
+    t = time.monotonic()
+    try:
+        c.request("GET", "/metrics")
+        c.getresponse().read()
+        n += 1
+        spent += time.monotonic() - t
+    except (OSError, http.client.HTTPException):
+        c.close()
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    nxt += every
+    time.sleep(max(0.0, nxt - time.monotonic()))
+PY
+  SCRAPER_PID=$!
+  PIDS+=("$SCRAPER_PID")
+}
+
 run_ringmail() {
-  local i=$1 port sink_port dir pid rc
+  local i=$1 port sink_port dir pid rc admin_port="" admin_address=""
   ACC=fail DEL=fail
   port=$(free_port)
   sink_port=$(free_port)
+  if [ -n "$SCRAPE_MS" ]; then
+    admin_port=$(free_port)
+    admin_address="127.0.0.1:$admin_port"
+  fi
   dir="$WORK/rm$i"
   mkdir -p "$dir/spool"
   cat >"$dir/ringmail.toml" <<EOF
@@ -262,7 +303,7 @@ domains = []
 smarthost = "127.0.0.1:$sink_port"
 
 [admin]
-address = ""
+address = "$admin_address"
 EOF
   start_sink "$sink_port"
   "$RINGMAILD" --config "$dir/ringmail.toml" >"$dir/ringmaild.log" 2>&1 &
@@ -273,7 +314,15 @@ EOF
     tail -20 "$dir/ringmaild.log" >&2
     return 0
   fi
+  if [ -n "$SCRAPE_MS" ]; then
+    start_scraper "$admin_port" "$SCRAPE_MS" "$dir/scrapes"
+  fi
   load "$port" "$SINK_PID"
+  if [ -n "$SCRAPE_MS" ]; then
+    kill -TERM "$SCRAPER_PID" 2>/dev/null || true
+    wait "$SCRAPER_PID" 2>/dev/null || true
+    log "  scraper: $(awk '{print $1 " scrapes of /metrics, " $2 " ms each on average"}' "$dir/scrapes" 2>/dev/null)"
+  fi
   kill -TERM "$pid" 2>/dev/null || true
   rc=0
   timeout 30 tail --pid="$pid" -f /dev/null || { log "ringmaild ignored SIGTERM"; kill -9 "$pid" 2>/dev/null || true; }
@@ -331,8 +380,9 @@ if [ "$ONLY" != postfix ]; then
   rm_del=$(rate "$(printf '%s\n' "${RM_DEL[@]}" | median)")
 fi
 
-printf '\n%s messages of %s bytes, %s sessions, %s run(s), medians, %s CPUs\n' \
-  "$MESSAGES" "$SIZE" "$SESSIONS" "$REPEAT" "$(nproc)"
+printf '\n%s messages of %s bytes, %s sessions, %s run(s), medians, %s CPUs%s\n' \
+  "$MESSAGES" "$SIZE" "$SESSIONS" "$REPEAT" "$(nproc)" \
+  "${SCRAPE_MS:+, ringmaild /metrics scraped every $SCRAPE_MS ms}"
 printf '%-10s %12s %12s\n' "" "accepted/s" "delivered/s"
 printf '%-10s %12s %12s\n' postfix "$pf_acc" "$pf_del"
 printf '%-10s %12s %12s\n' ringmail "$rm_acc" "$rm_del"

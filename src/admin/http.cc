@@ -78,6 +78,8 @@ void request_parser::reset() {
     _fields = 0;
     _connection_close = false;
     _connection_keep_alive = false;
+    _have_length = false;
+    _content_length = 0;
     _request = http_request{};
     _status = 0;
     _error.clear();
@@ -91,7 +93,18 @@ void request_parser::fail(int status, std::string why) {
 
 std::size_t request_parser::feed(std::string_view bytes) {
     std::size_t n = 0;
-    while (n < bytes.size() && (_state == state::request_line || _state == state::fields)) {
+    while (n < bytes.size() &&
+           (_state == state::request_line || _state == state::fields || _state == state::body)) {
+        if (_state == state::body) {
+            const std::size_t take =
+                std::min(bytes.size() - n, _content_length - _request.body.size());
+            _request.body.append(bytes.substr(n, take));
+            n += take;
+            _taken += take;
+            if (_request.body.size() == _content_length)
+                _state = state::done;
+            continue;
+        }
         const char c = bytes[n++];
         ++_taken;
         if (_state == state::request_line && _taken > max_request_line) {
@@ -180,7 +193,7 @@ void request_parser::field_line() {
     if (_line.empty()) {
         _request.keep_alive = _request.minor == 1 ? !_connection_close
                                                   : (_connection_keep_alive && !_connection_close);
-        _state = state::done;
+        _state = _content_length > 0 ? state::body : state::done;
         return;
     }
     if (++_fields > max_fields) {
@@ -200,13 +213,37 @@ void request_parser::field_line() {
     const auto name = l.substr(0, colon);
     const auto value = trim_ows(l.substr(colon + 1));
     if (iequals(name, "content-length")) {
-        if (value != "0") {
-            fail(400, "request with a body");
+        std::size_t len = 0;
+        if (value.empty() || value.size() > 9) {
+            fail(value.size() > 9 ? 413 : 400, "bad Content-Length");
             return;
         }
+        for (char c : value) {
+            if (c < '0' || c > '9') {
+                fail(400, "bad Content-Length");
+                return;
+            }
+            len = len * 10 + static_cast<std::size_t>(c - '0');
+        }
+        if (_have_length && len != _content_length) {
+            fail(400, "conflicting Content-Length fields");
+            return;
+        }
+        if (len > max_body) {
+            fail(413, fmt::format("body larger than {} octets", max_body));
+            return;
+        }
+        _have_length = true;
+        _content_length = len;
     } else if (iequals(name, "transfer-encoding")) {
-        fail(400, "request with a body (Transfer-Encoding)");
+        fail(400, "Transfer-Encoding is not supported (send Content-Length)");
         return;
+    } else if (iequals(name, "authorization")) {
+        if (!_request.authorization.empty()) {
+            fail(400, "more than one Authorization field");
+            return;
+        }
+        _request.authorization = std::string(value);
     } else if (iequals(name, "connection")) {
         std::string_view rest = value;
         while (!rest.empty()) {
@@ -227,6 +264,14 @@ std::string_view reason_phrase(int status) noexcept {
     switch (status) {
         case 200:
             return "OK";
+        case 202:
+            return "Accepted";
+        case 401:
+            return "Unauthorized";
+        case 409:
+            return "Conflict";
+        case 413:
+            return "Content Too Large";
         case 400:
             return "Bad Request";
         case 404:

@@ -49,6 +49,17 @@ smarthost = ""
 address = "127.0.0.1:8025"
 )";
 
+}  // namespace
+
+bool admin_config::loopback() const noexcept {
+    std::string_view a = address;
+    if (a.starts_with("[::1]:"))
+        return true;
+    return a.starts_with("127.");
+}
+
+namespace {
+
 // Values quoted in messages come from the file: keep them short and on one line.
 std::string shown(std::string_view v) {
     return fmt::format("\"{}\"", log::sanitize(v, 120));
@@ -1043,6 +1054,10 @@ const field<admin_config> admin_fields[] = {
              }
          }
      }},
+    {{"admin", "token_file", "path", "\"\"",
+      "file holding the bearer token every admin request but /healthz and /readyz must send; "
+      "required when address is not loopback"},
+     [](table_reader& r, std::string_view k, admin_config& a) { read_string(r, k, a.token_file); }},
 };
 
 // The defaults of a section: its fields' default texts read like a file of their own. They
@@ -1297,6 +1312,18 @@ parsed_config parse_config(std::string_view toml_text, std::string_view source_n
         c.delivery.helo_name = c.server.hostname;
     read_section<dns_config>(ctx, section(r, "dns"), "dns", dns_fields, c.dns);
     read_section<admin_config>(ctx, section(r, "admin"), "admin", admin_fields, c.admin);
+    if (c.admin.enabled() && !c.admin.loopback() && c.admin.token_file.empty()) {
+        const toml::table* at = root.get_as<toml::table>("admin");
+        const toml::node* n = at != nullptr ? at->get("address") : nullptr;
+        const std::string why = fmt::format(
+            "{} is not a loopback address: set admin.token_file (anyone who reaches it could "
+            "read and steer the queue)",
+            shown(c.admin.address));
+        if (n != nullptr)
+            ctx.fail(*n, "admin.token_file", why);
+        else
+            ctx.fail(root, "admin.token_file", why);
+    }
     if (const toml::table* at = root.get_as<toml::table>("admin"); at && !c.admin.address.empty()) {
         for (std::size_t i = 0; i < c.listen.size(); ++i) {
             if (c.listen[i].address == c.admin.address) {

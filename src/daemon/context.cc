@@ -11,8 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fcntl.h>
 #include <filesystem>
+#include <fstream>
 #include <system_error>
 #include <unistd.h>
 
@@ -261,6 +263,31 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
     // As many addresses as the per-shard tables of old held together, and at least 16384.
     lo.max_entries = std::max<std::size_t>(16384, std::size_t{4096} * ctx.shards);
     ctx.auth_limiter = std::make_unique<auth::failure_limiter>(lo);
+    ctx.metrics = std::make_unique<core::shard_metrics[]>(ctx.shards);
+    if (auto mb = admin::admin_mailbox::create(ctx.shards + 1); mb) {
+        ctx.admin_mailbox = std::move(*mb);
+    } else {
+        why = fmt::format("admin rings: {}", mb.error().message());
+        return std::nullopt;
+    }
+    ctx.suspensions_path =
+        (fs::path(cfg.server.spool_dir) / std::string(queue::suspensions::file_name)).string();
+    {
+        auto s = queue::suspensions::load_file(ctx.suspensions_path,
+                                               static_cast<std::int64_t>(std::time(nullptr)));
+        if (!s) {
+            why = fmt::format("suspensions file {}: {} (fix or remove it)", ctx.suspensions_path,
+                              s.error().message());
+            return std::nullopt;
+        }
+        ctx.suspensions = std::make_shared<const queue::suspensions>(std::move(*s));
+    }
+    if (cfg.admin.enabled() && !cfg.admin.token_file.empty()) {
+        auto t = load_admin_token(cfg, why);
+        if (!t)
+            return std::nullopt;
+        ctx.admin_token = std::move(*t);
+    }
     ctx.cfg = std::move(cfg);
     return ctx;
 }
@@ -384,7 +411,39 @@ std::shared_ptr<const queue::bounce_classifier> load_bounce_rules(const config::
     return std::make_shared<const queue::bounce_classifier>(std::move(*c));
 }
 
+std::optional<std::string> load_admin_token(const config::settings& cfg, std::string& why) {
+    const std::string& path = cfg.admin.token_file;
+    std::ifstream f(path);
+    std::string line;
+    if (!f || !std::getline(f, line)) {
+        why = fmt::format("admin.token_file: \"{}\": cannot read it", path);
+        return std::nullopt;
+    }
+    const auto b = line.find_first_not_of(" \t\r");
+    const auto e = line.find_last_not_of(" \t\r");
+    std::string token = b == std::string::npos ? std::string() : line.substr(b, e - b + 1);
+    if (token.size() < 16) {
+        why = fmt::format(
+            "admin.token_file: \"{}\": the first line must hold a token of at "
+            "least 16 characters",
+            path);
+        return std::nullopt;
+    }
+    for (const char c : token) {
+        if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
+            why = fmt::format(
+                "admin.token_file: \"{}\": the token has a blank or control "
+                "character",
+                path);
+            return std::nullopt;
+        }
+    }
+    return token;
+}
+
 bool check_context(const config::settings& cfg, std::string& why) {
+    if (cfg.admin.enabled() && !cfg.admin.token_file.empty() && !load_admin_token(cfg, why))
+        return false;
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
         const auto& l = cfg.listen[i];
         if (l.proxy_protocol && l.trusted_proxies.empty()) {

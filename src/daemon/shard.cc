@@ -71,6 +71,7 @@ void shard::spool_slot::on_streamed(int res, std::uint32_t) {
 shard::shard(unsigned id, const daemon_context& ctx)
     : core::shard_base(id, shard_options_for(ctx)), _ctx(ctx) {
     _engine_timer.owner = this;
+    _lag_timer.owner = this;
     _now_source = [this] { return ring().now(); };
 }
 
@@ -150,7 +151,7 @@ bool shard::start(std::string& why) {
         return false;
     }
     _network = std::make_unique<outbound::ring_network>(reactor(), buffers(), std::move(*resolver),
-                                                        _ctx.cfg.delivery.tls_ca_file);
+                                                        _ctx.cfg.delivery.tls_ca_file, metrics());
     auto settings =
         delivery::make_settings(_ctx.cfg, id(), _ctx.shards, _ctx.delivery.gauges.get());
     settings.bounces = _ctx.delivery.bounces;
@@ -162,6 +163,11 @@ bool shard::start(std::string& why) {
                                   });
     for (std::size_t i = 0; i < recovered_all.size(); ++i)
         _engine->add_recovered(*recovered_slots[i]->sp, recovered_all[i]);
+    if (_ctx.suspensions && !_ctx.suspensions->empty())
+        _engine->set_suspensions(_ctx.suspensions);
+    _ctx.admin_mailbox->attach(reactor(), id(), [this](unsigned, admin::control_message&& m) {
+        on_control(std::move(m));
+    });
 
     _tls_contexts.resize(_ctx.listeners.size());
     if (!refresh_tls(why))
@@ -198,8 +204,116 @@ bool shard::start(std::string& why) {
 void shard::started() {
     for (auto& l : _listeners)
         l->arm();
+    _lag_timer.due = reactor().now() + 250ms;
+    reactor().arm(_lag_timer, _lag_timer.due);
     log::info("shard {} ready: {} listener(s), ring flags {:#x}", id(), _listeners.size(),
               reactor().setup_flags());
+}
+
+void shard::on_lag_timer() {
+    const auto now = reactor().now();
+    core::shard_metrics& m = *metrics();
+    m.loop_lag_ns.set(std::max<std::int64_t>(
+        0, std::chrono::duration_cast<std::chrono::nanoseconds>(now - _lag_timer.due).count()));
+    publish_gauges();
+    _lag_timer.due = now + 250ms;
+    reactor().arm(_lag_timer, _lag_timer.due);
+}
+
+// The gauges /metrics shows, four times a second (a few relaxed stores).
+void shard::publish_gauges() {
+    core::shard_metrics& m = *metrics();
+    m.inbound_open.set(static_cast<std::int64_t>(_connections.size()));
+    m.outbound_open.set(static_cast<std::int64_t>(_engine->scheduler().counts().connections));
+    const auto& ledger = _engine->ledger();
+    m.queue_messages.set(static_cast<std::int64_t>(ledger.size()));
+    m.queue_recipients.set(static_cast<std::int64_t>(ledger.pending_recipients()));
+    m.queue_oldest_arrival.set(ledger.oldest_arrival());
+    std::uint64_t bytes = 0;
+    for (const auto& slot : _spools) {
+        const auto sm = slot->sp->metrics();
+        bytes += sm.segments_live * spool::options{}.segment_size + sm.journal_bytes;
+    }
+    m.spool_bytes.set(static_cast<std::int64_t>(bytes));
+}
+
+void shard::on_control(admin::control_message&& m) {
+    check_shard();
+    admin::control_message r;
+    r.token = m.token;
+    r.reply = true;
+    r.kind = m.kind;
+    const queue::steady_time now = this->now();
+    const std::int64_t unix = unix_now();
+    auto to_unix = [&](std::optional<queue::steady_time> t) -> std::int64_t {
+        if (!t)
+            return 0;
+        return unix + std::chrono::duration_cast<std::chrono::seconds>(*t - now).count();
+    };
+    switch (m.kind) {
+        case admin::request_kind::destinations:
+            for (auto& d : _engine->scheduler().destinations(m.ages)) {
+                admin::destination_row row;
+                row.key = std::move(d.key);
+                row.ready = d.ready;
+                row.deferred = d.deferred;
+                row.in_flight = d.in_flight;
+                row.connections = d.connections;
+                row.recipients = d.recipients;
+                row.next_attempt_unix = to_unix(d.next_attempt);
+                row.oldest_arrival_unix = d.oldest_arrival_unix;
+                row.last_reply = std::move(d.last_reply);
+                r.destinations.push_back(std::move(row));
+            }
+            break;
+        case admin::request_kind::message: {
+            if (const auto* lm = _engine->ledger().find(m.queue_id)) {
+                auto& md = r.message;
+                md.found = true;
+                md.sender = lm->sender;
+                md.arrival_unix = lm->arrival;
+                md.attempts = lm->attempts;
+                static constexpr const char* names[] = {"pending", "delivered", "bounced",
+                                                        "expired"};
+                for (std::size_t i = 0; i < lm->rcpts.size(); ++i) {
+                    const auto st =
+                        i < lm->state.size() ? lm->state[i] : queue::rcpt_state::pending;
+                    md.recipients.push_back({lm->rcpts[i], names[static_cast<int>(st)]});
+                }
+                if (spool::spool* sp = spool_for(m.queue_id)) {
+                    if (auto sm = sp->read(m.queue_id))
+                        md.size = sm->body.size();
+                }
+            }
+            const auto dests = _engine->scheduler().destinations();
+            for (auto& [key, job] : _engine->scheduler().jobs_of(m.queue_id)) {
+                admin::message_detail::job_row j;
+                j.destination = key;
+                j.rcpts.assign(job.rcpts.begin(), job.rcpts.end());
+                j.attempts = job.attempts;
+                if (job.next_attempt > now)
+                    j.next_attempt_unix = to_unix(job.next_attempt);
+                for (const auto& d : dests)
+                    if (d.key == key)
+                        j.last_reply = d.last_reply;
+                r.message.jobs.push_back(std::move(j));
+            }
+            break;
+        }
+        case admin::request_kind::suspensions:
+            _engine->set_suspensions(m.suspensions);
+            break;
+        case admin::request_kind::flush:
+            r.affected = _engine->flush(m.key);
+            break;
+        case admin::request_kind::bounce:
+            r.affected = _engine->bounce(m.key, m.queue_id, m.reason);
+            break;
+    }
+    // The admin thread keeps at most one request per connection out per shard (64), the ring
+    // holds 256: a full ring is a broken invariant, not load.
+    if (!_ctx.admin_mailbox->try_send(id(), _ctx.shards, std::move(r)))
+        core::invariant_broken("shard {}: the ring to the admin thread is full", id());
 }
 
 void shard::stopped() {
@@ -353,6 +467,9 @@ void shard::accepted_connection(core::ring_fd fd, const reception::listener_sett
         return;
     }
     (void)core::set_nodelay(fd.get());
+    if (const auto li = static_cast<std::size_t>(&l - _ctx.listeners.data());
+        li < core::shard_metrics::max_listeners)
+        metrics()->connections_accepted[li].add();
     const std::uint64_t cid = _connections.next_id();
     _connections
         .add(cid,
@@ -400,12 +517,16 @@ void shard::flush_commits() {
             continue;
         }
         slot->in_flight = true;
+        slot->submitted = reactor().now();
         reactor().write_chain(slot->requests, b->sync_fds, &slot->op, b->fsync_fds);
     }
 }
 
 void shard::batch_done(spool_slot& slot, int res) {
     check_shard();
+    if (slot.in_flight && res >= 0)
+        metrics()->spool_commit.observe(reactor().now() - slot.submitted);
+    metrics()->spool_failing.set(res >= 0 ? 0 : (res == -ENOSPC || res == -EDQUOT) ? 1 : 2);
     slot.in_flight = false;
     if (res < 0) {
         slot.backoff = slot.backoff.count() == 0

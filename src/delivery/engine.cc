@@ -267,6 +267,31 @@ void engine::add_recovered(spool::spool& sp, const spool::recovered_message& m) 
     submit(make_view(m.msg), pending, m.attempts, m.next_attempt);
 }
 
+void engine::set_suspensions(std::shared_ptr<const queue::suspensions> s) {
+    _oncore.check();
+    _sched.set_suspensions(std::move(s), _host.now(), _host.unix_now());
+    _dirty = true;
+}
+
+std::size_t engine::flush(std::string_view key) {
+    _oncore.check();
+    const std::size_t n = _sched.flush(key, _host.now());
+    _dirty = true;
+    return n;
+}
+
+std::size_t engine::bounce(std::string_view key, std::uint64_t queue_id, std::string_view reason) {
+    _oncore.check();
+    queue::attempt_reply why;
+    why.code = 550;
+    why.enhanced = "5.0.0";
+    why.text = reason.empty() ? std::string("bounced by the administrator")
+                              : fmt::format("bounced by the administrator: {}", reason);
+    const std::size_t n = _sched.bounce(key, queue_id, why, _host.now(), _host.unix_now());
+    _dirty = true;
+    return n;
+}
+
 void engine::add_committed(spool::spool& sp, spool::queue_id id) {
     _oncore.check();
     retry_bounces();
@@ -300,6 +325,8 @@ void engine::add_committed(spool::spool& sp, spool::queue_id id) {
                    spool::format_queue_id(id));
         return;
     }
+    if (core::shard_metrics* mt = _host.metrics())
+        mt->messages_received.add();
     std::vector<std::uint32_t> pending(view->rcpts.size());
     for (std::uint32_t i = 0; i < pending.size(); ++i)
         pending[i] = i;
@@ -391,7 +418,29 @@ void engine::apply_notice(const queue::job_notice& n) {
                       spool::format_queue_id(n.queue_id), log::sanitize(lm->rcpts[n.rcpts[i]]));
         }
     }
+    const std::int64_t arrival = lm != nullptr ? lm->arrival : 0;
     auto a = _ledger.apply(n, _host.unix_now());
+    if (core::shard_metrics* m = _host.metrics()) {
+        const double age =
+            arrival > 0 ? static_cast<double>(_host.unix_now_ms() - arrival * 1000) / 1000.0 : 0.0;
+        for (auto [i, o] : a.outcomes) {
+            (void)i;
+            if (o == spool::outcome::delivered)
+                m->rcpt_delivered.add();
+            else if (o == spool::outcome::bounced)
+                m->rcpt_bounced.add();
+            else if (o == spool::outcome::expired)
+                m->rcpt_expired.add();
+            else
+                continue;
+            m->delivery_latency.observe(age);
+        }
+        if (lm != nullptr) {
+            for (auto st : n.status)
+                if (st == queue::rcpt_status::deferred)
+                    m->rcpt_deferred.add();
+        }
+    }
     if (!sp)
         return;
     for (auto [i, o] : a.outcomes)

@@ -32,8 +32,12 @@ result<void> origin_ledger::add(ledger_message m) {
     spool::queue_id id = m.id;
     e.delay_noticed = m.delay_noticed;
     e.m = std::move(m);
+    const std::uint32_t pending = e.pending;
+    const std::int64_t arrival = e.m.arrival;
     if (!_entries.emplace(id, std::move(e)).second)
         return queue::errc::queue_full;  // already known: never twice
+    _pending_rcpts += pending;
+    ++_arrivals[arrival];
     return {};
 }
 
@@ -110,6 +114,7 @@ ledger_actions origin_ledger::apply(const queue::job_notice& n, std::int64_t now
                 e.m.state[r] = queue::rcpt_state::delivered;
                 a.outcomes.emplace_back(r, spool::outcome::delivered);
                 --e.pending;
+                --_pending_rcpts;
                 if (n.detail && !e.m.sender.empty() &&
                     std::find(n.detail->relayed.begin(), n.detail->relayed.end(), r) !=
                         n.detail->relayed.end()) {
@@ -124,6 +129,7 @@ ledger_actions origin_ledger::apply(const queue::job_notice& n, std::int64_t now
                 a.outcomes.emplace_back(
                     r, expired ? spool::outcome::expired : spool::outcome::bounced);
                 --e.pending;
+                --_pending_rcpts;
                 queue::failed_recipient f;
                 f.address = e.m.rcpts[r];
                 f.expired = expired;
@@ -181,6 +187,8 @@ ledger_actions origin_ledger::apply(const queue::job_notice& n, std::int64_t now
                 a.bounce = std::move(b);
             }
         }
+        if (auto ar = _arrivals.find(e.m.arrival); ar != _arrivals.end() && --ar->second == 0)
+            _arrivals.erase(ar);
         _entries.erase(it);
         return a;
     }

@@ -111,6 +111,7 @@ void outbound_connection::on_input_end(int) {
 void outbound_connection::on_transform_ready() {
     if (_session.wants_tls()) {
         clear_deadline();
+        count_tls(core::tls_result::ok);
         _session.on_tls_established();
     }
     pump();
@@ -119,6 +120,7 @@ void outbound_connection::on_transform_ready() {
 void outbound_connection::on_transform_failed(std::string_view why) {
     if (_session.wants_tls()) {
         log::warn("{} [{}]: STARTTLS failed: {}", _target.host, _target.ip, why);
+        count_tls(core::tls_result::failed);
         _session.on_tls_failed(why);
     } else {
         _session.on_connection_lost();
@@ -132,6 +134,7 @@ void outbound_connection::on_deadline() {
         return;
     }
     if (_session.wants_tls()) {
+        count_tls(core::tls_result::failed);
         _session.on_tls_failed("TLS handshake timed out");
         pump();
         return;

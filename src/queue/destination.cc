@@ -70,6 +70,7 @@ destination_queue::destination_queue(std::string key, const destination_policy& 
 void destination_queue::push(delivery_job job, steady_time now) {
     if (job.rcpts.empty())
         core::invariant_broken("destination_queue: job without recipients");
+    _queued_rcpts += job.rcpts.size();
     if (job.next_attempt <= now) {
         _ready.push_back(std::move(job));
         return;
@@ -95,6 +96,7 @@ std::optional<delivery_job> destination_queue::pop_ready() {
         return std::nullopt;
     delivery_job j = std::move(_ready.front());
     _ready.pop_front();
+    _queued_rcpts -= j.rcpts.size();
     return j;
 }
 
@@ -112,6 +114,48 @@ std::vector<delivery_job> destination_queue::take_all_ready() {
     std::vector<delivery_job> out(std::make_move_iterator(_ready.begin()),
                                   std::make_move_iterator(_ready.end()));
     _ready.clear();
+    for (const auto& j : out)
+        _queued_rcpts -= j.rcpts.size();
+    return out;
+}
+
+std::size_t destination_queue::promote_all() {
+    const std::size_t n = _deferred.size();
+    while (!_deferred.empty()) {
+        std::pop_heap(_deferred.begin(), _deferred.end(), later);
+        _ready.push_back(std::move(_deferred.back().job));
+        _deferred.pop_back();
+    }
+    return n;
+}
+
+std::vector<delivery_job> destination_queue::take_if(
+    const std::function<bool(const delivery_job&)>& pred, std::size_t& ready_taken) {
+    std::vector<delivery_job> out;
+    ready_taken = 0;
+    for (auto it = _ready.begin(); it != _ready.end();) {
+        if (pred(*it)) {
+            out.push_back(std::move(*it));
+            it = _ready.erase(it);
+            ++ready_taken;
+        } else {
+            ++it;
+        }
+    }
+    bool removed = false;
+    for (auto it = _deferred.begin(); it != _deferred.end();) {
+        if (pred(it->job)) {
+            out.push_back(std::move(it->job));
+            it = _deferred.erase(it);
+            removed = true;
+        } else {
+            ++it;
+        }
+    }
+    if (removed)
+        std::make_heap(_deferred.begin(), _deferred.end(), later);
+    for (const auto& j : out)
+        _queued_rcpts -= j.rcpts.size();
     return out;
 }
 

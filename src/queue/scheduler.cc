@@ -36,7 +36,9 @@ struct scheduler::dest {
     std::vector<std::uint64_t> idle_conns;
     bool listed = false;
     std::list<dest*>::iterator pos;
-    std::optional<steady_time> armed;  // earliest deferred-timer entry pushed for it
+    std::optional<steady_time> armed;            // earliest deferred-timer entry pushed for it
+    std::optional<steady_time> suspended_until;  // an operator's or shaping's suspension
+    std::string last_reply;                      // of the last failed attempt
 };
 
 struct scheduler::conn {
@@ -70,7 +72,131 @@ scheduler::dest& scheduler::owned_dest(std::string_view key, steady_time now) {
     dest& ref = *d;
     _by_id.emplace(ref.id, &ref);
     _owned.emplace(ref.q.key(), std::move(d));
+    apply_suspension(ref);
     return ref;
+}
+
+void scheduler::apply_suspension(dest& d) {
+    d.suspended_until.reset();
+    if (!_suspensions || _suspensions->empty())
+        return;
+    const std::int64_t now_unix =
+        _unix_offset +
+        std::chrono::duration_cast<std::chrono::seconds>(_susp_now.time_since_epoch()).count();
+    if (const suspension* s =
+            _suspensions->find(suspension_kind::domain, d.q.key(), "", now_unix)) {
+        d.suspended_until = _susp_now + std::chrono::seconds(s->until_unix - now_unix);
+    }
+}
+
+void scheduler::set_suspensions(std::shared_ptr<const suspensions> s, steady_time now,
+                                std::int64_t now_unix) {
+    _oncore.check();
+    _suspensions = std::move(s);
+    _susp_now = now;
+    _unix_offset =
+        now_unix - std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+    for (auto& [id, d] : _by_id) {
+        (void)id;
+        apply_suspension(*d);
+        if (d->q.counts().ready > 0)
+            note_runnable(*d);
+    }
+}
+
+std::size_t scheduler::flush(std::string_view key, steady_time now) {
+    _oncore.check();
+    std::size_t n = 0;
+    for (auto& [id, d] : _by_id) {
+        (void)id;
+        if (!key.empty() && d->q.key() != key)
+            continue;
+        const std::size_t k = d->q.promote_all();
+        if (k > 0) {
+            _ready += k;
+            n += k;
+            note_runnable(*d);
+        }
+    }
+    (void)now;
+    return n;
+}
+
+std::size_t scheduler::bounce(std::string_view key, std::uint64_t queue_id,
+                              const attempt_reply& why, steady_time now, std::int64_t now_unix) {
+    _oncore.check();
+    std::size_t rcpts = 0;
+    std::vector<dest*> touched;
+    for (auto& [id, d] : _by_id) {
+        (void)id;
+        if (!key.empty() && d->q.key() != key)
+            continue;
+        std::size_t ready_taken = 0;
+        auto jobs = d->q.take_if(
+            [&](const delivery_job& j) { return !key.empty() || j.queue_id == queue_id; },
+            ready_taken);
+        if (jobs.empty())
+            continue;
+        _ready -= ready_taken;
+        for (auto& j : jobs) {
+            std::vector<rcpt_result> results;
+            results.reserve(j.rcpts.size());
+            for (auto r : j.rcpts)
+                results.push_back({r, rcpt_status::failed, &why, false});
+            rcpts += j.rcpts.size();
+            finish_job(*d, std::move(j), results, &why, now, now_unix);
+        }
+        touched.push_back(d);
+    }
+    for (dest* d : touched)
+        maybe_retire(*d);
+    return rcpts;
+}
+
+std::vector<destination_info> scheduler::destinations(bool ages) const {
+    _oncore.check();
+    std::vector<destination_info> out;
+    out.reserve(_by_id.size());
+    for (const auto& [id, d] : _by_id) {
+        (void)id;
+        destination_info i;
+        i.key = d->q.key();
+        i.borrowed = d->borrowed;
+        const destination_counts c = d->q.counts();
+        i.ready = c.ready;
+        i.deferred = c.deferred;
+        i.in_flight = c.in_flight;
+        i.connections = d->connecting + d->established;
+        i.next_attempt = d->q.next_deferred();
+        i.recipients = d->q.queued_recipients();
+        if (ages) {
+            d->q.for_each_job([&](const delivery_job& j) {
+                if (i.oldest_arrival_unix == 0 || j.arrival_unix < i.oldest_arrival_unix)
+                    i.oldest_arrival_unix = j.arrival_unix;
+            });
+        }
+        i.last_reply = d->last_reply;
+        out.push_back(std::move(i));
+    }
+    return out;
+}
+
+std::vector<std::pair<std::string, delivery_job>> scheduler::jobs_of(std::uint64_t queue_id) const {
+    _oncore.check();
+    std::vector<std::pair<std::string, delivery_job>> out;
+    for (const auto& [id, d] : _by_id) {
+        (void)id;
+        d->q.for_each_job([&](const delivery_job& j) {
+            if (j.queue_id == queue_id)
+                out.emplace_back(d->q.key(), j);
+        });
+    }
+    for (const auto& [id, r] : _running) {
+        (void)id;
+        if (r.job.queue_id == queue_id)
+            out.emplace_back(r.d->q.key(), r.job);
+    }
+    return out;
 }
 
 void scheduler::note_runnable(dest& d) {
@@ -158,6 +284,7 @@ std::optional<job_notice> scheduler::receive(unsigned from, shard_message&& msg,
         if (!d->slots)
             core::invariant_broken("scheduler: lease without a slot counter");
         _by_id.emplace(d->id, d.get());
+        apply_suspension(*d);
         if (!_borrowed.emplace(lease_key(from, g->lease), std::move(d)).second)
             core::invariant_broken("scheduler: lease granted twice");
         return std::nullopt;
@@ -242,6 +369,13 @@ action scheduler::next_action(steady_time now) {
             _runnable.erase(d.pos);
             d.listed = false;
             continue;
+        }
+        if (d.suspended_until) {
+            if (now < *d.suspended_until) {
+                consider(*d.suspended_until);
+                continue;  // no new attempt; what runs finishes
+            }
+            d.suspended_until.reset();
         }
         if (!d.idle_conns.empty()) {
             if (d.q.bucket().try_take(now)) {
@@ -374,6 +508,16 @@ void scheduler::finish_job(dest& d, delivery_job job, std::span<const rcpt_resul
                            const attempt_reply* all, steady_time now, std::int64_t now_unix) {
     --_jobs;
     ++job.attempts;
+    if (all != nullptr) {
+        d.last_reply = all->to_string();
+    } else {
+        for (const auto& res : results) {
+            if (res.status != rcpt_status::delivered && res.reply != nullptr) {
+                d.last_reply = res.reply->to_string();
+                break;
+            }
+        }
+    }
     job_notice n;
     n.queue_id = job.queue_id;
     n.attempts = job.attempts;

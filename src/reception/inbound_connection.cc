@@ -65,8 +65,10 @@ smtp::auth_step inbound_auth::start(std::string_view mechanism,
             log::warn("connection {}: no random bytes for a CRAM-MD5 challenge", _c._id);
             return smtp::auth_step::failure(454, "4.7.0", "Temporary authentication failure");
         }
+        _mech = *m;
         _sasl.emplace(*m, std::move(*challenge));
     } else {
+        _mech = *m;
         _sasl.emplace(*m);
     }
     std::optional<std::string_view> ir;
@@ -88,7 +90,18 @@ void inbound_auth::cancel() noexcept {
     auth::wipe(_user);
 }
 
+void inbound_auth::count(bool ok) noexcept {
+    core::shard_metrics* m = _c._host.metrics();
+    if (m == nullptr)
+        return;
+    const auto i = _mech == auth::mechanism::cram_md5 ? core::auth_mech::cram_md5
+                   : _mech == auth::mechanism::login  ? core::auth_mech::login
+                                                      : core::auth_mech::plain;
+    m->auth[static_cast<std::size_t>(i)][ok ? 0 : 1].add();
+}
+
 smtp::auth_step inbound_auth::failed_attempt() {
+    count(false);
     host& sh = _c._host;
     sh.auth_limiter().record_failure(_c._peer.addr(), sh.reactor().now());
     return smtp::auth_step::failure(535, "5.7.8", "Error: authentication failed");
@@ -131,6 +144,7 @@ std::optional<smtp::auth_step> inbound_auth::on_verdict(auth::verdict v) {
         case auth::verdict::ok:
             log::info("connection {} from {}: authenticated as {}", _c._id, _c._peer_text,
                       log::sanitize(_user));
+            count(true);
             return smtp::auth_step::success(std::move(_user));
         case auth::verdict::fail:
             log::info("connection {} from {}: AUTH failed for {}", _c._id, _c._peer_text,
@@ -434,6 +448,8 @@ void inbound_connection::tls_broken(bool handshake, std::string_view why) {
     _tls_dead = true;
     if (handshake) {
         _host.count_tls_failure();
+        if (core::shard_metrics* m = _host.metrics())
+            m->tls_handshakes[0][static_cast<std::size_t>(core::tls_result::failed)].add();
         log::info("connection {} from {}: TLS handshake failed: {}", _id, _peer_text, why);
     } else {
         log::info("connection {} from {}: TLS error: {}", _id, _peer_text, why);
@@ -449,6 +465,8 @@ void inbound_connection::tls_broken(bool handshake, std::string_view why) {
 
 void inbound_connection::on_transform_ready() {
     _tls_up = true;
+    if (core::shard_metrics* m = _host.metrics())
+        m->tls_handshakes[0][static_cast<std::size_t>(core::tls_result::ok)].add();
     smtp::tls_details d{std::string(_tls->version()), std::string(_tls->cipher())};
     log::info("connection {} from {}: TLS {} {}{}{}", _id, _peer_text, d.protocol, d.cipher,
               _tls->resumed() ? " (resumed)" : "",
@@ -471,7 +489,21 @@ void inbound_connection::on_transform_failed(std::string_view why) {
 
 // --- the protocol's side ---------------------------------------------------------------------
 
+void inbound_connection::publish_rejections() noexcept {
+    core::shard_metrics* m = _host.metrics();
+    if (m == nullptr || !_session)
+        return;
+    const auto& now = _session->stats().rejected;
+    for (std::size_t i = 0; i < now.size(); ++i) {
+        if (now[i] != _rejected_seen[i]) {
+            m->rejected[i].add(now[i] - _rejected_seen[i]);
+            _rejected_seen[i] = now[i];
+        }
+    }
+}
+
 void inbound_connection::pump() {
+    publish_rejections();
     if (closing())
         return;
     // One batch at a time: replies made meanwhile wait for it and go out together.
@@ -549,6 +581,7 @@ void inbound_connection::start_close(bool flush) {
 }
 
 void inbound_connection::log_disconnect() {
+    publish_rejections();
     const smtp::session_stats st = _session ? _session->stats() : smtp::session_stats{};
     log::info(
         "disconnect from {} (connection {}) ehlo={} helo={} mail={} rcpt={} data={} bdat={} "

@@ -201,6 +201,17 @@ void server_session::reply(unsigned code, std::string_view enhanced, std::string
     if (!is_error_reply(code))
         return;
     ++_stats.errors;
+    auto refused = [&](core::rejection r) { ++_stats.rejected[static_cast<std::size_t>(r)]; };
+    if (enhanced == "5.7.1")
+        refused(core::rejection::relay_denied);
+    else if (enhanced == "5.3.4")
+        refused(core::rejection::too_big);
+    else if (enhanced == "5.6.0")
+        refused(core::rejection::bad_content);
+    else if ((code == 451 || code == 452) && enhanced.starts_with("4.3."))
+        refused(core::rejection::storage);
+    else if (code == 530)
+        refused(core::rejection::auth_required);
     if (counts && ++_error_count >= _config.max_errors && _state != state::closed) {
         close_with("4.7.0", "Error: too many errors");
     }

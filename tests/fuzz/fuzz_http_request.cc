@@ -5,7 +5,8 @@
 // the requests read (method, target, version, keep-alive) nor the final failure (status and
 // reason); the reader takes at most its input, nothing once done or failed, never more than its
 // size limits for one request; a request it accepts has a token method, a target that starts
-// with '/', HTTP/1.0 or 1.1; a failure's status is one of 400, 414, 431, 505.
+// with '/', HTTP/1.0 or 1.1, a body of at most max_body octets; a failure's status is one of
+// 400, 413, 414, 431, 505.
 #include "ringmail/admin/http.h"
 
 #include "fuzz_check.h"
@@ -33,12 +34,14 @@ outcome run(const std::vector<std::string_view>& chunks) {
         while (!chunk.empty()) {
             const std::size_t n = p.feed(chunk);
             check(n <= chunk.size(), "feed takes at most its input");
-            check(p.size() <= request_parser::max_header_bytes + 1, "one request within bounds");
+            check(p.size() <= request_parser::max_header_bytes + 1 + request_parser::max_body,
+                  "one request within bounds");
             chunk.remove_prefix(n);
             if (p.failed()) {
                 check(p.feed("GET / HTTP/1.1\r\n\r\n") == 0, "a failed reader takes nothing");
                 const int s = p.error_status();
-                check(s == 400 || s == 414 || s == 431 || s == 505, "a known failure status");
+                check(s == 400 || s == 413 || s == 414 || s == 431 || s == 505,
+                      "a known failure status");
                 o.status = s;
                 o.error = p.error();
                 return o;
@@ -49,6 +52,7 @@ outcome run(const std::vector<std::string_view>& chunks) {
                 check(!r.target.empty() && r.target[0] == '/', "an origin-form target");
                 check(r.minor <= 1, "HTTP/1.0 or 1.1");
                 check(r.path().size() <= r.target.size(), "the path is part of the target");
+                check(r.body.size() <= request_parser::max_body, "a bounded body");
                 o.requests.push_back(r);
                 p.reset();
                 continue;
@@ -61,7 +65,7 @@ outcome run(const std::vector<std::string_view>& chunks) {
 
 bool same(const http_request& a, const http_request& b) {
     return a.method == b.method && a.target == b.target && a.minor == b.minor &&
-           a.keep_alive == b.keep_alive;
+           a.keep_alive == b.keep_alive && a.authorization == b.authorization && a.body == b.body;
 }
 
 }  // namespace

@@ -1,14 +1,15 @@
 // The admin endpoint's HTTP/1.1 (RFC 9112) request reader and response writer: just enough
-// for a balancer's or an orchestrator's probes (GET/HEAD of a path, keep-alive, no bodies).
+// for probes, scrapers, ringmailctl and the status page (a path, keep-alive, the
+// Authorization field, a small body sized by Content-Length).
 //
 // A pure machine: bytes in, split anywhere; it takes one request's octets (request line and
 // header fields, up to the empty line) and leaves what follows for the next request. Owned by
 // one admin connection (the admin thread). Bounded: the request line is at most
 // max_request_line octets, the header block at most max_header_bytes, at most max_fields
-// fields. Anything else fails for good with the status to answer before closing: 400 (syntax:
-// no CRLF, bare CR or LF, obsolete line folding, a bad field name, a request with a body,
-// Transfer-Encoding), 414 (request line too long), 431 (header block too large), 505 (not
-// HTTP/1.x).
+// fields, a body at most max_body octets. Anything else fails for good with the status to
+// answer before closing: 400 (syntax: no CRLF, bare CR or LF, obsolete line folding, a bad
+// field name, a bad or repeated Content-Length, Transfer-Encoding), 413 (body too large), 414
+// (request line too long), 431 (header block too large), 505 (not HTTP/1.x).
 #pragma once
 
 #include <cstddef>
@@ -19,10 +20,12 @@
 namespace ringmail::admin {
 
 struct http_request {
-    std::string method;      // as sent (methods are case-sensitive)
-    std::string target;      // origin-form, query included ("/readyz?x=1")
-    unsigned minor = 1;      // HTTP/1.<minor>
-    bool keep_alive = true;  // HTTP/1.1 without "Connection: close", or 1.0 with keep-alive
+    std::string method;         // as sent (methods are case-sensitive)
+    std::string target;         // origin-form, query included ("/readyz?x=1")
+    unsigned minor = 1;         // HTTP/1.<minor>
+    bool keep_alive = true;     // HTTP/1.1 without "Connection: close", or 1.0 with keep-alive
+    std::string authorization;  // the Authorization field's value, "" when absent
+    std::string body;           // Content-Length octets, as sent
 
     // The target without its query.
     std::string_view path() const noexcept;
@@ -33,6 +36,7 @@ class request_parser {
     static constexpr std::size_t max_request_line = 1024;
     static constexpr std::size_t max_header_bytes = 8192;
     static constexpr std::size_t max_fields = 64;
+    static constexpr std::size_t max_body = 16384;
 
     // Takes octets of one request from the front of `bytes`; returns how many. Takes nothing
     // once done or failed.
@@ -50,7 +54,7 @@ class request_parser {
     void reset();
 
   private:
-    enum class state : std::uint8_t { request_line, fields, done, failed };
+    enum class state : std::uint8_t { request_line, fields, body, done, failed };
 
     void fail(int status, std::string why);
     void line_done();
@@ -64,6 +68,8 @@ class request_parser {
     std::size_t _fields = 0;
     bool _connection_close = false;
     bool _connection_keep_alive = false;
+    bool _have_length = false;
+    std::size_t _content_length = 0;
     http_request _request;
     int _status = 0;
     std::string _error;

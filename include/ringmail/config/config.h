@@ -162,7 +162,10 @@ struct dns_config {
 
 struct admin_config {
     std::string address = "127.0.0.1:8025";  // canonical "ip:port"; empty = disabled
+    std::string token_file;  // one bearer token; "" = no authentication (loopback only)
     bool enabled() const noexcept { return !address.empty(); }
+    // The address is 127.0.0.0/8 or [::1].
+    bool loopback() const noexcept;
 };
 
 struct settings {

@@ -9,11 +9,13 @@
 // while the shards run is reload_state (SIGHUP).
 #pragma once
 
+#include "ringmail/admin/control.h"
 #include "ringmail/auth/credential_store.h"
 #include "ringmail/auth/failure_limiter.h"
 #include "ringmail/auth/verifier.h"
 #include "ringmail/config/config.h"
 #include "ringmail/core/mailbox.h"
+#include "ringmail/core/metrics.h"
 #include "ringmail/core/result.h"
 #include "ringmail/core/socket.h"
 #include "ringmail/delivery/messages.h"
@@ -83,7 +85,21 @@ struct daemon_context {
     // One failed-AUTH count per client address for the whole daemon (a table of atomic words:
     // the shards share it without a lock). Always present; used only where AUTH is offered.
     std::unique_ptr<auth::failure_limiter> auth_limiter;
+    // metrics[i]: what shard i publishes for /metrics (it writes, the admin thread reads).
+    std::unique_ptr<core::shard_metrics[]> metrics;
+    // The admin thread's rings to and from the shards (it is participant `shards`).
+    std::unique_ptr<admin::admin_mailbox> admin_mailbox;
+    // The suspensions restored from spool_dir at start-up (the shards start with them; the
+    // admin thread holds the master copy after that).
+    std::shared_ptr<const queue::suspensions> suspensions;
+    std::string suspensions_path;
+    // admin.token_file's token; "" without one.
+    std::string admin_token;
 };
+
+// admin.token_file's token: the file's first line without surrounding blanks. nullopt with
+// `why` when the file cannot be read or holds no token.
+std::optional<std::string> load_admin_token(const config::settings& cfg, std::string& why);
 
 // Derives everything from `cfg` (loads certificates and the users file, starts the verifier's
 // workers); `why` gets the one-line reason on failure.

@@ -55,6 +55,7 @@ class shard final : public core::shard_base, public reception::host, public deli
         return _tls_contexts[index];
     }
     void count_tls_failure() noexcept override { ++_tls_failures; }
+    core::shard_metrics* metrics() noexcept override { return &_ctx.metrics[id()]; }
     auth::failure_limiter& auth_limiter() noexcept override { return *_ctx.auth_limiter; }
     auth::verifier* verifier() noexcept override { return _ctx.verifier.get(); }
     const std::shared_ptr<dkim::signer>& dkim_signer() const noexcept override { return _dkim; }
@@ -90,6 +91,7 @@ class shard final : public core::shard_base, public reception::host, public deli
         shard* owner = nullptr;
         unsigned dir_shard = 0;  // N of the shard-<N> directory
         bool in_flight = false;
+        core::reactor::clock::time_point submitted{};  // the batch in flight
         std::vector<core::write_request> requests;
         void on_written(int res, std::uint32_t flags);
         core::member_completion<spool_slot, &spool_slot::on_written> op{this};
@@ -104,6 +106,16 @@ class shard final : public core::shard_base, public reception::host, public deli
         shard* owner = nullptr;
         void on_expire() override { owner->_engine->on_timer(); }
     };
+    // Every 250 ms: how late it fires is the loop's lag; the gauges are published then.
+    struct lag_timer final : core::timer {
+        shard* owner = nullptr;
+        core::reactor::clock::time_point due{};
+        void on_expire() override { owner->on_lag_timer(); }
+    };
+    void on_lag_timer();
+    // A question or an order of the admin thread; answered at once through the admin rings.
+    void on_control(admin::control_message&& m);
+    void publish_gauges();
 
     // core::shard_base
     bool start(std::string& why) override;
@@ -134,6 +146,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     std::unique_ptr<outbound::ring_network> _network;
     std::unique_ptr<delivery::engine> _engine;
     engine_timer _engine_timer;
+    lag_timer _lag_timer;
     core::connection_set<reception::inbound_connection> _connections;  // reaped per iteration
     bool _input_held = false;  // a connection stopped reading: the spool was over its budget
 

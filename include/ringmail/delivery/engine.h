@@ -115,6 +115,10 @@ class engine final : private outbound::link_handler {
     bool idle();
 
     const queue::scheduler& scheduler() const noexcept { return _sched; }
+    // The operator's controls (the admin API, through the shard): see queue::scheduler.
+    void set_suspensions(std::shared_ptr<const queue::suspensions> s);
+    std::size_t flush(std::string_view key);
+    std::size_t bounce(std::string_view key, std::uint64_t queue_id, std::string_view reason);
     const origin_ledger& ledger() const noexcept { return _ledger; }
 
   private:

@@ -4,6 +4,7 @@
 // with a clock they move by hand. Used on the owning shard's thread only.
 #pragma once
 
+#include "ringmail/core/metrics.h"
 #include "ringmail/delivery/delivery_log.h"
 #include "ringmail/delivery/messages.h"
 #include "ringmail/queue/destination.h"
@@ -30,6 +31,8 @@ class host {
     virtual spool::spool* spool_for(spool::queue_id id) noexcept = 0;
     virtual spool::spool& own_spool() noexcept = 0;
     virtual delivery_log& events() noexcept = 0;
+    // Where this shard publishes its counters (/metrics); null: not counted (tests).
+    virtual core::shard_metrics* metrics() noexcept { return nullptr; }
     // To shard `to`'s engine; false when its ring is full (the caller keeps the message).
     virtual bool send(unsigned to, shard_message&& m) = 0;
     // Drain: nothing waits in this shard's incoming rings (approximately; see engine::idle).

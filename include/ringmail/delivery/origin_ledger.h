@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -68,6 +69,12 @@ class origin_ledger {
     std::size_t size() const noexcept { return _entries.size(); }
     std::size_t max_messages() const noexcept { return _max; }
     std::uint64_t stale() const noexcept { return _stale; }
+    // Recipients not final yet, over every message held.
+    std::size_t pending_recipients() const noexcept { return _pending_rcpts; }
+    // The arrival (unix seconds) of the oldest message held; 0 when empty.
+    std::int64_t oldest_arrival() const noexcept {
+        return _arrivals.empty() ? 0 : _arrivals.begin()->first;
+    }
 
   private:
     struct entry {
@@ -82,6 +89,8 @@ class origin_ledger {
     std::chrono::seconds _delay_warning;
     std::unordered_map<spool::queue_id, entry> _entries;
     std::uint64_t _stale = 0;
+    std::size_t _pending_rcpts = 0;
+    std::map<std::int64_t, std::uint32_t> _arrivals;  // arrival second -> messages
 };
 
 }  // namespace ringmail::delivery

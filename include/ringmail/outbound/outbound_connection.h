@@ -13,6 +13,7 @@
 #pragma once
 
 #include "ringmail/core/buffer_ring.h"
+#include "ringmail/core/metrics.h"
 #include "ringmail/core/reactor.h"
 #include "ringmail/core/socket.h"
 #include "ringmail/core/stream_connection.h"
@@ -39,6 +40,8 @@ class outbound_connection final : public core::stream_connection, public link {
                         std::uint64_t id, outbound_target target,
                         const outbound_settings& settings);
     ~outbound_connection() override;
+    // STARTTLS handshakes are counted there (null: not counted).
+    void set_metrics(core::shard_metrics* m) noexcept { _metrics = m; }
 
     // link
     void connect() override;
@@ -82,6 +85,11 @@ class outbound_connection final : public core::stream_connection, public link {
     const outbound_settings _settings;
     smtp::client_session _session;
     tls::session* _tls = nullptr;  // the stream's transform after STARTTLS
+    core::shard_metrics* _metrics = nullptr;
+    void count_tls(core::tls_result r) noexcept {
+        if (_metrics != nullptr)
+            _metrics->tls_handshakes[1][static_cast<std::size_t>(r)].add();
+    }
     std::uint32_t _transactions = 0;
     bool _pieces_out = false;  // the session's pieces are the stream's batch (end_send owed)
     bool _established = false;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "ringmail/core/buffer_ring.h"
+#include "ringmail/core/metrics.h"
 #include "ringmail/core/reactor.h"
 #include "ringmail/dns/resolver.h"
 #include "ringmail/outbound/link.h"
@@ -20,7 +21,8 @@ namespace ringmail::outbound {
 class ring_network final : public network {
   public:
     ring_network(core::reactor& r, core::buffer_ring& buffers,
-                 std::unique_ptr<dns::resolver> resolver, std::string tls_ca_file);
+                 std::unique_ptr<dns::resolver> resolver, std::string tls_ca_file,
+                 core::shard_metrics* metrics = nullptr);
     ~ring_network() override;
 
     std::unique_ptr<link> make_link(link_handler& handler, std::uint64_t id, outbound_target target,
@@ -32,10 +34,13 @@ class ring_network final : public network {
     bool idle() const override;
 
   private:
+    route_callback counted(route_callback cb);
+
     core::reactor& _reactor;
     core::buffer_ring& _buffers;
     std::unique_ptr<dns::resolver> _resolver;
     std::string _tls_ca_file;
+    core::shard_metrics* _metrics;                       // null: not counted
     std::shared_ptr<const tls::client_context> _tls[2];  // opportunistic, verify
     bool _tls_tried[2] = {false, false};
 };

@@ -101,6 +101,21 @@ class destination_queue {
     std::optional<steady_time> next_deferred() const;
     // Every ready job, oldest first (a failed connection defers them all).
     std::vector<delivery_job> take_all_ready();
+    // Every deferred job becomes ready now (the operator's flush); returns how many.
+    std::size_t promote_all();
+    // Removes the jobs (ready or deferred) `pred` selects; `ready_taken` counts the ready ones.
+    std::vector<delivery_job> take_if(const std::function<bool(const delivery_job&)>& pred,
+                                      std::size_t& ready_taken);
+    // Recipients of the queued (ready and deferred) jobs.
+    std::size_t queued_recipients() const noexcept { return _queued_rcpts; }
+    // Every queued job (ready, then deferred), for the admin API.
+    template <typename F>
+    void for_each_job(F&& f) const {
+        for (const auto& j : _ready)
+            f(j);
+        for (const auto& t : _deferred)
+            f(t.job);
+    }
 
     // The scheduler's bookkeeping of this shard's use of the destination.
     void job_started() noexcept { ++_in_flight; }
@@ -132,7 +147,8 @@ class destination_queue {
     destination_policy _policy;
     token_bucket _bucket;
     std::deque<delivery_job> _ready;
-    std::vector<timed> _deferred;  // min-heap by (when, seq)
+    std::vector<timed> _deferred;   // min-heap by (when, seq)
+    std::size_t _queued_rcpts = 0;  // recipients of the ready and deferred jobs
     std::uint64_t _seq = 0;
     std::size_t _in_flight = 0;
     std::uint32_t _connections = 0;

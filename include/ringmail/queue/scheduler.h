@@ -20,6 +20,7 @@
 #include "ringmail/queue/domain_policy.h"
 #include "ringmail/queue/handoff.h"
 #include "ringmail/queue/retry.h"
+#include "ringmail/queue/suspensions.h"
 
 #include <chrono>
 #include <cstddef>
@@ -92,6 +93,17 @@ struct rcpt_result {
     // Delivered to a hop without DSN while NOTIFY asked SUCCESS: the reply goes into the
     // notice too, marked relayed (RFC 3461 5.2.2).
     bool relayed_notice = false;
+};
+
+// One destination as the admin API shows it (this shard's part of it).
+struct destination_info {
+    std::string key;
+    bool borrowed = false;
+    std::size_t ready = 0, deferred = 0, in_flight = 0, connections = 0;
+    std::size_t recipients = 0;               // in the queued jobs (ready and deferred)
+    std::optional<steady_time> next_attempt;  // the earliest deferred job
+    std::int64_t oldest_arrival_unix = 0;     // 0 = no job queued
+    std::string last_reply;                   // of the last attempt that failed, "" = none
 };
 
 struct scheduler_counts {
@@ -174,6 +186,25 @@ class scheduler {
     bool has_outgoing() const noexcept { return !_outbox.empty(); }
 
     scheduler_counts counts() const;
+
+    // --- the operator's controls (admin API) ---
+    // The suspensions in force (null = none). A suspended destination starts no new
+    // transaction and opens no connection until its suspension ends; running jobs finish.
+    // Call again whenever the set changes (resume: its jobs become runnable at once).
+    void set_suspensions(std::shared_ptr<const suspensions> s, steady_time now,
+                         std::int64_t now_unix);
+    // Deferred jobs of destination `key` ("" = every destination) are ready now; how many.
+    std::size_t flush(std::string_view key, steady_time now);
+    // The queued jobs of `key` (or, with key "", those of message `queue_id`) fail now with
+    // `why` (a 5xx): notices go to their origins, which bounce as usual. How many recipients.
+    std::size_t bounce(std::string_view key, std::uint64_t queue_id, const attempt_reply& why,
+                       steady_time now, std::int64_t now_unix);
+    // Owned and borrowed destinations with something queued, running or connected. `ages`:
+    // also oldest_arrival_unix, a walk over every queued job (the queue API); without it the
+    // cost is one entry per destination (/metrics).
+    std::vector<destination_info> destinations(bool ages = true) const;
+    // The jobs of message `queue_id` queued here, with their destination key.
+    std::vector<std::pair<std::string, delivery_job>> jobs_of(std::uint64_t queue_id) const;
     // Nothing held: no job, connection, lease (either way) or outgoing message.
     bool idle() const;
     // The load this shard publishes in the spare gauge.
@@ -189,6 +220,7 @@ class scheduler {
     };
 
     dest& owned_dest(std::string_view key, steady_time now);
+    void apply_suspension(dest& d);
     void enqueue(dest& d, delivery_job job, steady_time now);
     void note_runnable(dest& d);
     void arm_deferred(dest& d);
@@ -240,6 +272,10 @@ class scheduler {
     std::uint64_t _lent_jobs = 0;
     steady_time _last_spread{};
     std::uint32_t _published = ~0u;
+    std::shared_ptr<const suspensions> _suspensions;
+    // unix seconds - steady seconds, as of the last set_suspensions (to place expiries).
+    std::int64_t _unix_offset = 0;
+    steady_time _susp_now{};
 };
 
 }  // namespace ringmail::queue

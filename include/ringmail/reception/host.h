@@ -7,6 +7,7 @@
 #include "ringmail/auth/failure_limiter.h"
 #include "ringmail/auth/verifier.h"
 #include "ringmail/core/buffer_ring.h"
+#include "ringmail/core/metrics.h"
 #include "ringmail/core/reactor.h"
 #include "ringmail/core/socket.h"
 #include "ringmail/dkim/signer.h"
@@ -34,6 +35,8 @@ class host {
     virtual const std::shared_ptr<const tls::server_context>& tls_context(
         std::size_t index) const = 0;
     virtual void count_tls_failure() noexcept = 0;
+    // Where this shard publishes its counters (/metrics); null: not counted (tests).
+    virtual core::shard_metrics* metrics() noexcept { return nullptr; }
     virtual auth::failure_limiter& auth_limiter() noexcept = 0;
     virtual auth::verifier* verifier() noexcept = 0;  // null without [auth]
     // The shard's DKIM signer as of the last reload; null without [[dkim]] tables. A message

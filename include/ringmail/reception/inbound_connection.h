@@ -27,6 +27,7 @@
 #include "ringmail/spool/spool.h"
 #include "ringmail/tls/session.h"
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -58,6 +59,8 @@ class inbound_auth final : public smtp::auth_backend {
     std::optional<auth::sasl_server> _sasl;
     std::string _user;  // while a verification is pending
     bool _pending = false;
+    auth::mechanism _mech = auth::mechanism::plain;  // of the exchange in progress (metrics)
+    void count(bool ok) noexcept;
 };
 
 class inbound_connection final : public core::stream_connection, private smtp::transaction_sink {
@@ -108,6 +111,8 @@ class inbound_connection final : public core::stream_connection, private smtp::t
     void proxy_input(std::string_view bytes);
     void proxy_failed(std::string_view why);
     void pump();
+    // Adds what the session refused since the last call to the shard's counters.
+    void publish_rejections() noexcept;
     void begin_tls(std::string_view early = {});
     void tls_broken(bool handshake, std::string_view why);
     void peer_gone();
@@ -137,7 +142,8 @@ class inbound_connection final : public core::stream_connection, private smtp::t
     // TLS: the transform of the stream (owned by it), from STARTTLS (after its 220 went out
     // in plaintext) or start() on an smtps listener.
     tls::session* _tls = nullptr;
-    bool _tls_up = false;       // handshake finished, reported
+    bool _tls_up = false;  // handshake finished, reported
+    std::array<std::uint64_t, static_cast<std::size_t>(core::rejection::count)> _rejected_seen{};
     bool _tls_dead = false;     // failed: say nothing more, close
     bool _tls_closing = false;  // close_notify queued
     std::chrono::steady_clock::time_point _handshake_deadline{};

@@ -26,9 +26,11 @@
 // - A successful AUTH allows relaying and gives the Received protocol its "A" (RFC 3848).
 #pragma once
 
+#include "ringmail/core/metrics.h"
 #include "ringmail/core/result.h"
 #include "ringmail/mail/envelope.h"
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -146,6 +148,9 @@ struct session_stats {
     std::uint64_t authenticated = 0;       // successful AUTH exchanges
     std::uint64_t auth_failures = 0;       // AUTH exchanges ending in a failure reply
     std::uint64_t starttls_discarded = 0;  // plaintext octets dropped after STARTTLS's 220
+    // Refusals by reason (core::rejection): relay denied, too big, bad content, storage,
+    // authentication required.
+    std::array<std::uint64_t, static_cast<std::size_t>(core::rejection::count)> rejected{};
 };
 
 class server_session {

@@ -1,5 +1,7 @@
 #include "ringmail/admin/http.h"
 
+#include "ringmail/admin/json.h"
+#include "ringmail/admin/metrics.h"
 #include "ringmail/admin/server.h"
 
 #include <gtest/gtest.h>
@@ -56,7 +58,14 @@ std::vector<bad_case> bad_cases() {
         {"obs_fold", "GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n", 400},
         {"space_before_colon", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400},
         {"no_colon", "GET / HTTP/1.1\r\nHost\r\n\r\n", 400},
-        {"body", "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 400},
+        {"body_too_large", "POST / HTTP/1.1\r\nContent-Length: 16385\r\n\r\n", 413},
+        {"length_not_a_number", "POST / HTTP/1.1\r\nContent-Length: 5x\r\n\r\n", 400},
+        {"length_negative", "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400},
+        {"length_huge", "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 413},
+        {"length_conflict", "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+         400},
+        {"two_authorizations",
+         "GET / HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n", 400},
         {"chunked", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
         {"nul", std::string("GET /\0 HTTP/1.1\r\n\r\n", 19), 400},
         {"long_line", "GET /" + std::string(2000, 'a') + " HTTP/1.1\r\n\r\n", 414},
@@ -180,6 +189,108 @@ TEST(admin_answer, methods_paths_head_and_connection) {
     const auto r = answer(req("GET", "/healthz"), h);
     EXPECT_EQ(r.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << r;
     EXPECT_NE(r.find("Cache-Control: no-store\r\n"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ringmail::admin
+
+namespace ringmail::admin {
+namespace {
+
+TEST(http_request_parser, reads_a_body_and_the_next_request_behind_it) {
+    const std::string in =
+        "POST /api/v1/suspend HTTP/1.1\r\nAuthorization:  Bearer  tok \r\nContent-Length: 5\r\n"
+        "Content-Length: 5\r\n\r\nhelloGET /x HTTP/1.1\r\n\r\n";
+    for (std::size_t split = 0; split <= in.size(); ++split) {
+        request_parser p;
+        std::string_view a(in.data(), split), b(in.data() + split, in.size() - split);
+        std::size_t n = p.feed(a);
+        std::string_view rest = a.substr(n);
+        if (!p.done()) {
+            ASSERT_TRUE(rest.empty());
+            n = p.feed(b);
+            rest = b.substr(n);
+        } else {
+            rest = std::string_view(in).substr(n);
+        }
+        ASSERT_TRUE(p.done()) << split;
+        EXPECT_EQ(p.request().body, "hello");
+        EXPECT_EQ(p.request().authorization, "Bearer  tok");
+        EXPECT_EQ(std::string(rest).substr(0, 6), "GET /x");
+    }
+}
+
+TEST(admin_authorized, bearer_token_compared_whole) {
+    EXPECT_TRUE(authorized("", ""));
+    EXPECT_TRUE(authorized("anything", ""));
+    EXPECT_TRUE(authorized("Bearer s3cret-token-123", "s3cret-token-123"));
+    EXPECT_TRUE(authorized("bearer s3cret-token-123", "s3cret-token-123"));
+    EXPECT_FALSE(authorized("", "s3cret-token-123"));
+    EXPECT_FALSE(authorized("Bearer s3cret-token-12", "s3cret-token-123"));
+    EXPECT_FALSE(authorized("Bearer s3cret-token-1234", "s3cret-token-123"));
+    EXPECT_FALSE(authorized("Bearer S3cret-token-123", "s3cret-token-123"));
+    EXPECT_FALSE(authorized("Basic s3cret-token-123", "s3cret-token-123"));
+    EXPECT_FALSE(authorized("Bearer", "s3cret-token-123"));
+}
+
+TEST(admin_json, flat_objects_only) {
+    auto o =
+        parse_flat_object(R"( {"domain": "a.example", "n": 12, "ok": true, "r": "x\"y\u00e9"} )");
+    ASSERT_TRUE(o);
+    EXPECT_EQ((*o)["domain"], "a.example");
+    EXPECT_EQ((*o)["n"], "12");
+    EXPECT_EQ((*o)["ok"], "true");
+    EXPECT_EQ((*o)["r"], "x\"y\xc3\xa9");
+    EXPECT_TRUE(parse_flat_object("{}"));
+    for (std::string_view bad :
+         {"", "[]", "{", "{\"a\":}", "{\"a\":{\"b\":1}}", "{\"a\":[1]}", "{\"a\":1,}", "{\"a\":1}x",
+          "{\"a\":1,\"a\":2}", "{\"a\":\"\n\"}", "{a:1}", "{\"a\":\"\\q\"}"}) {
+        EXPECT_FALSE(parse_flat_object(bad)) << bad;
+    }
+    EXPECT_EQ(json_string("a\"b\\c\n\x01"), "\"a\\\"b\\\\c\\n\\u0001\"");
+}
+
+TEST(admin_metrics, sums_shards_and_bounds_destinations) {
+    std::vector<core::shard_metrics> shards(2);
+    shards[0].messages_received.add(3);
+    shards[1].messages_received.add(4);
+    shards[0].connections_accepted[0].add(2);
+    shards[1].delivery_latency.observe(0.3);
+    shards[0].delivery_latency.observe(100.0);
+    shards[1].queue_oldest_arrival.set(900);
+    shards[0].queue_oldest_arrival.set(950);
+    std::vector<destination_row> rows;
+    for (int i = 0; i < 150; ++i) {
+        destination_row r;
+        r.key = "d" + std::to_string(i) + ".example";
+        r.recipients = static_cast<std::uint64_t>(i + 1);
+        rows.push_back(r);
+    }
+    rows.push_back(rows.back());  // the same destination on another shard: summed
+    auto merged = merge_destinations(rows);
+    EXPECT_EQ(merged.size(), 150u);
+    metrics_inputs in;
+    in.shards = shards;
+    in.listeners = {"127.0.0.1:25"};
+    in.now_unix = 1000;
+    in.destinations = &merged;
+    const std::string text = render_metrics(in);
+    EXPECT_NE(text.find("ringmail_messages_received_total 7\n"), std::string::npos);
+    EXPECT_NE(text.find("ringmail_connections_accepted_total{listener=\"127.0.0.1:25\"} 2\n"),
+              std::string::npos);
+    EXPECT_NE(text.find("ringmail_queue_oldest_seconds 100\n"), std::string::npos);
+    EXPECT_NE(text.find("ringmail_delivery_latency_seconds_bucket{le=\"0.5\"} 1\n"),
+              std::string::npos);
+    EXPECT_NE(text.find("ringmail_delivery_latency_seconds_bucket{le=\"+Inf\"} 2\n"),
+              std::string::npos);
+    EXPECT_NE(text.find("ringmail_delivery_latency_seconds_count 2\n"), std::string::npos);
+    EXPECT_NE(text.find("{destination=\"d149.example\"} 300\n"), std::string::npos);
+    std::size_t n = 0;
+    for (std::size_t at = 0;
+         (at = text.find("ringmail_destination_queue_recipients{", at)) != std::string::npos; ++at)
+        ++n;
+    EXPECT_EQ(n, max_destinations);
+    EXPECT_EQ(text.find("d49.example"), std::string::npos);  // not among the 100 largest
 }
 
 }  // namespace

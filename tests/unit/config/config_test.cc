@@ -265,6 +265,10 @@ const bad_case bad_cases[] = {
     {"admin_clash", section("admin", "address = \"127.0.0.1:2525\""),
      "admin.address: \"127.0.0.1:2525\" is already used by listen[0]"},
     {"admin_unknown", section("admin", "port = 8025"), "admin.port: unknown key"},
+    {"admin_public_without_token", section("admin", "address = \"0.0.0.0:8025\""),
+     "admin.token_file: \"0.0.0.0:8025\" is not a loopback address: set admin.token_file"},
+    {"admin_v6_public_without_token", section("admin", "address = \"[::]:8025\""),
+     "admin.token_file: \"[::]:8025\" is not a loopback address: set admin.token_file"},
 
     // the file as a whole
     {"top_unknown_key", with_listener("foo = 1\n"), "foo: unknown key"},

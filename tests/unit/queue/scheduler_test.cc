@@ -567,5 +567,111 @@ TEST(scheduler_spreading, borrower_sends_deferred_jobs_back_to_the_owner) {
     EXPECT_EQ(c.deferred, 20u);  // back home, waiting for their retry time
 }
 
+// --- the operator's controls (issue 14) ---------------------------------------------------
+
+std::shared_ptr<const suspensions> suspend_for(std::string domain, std::int64_t until) {
+    auto s = std::make_shared<suspensions>();
+    suspension e;
+    e.scope = {suspension_kind::domain, std::move(domain), ""};
+    e.since_unix = unix0;
+    e.until_unix = until;
+    EXPECT_TRUE(s->suspend(e));
+    return s;
+}
+
+TEST(scheduler_controls, a_suspended_destination_opens_nothing_until_it_ends_or_resumes) {
+    scheduler s(config());
+    s.set_suspensions(suspend_for("a.test", unix0 + 600), t0, unix0);
+    ASSERT_TRUE(s.submit("a.test", job(1), t0));
+    ASSERT_TRUE(s.submit("b.test", job(2), t0));
+    auto o = expect<open_connection>(s.next_action(t0));
+    EXPECT_EQ(o.domain, "b.test");
+    auto w = expect<wait>(s.next_action(t0));
+    ASSERT_TRUE(w.until);
+    EXPECT_EQ(*w.until, t0 + 600s);  // the suspension's end wakes it
+    // Resumed: at once.
+    s.set_suspensions(std::make_shared<suspensions>(), t0 + 1s, unix0 + 1);
+    EXPECT_EQ(expect<open_connection>(s.next_action(t0 + 1s)).domain, "a.test");
+}
+
+TEST(scheduler_controls, a_suspension_ends_by_itself) {
+    scheduler s(config());
+    s.set_suspensions(suspend_for("a.test", unix0 + 60), t0, unix0);
+    ASSERT_TRUE(s.submit("a.test", job(1), t0 + 10s));  // a destination made after the set
+    expect<wait>(s.next_action(t0 + 10s));
+    EXPECT_EQ(expect<open_connection>(s.next_action(t0 + 60s)).domain, "a.test");
+}
+
+TEST(scheduler_controls, suspension_keeps_idle_connections_idle) {
+    scheduler s(config());
+    ASSERT_TRUE(s.submit("a.test", job(1), t0));
+    auto o = expect<open_connection>(s.next_action(t0));
+    s.connection_opened(o.conn, t0);
+    auto r = expect<run_job>(s.next_action(t0));
+    ASSERT_TRUE(s.submit("a.test", job(2), t0));
+    s.set_suspensions(suspend_for("a.test", unix0 + 600), t0, unix0);
+    // The running job finishes; the next one waits although a connection is idle.
+    std::vector<rcpt_result> ok{{0, rcpt_status::delivered, nullptr, false}};
+    s.complete(r.conn, r.job, ok, t0, unix0);
+    EXPECT_EQ(notices(s).size(), 1u);
+    expect<wait>(s.next_action(t0 + 1s));
+    EXPECT_EQ(s.counts().ready, 1u);
+}
+
+TEST(scheduler_controls, flush_makes_deferred_jobs_ready) {
+    scheduler s(config());
+    auto j = job(1);
+    j.next_attempt = t0 + 1h;
+    ASSERT_TRUE(s.submit("a.test", j, t0));
+    auto j2 = job(2);
+    j2.next_attempt = t0 + 1h;
+    ASSERT_TRUE(s.submit("b.test", j2, t0));
+    expect<wait>(s.next_action(t0));
+    EXPECT_EQ(s.flush("a.test", t0), 1u);
+    EXPECT_EQ(expect<open_connection>(s.next_action(t0)).domain, "a.test");
+    expect<wait>(s.next_action(t0));
+    EXPECT_EQ(s.flush("", t0), 1u);
+}
+
+TEST(scheduler_controls, bounce_fails_the_queued_jobs_with_the_reason) {
+    scheduler s(config());
+    ASSERT_TRUE(s.submit("a.test", job(1, {0, 1}), t0));
+    auto later = job(2);
+    later.next_attempt = t0 + 1h;
+    ASSERT_TRUE(s.submit("a.test", later, t0));
+    ASSERT_TRUE(s.submit("b.test", job(3), t0));
+    attempt_reply why{550, "5.0.0", "bounced by the administrator", ""};
+    EXPECT_EQ(s.bounce("a.test", 0, why, t0, unix0), 3u);
+    auto ns = notices(s);
+    ASSERT_EQ(ns.size(), 2u);
+    for (const auto& n : ns) {
+        for (auto st : n.status)
+            EXPECT_EQ(st, rcpt_status::failed);
+        ASSERT_TRUE(n.detail);
+        EXPECT_EQ(n.detail->replies.front().second.text, "bounced by the administrator");
+    }
+    EXPECT_EQ(s.counts().ready, 1u);  // b.test's
+    // By queue id.
+    EXPECT_EQ(s.bounce("", 3, why, t0, unix0), 1u);
+    EXPECT_EQ(s.counts().ready, 0u);
+    EXPECT_TRUE(s.destinations().empty() || s.destinations().front().recipients == 0);
+}
+
+TEST(scheduler_controls, destinations_report_what_is_queued) {
+    scheduler s(config());
+    auto j = job(1, {0, 1, 2}, unix0 - 50);
+    j.next_attempt = t0 + 1h;
+    ASSERT_TRUE(s.submit("a.test", j, t0));
+    auto d = s.destinations();
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].key, "a.test");
+    EXPECT_EQ(d[0].recipients, 3u);
+    EXPECT_EQ(d[0].deferred, 1u);
+    EXPECT_EQ(d[0].oldest_arrival_unix, unix0 - 50);
+    ASSERT_TRUE(d[0].next_attempt);
+    EXPECT_EQ(s.jobs_of(1).size(), 1u);
+    EXPECT_TRUE(s.jobs_of(2).empty());
+}
+
 }  // namespace
 }  // namespace ringmail::queue
