@@ -2,6 +2,7 @@
 
 #include "ringmail/core/log.h"
 #include "ringmail/core/shard_runner.h"
+#include "ringmail/delivery/engine.h"
 
 #include <fmt/format.h>
 
@@ -226,6 +227,14 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
     if (!ctx.delivery.bounces)
         return std::nullopt;
     ctx.delivery.bounce_counts = std::make_unique<queue::bounce_counters[]>(ctx.shards);
+    {
+        std::string shaping_why;
+        ctx.delivery.shaping = delivery::make_shaping(cfg, shaping_why);
+        if (!ctx.delivery.shaping && !shaping_why.empty()) {
+            why = fmt::format("shaping: {}", shaping_why);
+            return std::nullopt;
+        }
+    }
 
     std::error_code ec;
     std::filesystem::create_directories(cfg.server.spool_dir, ec);

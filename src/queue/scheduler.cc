@@ -763,8 +763,10 @@ void scheduler::maybe_lend(steady_time now) {
     for (dest* dp : _runnable) {
         dest& d = *dp;
         const destination_counts dc = d.q.counts();
-        if (d.borrowed || d.local || d.q.policy().rate > 0.0 || dc.ready < _cfg.spread_backlog ||
-            d.leases_out >= _cfg.max_leases_per_destination)
+        // A provider's destinations are not lent either: its limits are shared by every
+        // shard already, and a borrower would wait for slots the owner's idle connections hold.
+        if (d.borrowed || d.local || d.q.policy().rate > 0.0 || d.provider >= 0 ||
+            dc.ready < _cfg.spread_backlog || d.leases_out >= _cfg.max_leases_per_destination)
             continue;
         std::uint32_t in_use = d.slots->in_use();
         if (in_use >= d.slots->limit())

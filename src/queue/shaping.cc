@@ -24,7 +24,11 @@ take_result gcra_cell::take(steady_time now, std::int64_t interval, std::uint32_
     const std::int64_t tolerance = interval * (static_cast<std::int64_t>(std::max(burst, 1u)) - 1);
     std::int64_t tat = _tat.load(std::memory_order_relaxed);
     for (;;) {
-        const std::int64_t base = std::max(tat, t);
+        // A take that comes late (the loop was busy when the token was due) by at most one
+        // interval counts from its due time, so wake-up delays do not add up to a lower rate;
+        // any window of time still holds at most one event more than the rate gives it, the
+        // bound of a burst of one. Later than that (idle), it counts from now: nothing banked.
+        const std::int64_t base = tat >= t || t - tat <= interval ? tat : t;
         if (base - t > tolerance)
             return {false, from_ns(base - tolerance)};
         if (_tat.compare_exchange_weak(tat, base + interval, std::memory_order_acq_rel,
