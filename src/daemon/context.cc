@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fcntl.h>
 #include <filesystem>
 #include <system_error>
@@ -242,6 +243,25 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
         why = fmt::format("server.spool_dir: cannot create \"{}\": {}", cfg.server.spool_dir,
                           ec.message());
         return std::nullopt;
+    }
+    if (ctx.delivery.shaping) {
+        // Suspensions survive a restart: those still in force apply before any shard starts.
+        const std::string path = (std::filesystem::path(cfg.server.spool_dir) /
+                                  std::string(queue::suspensions::file_name))
+                                     .string();
+        const auto now_unix = static_cast<std::int64_t>(std::time(nullptr));
+        auto loaded = queue::suspensions::load_file(path, now_unix);
+        if (!loaded) {
+            why = fmt::format("{}: {}", path, loaded.error().message());
+            return std::nullopt;
+        }
+        const std::size_t n = queue::apply_suspensions(*ctx.delivery.shaping, *loaded, now_unix,
+                                                       std::chrono::steady_clock::now());
+        if (n > 0)
+            core::log::info("{} suspension(s) from {} still in force", n, path);
+        ctx.delivery.suspensions =
+            std::make_unique<daemon::suspension_keeper>(path, std::move(*loaded));
+        ctx.delivery.shaping->recorder = ctx.delivery.suspensions.get();
     }
     ctx.spool_dirs.resize(ctx.shards);
     for (unsigned i = 0; i < ctx.shards; ++i)

@@ -217,6 +217,10 @@ std::unique_ptr<queue::shaping_context> make_shaping(const config::settings& cfg
     sh->rules = std::move(*built);
     sh->limits = std::make_unique<queue::local_limiter>(sh->providers, sh->rules.domain_scopes(),
                                                         std::move(source_limits));
+    for (const auto& e : cfg.egress_sources)
+        sh->source_names.push_back(e.name);
+    for (const auto& p : cfg.providers)
+        sh->provider_names.push_back(p.name);
     return sh;
 }
 
@@ -1362,6 +1366,24 @@ bool engine::shape_reply(std::uint64_t cid, const conn& mc, const std::string& l
             case queue::rule_action::suspend:
                 if (e.scope < 0)
                     _sched.suspend_destination(cid, e.until);
+                if (sh->recorder) {
+                    queue::suspension rec;
+                    const bool provider = e.scope >= 0 && static_cast<std::size_t>(e.scope) <
+                                                              _settings.provider_names.size();
+                    rec.scope.kind = provider ? queue::suspension_kind::provider
+                                              : queue::suspension_kind::domain;
+                    rec.scope.name =
+                        provider ? _settings.provider_names[static_cast<std::size_t>(e.scope)]
+                                 : (e.scope < 0 ? mc.key : r.domain);
+                    rec.scope.source = std::string(source_name(mc.source));
+                    rec.since_unix = _host.unix_now();
+                    rec.until_unix =
+                        rec.since_unix +
+                        std::chrono::duration_cast<std::chrono::seconds>(r.duration).count();
+                    rec.reason = fmt::format("{}: {}", r.where, line);
+                    rec.origin = "shaping";
+                    sh->recorder->record(std::move(rec));
+                }
                 log::warn("shaping: {} suspended from source {} for {} ({}): {}", scope, src, dur,
                           r.where, log::sanitize(line));
                 break;

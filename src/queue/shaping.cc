@@ -458,4 +458,36 @@ void shaping_rules::on_reply(std::string_view line, int provider, int dscope, un
     }
 }
 
+std::size_t apply_suspensions(const shaping_context& sh, const suspensions& store,
+                              std::int64_t now_unix, steady_time now) {
+    std::size_t applied = 0;
+    for (const suspension& s : store.list()) {
+        if (s.until_unix <= now_unix)
+            continue;
+        int scope = -1;
+        if (s.scope.kind == suspension_kind::provider) {
+            for (std::size_t i = 0; i < sh.provider_names.size(); ++i) {
+                if (sh.provider_names[i] == s.scope.name)
+                    scope = static_cast<int>(i);
+            }
+        } else {
+            scope = sh.rules.domain_scope(s.scope.name);
+        }
+        if (scope < 0)
+            continue;
+        const steady_time until = now + std::chrono::seconds(s.until_unix - now_unix);
+        if (s.scope.source.empty()) {
+            for (unsigned slot = 0; slot <= sh.sources; ++slot)
+                sh.limits->suspend(scope, slot, until, -1);
+        } else {
+            for (std::size_t i = 0; i < sh.source_names.size(); ++i) {
+                if (sh.source_names[i] == s.scope.source)
+                    sh.limits->suspend(scope, static_cast<unsigned>(i + 1), until, -1);
+            }
+        }
+        ++applied;
+    }
+    return applied;
+}
+
 }  // namespace ringmail::queue

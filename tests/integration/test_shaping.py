@@ -156,6 +156,36 @@ class TestSuspend(ShapingTestCase):
                 self.assertEqual(ip, IP1)
 
 
+    def test_a_suspension_survives_a_restart(self):
+        tables = {
+            "provider": [{"name": "yahoo", "domain_suffix": ["yahoo.test"]},
+                         {"name": "other", "domain_suffix": ["other.test"]}],
+            "shaping_rule": [{"provider": "yahoo", "match": r"\[TSS04\]", "action": "suspend",
+                              "duration": "1h"}],
+        }
+        tss04 = "421 4.7.0 [TSS04] Messages temporarily deferred due to unexpected volume"
+        d = self.start(tables, sink_kwargs={"reject_rcpts": {"bad@yahoo.test": tss04}})
+        send(d.port, ["bad@yahoo.test"])
+        self.assertTrue(harness.wait_until(lambda: "suspended from source" in d.log_text(),
+                                           TIMEOUT), d.log_text()[-3000:])
+        self.sink.set_rcpt_reply("bad@yahoo.test", None)
+        spool = self.daemon.config["server"]["spool_dir"]
+        path = os.path.join(spool, "suspensions")
+        self.assertTrue(harness.wait_until(lambda: os.path.exists(path), TIMEOUT))
+        with open(path, encoding="utf-8") as f:
+            stored = f.read()
+        self.assertIn("yahoo", stored)
+        self.assertIn("shaping", stored)
+        d.stop()
+        d.start()
+        self.assertIn("1 suspension(s) from", d.log_text())
+        send(d.port, ["c@yahoo.test", "d@other.test"])
+        self.assertTrue(self.sink.wait_until(
+            lambda ts: any(t.rcpts == ["d@other.test"] for t in ts), TIMEOUT))
+        time.sleep(harness.scaled(2))
+        self.assertFalse([t for t in self.sink.transactions() if t.rcpts == ["c@yahoo.test"]])
+
+
 class TestPools(ShapingTestCase):
     def test_two_to_one_weights_with_their_ehlo_names(self):
         tables = {

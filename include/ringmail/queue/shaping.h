@@ -22,6 +22,7 @@
 #pragma once
 
 #include "ringmail/core/regex_set.h"
+#include "ringmail/queue/suspensions.h"
 #include "ringmail/queue/token_bucket.h"
 
 #include <atomic>
@@ -269,6 +270,15 @@ struct egress_pool_spec {
     std::vector<std::uint32_t> weights;
 };
 
+// Where the suspensions the rules set are kept beyond this process: queue::suspensions, the one
+// store (persisted, listed by the admin API). Called on the shard that saw the reply, once per
+// fired rule (never per message); an implementation must not block on I/O there.
+class suspension_recorder {
+  public:
+    virtual ~suspension_recorder() = default;
+    virtual void record(suspension s) = 0;
+};
+
 // Everything the schedulers share about shaping, built once (daemon::context) and read by
 // every shard; its mutable state is the limiter's atomics and the rules' trigger rings.
 struct shaping_context {
@@ -280,6 +290,16 @@ struct shaping_context {
     std::unique_ptr<limiter> limits;
     // A source that cannot bind is out for this long, then tried again.
     std::chrono::milliseconds unbindable_for{std::chrono::minutes(5)};
+    std::vector<std::string> source_names;    // by source index
+    std::vector<std::string> provider_names;  // by provider index
+    suspension_recorder* recorder = nullptr;  // null: suspensions last this process only
 };
+
+// The stored suspensions still in force (a restart, or set by an operator) applied to the
+// limiter: provider scopes and the domains rules name, for one source or every source.
+// Returns how many entries applied; the others (domains no rule names, unknown names) are left
+// to the store's other readers.
+std::size_t apply_suspensions(const shaping_context& sh, const suspensions& store,
+                              std::int64_t now_unix, steady_time now);
 
 }  // namespace ringmail::queue
