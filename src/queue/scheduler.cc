@@ -738,6 +738,21 @@ void scheduler::publish_spare() {
     }
 }
 
+bool scheduler::provider_room(const dest& d, steady_time now) const {
+    const shaping_context& sh = *_cfg.shaping;
+    auto room = [&](unsigned slot) {
+        const std::uint32_t cap = sh.limits->max_connections(d.provider, slot, now);
+        return cap == 0 || sh.limits->connections(d.provider, slot) < cap;
+    };
+    if (d.pool < 0 || static_cast<std::size_t>(d.pool) >= sh.pools.size())
+        return room(0);
+    for (unsigned source : sh.pools[static_cast<std::size_t>(d.pool)].sources) {
+        if (room(source + 1))
+            return true;
+    }
+    return false;
+}
+
 void scheduler::maybe_lend(steady_time now) {
     if (!_cfg.gauges || _cfg.shards < 2 || _ready < _cfg.spread_backlog)
         return;
@@ -763,10 +778,12 @@ void scheduler::maybe_lend(steady_time now) {
     for (dest* dp : _runnable) {
         dest& d = *dp;
         const destination_counts dc = d.q.counts();
-        // A provider's destinations are not lent either: its limits are shared by every
-        // shard already, and a borrower would wait for slots the owner's idle connections hold.
-        if (d.borrowed || d.local || d.q.policy().rate > 0.0 || d.provider >= 0 ||
-            dc.ready < _cfg.spread_backlog || d.leases_out >= _cfg.max_leases_per_destination)
+        // A provider's destination is lent only while the provider has connections to spare
+        // for one of its sources: its limits are shared by every shard, but a borrower must
+        // not wait for slots the owner's idle connections hold.
+        if (d.borrowed || d.local || d.q.policy().rate > 0.0 ||
+            (d.provider >= 0 && !provider_room(d, now)) || dc.ready < _cfg.spread_backlog ||
+            d.leases_out >= _cfg.max_leases_per_destination)
             continue;
         std::uint32_t in_use = d.slots->in_use();
         if (in_use >= d.slots->limit())

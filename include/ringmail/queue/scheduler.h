@@ -224,6 +224,7 @@ class scheduler {
     // Shaping: the source slot for a new connection to d, slots taken; nullopt and `when`.
     std::optional<int> pick_source(dest& d, steady_time now, std::optional<steady_time>& when);
     steady_time blocked_until(const dest& d, unsigned slot) const;
+    bool provider_room(const dest& d, steady_time now) const;
 
     core::oncore _oncore;
     scheduler_config _cfg;

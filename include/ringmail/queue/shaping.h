@@ -171,6 +171,8 @@ class limiter {
     virtual take_result take_message(int provider, unsigned slot, steady_time now) = 0;
     // The effective limits (a `set` in force, returning gradually).
     virtual std::uint32_t max_connections(int provider, unsigned slot, steady_time now) const = 0;
+    // Connections counted against (provider, slot) now, over all shards.
+    virtual std::uint32_t connections(int provider, unsigned slot) const = 0;
     // Until when a scope is suspended for a source (<= now: not suspended).
     virtual steady_time suspended_until(int scope, unsigned slot) const = 0;
     virtual void suspend(int scope, unsigned slot, steady_time until, int rule) = 0;
@@ -210,7 +212,7 @@ class local_limiter final : public limiter {
     void suspend_source(unsigned slot, steady_time until) override;
     steady_time source_suspended_until(unsigned slot) const override;
 
-    std::uint32_t connections(int provider, unsigned slot) const;  // tests, metrics
+    std::uint32_t connections(int provider, unsigned slot) const override;
 
   private:
     struct cell;
