@@ -2,11 +2,15 @@
 # Side-by-side throughput: a private Postfix instance and ringmaild, same load, same sink.
 #
 #   bench/compare/postfix.sh [--repeat N] [--messages N] [--sessions N] [--size BYTES]
-#                            [--only postfix|ringmail] [--scrape MS]
+#                            [--only postfix|ringmail] [--scrape MS] [--shaping on|off]
 #
 # --scrape MS: ringmaild serves its admin endpoint and one keep-alive HTTP client (a stand-in for
 # Prometheus) GETs /metrics every MS milliseconds during the load (issue 14: the cost of being
 # scraped). Compare the ringmail figures of a run with and without it.
+# --shaping (issue 16, with --only ringmail): ringmaild routes y.test to the sink by a
+# [[domain]] route instead of the smarthost, so the destination is one a [[provider]] can
+# match; "on" adds two egress sources (127.0.0.1 and 127.0.0.2) in a 2:1 pool, a provider
+# for y.test whose limits are never reached, and the shipped shaping rules. Compare the two.
 #
 # Each MTA relays everything to Postfix's smtp-sink on loopback and is loaded with
 # `smtp-source -d -s 50 -m 20000 -l 1024`. Reported per MTA (median over --repeat runs):
@@ -24,6 +28,7 @@ SESSIONS=50
 SIZE=1024
 ONLY=""
 SCRAPE_MS=""
+SHAPING=""
 TIMEOUT=${BENCH_TIMEOUT:-600} # per run, seconds
 
 while [ $# -gt 0 ]; do
@@ -34,7 +39,8 @@ while [ $# -gt 0 ]; do
   --size) SIZE=$2; shift 2 ;;
   --only) ONLY=$2; shift 2 ;;
   --scrape) SCRAPE_MS=$2; shift 2 ;;
-  -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+  --shaping) SHAPING=$2; shift 2 ;;
+  -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
   *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -299,12 +305,45 @@ role = "relay"
 allow_networks = ["127.0.0.0/8"]
 domains = []
 
-[delivery]
-smarthost = "127.0.0.1:$sink_port"
-
 [admin]
 address = "$admin_address"
 EOF
+  if [ -z "$SHAPING" ]; then
+    printf '[delivery]\nsmarthost = "127.0.0.1:%s"\n' "$sink_port" >>"$dir/ringmail.toml"
+  else
+    cat >>"$dir/ringmail.toml" <<EOF
+[[domain]]
+name = "y.test"
+route = "127.0.0.1:$sink_port"
+max_connections = 64
+EOF
+  fi
+  if [ "$SHAPING" = on ]; then
+    cat >>"$dir/ringmail.toml" <<EOF
+[delivery]
+egress_pool = "bench"
+shaping_file = "$ROOT/packaging/shaping.toml"
+
+[[egress_source]]
+name = "a"
+address = "127.0.0.1"
+
+[[egress_source]]
+name = "b"
+address = "127.0.0.2"
+
+[[egress_pool]]
+name = "bench"
+sources = [{ name = "a", weight = 2 }, { name = "b", weight = 1 }]
+
+[[provider]]
+name = "bench"
+domain_suffix = ["y.test"]
+max_connections = 64
+max_message_rate = "1000000/s"
+max_connection_rate = "100000/s"
+EOF
+  fi
   start_sink "$sink_port"
   "$RINGMAILD" --config "$dir/ringmail.toml" >"$dir/ringmaild.log" 2>&1 &
   pid=$!

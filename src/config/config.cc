@@ -3,6 +3,7 @@
 #include "ringmail/core/ascii.h"
 #include "ringmail/core/duration.h"
 #include "ringmail/core/panic.h"
+#include "ringmail/core/regex_set.h"
 
 #include <fmt/format.h>
 #include <toml++/toml.h>
@@ -813,6 +814,305 @@ const field<delivery_config> delivery_fields[] = {
                  d.bounce_rules_files = std::move(files);
          }
      }},
+    {{"delivery", "egress_pool", "pool name", "\"\"",
+      "[[egress_pool]] of connections whose [[provider]] pins none; \"\" = no source binding"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_string(r, k, d.egress_pool);
+     }},
+    {{"delivery", "shaping_file", "path", "\"/usr/share/ringmail/shaping.toml\"",
+      "shipped [[provider]] and [[shaping_rule]] tables, merged under this file's"},
+     [](table_reader& r, std::string_view k, delivery_config& d) {
+         read_string(r, k, d.shaping_file);
+     }},
+};
+
+// --- shaping (issue 16): egress sources and pools, providers, response-driven rules -------
+
+std::optional<std::string> read_name(table_reader& r, std::string_view k, std::string_view what) {
+    std::string text;
+    const toml::node* n = read_string(r, k, text);
+    if (n == nullptr) {
+        if (r.table().get(k) == nullptr)
+            r.missing(k, fmt::format("missing ({})", what));
+        return std::nullopt;
+    }
+    if (text.empty() || text.size() > 64 || !std::all_of(text.begin(), text.end(), [](char c) {
+            return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   c == '-' || c == '_' || c == '.';
+        })) {
+        r.ctx().fail(*n, r.key(k),
+                     fmt::format("expected a name (letters, digits, - _ ., at most 64), got {}",
+                                 shown(text)));
+        return std::nullopt;
+    }
+    return text;
+}
+
+std::optional<rate_config> read_rate(table_reader& r, std::string_view k) {
+    std::string text;
+    const toml::node* n = read_string(r, k, text);
+    if (n == nullptr)
+        return std::nullopt;
+    if (auto v = parse_rate(text))
+        return v;
+    r.ctx().fail(
+        *n, r.key(k),
+        fmt::format(R"(expected a rate "N/s", "N/min" or "N/h" (N > 0), got {})", shown(text)));
+    return std::nullopt;
+}
+
+template <typename T>
+void read_optional_uint(table_reader& r, std::string_view k, std::optional<T>& out,
+                        std::int64_t min, std::int64_t max) {
+    if (r.table().get(k) == nullptr)
+        return;
+    T v{};
+    const toml::node* n = r.table().get(k);
+    read_uint(r, k, v, min, max);
+    if (n->is_integer() && n->as_integer()->get() >= min && n->as_integer()->get() <= max)
+        out = v;
+}
+
+// A domain suffix: ".google.com" (subdomains only) or "google.com" (itself and subdomains).
+std::optional<std::string> suffix_check(const toml::node&, const std::string&,
+                                        const std::string& text) {
+    std::string_view t = text;
+    const bool dot = !t.empty() && t.front() == '.';
+    if (dot)
+        t.remove_prefix(1);
+    auto d = canonical_domain(t);
+    if (!d)
+        return std::nullopt;
+    return dot ? "." + *d : *d;
+}
+
+const field<egress_source_config> egress_source_fields[] = {
+    {{"egress_source", "name", "name", "", "how pools and the delivery log call it", true},
+     [](table_reader& r, std::string_view k, egress_source_config& e) {
+         if (auto v = read_name(r, k, "the source's name"))
+             e.name = *v;
+     }},
+    {{"egress_source", "address", "IP address", "",
+      "source address bound before connect (IPv4 or IPv6)", true},
+     [](table_reader& r, std::string_view k, egress_source_config& e) {
+         std::string text;
+         const toml::node* n = read_string(r, k, text);
+         if (n == nullptr) {
+             if (r.table().get(k) == nullptr)
+                 r.missing(k, "missing (the source IP address)");
+             return;
+         }
+         if (auto ip = canonical_ip(AF_INET, text)) {
+             e.address = *ip;
+         } else if (auto ip6 = canonical_ip(AF_INET6, text)) {
+             e.address = *ip6;
+         } else {
+             r.ctx().fail(*n, r.key(k),
+                          fmt::format("expected an IPv4 or IPv6 address, got {}", shown(text)));
+         }
+     }},
+    {{"egress_source", "ehlo_name", "domain name", "",
+      "EHLO name of connections from it (default: delivery.helo_name)"},
+     [](table_reader& r, std::string_view k, egress_source_config& e) {
+         if (auto v = read_domain_value(r, k))
+             e.ehlo_name = *v;
+     }},
+    {{"egress_source", "max_connections", "integer", "0",
+      "open connections from this source, all shards together; 0 = no limit"},
+     [](table_reader& r, std::string_view k, egress_source_config& e) {
+         read_uint(r, k, e.max_connections, 0, 1000000);
+     }},
+};
+
+const field<egress_pool_config> egress_pool_fields[] = {
+    {{"egress_pool", "name", "name", "", "delivery.egress_pool and providers name it", true},
+     [](table_reader& r, std::string_view k, egress_pool_config& p) {
+         if (auto v = read_name(r, k, "the pool's name"))
+             p.name = *v;
+     }},
+    {{"egress_pool", "sources", "array of { name, weight }", "",
+      "members; weights share connections by smooth weighted round-robin", true},
+     [](table_reader& r, std::string_view k, egress_pool_config& p) {
+         if (r.table().get(k) == nullptr) {
+             r.missing(k, "missing (at least one source)");
+             return;
+         }
+         const toml::node* all = r.table().get(k);
+         bool any = false;
+         read_array(r, k, [&](const toml::node& e, const std::string& key) {
+             any = true;
+             if (!expect_type(r.ctx(), e, key, toml::node_type::table,
+                              R"(a table like { name = "ip1", weight = 1 })"))
+                 return;
+             table_reader er(r.ctx(), *e.as_table(), key);
+             egress_pool_member m;
+             if (auto v = read_name(er, "name", "the source's name"))
+                 m.source = *v;
+             read_uint(er, "weight", m.weight, 1, 1000);
+             er.finish();
+             for (const auto& o : p.sources) {
+                 if (!m.source.empty() && o.source == m.source) {
+                     r.ctx().fail(e, key,
+                                  fmt::format("source {} is listed twice", shown(m.source)));
+                     return;
+                 }
+             }
+             if (!m.source.empty())
+                 p.sources.push_back(std::move(m));
+         });
+         if (!any && all->is_array())
+             r.ctx().fail(*all, r.key(k), "must not be empty");
+     }},
+};
+
+const field<provider_config> provider_fields[] = {
+    {{"provider", "name", "name", "", "shaping rules and logs name it", true},
+     [](table_reader& r, std::string_view k, provider_config& p) {
+         if (auto v = read_name(r, k, "the provider's name"))
+             p.name = *v;
+     }},
+    {{"provider", "mx_suffix", "array of suffixes", "",
+      "the provider's destinations: every MX host ends with one (\".google.com\")"},
+     [](table_reader& r, std::string_view k, provider_config& p) {
+         read_checked_strings(r, k, p.mx_suffix, "a host name suffix", suffix_check);
+     }},
+    {{"provider", "domain_suffix", "array of suffixes", "",
+      "or: the routing domain is one of these or below (\"yahoo.com\")"},
+     [](table_reader& r, std::string_view k, provider_config& p) {
+         read_checked_strings(r, k, p.domain_suffix, "a domain suffix", suffix_check);
+     }},
+    {{"provider", "max_connections", "integer", "",
+      "connections per egress source over all shards (default: the destination's)"},
+     [](table_reader& r, std::string_view k, provider_config& p) {
+         read_optional_uint(r, k, p.max_connections, 1, 100000);
+     }},
+    {{"provider", "max_messages_per_connection", "integer", "",
+      "transactions per connection (default: the destination's)"},
+     [](table_reader& r, std::string_view k, provider_config& p) {
+         read_optional_uint(r, k, p.max_messages_per_connection, 1, 10000000);
+     }},
+    {{"provider", "max_message_rate", "\"N/s\"|\"N/min\"|\"N/h\"", "",
+      "messages started per egress source, all shards (GCRA); none = no limit"},
+     [](table_reader& r, std::string_view k, provider_config& p) {
+         p.max_message_rate = read_rate(r, k);
+     }},
+    {{"provider", "max_message_burst", "integer", "",
+      "messages that may start at once at max_message_rate (default 1)"},
+     [](table_reader& r, std::string_view k, provider_config& p) {
+         read_optional_uint(r, k, p.max_message_burst, 1, 100000);
+     }},
+    {{"provider", "max_connection_rate", "\"N/s\"|\"N/min\"|\"N/h\"", "",
+      "connections opened per egress source, all shards (GCRA, no burst)"},
+     [](table_reader& r, std::string_view k, provider_config& p) {
+         p.max_connection_rate = read_rate(r, k);
+     }},
+    {{"provider", "tls", "\"none\"|\"opportunistic\"|\"required\"", "",
+      "outbound STARTTLS for the provider's domains"},
+     [](table_reader& r, std::string_view k, provider_config& p) {
+         p.tls = read_tls_policy(r, k);
+     }},
+    {{"provider", "egress_pool", "pool name", "", "pin the provider's connections to this pool"},
+     [](table_reader& r, std::string_view k, provider_config& p) {
+         read_string(r, k, p.egress_pool);
+     }},
+};
+
+const field<shaping_rule_config> shaping_rule_fields[] = {
+    {{"shaping_rule", "provider", "provider name or \"*\"", "",
+      "the rule watches this provider's replies (\"*\": every destination)"},
+     [](table_reader& r, std::string_view k, shaping_rule_config& s) {
+         read_string(r, k, s.provider);
+     }},
+    {{"shaping_rule", "domain", "domain name", "", "or one routing domain's replies"},
+     [](table_reader& r, std::string_view k, shaping_rule_config& s) {
+         if (auto v = read_domain_value(r, k))
+             s.domain = *v;
+     }},
+    {{"shaping_rule", "match", "regex", "",
+      "RE2 regex searched in the reply as one line: \"code enhanced-code text\"", true},
+     [](table_reader& r, std::string_view k, shaping_rule_config& s) {
+         const toml::node* n = read_string(r, k, s.match);
+         if (n == nullptr && r.table().get(k) == nullptr) {
+             r.missing(k, "missing (the regex)");
+             return;
+         }
+         if (n == nullptr)
+             return;
+         std::string why;
+         std::vector<std::string> one{s.match};
+         if (s.match.empty() || !core::regex_set::compile(one, why)) {
+             r.ctx().fail(
+                 *n, r.key(k),
+                 fmt::format("bad regex {}: {}", shown(s.match), s.match.empty() ? "empty" : why));
+             s.match.clear();
+         }
+     }},
+    {{"shaping_rule", "action", "\"suspend\"|\"set\"|\"bounce\"", "\"suspend\"",
+      "stop new attempts / override limits / fail the recipients now"},
+     [](table_reader& r, std::string_view k, shaping_rule_config& s) {
+         std::string text;
+         const toml::node* n = read_string(r, k, text);
+         if (n == nullptr)
+             return;
+         if (text == "suspend")
+             s.action = shaping_action::suspend;
+         else if (text == "set")
+             s.action = shaping_action::set;
+         else if (text == "bounce")
+             s.action = shaping_action::bounce;
+         else
+             r.ctx().fail(
+                 *n, r.key(k),
+                 fmt::format(R"(expected "suspend", "set" or "bounce", got {})", shown(text)));
+     }},
+    {{"shaping_rule", "duration", "duration", "",
+      "how long a suspend or set lasts (required for them)"},
+     [](table_reader& r, std::string_view k, shaping_rule_config& s) {
+         read_duration(r, k, s.duration);
+     }},
+    {{"shaping_rule", "trigger", "\"immediate\"|\"N/DURATION\"", "\"immediate\"",
+      "act at the first match, or at N matches within DURATION (\"5/10m\")"},
+     [](table_reader& r, std::string_view k, shaping_rule_config& s) {
+         std::string text;
+         const toml::node* n = read_string(r, k, text);
+         if (n == nullptr)
+             return;
+         if (text == "immediate") {
+             s.trigger_count = 1;
+             s.trigger_window = std::chrono::seconds(0);
+             return;
+         }
+         const std::size_t slash = text.find('/');
+         unsigned count = 0;
+         bool ok = slash != std::string::npos && slash > 0 && slash <= 6;
+         for (std::size_t i = 0; ok && i < slash; ++i) {
+             ok = text[i] >= '0' && text[i] <= '9';
+             count = count * 10 + static_cast<unsigned>(text[i] - '0');
+         }
+         if (ok) {
+             auto w = parse_duration(std::string_view(text).substr(slash + 1));
+             ok = count >= 1 && w.has_value();
+             if (ok) {
+                 s.trigger_count = count;
+                 s.trigger_window = *w;
+             }
+         }
+         if (!ok)
+             r.ctx().fail(
+                 *n, r.key(k),
+                 fmt::format(R"(expected "immediate" or "N/DURATION" like "5/10m", got {})",
+                             shown(text)));
+     }},
+    {{"shaping_rule", "max_message_rate", "\"N/s\"|\"N/min\"|\"N/h\"", "",
+      "action set: the provider's message rate for the duration"},
+     [](table_reader& r, std::string_view k, shaping_rule_config& s) {
+         s.max_message_rate = read_rate(r, k);
+     }},
+    {{"shaping_rule", "max_connections", "integer", "",
+      "action set: the provider's connections per source for the duration"},
+     [](table_reader& r, std::string_view k, shaping_rule_config& s) {
+         read_optional_uint(r, k, s.max_connections, 1, 100000);
+     }},
 };
 
 const field<domain_config> domain_fields[] = {
@@ -1147,6 +1447,165 @@ void listener_tls_files(table_reader& r, listener_config& l) {
         l.tls_certificates.push_back({std::move(certs[i]), std::move(keys[i])});
 }
 
+// Name -> the key that first used it; a second use is an error on `key`.
+bool unique_name(context& ctx, std::map<std::string, std::string>& seen, table_reader& r,
+                 const std::string& name, std::string_view what) {
+    if (name.empty())
+        return false;
+    auto [it, fresh] = seen.emplace(name, r.key("name"));
+    if (!fresh) {
+        ctx.fail(*r.table().get("name"), r.key("name"),
+                 fmt::format("{} {} is already configured by {}", what, shown(name), it->second));
+    }
+    return fresh;
+}
+
+// [[provider]] and [[shaping_rule]] of one file (the main one or the shaping file).
+void read_shaping_tables(context& ctx, table_reader& root, std::string_view origin,
+                         std::vector<provider_config>& providers,
+                         std::vector<shaping_rule_config>& rules) {
+    std::map<std::string, std::string> seen;
+    read_array_of_tables<provider_config>(
+        ctx, root, "provider", provider_fields, providers,
+        [&](table_reader& pr, provider_config& p) {
+            unique_name(ctx, seen, pr, p.name, "provider");
+            p.origin = std::string(origin);
+            if (p.mx_suffix.empty() && p.domain_suffix.empty() && !p.name.empty())
+                pr.missing("mx_suffix", "give mx_suffix or domain_suffix (not empty)");
+        });
+    read_array_of_tables<shaping_rule_config>(
+        ctx, root, "shaping_rule", shaping_rule_fields, rules,
+        [&](table_reader& sr, shaping_rule_config& s) {
+            s.where =
+                origin.empty() ? sr.key("match") : fmt::format("{}: {}", origin, sr.key("match"));
+            if (s.provider.empty() == s.domain.empty())
+                sr.missing("provider", R"(give provider (a name or "*") or domain, exactly one)");
+            const bool timed = s.action != shaping_action::bounce;
+            if (timed && s.duration.count() == 0)
+                sr.missing("duration", fmt::format("action \"{}\" needs a duration",
+                                                   shaping_action_name(s.action)));
+            if (!timed && sr.table().get("duration") != nullptr)
+                sr.missing("duration", "action \"bounce\" takes no duration");
+            const bool overrides = s.max_message_rate || s.max_connections;
+            if (s.action == shaping_action::set && !overrides)
+                sr.missing("action",
+                           "action \"set\" needs max_message_rate or max_connections to set");
+            if (s.action != shaping_action::set && overrides)
+                sr.missing("action", "max_message_rate and max_connections go with action \"set\"");
+        });
+}
+
+// The shipped tables: read on their own (only [[provider]] and [[shaping_rule]]), then merged
+// under the main file's (a provider named in both keeps the main file's; rules: main first).
+void merge_shaping_file(context& ctx, settings& c, bool explicit_path) {
+    const std::string& path = c.delivery.shaping_file;
+    if (path.empty())
+        return;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        if (err == ENOENT && !explicit_path)
+            return;  // the default path of a build that is not installed
+        ctx.fail(
+            nullptr, "delivery.shaping_file",
+            fmt::format("cannot open {}: {}", shown(path), std::generic_category().message(err)));
+        return;
+    }
+    std::string text;
+    char buf[8192];
+    for (;;) {
+        const ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0 || text.size() > (4u << 20))
+            break;
+        text.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    toml::table root;
+    try {
+        root = toml::parse(std::string_view(text), std::string_view(path));
+    } catch (const toml::parse_error& e) {
+        const auto& where = e.source().begin;
+        ctx.fail(nullptr, "delivery.shaping_file",
+                 fmt::format("{}:{}:{}: TOML syntax error: {}", path, where.line, where.column,
+                             e.description()));
+        return;
+    }
+    context fctx(path);
+    table_reader r(fctx, root, "");
+    std::vector<provider_config> providers;
+    std::vector<shaping_rule_config> rules;
+    read_shaping_tables(fctx, r, path, providers, rules);
+    r.finish();
+    if (fctx.failed()) {
+        ctx.fail(nullptr, "delivery.shaping_file", fctx.joined());
+        return;
+    }
+    for (auto& p : providers) {
+        const bool shadowed =
+            std::any_of(c.providers.begin(), c.providers.end(),
+                        [&](const provider_config& o) { return o.name == p.name; });
+        if (!shadowed)
+            c.providers.push_back(std::move(p));
+    }
+    for (auto& s : rules)
+        c.shaping_rules.push_back(std::move(s));
+}
+
+// References between the tables, once everything is merged.
+void check_shaping(context& ctx, const settings& c) {
+    auto has_source = [&](const std::string& n) {
+        return std::any_of(c.egress_sources.begin(), c.egress_sources.end(),
+                           [&](const egress_source_config& s) { return s.name == n; });
+    };
+    auto has_pool = [&](const std::string& n) {
+        return std::any_of(c.egress_pools.begin(), c.egress_pools.end(),
+                           [&](const egress_pool_config& p) { return p.name == n; });
+    };
+    for (std::size_t i = 0; i < c.egress_pools.size(); ++i) {
+        const auto& p = c.egress_pools[i];
+        for (std::size_t j = 0; j < p.sources.size(); ++j) {
+            if (!has_source(p.sources[j].source))
+                ctx.fail(nullptr, fmt::format("egress_pool[{}].sources[{}].name", i, j),
+                         fmt::format("unknown egress source {} (no [[egress_source]] has it)",
+                                     shown(p.sources[j].source)));
+        }
+        // One pool mixes families only if every destination could be reached from both: refuse.
+        bool v4 = false, v6 = false;
+        for (const auto& m : p.sources) {
+            for (const auto& s : c.egress_sources) {
+                if (s.name == m.source)
+                    (s.address.find(':') == std::string::npos ? v4 : v6) = true;
+            }
+        }
+        if (v4 && v6)
+            ctx.fail(nullptr, fmt::format("egress_pool[{}].sources", i),
+                     "mixes IPv4 and IPv6 sources: make one pool per address family");
+    }
+    if (!c.delivery.egress_pool.empty() && !has_pool(c.delivery.egress_pool))
+        ctx.fail(nullptr, "delivery.egress_pool",
+                 fmt::format("unknown egress pool {}", shown(c.delivery.egress_pool)));
+    for (std::size_t i = 0; i < c.providers.size(); ++i) {
+        const auto& p = c.providers[i];
+        if (!p.egress_pool.empty() && !has_pool(p.egress_pool))
+            ctx.fail(nullptr,
+                     fmt::format("{}provider[{}].egress_pool",
+                                 p.origin.empty() ? "" : p.origin + ": ", i),
+                     fmt::format("unknown egress pool {}", shown(p.egress_pool)));
+    }
+    for (const auto& s : c.shaping_rules) {
+        if (s.provider.empty() || s.provider == "*")
+            continue;
+        const bool known =
+            std::any_of(c.providers.begin(), c.providers.end(),
+                        [&](const provider_config& p) { return p.name == s.provider; });
+        if (!known)
+            ctx.fail(nullptr, s.where.substr(0, s.where.rfind('.')) + ".provider",
+                     fmt::format("unknown provider {}", shown(s.provider)));
+    }
+}
+
 }  // namespace
 
 std::span<const key_spec> schema() {
@@ -1165,9 +1624,61 @@ std::span<const key_spec> schema() {
         add(dns_fields);
         add(auth_fields);
         add(admin_fields);
+        add(egress_source_fields);
+        add(egress_pool_fields);
+        add(provider_fields);
+        add(shaping_rule_fields);
         return v;
     }();
     return all;
+}
+
+std::optional<rate_config> parse_rate(std::string_view text) {
+    const std::size_t slash = text.find('/');
+    if (slash == std::string_view::npos || slash == 0 || slash > 15)
+        return std::nullopt;
+    const std::string_view num = text.substr(0, slash);
+    const std::string_view unit = text.substr(slash + 1);
+    double per = 0;
+    if (unit == "s")
+        per = 1;
+    else if (unit == "min")
+        per = 60;
+    else if (unit == "h")
+        per = 3600;
+    else
+        return std::nullopt;
+    double v = 0;
+    double scale = 0;
+    for (char ch : num) {
+        if (ch == '.' && scale == 0) {
+            scale = 1;
+            continue;
+        }
+        if (ch < '0' || ch > '9')
+            return std::nullopt;
+        if (scale == 0) {
+            v = v * 10 + (ch - '0');
+        } else {
+            scale /= 10;
+            v += (ch - '0') * scale;
+        }
+    }
+    if (num == "." || v <= 0 || v > 1e7)
+        return std::nullopt;
+    return rate_config{v / per, std::string(text)};
+}
+
+std::string_view shaping_action_name(shaping_action a) noexcept {
+    switch (a) {
+        case shaping_action::suspend:
+            return "suspend";
+        case shaping_action::set:
+            return "set";
+        case shaping_action::bounce:
+            return "bounce";
+    }
+    return "?";
 }
 
 std::string_view role_name(listener_role r) noexcept {
@@ -1361,7 +1872,29 @@ parsed_config parse_config(std::string_view toml_text, std::string_view source_n
                                      shown(sn->as_string()->get()), d.domain, it->second));
             }
         });
+    std::map<std::string, std::string> sources_seen;
+    read_array_of_tables<egress_source_config>(
+        ctx, r, "egress_source", egress_source_fields, c.egress_sources,
+        [&](table_reader& er, egress_source_config& e) {
+            unique_name(ctx, sources_seen, er, e.name, "egress source");
+        });
+    for (auto& e : c.egress_sources) {
+        if (e.ehlo_name.empty())
+            e.ehlo_name = c.delivery.helo_name;
+    }
+    std::map<std::string, std::string> pools_seen;
+    read_array_of_tables<egress_pool_config>(
+        ctx, r, "egress_pool", egress_pool_fields, c.egress_pools,
+        [&](table_reader& pr, egress_pool_config& p) {
+            unique_name(ctx, pools_seen, pr, p.name, "egress pool");
+        });
+    read_shaping_tables(ctx, r, "", c.providers, c.shaping_rules);
     r.finish();
+    {
+        const toml::table* dt = root.get_as<toml::table>("delivery");
+        merge_shaping_file(ctx, c, dt != nullptr && dt->get("shaping_file") != nullptr);
+    }
+    check_shaping(ctx, c);
     if (!c.auth.enabled()) {
         for (std::size_t i = 0; i < c.listen.size(); ++i) {
             if (c.listen[i].role != listener_role::relay) {

@@ -264,4 +264,13 @@ result<void> set_nodelay(int fd, bool on) {
     return set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0);
 }
 
+result<void> bind_source(int fd, const endpoint& source) {
+    if (source.family() != AF_INET && source.family() != AF_INET6)
+        return failure(errc::bad_address_family);
+    (void)set_int_option(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+    if (::bind(fd, source.addr(), source.len) != 0)
+        return sys_failure(errno);
+    return {};
+}
+
 }  // namespace ringmail::core

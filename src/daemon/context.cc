@@ -2,6 +2,7 @@
 
 #include "ringmail/core/log.h"
 #include "ringmail/core/shard_runner.h"
+#include "ringmail/delivery/engine.h"
 
 #include <fmt/format.h>
 
@@ -228,6 +229,14 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
     if (!ctx.delivery.bounces)
         return std::nullopt;
     ctx.delivery.bounce_counts = std::make_unique<queue::bounce_counters[]>(ctx.shards);
+    {
+        std::string shaping_why;
+        ctx.delivery.shaping = delivery::make_shaping(cfg, shaping_why);
+        if (!ctx.delivery.shaping && !shaping_why.empty()) {
+            why = fmt::format("shaping: {}", shaping_why);
+            return std::nullopt;
+        }
+    }
 
     std::error_code ec;
     std::filesystem::create_directories(cfg.server.spool_dir, ec);
@@ -235,6 +244,27 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
         why = fmt::format("server.spool_dir: cannot create \"{}\": {}", cfg.server.spool_dir,
                           ec.message());
         return std::nullopt;
+    }
+    if (ctx.delivery.shaping) {
+        // Suspensions survive a restart: those still in force apply before any shard starts.
+        // The rules' suspensions have a file of their own: the admin thread owns
+        // queue::suspensions::file_name (the operators' suspensions) and rewrites it whole.
+        const std::string path = (std::filesystem::path(cfg.server.spool_dir) /
+                                  (std::string(queue::suspensions::file_name) + ".shaping"))
+                                     .string();
+        const auto now_unix = static_cast<std::int64_t>(std::time(nullptr));
+        auto loaded = queue::suspensions::load_file(path, now_unix);
+        if (!loaded) {
+            why = fmt::format("{}: {}", path, loaded.error().message());
+            return std::nullopt;
+        }
+        const std::size_t n = queue::apply_suspensions(*ctx.delivery.shaping, *loaded, now_unix,
+                                                       std::chrono::steady_clock::now());
+        if (n > 0)
+            core::log::info("{} suspension(s) from {} still in force", n, path);
+        ctx.delivery.suspensions =
+            std::make_unique<daemon::suspension_keeper>(path, std::move(*loaded));
+        ctx.delivery.shaping->recorder = ctx.delivery.suspensions.get();
     }
     ctx.spool_dirs.resize(ctx.shards);
     for (unsigned i = 0; i < ctx.shards; ++i)

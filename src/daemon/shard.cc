@@ -152,8 +152,8 @@ bool shard::start(std::string& why) {
     }
     _network = std::make_unique<outbound::ring_network>(reactor(), buffers(), std::move(*resolver),
                                                         _ctx.cfg.delivery.tls_ca_file, metrics());
-    auto settings =
-        delivery::make_settings(_ctx.cfg, id(), _ctx.shards, _ctx.delivery.gauges.get());
+    auto settings = delivery::make_settings(_ctx.cfg, id(), _ctx.shards,
+                                            _ctx.delivery.gauges.get(), _ctx.delivery.shaping.get());
     settings.bounces = _ctx.delivery.bounces;
     settings.bounce_counts = &_ctx.delivery.bounce_counts[id()];
     _engine = std::make_unique<delivery::engine>(*this, *_network, std::move(settings));

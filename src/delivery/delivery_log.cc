@@ -156,6 +156,7 @@ void format_delivery_record(const delivery_record& r, std::string& out) {
     }
     field(out, "mx_host", r.mx_host);
     field(out, "mx_ip", r.mx_ip);
+    field(out, "source", r.source);
     field(out, "reply", r.reply);
     field(out, "category", r.category);
     field(out, "attempt", r.attempt);

@@ -1,5 +1,6 @@
 #include "ringmail/delivery/engine.h"
 
+#include "ringmail/core/duration.h"
 #include "ringmail/core/log.h"
 #include "ringmail/core/panic.h"
 #include "ringmail/delivery/bounce.h"
@@ -8,7 +9,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <arpa/inet.h>
+#include <cstring>
+#include <netinet/in.h>
 #include <random>
+#include <unordered_map>
 
 namespace ringmail::delivery {
 
@@ -97,8 +102,130 @@ std::string_view status_word(queue::rcpt_status st) {
 
 }  // namespace
 
+namespace {
+// An IP literal (canonical, from the configuration) as a socket address with port 0.
+std::optional<core::endpoint> source_endpoint(const std::string& ip) {
+    core::endpoint ep;
+    if (ip.find(':') == std::string::npos) {
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        if (inet_pton(AF_INET, ip.c_str(), &a.sin_addr) != 1)
+            return std::nullopt;
+        std::memcpy(&ep.storage, &a, sizeof a);
+        ep.len = sizeof a;
+    } else {
+        sockaddr_in6 a{};
+        a.sin6_family = AF_INET6;
+        if (inet_pton(AF_INET6, ip.c_str(), &a.sin6_addr) != 1)
+            return std::nullopt;
+        std::memcpy(&ep.storage, &a, sizeof a);
+        ep.len = sizeof a;
+    }
+    return ep;
+}
+
+queue::rule_action to_rule_action(config::shaping_action a) {
+    switch (a) {
+        case config::shaping_action::suspend:
+            return queue::rule_action::suspend;
+        case config::shaping_action::set:
+            return queue::rule_action::set;
+        case config::shaping_action::bounce:
+            break;
+    }
+    return queue::rule_action::bounce;
+}
+}  // namespace
+
+std::unique_ptr<queue::shaping_context> make_shaping(const config::settings& cfg,
+                                                     std::string& why) {
+    if (cfg.providers.empty() && cfg.shaping_rules.empty() && cfg.egress_pools.empty() &&
+        cfg.delivery.egress_pool.empty())
+        return nullptr;
+    auto sh = std::make_unique<queue::shaping_context>();
+    std::unordered_map<std::string, unsigned> source_index;
+    std::vector<std::uint32_t> source_limits;
+    for (const auto& e : cfg.egress_sources) {
+        source_index.emplace(e.name, static_cast<unsigned>(source_limits.size()));
+        source_limits.push_back(e.max_connections);
+    }
+    sh->sources = source_limits.size();
+    std::unordered_map<std::string, int> pool_index;
+    for (const auto& p : cfg.egress_pools) {
+        queue::egress_pool_spec spec;
+        for (const auto& m : p.sources) {
+            auto it = source_index.find(m.source);
+            if (it == source_index.end()) {
+                why = fmt::format("egress pool {}: unknown source {}", p.name, m.source);
+                return nullptr;
+            }
+            spec.sources.push_back(it->second);
+            spec.weights.push_back(m.weight);
+        }
+        pool_index.emplace(p.name, static_cast<int>(sh->pools.size()));
+        sh->pools.push_back(std::move(spec));
+    }
+    auto pool_of = [&](const std::string& name) {
+        auto it = pool_index.find(name);
+        return it == pool_index.end() ? -1 : it->second;
+    };
+    sh->default_pool = cfg.delivery.egress_pool.empty() ? -1 : pool_of(cfg.delivery.egress_pool);
+    std::vector<queue::provider_spec> providers;
+    std::unordered_map<std::string, int> provider_index;
+    for (const auto& p : cfg.providers) {
+        queue::provider_spec spec;
+        spec.name = p.name;
+        spec.mx_suffix = p.mx_suffix;
+        spec.domain_suffix = p.domain_suffix;
+        spec.max_connections = p.max_connections.value_or(0);
+        spec.max_messages_per_connection = p.max_messages_per_connection.value_or(0);
+        spec.message_rate = p.max_message_rate ? p.max_message_rate->per_second : 0.0;
+        spec.message_burst = p.max_message_burst.value_or(1);
+        spec.connection_rate = p.max_connection_rate ? p.max_connection_rate->per_second : 0.0;
+        spec.pool = p.egress_pool.empty() ? -1 : pool_of(p.egress_pool);
+        provider_index.emplace(p.name, static_cast<int>(providers.size()));
+        providers.push_back(std::move(spec));
+    }
+    sh->providers = queue::provider_table(std::move(providers));
+    std::vector<queue::rule_spec> rules;
+    for (const auto& r : cfg.shaping_rules) {
+        queue::rule_spec spec;
+        spec.any = r.provider == "*";
+        if (!spec.any && !r.provider.empty()) {
+            auto it = provider_index.find(r.provider);
+            if (it == provider_index.end()) {
+                why = fmt::format("{}: unknown provider {}", r.where, r.provider);
+                return nullptr;
+            }
+            spec.provider = it->second;
+        }
+        spec.domain = r.domain;
+        spec.match = r.match;
+        spec.action = to_rule_action(r.action);
+        spec.duration = r.duration;
+        spec.trigger_count = std::min(r.trigger_count, queue::max_trigger_count);
+        spec.trigger_window = r.trigger_window;
+        spec.set_rate = r.max_message_rate ? r.max_message_rate->per_second : 0.0;
+        spec.set_connections = r.max_connections.value_or(0);
+        spec.where = r.where;
+        rules.push_back(std::move(spec));
+    }
+    auto built =
+        queue::shaping_rules::build(std::move(rules), sh->providers.size(), sh->sources + 1, why);
+    if (!built)
+        return nullptr;
+    sh->rules = std::move(*built);
+    sh->limits = std::make_unique<queue::local_limiter>(sh->providers, sh->rules.domain_scopes(),
+                                                        std::move(source_limits));
+    for (const auto& e : cfg.egress_sources)
+        sh->source_names.push_back(e.name);
+    for (const auto& p : cfg.providers)
+        sh->provider_names.push_back(p.name);
+    return sh;
+}
+
 engine_settings make_settings(const config::settings& cfg, unsigned shard, unsigned shards,
-                              queue::spare_gauges* gauges) {
+                              queue::spare_gauges* gauges, const queue::shaping_context* shaping) {
     const auto& d = cfg.delivery;
     engine_settings s;
     queue::scheduler_config& sc = s.scheduler;
@@ -145,6 +272,22 @@ engine_settings make_settings(const config::settings& cfg, unsigned shard, unsig
     s.idle_timeout = d.idle_timeout;
     s.max_messages_per_connection = d.max_messages_per_connection;
     s.max_connections = d.max_connections;
+    if (shaping) {
+        sc.shaping = shaping;
+        s.shaping = shaping;
+        for (const auto& e : cfg.egress_sources) {
+            auto ep = source_endpoint(e.address);
+            if (!ep)
+                core::invariant_broken("egress source {}: address {} passed the config check",
+                                       e.name, e.address);
+            s.sources.push_back(
+                {e.name, *ep, e.ehlo_name.empty() ? s.client.helo_name : e.ehlo_name});
+        }
+        for (const auto& p : cfg.providers) {
+            s.provider_names.push_back(p.name);
+            s.provider_tls.push_back(p.tls);
+        }
+    }
     return s;
 }
 
@@ -571,8 +714,10 @@ void engine::log_notice(const queue::job_notice& n) {
                 _settings.bounce_counts->add(outcome_of(n.status[i]), category);
         }
         std::string_view rcpt = v && r < v->rcpts.size() ? std::string_view(v->rcpts[r]) : "";
-        log::info("{}: to=<{}>, relay={}[{}], attempt={}, status={} ({}){}{}", id,
-                  log::sanitize(rcpt), host.empty() ? "none" : host, ip, n.attempts,
+        log::info("{}: to=<{}>, relay={}[{}]{}{}, attempt={}, status={} ({}){}{}", id,
+                  log::sanitize(rcpt), host.empty() ? "none" : host, ip,
+                  note && !note->source.empty() ? ", source=" : "",
+                  note ? std::string_view(note->source) : std::string_view(), n.attempts,
                   status_word(n.status[i]), log::sanitize(reply_text), failed ? ", category=" : "",
                   category_name);
         if (!events.enabled())
@@ -603,6 +748,8 @@ void engine::log_notice(const queue::job_notice& n) {
         }
         rec.mx_host = host;
         rec.mx_ip = ip;
+        if (note)
+            rec.source = note->source;
         rec.reply = reply_text;
         rec.category = category_name;
         rec.attempt = n.attempts;
@@ -758,7 +905,9 @@ void engine::reclaim_idle() {
 // past the default message limit per connection is not kept: the scheduler counts messages per
 // its own connection only.
 bool engine::park(conn& mc) {
-    if (_draining || !mc.c || mc.job || _settings.idle_timeout.count() <= 0 ||
+    // A session bound to an egress source stays with its destination: the pool does not know
+    // sources, and another destination may be pinned to another pool.
+    if (_draining || !mc.c || mc.job || mc.source >= 0 || _settings.idle_timeout.count() <= 0 ||
         (_settings.max_messages_per_connection != 0 &&
          mc.c->transactions() >= _settings.max_messages_per_connection))
         return false;
@@ -783,7 +932,8 @@ outbound::adoption_policy engine::adoption_for(const outbound::outbound_settings
 // preference level whose TLS state satisfies mc's policy becomes mc's connection, opened at
 // once. Lower preference levels are only reached after this level failed.
 bool engine::adopt(std::uint64_t cid, conn& mc) {
-    if (_pool.empty() || mc.next_target >= mc.targets.size())
+    if (_pool.empty() || mc.next_target >= mc.targets.size() || mc.source >= 0 ||
+        (_settings.shaping && !_settings.sources.empty()))
         return false;
     const std::uint16_t level = mc.preferences[mc.next_target];
     std::size_t end = mc.next_target;
@@ -805,11 +955,15 @@ bool engine::adopt(std::uint64_t cid, conn& mc) {
     return true;
 }
 
-outbound::outbound_settings engine::settings_for(std::string_view key) {
+outbound::outbound_settings engine::settings_for(std::string_view key, int provider) {
     outbound::outbound_settings s;
     s.client = _settings.client;
     config::tls_policy policy = _settings.tls;
     bool verify = _settings.tls_verify;
+    // A provider's policy, then the domain's own (more specific) over it.
+    if (provider >= 0 && static_cast<std::size_t>(provider) < _settings.provider_tls.size() &&
+        _settings.provider_tls[static_cast<std::size_t>(provider)])
+        policy = *_settings.provider_tls[static_cast<std::size_t>(provider)];
     for (const auto& dc : _settings.domains) {
         if (dc.name == key) {
             if (dc.tls)
@@ -855,8 +1009,10 @@ void engine::open(const queue::open_connection& a) {
     const std::uint64_t cid = a.conn;
     conn& mc = _conns[cid];
     mc.key = std::string(a.domain);
-    mc.settings = settings_for(mc.key);
+    mc.settings = settings_for(mc.key, a.provider);
     mc.settings.connect_timeout = a.connect_timeout;
+    mc.source = a.source;
+    apply_source(mc);
     auto cb = [this, cid](const result<dns::route>& r) { on_route(cid, r); };
     // The callback runs from the loop later, never inside the lookup call.
     if (auto fixed = _settings.routes.fixed_host(mc.key)) {
@@ -910,6 +1066,20 @@ void engine::on_route(std::uint64_t cid, const result<dns::route>& r) {
         if (!_running)
             run();
         return;
+    }
+    if (_settings.shaping && _sched.provider_of(cid) < 0) {
+        // A provider known by its MX hosts: from this lookup on (this connection included).
+        std::vector<std::string> names;
+        for (const auto& h : r->hosts)
+            names.push_back(h.name);
+        const int p = _settings.shaping->providers.match_mx(names);
+        if (p >= 0) {
+            _sched.learn_provider(cid, p);
+            const auto timeout = mc.settings.connect_timeout;
+            mc.settings = settings_for(mc.key, p);
+            mc.settings.connect_timeout = timeout;
+            apply_source(mc);
+        }
     }
     for (const auto& h : r->hosts) {
         for (const auto& ep : h.addresses) {
@@ -975,7 +1145,8 @@ void engine::finish_pseudo(std::uint64_t cid, conn& mc, running_job& j) {
     for (auto r : j.job.rcpts) {
         results.push_back(queue::rcpt_result{
             .rcpt = r, .status = queue::rcpt_status::failed, .reply = &*mc.dns_failure});
-        notes.push_back(tx_note{r, "", "", mc.dns_failure->to_string(), mc.dns_failure->category});
+        notes.push_back(
+            tx_note{r, "", "", mc.dns_failure->to_string(), mc.dns_failure->category, ""});
     }
     _sched.complete(cid, j.id, results, _host.now(), _host.unix_now());
 }
@@ -1114,13 +1285,25 @@ void engine::on_transaction(outbound::link& c, const smtp::transaction_result& r
     replies.reserve(j.rcpts.size());
     std::vector<queue::rcpt_result> results;
     auto& notes = _notes[j.job.queue_id];
+    std::string last_line;
+    bool last_bounce = false;
     for (std::size_t i = 0; i < j.rcpts.size(); ++i) {
         const smtp::server_reply& rep = r.outcome(i);
         replies.push_back(to_attempt(rep, t.host));
         queue::rcpt_status st = queue::rcpt_status::deferred;
+        bool bounce = false;
+        if (_settings.shaping && !r.delivered(i) && replies.back().code != 0) {
+            // Each distinct reply once through the rules (one RE2::Set pass).
+            std::string line = replies.back().to_string();
+            if (line != last_line) {
+                last_bounce = shape_reply(c.id(), mc, line);
+                last_line = std::move(line);
+            }
+            bounce = last_bounce;
+        }
         if (r.delivered(i)) {
             st = queue::rcpt_status::delivered;
-        } else if (r.permanent(i)) {
+        } else if (r.permanent(i) || bounce) {
             st = queue::rcpt_status::failed;
         } else if (replies.back().code < 400 || replies.back().code >= 500) {
             replies.back().code = 451;  // a made-up reply (no server answer) is transient
@@ -1128,8 +1311,8 @@ void engine::on_transaction(outbound::link& c, const smtp::transaction_result& r
         std::string text = replies.back().to_string();
         if (c.tls_active())
             text += ", tls";
-        notes.push_back(
-            tx_note{j.job.rcpts[i], t.host, t.ip, std::move(text), replies.back().category});
+        notes.push_back(tx_note{j.job.rcpts[i], t.host, t.ip, std::move(text),
+                                replies.back().category, std::string(source_name(mc.source))});
         results.push_back(queue::rcpt_result{j.job.rcpts[i], st, nullptr});
         // RFC 3461 5.2.2: a next hop without DSN ends the chain of reports here.
         if (st == queue::rcpt_status::delivered && i < j.rcpt_dsn.size() && !c.capabilities().dsn &&
@@ -1151,6 +1334,31 @@ void engine::on_failed(outbound::link& c, const smtp::server_reply& why) {
     conn& mc = it->second;
     if (c.established() || mc.opened)
         return;  // a working session broke: on_closed reports it
+    if (c.bind_error() != 0 && mc.source >= 0 && _settings.shaping) {
+        // The source cannot be used (an address on no interface): out for a while, and this
+        // connection is withdrawn without counting an attempt, so the jobs go out from the
+        // pool's other sources.
+        const auto until = _host.now() + _settings.shaping->unbindable_for;
+        _settings.shaping->limits->suspend_source(static_cast<unsigned>(mc.source + 1), until);
+        log::warn(
+            "egress source {} ({}) cannot bind: {}; suspended for {}, traffic moves to the "
+            "pool's other sources",
+            source_name(mc.source),
+            core::ip_text(_settings.sources[static_cast<std::size_t>(mc.source)].address),
+            std::strerror(c.bind_error()),
+            core::format_duration(std::chrono::duration_cast<std::chrono::seconds>(
+                _settings.shaping->unbindable_for)));
+        const std::uint64_t cid = c.id();
+        _dead.push_back(std::move(mc.c));
+        _sched.connection_closed(cid, _host.now());
+        _conns.erase(it);
+        _dirty = true;
+        if (!_running)
+            run();
+        return;
+    }
+    if (_settings.shaping && why.code != 0)
+        shape_reply(c.id(), mc, to_attempt(why, c.target().host).to_string());
     // Connection refused, greeting or EHLO refused, required TLS failed: next address, same
     // attempt (RFC 5321 5.1).
     mc.last_error = why;
@@ -1160,6 +1368,87 @@ void engine::on_failed(outbound::link& c, const smtp::server_reply& why) {
     connect_next(c.id(), mc);
     if (!_running)
         run();
+}
+
+void engine::apply_source(conn& mc) {
+    if (mc.source < 0 || static_cast<std::size_t>(mc.source) >= _settings.sources.size())
+        return;
+    const auto& src = _settings.sources[static_cast<std::size_t>(mc.source)];
+    mc.settings.source = src.address;
+    mc.settings.client.helo_name = src.ehlo_name;
+}
+
+std::string_view engine::source_name(int source) const {
+    if (source < 0 || static_cast<std::size_t>(source) >= _settings.sources.size())
+        return {};
+    return _settings.sources[static_cast<std::size_t>(source)].name;
+}
+
+bool engine::shape_reply(std::uint64_t cid, const conn& mc, const std::string& line) {
+    const queue::shaping_context* sh = _settings.shaping;
+    if (!sh || sh->rules.size() == 0)
+        return false;
+    const auto now = _host.now();
+    _effects.clear();
+    sh->rules.on_reply(line, _sched.provider_of(cid), _sched.domain_scope_of(cid),
+                       _sched.slot_of(cid), now, *sh->limits, _effects, _rule_scratch);
+    bool bounce = false;
+    for (const auto& e : _effects) {
+        const queue::rule_spec& r = sh->rules[static_cast<std::size_t>(e.rule)];
+        std::string scope;
+        if (e.scope < 0)
+            scope = fmt::format("domain {}", log::sanitize(mc.key));
+        else if (static_cast<std::size_t>(e.scope) < _settings.provider_names.size())
+            scope = fmt::format("provider {}",
+                                _settings.provider_names[static_cast<std::size_t>(e.scope)]);
+        else
+            scope = fmt::format("domain {}", r.domain);
+        const std::string_view src = mc.source >= 0 ? source_name(mc.source) : "(default)";
+        const auto dur =
+            core::format_duration(std::chrono::duration_cast<std::chrono::seconds>(r.duration));
+        switch (e.action) {
+            case queue::rule_action::bounce:
+                bounce = true;
+                log::info("shaping: {} matched ({}): the recipients fail now: {}", r.where, scope,
+                          log::sanitize(line));
+                break;
+            case queue::rule_action::suspend:
+                if (e.scope < 0)
+                    _sched.suspend_destination(cid, e.until);
+                if (sh->recorder) {
+                    queue::suspension rec;
+                    const bool provider = e.scope >= 0 && static_cast<std::size_t>(e.scope) <
+                                                              _settings.provider_names.size();
+                    rec.scope.kind = provider ? queue::suspension_kind::provider
+                                              : queue::suspension_kind::domain;
+                    rec.scope.name =
+                        provider ? _settings.provider_names[static_cast<std::size_t>(e.scope)]
+                                 : (e.scope < 0 ? mc.key : r.domain);
+                    rec.scope.source = std::string(source_name(mc.source));
+                    rec.since_unix = _host.unix_now();
+                    rec.until_unix =
+                        rec.since_unix +
+                        std::chrono::duration_cast<std::chrono::seconds>(r.duration).count();
+                    rec.reason = fmt::format("{}: {}", r.where, line);
+                    rec.origin = "shaping";
+                    sh->recorder->record(std::move(rec));
+                }
+                log::warn("shaping: {} suspended from source {} for {} ({}): {}", scope, src, dur,
+                          r.where, log::sanitize(line));
+                break;
+            case queue::rule_action::set:
+                log::warn(
+                    "shaping: {} limited from source {} for {} to {}{} then back by doubling "
+                    "every quarter of it ({}): {}",
+                    scope, src, dur,
+                    r.set_rate > 0 ? fmt::format("{:g}/s", r.set_rate) : std::string(),
+                    r.set_connections > 0 ? fmt::format(" {} connection(s)", r.set_connections)
+                                          : std::string(),
+                    r.where, log::sanitize(line));
+                break;
+        }
+    }
+    return bounce;
 }
 
 void engine::on_closed(outbound::link& c) {

@@ -61,7 +61,18 @@ void outbound_connection::connect() {
         return;
     }
     (void)core::set_nodelay(*fd);
-    core::stream_connection::connect(core::ring_fd::adopt(*fd), _target.endpoint);
+    auto sock = core::ring_fd::adopt(*fd);
+    if (_settings.source) {
+        if (auto b = core::bind_source(sock.get(), *_settings.source); !b) {
+            _bind_error = b.error() == std::errc::address_not_available ? EADDRNOTAVAIL : EINVAL;
+            // The socket is the stream's, so its close goes through the ring like any other.
+            attach(std::move(sock));
+            fail(fmt::format("bind to source {}: {}", core::ip_text(*_settings.source),
+                             b.error().message()));
+            return;
+        }
+    }
+    core::stream_connection::connect(std::move(sock), _target.endpoint);
     set_deadline(ring().now() + _settings.connect_timeout);
 }
 

@@ -39,6 +39,12 @@ struct scheduler::dest {
     std::optional<steady_time> armed;            // earliest deferred-timer entry pushed for it
     std::optional<steady_time> suspended_until;  // an operator's or shaping's suspension
     std::string last_reply;                      // of the last failed attempt
+    // Shaping: the destination's provider (-1 none/unknown), rule domain scope, egress pool,
+    // and its own suspensions per source slot ("*" rules on a domain of no provider).
+    int provider = -1;
+    int dscope = -1;
+    int pool = -1;
+    std::vector<steady_time> suspended;
 };
 
 struct scheduler::conn {
@@ -47,6 +53,9 @@ struct scheduler::conn {
     std::uint32_t messages = 0;
     std::uint64_t job = 0;
     std::uint64_t epoch = 0;
+    unsigned slot = 0;    // shaping: egress source + 1, 0 = none
+    int provider = -1;    // shaping: the provider its slots were taken for
+    bool shaped = false;  // holds limiter slots
 };
 
 scheduler::scheduler(scheduler_config config) : _cfg(std::move(config)), _rng(_cfg.seed) {
@@ -56,6 +65,144 @@ scheduler::scheduler(scheduler_config config) : _cfg(std::move(config)), _rng(_c
         core::invariant_broken("scheduler: retry policy not validated");
     if (_cfg.gauges && _cfg.gauges->shards() != _cfg.shards)
         core::invariant_broken("scheduler: spare gauges sized for another shard count");
+    if (_cfg.shaping) {
+        if (!_cfg.shaping->limits)
+            core::invariant_broken("scheduler: shaping without a limiter");
+        for (const auto& p : _cfg.shaping->pools)
+            _wrr.emplace_back(p.weights);
+    }
+}
+
+void scheduler::shape_dest(dest& d, int provider_hint) {
+    const shaping_context* sh = _cfg.shaping;
+    if (!sh)
+        return;
+    d.provider = provider_hint >= 0 ? provider_hint : sh->providers.match_domain(d.q.key());
+    if (d.provider < 0) {
+        auto it = _learned.find(d.q.key());
+        if (it != _learned.end())
+            d.provider = it->second;
+    }
+    d.dscope = sh->rules.domain_scope(d.q.key());
+    d.pool = sh->default_pool;
+    if (d.provider >= 0 && sh->providers[static_cast<std::size_t>(d.provider)].pool >= 0)
+        d.pool = sh->providers[static_cast<std::size_t>(d.provider)].pool;
+}
+
+std::uint32_t scheduler::messages_per_conn(const dest& d) const {
+    const std::uint32_t own = d.q.policy().max_messages_per_connection;
+    if (!_cfg.shaping || d.provider < 0)
+        return own;
+    const std::uint32_t p =
+        _cfg.shaping->providers[static_cast<std::size_t>(d.provider)].max_messages_per_connection;
+    return p != 0 ? p : own;
+}
+
+// The latest end of any suspension that keeps d from using `slot` (<= now: none).
+steady_time scheduler::blocked_until(const dest& d, unsigned slot) const {
+    const shaping_context& sh = *_cfg.shaping;
+    steady_time t = sh.limits->source_suspended_until(slot);
+    if (d.provider >= 0)
+        t = std::max(t, sh.limits->suspended_until(d.provider, slot));
+    if (d.dscope >= 0)
+        t = std::max(t, sh.limits->suspended_until(d.dscope, slot));
+    if (slot < d.suspended.size())
+        t = std::max(t, d.suspended[slot]);
+    return t;
+}
+
+bool scheduler::may_send(dest& d, std::uint64_t cid, steady_time now,
+                         std::optional<steady_time>& when) {
+    auto earliest = [&](steady_time t) {
+        if (!when || t < *when)
+            when = t;
+    };
+    const conn& c = find_conn(cid);
+    if (_cfg.shaping) {
+        const steady_time b = blocked_until(d, c.slot);
+        if (b > now) {
+            earliest(b);
+            return false;
+        }
+    }
+    // The destination's own bucket is only looked at first, so a refused shared token wastes
+    // nothing of it.
+    const steady_time own = d.q.bucket().next_available(now);
+    if (own > now) {
+        earliest(own);
+        return false;
+    }
+    if (_cfg.shaping) {
+        limiter& lim = *_cfg.shaping->limits;
+        if (d.provider >= 0) {
+            auto t = lim.take_message(d.provider, c.slot, now);
+            if (!t.ok) {
+                earliest(t.at);
+                return false;
+            }
+        }
+        if (d.dscope >= 0) {
+            auto t = lim.take_message(d.dscope, c.slot, now);
+            if (!t.ok) {
+                earliest(t.at);
+                return false;
+            }
+        }
+    }
+    return d.q.bucket().try_take(now);
+}
+
+std::optional<int> scheduler::pick_source(dest& d, steady_time now,
+                                          std::optional<steady_time>& when) {
+    auto earliest = [&](steady_time t) {
+        if (!when || t < *when)
+            when = t;
+    };
+    const shaping_context& sh = *_cfg.shaping;
+    limiter& lim = *sh.limits;
+    auto try_slot = [&](unsigned slot) -> bool {
+        const steady_time b = blocked_until(d, slot);
+        if (b > now) {
+            earliest(b);
+            return false;
+        }
+        auto t = lim.acquire_connection(d.provider, slot, now);
+        if (!t.ok) {
+            earliest(std::max(t.at, now + std::chrono::milliseconds(1)));
+            return false;
+        }
+        return true;
+    };
+    if (d.pool < 0 || static_cast<std::size_t>(d.pool) >= sh.pools.size())
+        return try_slot(0) ? std::optional<int>(-1) : std::nullopt;
+    const egress_pool_spec& pool = sh.pools[static_cast<std::size_t>(d.pool)];
+    smooth_wrr& wrr = _wrr[static_cast<std::size_t>(d.pool)];
+    std::uint64_t refused = 0;  // members tried and refused in this decision
+    for (std::size_t round = 0; round < pool.sources.size(); ++round) {
+        const int m = wrr.pick([&](std::size_t i) {
+            if (i < 64 && (refused >> i & 1))
+                return false;
+            const unsigned slot = pool.sources[i] + 1;
+            if (blocked_until(d, slot) > now)
+                return false;
+            return true;
+        });
+        if (m < 0)
+            break;
+        const unsigned source = pool.sources[static_cast<std::size_t>(m)];
+        if (try_slot(source + 1))
+            return static_cast<int>(source);
+        if (m < 64)
+            refused |= std::uint64_t{1} << m;
+    }
+    // Nothing usable: wake when the first suspension of a member ends (or poll the slots).
+    for (unsigned source : pool.sources) {
+        const steady_time b = blocked_until(d, source + 1);
+        if (b > now)
+            earliest(b);
+    }
+    earliest(now + _cfg.slot_poll);
+    return std::nullopt;
 }
 
 scheduler::~scheduler() = default;
@@ -70,6 +217,7 @@ scheduler::dest& scheduler::owned_dest(std::string_view key, steady_time now) {
     d->slots = d->own_slots.get();
     d->conn_cap = p.max_connections;
     dest& ref = *d;
+    shape_dest(ref, -1);
     _by_id.emplace(ref.id, &ref);
     _owned.emplace(ref.q.key(), std::move(d));
     apply_suspension(ref);
@@ -281,6 +429,7 @@ std::optional<job_notice> scheduler::receive(unsigned from, shard_message&& msg,
         d->awaited = g->jobs;
         d->slots = g->slots;
         d->conn_cap = std::max<std::uint32_t>(1, g->max_connections);
+        shape_dest(*d, g->provider);
         if (!d->slots)
             core::invariant_broken("scheduler: lease without a slot counter");
         _by_id.emplace(d->id, d.get());
@@ -377,8 +526,22 @@ action scheduler::next_action(steady_time now) {
             }
             d.suspended_until.reset();
         }
+        if (_cfg.shaping && !d.idle_conns.empty()) {
+            // Idle connections from a source the destination may not use now are closed (a
+            // suspension lasts minutes to hours); their slots go to other sources.
+            for (std::size_t k = 0; k < d.idle_conns.size();) {
+                const std::uint64_t id = d.idle_conns[k];
+                if (blocked_until(d, find_conn(id).slot) > now) {
+                    _to_close.push_back(id);
+                    d.idle_conns.erase(d.idle_conns.begin() + static_cast<long>(k));
+                    continue;
+                }
+                ++k;
+            }
+        }
         if (!d.idle_conns.empty()) {
-            if (d.q.bucket().try_take(now)) {
+            std::optional<steady_time> when;
+            if (may_send(d, d.idle_conns.back(), now, when)) {
                 std::uint64_t cid = d.idle_conns.back();
                 d.idle_conns.pop_back();
                 conn& c = find_conn(cid);
@@ -396,20 +559,40 @@ action scheduler::next_action(steady_time now) {
                 }
                 return run_job{cid, c.job, std::move(job)};
             }
-            consider(d.q.bucket().next_available(now));
+            if (when)
+                consider(*when);
             continue;  // more connections would not beat the rate
         }
         if (dc.ready > d.connecting && d.q.below_connection_cap(d.conn_cap) &&
             _conns.size() < _cfg.max_total_connections) {
+            int source = -1;
+            if (_cfg.shaping) {
+                std::optional<steady_time> when;
+                auto picked = pick_source(d, now, when);
+                if (!picked) {
+                    if (when)
+                        consider(*when);
+                    continue;
+                }
+                source = *picked;
+            }
             if (!d.slots->try_acquire()) {
+                if (_cfg.shaping)
+                    _cfg.shaping->limits->release_connection(d.provider,
+                                                             static_cast<unsigned>(source + 1));
                 consider(now + _cfg.slot_poll);
                 continue;
             }
             std::uint64_t cid = _next_conn++;
-            _conns.emplace(cid, conn{&d, conn_state::connecting, 0, 0, 0});
+            conn c{&d, conn_state::connecting, 0, 0, 0};
+            c.slot = static_cast<unsigned>(source + 1);
+            c.provider = d.provider;
+            c.shaped = _cfg.shaping != nullptr;
+            _conns.emplace(cid, c);
             ++d.connecting;
             d.q.connection_opening();
-            return open_connection{cid, d.q.key(), d.q.policy().connect_timeout};
+            return open_connection{cid, d.q.key(), d.q.policy().connect_timeout, source,
+                                   d.provider};
         }
     }
     if (!_idle.empty())
@@ -418,6 +601,8 @@ action scheduler::next_action(steady_time now) {
         consider(_timers.front().when);
     if (_cfg.gauges && _ready >= _cfg.spread_backlog)
         consider(_last_spread + _cfg.spread_interval);
+    if (!_to_close.empty())
+        return next_action(now);  // idle connections of a suspended source, found above
     return wait{soonest};
 }
 
@@ -426,6 +611,52 @@ scheduler::conn& scheduler::find_conn(std::uint64_t id) {
     if (it == _conns.end())
         core::invariant_broken("scheduler: unknown connection id");
     return it->second;
+}
+
+const scheduler::conn& scheduler::find_conn(std::uint64_t id) const {
+    auto it = _conns.find(id);
+    if (it == _conns.end())
+        core::invariant_broken("scheduler: unknown connection id");
+    return it->second;
+}
+
+void scheduler::learn_provider(std::uint64_t id, int provider) {
+    _oncore.check();
+    if (!_cfg.shaping || provider < 0)
+        return;
+    conn& c = find_conn(id);
+    dest& d = *c.d;
+    if (d.provider < 0) {
+        shape_dest(d, provider);
+        if (_learned.size() >= 65536)
+            _learned.clear();  // bounded; relearned at the next lookup
+        _learned[d.q.key()] = provider;
+    }
+    if (c.shaped && c.provider < 0) {
+        _cfg.shaping->limits->attach_provider(provider, c.slot);
+        c.provider = provider;
+    }
+}
+
+int scheduler::provider_of(std::uint64_t id) const {
+    return find_conn(id).d->provider;
+}
+
+int scheduler::domain_scope_of(std::uint64_t id) const {
+    return find_conn(id).d->dscope;
+}
+
+unsigned scheduler::slot_of(std::uint64_t id) const {
+    return find_conn(id).slot;
+}
+
+void scheduler::suspend_destination(std::uint64_t id, steady_time until) {
+    _oncore.check();
+    conn& c = find_conn(id);
+    dest& d = *c.d;
+    if (d.suspended.size() <= c.slot)
+        d.suspended.resize(c.slot + 1);
+    d.suspended[c.slot] = std::max(d.suspended[c.slot], until);
 }
 
 void scheduler::connection_opened(std::uint64_t id, steady_time now) {
@@ -450,6 +681,8 @@ void scheduler::connection_opened(std::uint64_t id, steady_time now) {
 
 void scheduler::release_conn(std::unordered_map<std::uint64_t, conn>::iterator it) {
     dest& d = *it->second.d;
+    if (it->second.shaped)
+        _cfg.shaping->limits->release_connection(it->second.provider, it->second.slot);
     // Slot first: a borrower's last release must precede its lease_return.
     d.slots->release();
     d.q.connection_gone();
@@ -590,8 +823,7 @@ void scheduler::complete(std::uint64_t conn_id, std::uint64_t job_id,
     c.st = conn_state::idle;
     ++c.epoch;
     const destination_counts dc = d.q.counts();
-    if (c.messages >= d.q.policy().max_messages_per_connection ||
-        (d.borrowed && dc.ready == 0 && dc.deferred == 0)) {
+    if (c.messages >= messages_per_conn(d) || (d.borrowed && dc.ready == 0 && dc.deferred == 0)) {
         _to_close.push_back(conn_id);
         return;
     }
@@ -650,6 +882,21 @@ void scheduler::publish_spare() {
     }
 }
 
+bool scheduler::provider_room(const dest& d, steady_time now) const {
+    const shaping_context& sh = *_cfg.shaping;
+    auto room = [&](unsigned slot) {
+        const std::uint32_t cap = sh.limits->max_connections(d.provider, slot, now);
+        return cap == 0 || sh.limits->connections(d.provider, slot) < cap;
+    };
+    if (d.pool < 0 || static_cast<std::size_t>(d.pool) >= sh.pools.size())
+        return room(0);
+    for (unsigned source : sh.pools[static_cast<std::size_t>(d.pool)].sources) {
+        if (room(source + 1))
+            return true;
+    }
+    return false;
+}
+
 void scheduler::maybe_lend(steady_time now) {
     if (!_cfg.gauges || _cfg.shards < 2 || _ready < _cfg.spread_backlog)
         return;
@@ -675,7 +922,11 @@ void scheduler::maybe_lend(steady_time now) {
     for (dest* dp : _runnable) {
         dest& d = *dp;
         const destination_counts dc = d.q.counts();
-        if (d.borrowed || d.local || d.q.policy().rate > 0.0 || dc.ready < _cfg.spread_backlog ||
+        // A provider's destination is lent only while the provider has connections to spare
+        // for one of its sources: its limits are shared by every shard, but a borrower must
+        // not wait for slots the owner's idle connections hold.
+        if (d.borrowed || d.local || d.q.policy().rate > 0.0 ||
+            (d.provider >= 0 && !provider_room(d, now)) || dc.ready < _cfg.spread_backlog ||
             d.leases_out >= _cfg.max_leases_per_destination)
             continue;
         std::uint32_t in_use = d.slots->in_use();
@@ -696,6 +947,7 @@ void scheduler::maybe_lend(steady_time now) {
             std::clamp<std::size_t>(conns, 1, d.slots->limit() - in_use));
         g.policy = p;
         g.policy.rate = 0.0;
+        g.provider = d.provider;
         const std::uint32_t lease = g.lease;
         push_out(best, std::move(g));
         for (std::size_t i = 0; i < batch; ++i) {

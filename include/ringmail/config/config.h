@@ -114,6 +114,74 @@ struct delivery_config {
     std::string log_file;     // JSON lines delivery log; empty = none; reopened on SIGHUP
     // Bounce classification rules, KumoMTA's format, first file first; never empty.
     std::vector<std::string> bounce_rules_files;
+    // Issue 16 (shaping): the [[egress_pool]] used when a [[provider]] names none; "" = the
+    // kernel's choice of source address (no pool).
+    std::string egress_pool;
+    // [[provider]] and [[shaping_rule]] tables shipped with ringmail, merged under the file's
+    // own (a provider of the main file replaces the shipped one of the same name; the main
+    // file's rules come first). "" = none; a missing file at the default path is skipped.
+    std::string shaping_file = "/usr/share/ringmail/shaping.toml";
+};
+
+// A rate as written: "N/s", "N/min", "N/h" (N > 0, decimals allowed).
+struct rate_config {
+    double per_second = 0.0;
+    std::string text;  // as written, for logs
+    friend bool operator==(const rate_config& a, const rate_config& b) {
+        return a.per_second == b.per_second;
+    }
+};
+// nullopt when malformed.
+std::optional<rate_config> parse_rate(std::string_view text);
+
+// [[egress_source]]: one source address outbound connections bind before connecting.
+struct egress_source_config {
+    std::string name;
+    std::string address;                // canonical IPv4 or IPv6 literal (no port)
+    std::string ehlo_name;              // default: delivery.helo_name
+    std::uint32_t max_connections = 0;  // open from this source, all shards; 0 = no limit
+};
+
+struct egress_pool_member {
+    std::string source;  // an [[egress_source]] name
+    std::uint32_t weight = 1;
+};
+// [[egress_pool]]: sources used by smooth weighted round-robin, per connection.
+struct egress_pool_config {
+    std::string name;
+    std::vector<egress_pool_member> sources;
+};
+
+// [[provider]]: destinations that share limits (per egress source, over all shards).
+struct provider_config {
+    std::string name;
+    std::vector<std::string> mx_suffix;      // lower case; every MX host must match one
+    std::vector<std::string> domain_suffix;  // lower case; the routing domain matches one
+    std::optional<std::uint32_t> max_connections;
+    std::optional<std::uint32_t> max_messages_per_connection;
+    std::optional<rate_config> max_message_rate;
+    std::optional<std::uint32_t> max_message_burst;  // default 1
+    std::optional<rate_config> max_connection_rate;
+    std::optional<tls_policy> tls;
+    std::string egress_pool;  // pin; "" = delivery.egress_pool
+    std::string origin;       // "file" or the shaping file's path: for messages
+};
+
+enum class shaping_action { suspend, set, bounce };
+std::string_view shaping_action_name(shaping_action a) noexcept;
+
+// [[shaping_rule]]: what a matching reply does.
+struct shaping_rule_config {
+    std::string provider;  // a [[provider]] name, or "*" (any destination)
+    std::string domain;    // or one routing domain; exactly one of provider/domain is set
+    std::string match;     // RE2 regex on "code enhanced-code text"
+    shaping_action action = shaping_action::suspend;
+    std::chrono::seconds duration{0};              // suspend and set
+    std::uint32_t trigger_count = 1;               // matches ...
+    std::chrono::seconds trigger_window{0};        // ... within this window; 0 = immediate
+    std::optional<rate_config> max_message_rate;   // set
+    std::optional<std::uint32_t> max_connections;  // set
+    std::string where;  // "shaping_rule[3]" or "FILE: shaping_rule[3]": for messages
 };
 
 // Where the Debian package (and meson install with prefix /usr) puts packaging/bounces.toml:
@@ -178,6 +246,10 @@ struct settings {
     auth_config auth;
     std::vector<domain_config> domains;  // [[domain]], names distinct
     std::vector<dkim_config> dkim;       // [[dkim]], (domain, selector) pairs distinct
+    std::vector<egress_source_config> egress_sources;  // [[egress_source]], names distinct
+    std::vector<egress_pool_config> egress_pools;      // [[egress_pool]], names distinct
+    std::vector<provider_config> providers;          // [[provider]] (file's, then the shipped ones)
+    std::vector<shaping_rule_config> shaping_rules;  // [[shaping_rule]], file's first
 };
 
 // The number of shards to start: server.shards, or the online CPUs when it is 0.

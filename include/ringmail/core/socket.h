@@ -93,5 +93,10 @@ result<void> probe_unshared(const endpoint& ep);
 // Unconnected TCP socket (close-on-exec) for a ring connect.
 result<int> make_tcp_socket(int family);
 result<void> set_nodelay(int fd, bool on = true);
+// Binds an unconnected TCP socket to a source address (port 0: the kernel picks it at connect,
+// IP_BIND_ADDRESS_NO_PORT, so many sources x destinations do not exhaust ephemeral ports). A
+// source not on any interface fails with EADDRNOTAVAIL (std::generic_category, so callers can
+// tell it from other errors).
+result<void> bind_source(int fd, const endpoint& source);
 
 }  // namespace ringmail::core

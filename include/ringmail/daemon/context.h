@@ -18,10 +18,12 @@
 #include "ringmail/core/metrics.h"
 #include "ringmail/core/result.h"
 #include "ringmail/core/socket.h"
+#include "ringmail/daemon/suspension_keeper.h"
 #include "ringmail/delivery/messages.h"
 #include "ringmail/dkim/signer.h"
 #include "ringmail/queue/bounce_class.h"
 #include "ringmail/queue/handoff.h"
+#include "ringmail/queue/shaping.h"
 #include "ringmail/reception/listener.h"
 #include "ringmail/tls/credentials.h"
 
@@ -55,6 +57,11 @@ struct reload_state {
 struct delivery_shared {
     std::unique_ptr<delivery::mailbox> mailbox;
     std::unique_ptr<queue::spare_gauges> gauges;  // null with one shard
+    // Traffic shaping (issue 16): providers, pools, rules and their shared limits; null when
+    // nothing of it is configured.
+    std::unique_ptr<queue::shaping_context> shaping;
+    // The persisted suspensions (spool_dir/suspensions) the rules add to; with shaping only.
+    std::unique_ptr<daemon::suspension_keeper> suspensions;
     // Drain: a shard that has nothing in flight (no connection, nothing to send) says so here;
     // every shard stops only once all of them are quiet (see delivery::engine::idle).
     std::unique_ptr<std::atomic<bool>[]> quiet;

@@ -32,6 +32,7 @@ struct delivery_record {
     std::string_view client_ip;    // Reception
     std::string_view mx_host;
     std::string_view mx_ip;
+    std::string_view source;    // egress source of the attempt (shaping), "" = none
     std::string_view reply;     // the SMTP reply (or our own reason) as one line
     std::string_view category;  // failures: the bounce category ("InvalidRecipient")
     std::int64_t attempt = -1;

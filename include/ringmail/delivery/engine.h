@@ -70,10 +70,27 @@ struct engine_settings {
     std::shared_ptr<const queue::bounce_classifier> bounces;
     // This shard's failed recipients per (outcome, category); may be null.
     queue::bounce_counters* bounce_counts = nullptr;
+    // Shaping: the egress sources (by index), the providers' names and TLS policies.
+    struct egress_source {
+        std::string name;
+        core::endpoint address;  // port 0
+        std::string ehlo_name;
+    };
+    std::vector<egress_source> sources;
+    std::vector<std::string> provider_names;
+    std::vector<std::optional<config::tls_policy>> provider_tls;
+    const queue::shaping_context* shaping = nullptr;  // also in scheduler.shaping
 };
 
+// Traffic shaping (issue 16) from [[egress_source]], [[egress_pool]], [[provider]] and
+// [[shaping_rule]]: null when none is configured (no cost on the delivery path then). Built
+// once by the daemon's context and shared by every shard; `why` names a table that the
+// configuration reader let through but the scheduler cannot use.
+std::unique_ptr<queue::shaping_context> make_shaping(const config::settings& cfg, std::string& why);
+
 engine_settings make_settings(const config::settings& cfg, unsigned shard, unsigned shards,
-                              queue::spare_gauges* gauges);
+                              queue::spare_gauges* gauges,
+                              const queue::shaping_context* shaping = nullptr);
 
 class engine final : private outbound::link_handler {
   public:
@@ -142,6 +159,7 @@ class engine final : private outbound::link_handler {
         std::optional<running_job> job;
         bool opened = false;  // connection_opened reported
         smtp::server_reply last_error;
+        int source = -1;  // egress source index (shaping), -1 = none
     };
     struct view_ref {
         std::shared_ptr<const message_view> view;
@@ -153,6 +171,7 @@ class engine final : private outbound::link_handler {
         std::string ip;
         std::string reply;
         queue::bounce_class category = queue::bounce_class::uncategorized;
+        std::string source;  // egress source name, "" = none
     };
 
     void run();
@@ -185,7 +204,11 @@ class engine final : private outbound::link_handler {
     queue::attempt_reply to_attempt(const smtp::server_reply& r, std::string_view host);
     queue::bounce_class classify(const smtp::server_reply& r);
     std::span<const std::string> category_names() const noexcept;
-    outbound::outbound_settings settings_for(std::string_view key);
+    // Shaping: one reply of a connection through the rules; true when a bounce rule fired.
+    bool shape_reply(std::uint64_t cid, const conn& mc, const std::string& line);
+    std::string_view source_name(int source) const;
+    outbound::outbound_settings settings_for(std::string_view key, int provider = -1);
+    void apply_source(conn& mc);
     outbound::adoption_policy adoption_for(const outbound::outbound_settings& s) const;
     void reclaim_idle();
     bool park(conn& mc);
@@ -220,6 +243,8 @@ class engine final : private outbound::link_handler {
     bool _running = false;
     bool _journaled = false;
     bool _draining = false;
+    std::vector<int> _rule_scratch;
+    std::vector<queue::rule_effect> _effects;
 };
 
 }  // namespace ringmail::delivery

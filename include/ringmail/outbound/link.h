@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -39,6 +40,8 @@ struct outbound_settings {
     // 0: the handler manages idleness (the scheduler); else QUIT after this long idle.
     std::chrono::milliseconds idle_timeout{0};
     std::uint32_t max_transactions = 0;  // then QUIT; 0 = no limit (the handler decides)
+    // Egress source (shaping): the socket binds this address (port 0) before connecting.
+    std::optional<core::endpoint> source;
 };
 
 class link {
@@ -63,6 +66,9 @@ class link {
     virtual const outbound_target& target() const noexcept = 0;
     virtual std::string_view tls_version() const noexcept = 0;
     virtual const smtp::peer_capabilities& capabilities() const noexcept = 0;
+    // The errno of a failed bind to settings.source (EADDRNOTAVAIL: the address is on no
+    // interface), 0 when the bind did not fail.
+    virtual int bind_error() const noexcept { return 0; }
 };
 
 class link_handler {

@@ -56,6 +56,7 @@ class outbound_connection final : public core::stream_connection, public link {
     void rebind(std::uint64_t id) noexcept override { _id = id; }
     const outbound_target& target() const noexcept override { return _target; }
     std::string_view tls_version() const noexcept override;
+    int bind_error() const noexcept override { return _bind_error; }
     const smtp::peer_capabilities& capabilities() const noexcept override {
         return _session.capabilities();
     }
@@ -91,6 +92,7 @@ class outbound_connection final : public core::stream_connection, public link {
             _metrics->tls_handshakes[1][static_cast<std::size_t>(r)].add();
     }
     std::uint32_t _transactions = 0;
+    int _bind_error = 0;
     bool _pieces_out = false;  // the session's pieces are the stream's batch (end_send owed)
     bool _established = false;
     bool _busy = false;

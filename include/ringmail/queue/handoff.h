@@ -118,6 +118,7 @@ struct lease_grant {
     // The job_handoffs of this lease that follow the grant. A full ring may hold some back
     // for a later flush: the borrower keeps the lease until all of them have come.
     std::uint32_t jobs = 0;
+    int provider = -1;  // the destination's [[provider]] as the owner knows it (shaping.h)
 };
 
 // The borrower holds nothing of the lease any more (no job, no connection, no slot).

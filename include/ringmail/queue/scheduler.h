@@ -21,6 +21,7 @@
 #include "ringmail/queue/handoff.h"
 #include "ringmail/queue/retry.h"
 #include "ringmail/queue/suspensions.h"
+#include "ringmail/queue/shaping.h"
 
 #include <chrono>
 #include <cstddef>
@@ -59,6 +60,8 @@ struct scheduler_config {
     // A connection refused only by the global slot counter (other shards hold the slots) is
     // tried again after this long: their releases cannot wake us.
     std::chrono::milliseconds slot_poll{50};
+    // Traffic shaping (issue 16): providers, egress pools, shared limits, rules. Null: none.
+    const shaping_context* shaping = nullptr;
 };
 
 // --- what the daemon does next ---
@@ -66,6 +69,8 @@ struct open_connection {
     std::uint64_t conn = 0;
     std::string_view domain;  // valid while the connection exists
     std::chrono::milliseconds connect_timeout{0};
+    int source = -1;    // egress source to bind (shaping), -1 = none
+    int provider = -1;  // the destination's provider as known now, -1 = none (yet)
 };
 // Run `job` on the connection (one transaction: MAIL, one RCPT per recipient, DATA), then
 // report with complete() or job_failed().
@@ -155,6 +160,16 @@ class scheduler {
     // `why` (the retry schedule paces reconnection, not a connect loop). Returns how many.
     std::size_t connection_failed(std::uint64_t conn, const attempt_reply& why, steady_time now,
                                   std::int64_t now_unix);
+    // Shaping: the route of a connection showed its destination's provider (MX suffixes);
+    // from now on the destination counts against it (this connection at once).
+    void learn_provider(std::uint64_t conn, int provider);
+    // The provider and source slot of a connection (for rules and logs).
+    int provider_of(std::uint64_t conn) const;
+    int domain_scope_of(std::uint64_t conn) const;
+    unsigned slot_of(std::uint64_t conn) const;
+    // A "*" rule fired on a destination of no provider and no rule domain: only its own
+    // queue (this shard) stops for the source until `until`.
+    void suspend_destination(std::uint64_t conn, steady_time until);
     // The socket is gone (after close_connection, an idle timeout or a peer close). A job
     // still running on it must be reported first (job_failed).
     void connection_closed(std::uint64_t conn, steady_time now);
@@ -233,6 +248,15 @@ class scheduler {
     std::optional<action> expire_idle(steady_time now);
     void push_out(unsigned to, shard_message msg);
     conn& find_conn(std::uint64_t id);
+    const conn& find_conn(std::uint64_t id) const;
+    void shape_dest(dest& d, int provider_hint);
+    std::uint32_t messages_per_conn(const dest& d) const;
+    // Shaping: may a new message start on idle connection `cid` now (else when)?
+    bool may_send(dest& d, std::uint64_t cid, steady_time now, std::optional<steady_time>& when);
+    // Shaping: the source slot for a new connection to d, slots taken; nullopt and `when`.
+    std::optional<int> pick_source(dest& d, steady_time now, std::optional<steady_time>& when);
+    steady_time blocked_until(const dest& d, unsigned slot) const;
+    bool provider_room(const dest& d, steady_time now) const;
 
     core::oncore _oncore;
     scheduler_config _cfg;
@@ -276,6 +300,8 @@ class scheduler {
     // unix seconds - steady seconds, as of the last set_suspensions (to place expiries).
     std::int64_t _unix_offset = 0;
     steady_time _susp_now{};
+    std::vector<smooth_wrr> _wrr;                   // per egress pool, this shard's
+    std::unordered_map<std::string, int> _learned;  // destination -> provider from its MX
 };
 
 }  // namespace ringmail::queue
