@@ -170,7 +170,7 @@ class TestSuspend(ShapingTestCase):
                                            TIMEOUT), d.log_text()[-3000:])
         self.sink.set_rcpt_reply("bad@yahoo.test", None)
         spool = self.daemon.config["server"]["spool_dir"]
-        path = os.path.join(spool, "suspensions")
+        path = os.path.join(spool, "suspensions.shaping")
         self.assertTrue(harness.wait_until(lambda: os.path.exists(path), TIMEOUT))
         with open(path, encoding="utf-8") as f:
             stored = f.read()
