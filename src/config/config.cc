@@ -553,8 +553,9 @@ const field<server_config> server_fields[] = {
          read_uint(r, k, s.max_connections, 1);
      }},
     {{"server", "max_unwritten_bytes", "integer (bytes)", "33554432",
-      "per shard: message data received but not yet written to the spool; past it, sessions "
-      "sending data wait (their sockets are not read) until writes complete"},
+      "per shard (all its spools): message data received but not yet written to the spool; past "
+      "it, sessions sending data wait (their sockets are not read, their data timeout does not "
+      "run) until writes complete"},
      [](table_reader& r, std::string_view k, server_config& s) {
          read_uint(r, k, s.max_unwritten_bytes, 1 << 20);
      }},
