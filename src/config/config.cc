@@ -528,6 +528,10 @@ const field<server_config> server_fields[] = {
              }
          }
      }},
+    {{"server", "user", "string", "\"\"",
+      "started as root: the user to switch to once the listeners are bound and the spool is open "
+      "(the spool is chowned to it); \"\" = no switch"},
+     [](table_reader& r, std::string_view k, server_config& s) { read_string(r, k, s.user); }},
     {{"server", "max_message_size", "integer (bytes)", "52428800",
       "largest message accepted (announced with SIZE)"},
      [](table_reader& r, std::string_view k, server_config& s) {

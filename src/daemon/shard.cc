@@ -29,6 +29,7 @@ core::shard_options shard_options_for(const daemon_context& ctx) {
     const auto budget = std::chrono::duration_cast<std::chrono::milliseconds>(
         ctx.cfg.server.shutdown_timeout - ctx.cfg.server.drain_grace - 2s);
     o.drain_timeout = std::max<std::chrono::milliseconds>(budget, 1s);
+    o.start_gate = ctx.start_gate.get();
     return o;
 }
 
