@@ -449,6 +449,7 @@ std::optional<std::string> load_admin_token(const config::settings& cfg, std::st
 
 bool check_context(const config::settings& cfg, std::string& why) {
     if (cfg.admin.enabled() && !cfg.admin.token_file.empty() && !load_admin_token(cfg, why))
+        return false;
     if (!check_run_user(cfg, why))
         return false;
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
