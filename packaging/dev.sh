@@ -103,16 +103,20 @@ build_main() {
 }
 
 # What `run` needs: the daemon and the tools, not the tests and benchmarks (a newcomer wants
-# a first mail, not 200 targets).
+# a first mail, not 200 targets), in a tree of its own with lighter flags: -O1 without debug
+# information costs about 40% less compiler time per translation unit than debugoptimized's
+# -O2 -g (ringmaild.cc: 10.6 s against 16.7 s of CPU). `build` stays the test command's tree.
 RUN_TARGETS=(src/ringmaild tools/ringmail-blast tools/ringmail-sink tools/ringmailctl)
+RUN_DIR=build-run
 
 cmd_run() {
   install_deps
-  setup_dir build --buildtype=debugoptimized
-  meson compile -C build -j "$JOBS" "${RUN_TARGETS[@]}"
-  local daemon="$ROOT/build/src/ringmaild"
+  setup_dir "$RUN_DIR" -Doptimization=1 -Ddebug=false -Dtests=false -Dbenchmarks=false \
+    -Dfuzz=false
+  meson compile -C "$RUN_DIR" -j "$JOBS" "${RUN_TARGETS[@]}"
+  local daemon="$ROOT/$RUN_DIR/src/ringmaild"
   if [ ! -x "$daemon" ]; then
-    log "build/src/ringmaild was not built (the daemon is not part of this tree yet)"
+    log "$RUN_DIR/src/ringmaild was not built (the daemon is not part of this tree yet)"
     exit 1
   fi
   # Without --config ringmaild uses its embedded default (127.0.0.1:2525, spool under ./var).

@@ -19,6 +19,7 @@
 #include "ringmail/core/sd_notify.h"
 #include "ringmail/core/shard_runner.h"
 #include "ringmail/daemon/context.h"
+#include "ringmail/daemon/privileges.h"
 #include "ringmail/daemon/shard.h"
 #include "ringmail/delivery/router.h"
 
@@ -200,26 +201,52 @@ int serve(ringmail::config::settings cfg) {
         return 1;
     }
 
-    // Wait until every shard is serving or one has failed.
-    for (;;) {
-        bool all_ready = true;
-        for (auto& s : shards) {
-            auto st = s->status();
-            if (st == startup_state::failed) {
-                std::fprintf(stderr, "ringmaild: shard %u failed to start: %s\n", s->id(),
-                             s->startup_error().c_str());
+    // Wait until every shard is serving (or, with server.user, has bound its listeners and
+    // opened its spools: then root is dropped before any of them serves) or one has failed.
+    auto* gate = ctx->start_gate.get();
+    auto open_gate = [&](int value) {
+        if (gate) {
+            gate->store(value, std::memory_order_release);
+            gate->notify_all();
+        }
+    };
+    for (startup_state want : {startup_state::opened, startup_state::ready}) {
+        if (want == startup_state::opened && !gate)
+            continue;
+        for (;;) {
+            bool all = true;
+            for (auto& s : shards) {
+                auto st = s->status();
+                if (st == startup_state::failed) {
+                    std::fprintf(stderr, "ringmaild: shard %u failed to start: %s\n", s->id(),
+                                 s->startup_error().c_str());
+                    open_gate(ringmail::core::start_gate_stop);
+                    for (auto& o : shards)
+                        o->request_stop();
+                    runner.join();
+                    return 1;
+                }
+                if (st != want)
+                    all = false;
+            }
+            if (all)
+                break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        if (want == startup_state::opened) {
+            if (!ringmail::daemon::drop_privileges(ctx->cfg, why)) {
+                std::fprintf(stderr, "ringmaild: %s\n", why.c_str());
+                open_gate(ringmail::core::start_gate_stop);
                 for (auto& o : shards)
                     o->request_stop();
                 runner.join();
                 return 1;
             }
-            if (st != startup_state::ready)
-                all_ready = false;
+            open_gate(ringmail::core::start_gate_go);
         }
-        if (all_ready)
-            break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+    if (!gate)
+        (void)ringmail::daemon::drop_privileges(ctx->cfg, why);  // only the root warning
     // Ready before the "ready" line, so whoever waits for the line finds /readyz 200.
     health.started.store(true, std::memory_order_release);
     std::string addrs;

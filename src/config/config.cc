@@ -529,6 +529,10 @@ const field<server_config> server_fields[] = {
              }
          }
      }},
+    {{"server", "user", "string", "\"\"",
+      "started as root: the user to switch to once the listeners are bound and the spool is open "
+      "(the spool is chowned to it); \"\" = no switch"},
+     [](table_reader& r, std::string_view k, server_config& s) { read_string(r, k, s.user); }},
     {{"server", "max_message_size", "integer (bytes)", "52428800",
       "largest message accepted (announced with SIZE)"},
      [](table_reader& r, std::string_view k, server_config& s) {
@@ -554,8 +558,9 @@ const field<server_config> server_fields[] = {
          read_uint(r, k, s.max_connections, 1);
      }},
     {{"server", "max_unwritten_bytes", "integer (bytes)", "33554432",
-      "per shard: message data received but not yet written to the spool; past it, sessions "
-      "sending data wait (their sockets are not read) until writes complete"},
+      "per shard (all its spools): message data received but not yet written to the spool; past "
+      "it, sessions sending data wait (their sockets are not read, their data timeout does not "
+      "run) until writes complete"},
      [](table_reader& r, std::string_view k, server_config& s) {
          read_uint(r, k, s.max_unwritten_bytes, 1 << 20);
      }},

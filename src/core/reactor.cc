@@ -340,6 +340,13 @@ void reactor::read(int fd, void* buf, std::size_t len, completion* c) {
     io_uring_sqe_set_data(sqe, c);
 }
 
+void reactor::close_file_async(int fd, completion* c) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_close(sqe, fd);
+    sqe->flags |= IOSQE_ASYNC;
+    io_uring_sqe_set_data(sqe, c);
+}
+
 void reactor::nop(completion* c) {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_nop(sqe);

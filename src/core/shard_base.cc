@@ -70,6 +70,16 @@ void shard_base::run() {
         _status.store(startup_state::failed, std::memory_order_release);
         return;
     }
+    if (_options.start_gate) {
+        _status.store(startup_state::opened, std::memory_order_release);
+        int g;
+        while ((g = _options.start_gate->load(std::memory_order_acquire)) == start_gate_wait)
+            _options.start_gate->wait(start_gate_wait, std::memory_order_acquire);
+        if (g != start_gate_go) {
+            _status.store(startup_state::stopped, std::memory_order_release);
+            return;
+        }
+    }
     arm_wake();
     started();
     _status.store(startup_state::ready, std::memory_order_release);

@@ -1,7 +1,9 @@
 #include "ringmail/daemon/context.h"
 
 #include "ringmail/core/log.h"
+#include "ringmail/core/shard_base.h"
 #include "ringmail/core/shard_runner.h"
+#include "ringmail/daemon/privileges.h"
 #include "ringmail/delivery/engine.h"
 
 #include <fmt/format.h>
@@ -150,6 +152,8 @@ bool check_log_file(const fs::path& file, std::string& problem) {
 }  // namespace
 
 std::optional<daemon_context> make_context(config::settings cfg, std::string& why) {
+    if (!check_run_user(cfg, why))
+        return std::nullopt;
     daemon_context ctx;
     ctx.shards = config::effective_shards(cfg.server);
     if (ctx.shards == 0)
@@ -319,6 +323,8 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
         ctx.admin_token = std::move(*t);
     }
     ctx.cfg = std::move(cfg);
+    if (!ctx.cfg.server.user.empty())
+        ctx.start_gate = std::make_unique<std::atomic<int>>(core::start_gate_wait);
     return ctx;
 }
 
@@ -473,6 +479,8 @@ std::optional<std::string> load_admin_token(const config::settings& cfg, std::st
 
 bool check_context(const config::settings& cfg, std::string& why) {
     if (cfg.admin.enabled() && !cfg.admin.token_file.empty() && !load_admin_token(cfg, why))
+        return false;
+    if (!check_run_user(cfg, why))
         return false;
     for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
         const auto& l = cfg.listen[i];

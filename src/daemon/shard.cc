@@ -29,6 +29,7 @@ core::shard_options shard_options_for(const daemon_context& ctx) {
     const auto budget = std::chrono::duration_cast<std::chrono::milliseconds>(
         ctx.cfg.server.shutdown_timeout - ctx.cfg.server.drain_grace - 2s);
     o.drain_timeout = std::max<std::chrono::milliseconds>(budget, 1s);
+    o.start_gate = ctx.start_gate.get();
     return o;
 }
 
@@ -66,6 +67,16 @@ void shard::spool_slot::on_streamed(int res, std::uint32_t) {
                    std::strerror(-res));
     }
     sp->complete_stream(res);
+}
+
+void shard::spool_slot::on_released(int res, std::uint32_t) {
+    owner->check_shard();
+    release_in_flight = false;
+    if (res < 0) {
+        log::warn("spool {}: closing the replaced journal: {}", sp->dir().string(),
+                  std::strerror(-res));
+    }
+    sp->complete_release(res);
 }
 
 shard::shard(unsigned id, const daemon_context& ctx)
@@ -392,15 +403,24 @@ void shard::on_wake() {
 
 bool shard::any_batch_in_flight() const {
     for (const auto& s : _spools) {
-        if (s->in_flight || s->stream_in_flight || s->sp->has_pending())
+        if (s->in_flight || s->stream_in_flight || s->release_in_flight || s->sp->has_pending())
             return true;
     }
     return false;
 }
 
+// Every spool of the shard counts: new messages and DSNs go to its own, but a spool adopted
+// from another shard's directory holds memory too while its writes are pending.
+bool shard::over_budget() const noexcept {
+    std::uint64_t unwritten = 0;
+    for (const auto& s : _spools)
+        unwritten += s->sp->unwritten_bytes();
+    return unwritten >= _ctx.cfg.server.max_unwritten_bytes;
+}
+
 // Connections that stopped reading for the budget read again once writes freed it.
 void shard::resume_held_input() {
-    if (!_input_held || spool().over_budget())
+    if (!_input_held || over_budget())
         return;
     _input_held = false;
     _connections.for_each([](reception::inbound_connection& c) { c.resume_input(); });
@@ -500,6 +520,12 @@ void shard::flush_commits() {
                 }
                 slot->stream_in_flight = true;
                 reactor().write_chain(slot->stream_requests, {}, &slot->stream_op);
+            }
+        }
+        if (!slot->release_in_flight) {
+            if (const spool::release_op* p = slot->sp->prepare_release()) {
+                slot->release_in_flight = true;
+                reactor().close_file_async(p->fd, &slot->release_op);
             }
         }
         if (slot->in_flight || reactor().now() < slot->retry_at)

@@ -380,7 +380,7 @@ bool inbound_connection::wants_input() const {
         return false;
     // Back-pressure: message data waits in the socket while the spool holds its budget of
     // unwritten bytes (the shard resumes us when writes complete).
-    if (_writer && _host.spool().over_budget()) {
+    if (held_by_budget()) {
         _host.input_held();
         return false;
     }
@@ -540,11 +540,11 @@ void inbound_connection::pump() {
         update_input();  // still reading the PROXY header
         return;
     }
-    // Deadline: a fixed one for a handshake, none while our own commit is pending, else the
-    // session's for its state.
+    // Deadline: a fixed one for a handshake, none while our own commit is pending or while we
+    // hold the input back for the spool's budget, else the session's for its state.
     if (_tls && _tls->handshaking()) {
         set_deadline(_handshake_deadline);
-    } else if (_session->awaiting_commit()) {
+    } else if (_session->awaiting_commit() || held_by_budget()) {
         clear_deadline();
     } else {
         set_deadline(ring().now() + _session->current_timeout());

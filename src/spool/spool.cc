@@ -44,6 +44,13 @@ constexpr std::uint64_t pressure_spill = 16 << 10;  // over budget: messages thi
 // files per stream batch.
 constexpr std::size_t max_streamed_per_batch = 256;
 constexpr std::size_t max_stream_files = 1024;
+// Runtime compaction: its image and tail grow in blocks (never a reallocating copy of tens of
+// MiB on the loop), and what it leaves behind is released in bounded slices per batch: blocks
+// freed a few per batch, and the replaced journal (unlinked, still open) closed on the ring by an
+// io-wq worker: its close on the loop would free all its extents there (tens of ms for 80 MB,
+// and a wait on the filesystem's own journal besides).
+constexpr std::size_t entry_block = 1 << 20;
+constexpr std::size_t release_blocks_per_step = 4;
 
 std::string file_name(const char* prefix, std::uint64_t seq) {
     char buf[32];
@@ -108,6 +115,7 @@ struct chunk {
     std::size_t used = 0;
     std::uint64_t* charged = nullptr;
 
+    chunk() = default;
     chunk(std::size_t n, std::uint64_t* counter)
         : data(std::make_unique_for_overwrite<char[]>(n)), size(n), charged(counter) {
         *charged += n;
@@ -135,6 +143,31 @@ struct chunk {
             *charged -= size;
         charged = nullptr;
         data.reset();
+    }
+};
+
+// Encoded journal entries in fixed blocks: appending never moves what is there.
+struct entry_buffer {
+    std::vector<std::unique_ptr<char[]>> blocks;
+    std::size_t last_used = entry_block;  // of blocks.back(); full when there is none
+    std::uint64_t size = 0;
+
+    void append(const char* p, std::size_t n) {
+        while (n > 0) {
+            if (last_used == entry_block) {
+                blocks.push_back(std::make_unique_for_overwrite<char[]>(entry_block));
+                last_used = 0;
+            }
+            const std::size_t k = std::min(n, entry_block - last_used);
+            std::memcpy(blocks.back().get() + last_used, p, k);
+            last_used += k;
+            p += k;
+            n -= k;
+            size += k;
+        }
+    }
+    std::size_t piece_size(std::size_t i) const {
+        return i + 1 == blocks.size() ? last_used : entry_block;
     }
 };
 
@@ -198,8 +231,8 @@ struct spool::writer {
 struct spool::record {
     queue_id id = 0;
     std::uint64_t token = 0;
-    std::unique_ptr<char[]> meta;  // header + envelope + added headers, then the trailer
-    std::size_t meta_length = 0;   // without the trailer
+    chunk meta;  // header + envelope + added headers, then the trailer (charged as unwritten)
+    std::size_t meta_length = 0;  // without the trailer
     std::vector<chunk> body;
     format::record_header h;
     std::uint32_t rcpt_count = 0;
@@ -218,6 +251,8 @@ struct spool::batch {
     std::uint64_t record_bytes = 0;
     bool dir_synced = false;       // fsyncs the directory (new message files, a rename)
     bool compaction_swap = false;  // also writes journal.tmp: the compaction ends with it
+    bool releases_journal =
+        false;  // its directory fsync makes the last compaction's rename durable
     commit_batch cb;
 };
 
@@ -229,8 +264,8 @@ struct spool::stream_batch {
 
 struct spool::compaction {
     int fd = -1;  // journal.tmp
-    std::vector<char> image;
-    std::vector<char> tail;
+    entry_buffer image;
+    entry_buffer tail;
     char floor[format::journal_entry_size]{};
     std::uint64_t size = 0;           // of journal.tmp once the swap batch is written
     std::vector<std::uint64_t> segs;  // segment keys when the walk started
@@ -240,6 +275,18 @@ struct spool::compaction {
     std::size_t bucket = 0;
     bool walked = false;
     bool in_batch = false;  // the swap batch is in flight
+};
+
+// What a runtime compaction leaves: its blocks, and the journal it replaced. The old journal is
+// truncated only once the rename is durable (a directory fsync completed after it): until then
+// a crash recovers from it.
+struct spool::release {
+    std::vector<std::unique_ptr<char[]>> blocks;
+    int old_journal_fd = -1;
+    std::uint64_t old_journal_size = 0;
+    bool rename_durable = false;
+    bool close_in_flight = false;
+    release_op op;
 };
 
 spool::spool(std::filesystem::path dir, unsigned shard, const options& opt, int dir_fd, int lock_fd)
@@ -261,6 +308,8 @@ spool::~spool() {
         ::close(_journal_fd);
     if (_compaction)
         ::close(_compaction->fd);  // journal.tmp is removed by the next recovery
+    if (_release && _release->old_journal_fd >= 0 && !_release->close_in_flight)
+        ::close(_release->old_journal_fd);
     ::close(_dir_fd);
     ::close(_lock_fd);
 }
@@ -672,8 +721,8 @@ result<queue_id> spool::finish(writer_id wid, std::string_view added_headers, st
         rec.h.pad_length = static_cast<std::uint32_t>(w.body_start - meta_length);
     rec.h.record_length = rec.h.body_offset() + w.body_length + format::trailer_size;
     rec.meta_length = meta_length;
-    rec.meta = std::make_unique<char[]>(rec.meta_length + format::trailer_size);
-    char* m = rec.meta.get();
+    rec.meta = chunk(rec.meta_length + format::trailer_size, &_unwritten);
+    char* m = rec.meta.data.get();
     format::encode_header(m, rec.h);
     std::memcpy(m + format::header_size, w.envelope.data(), w.envelope.size());
     if (!added_headers.empty())  // a DSN has none, and memcpy from a null view is undefined
@@ -732,14 +781,23 @@ void spool::record_done(queue_id id) {
 bool spool::has_pending() const {
     _oncore.check();
     return !_pending->records.empty() || !_pending->journal.empty() ||
-           (_compaction && _compaction->walked && !_compaction->in_batch);
+           (_compaction && _compaction->walked && !_compaction->in_batch) ||
+           release_awaits_dir_sync();
+}
+
+// The journal a compaction replaced waits for a directory fsync (its rename durable) before it
+// is truncated; an idle shard makes a batch of that fsync alone.
+bool spool::release_awaits_dir_sync() const {
+    return _release && _release->old_journal_fd >= 0 && !_release->rename_durable && _dir_dirty;
 }
 
 const commit_batch* spool::prepare_batch() {
     _oncore.check();
     if (_inflight)
         return nullptr;
-    // Between batches: a slice of the compaction's walk (it runs while idle too).
+    // Between batches: a slice of the compaction's walk (it runs while idle too), or of the
+    // release of what the last one left.
+    release_step();
     maybe_compact();
     if (!has_pending())
         return nullptr;
@@ -767,7 +825,8 @@ const commit_batch* spool::prepare_batch() {
             }
         }
         b.records = std::move(ready);
-        if (b.records.empty() && b.journal.empty() && !(_compaction && _compaction->walked)) {
+        if (b.records.empty() && b.journal.empty() && !(_compaction && _compaction->walked) &&
+            !release_awaits_dir_sync()) {
             _inflight.reset();  // empty: every record waits in _pending
             return nullptr;
         }
@@ -803,13 +862,13 @@ const commit_batch* spool::prepare_batch() {
             streamed = true;
             ++f->inflight;
             b.touched.push_back(f);
-            add(f->fd, 0, r.meta.get(), r.meta_length);
+            add(f->fd, 0, r.meta.data.get(), r.meta_length);
             std::uint64_t off = r.h.body_offset() + r.handed;
             for (const chunk& c : r.body) {
                 add(f->fd, off, c.data.get(), c.used);
                 off += c.used;
             }
-            add(f->fd, r.h.body_offset() + r.h.body_length, r.meta.get() + r.meta_length,
+            add(f->fd, r.h.body_offset() + r.h.body_length, r.meta.data.get() + r.meta_length,
                 format::trailer_size);
             continue;
         }
@@ -834,13 +893,13 @@ const commit_batch* spool::prepare_batch() {
             b.touched.push_back(s);
         }
         std::uint64_t off = r.offset;
-        add(s->fd, off, r.meta.get(), r.meta_length);
+        add(s->fd, off, r.meta.data.get(), r.meta_length);
         off += r.meta_length;
         for (const chunk& c : r.body) {
             add(s->fd, off, c.data.get(), c.used);
             off += c.used;
         }
-        add(s->fd, off, r.meta.get() + r.meta_length, format::trailer_size);
+        add(s->fd, off, r.meta.data.get() + r.meta_length, format::trailer_size);
     }
     for (segment* s : b.touched)
         b.cb.sync_fds.push_back(s->fd);
@@ -856,10 +915,12 @@ const commit_batch* spool::prepare_batch() {
         b.compaction_swap = true;
         format::encode_journal(c.floor, {format::journal_type::seq_floor, 0, _next_seq - 1, 0});
         std::uint64_t off = 0;
-        add(c.fd, off, c.image.data(), c.image.size());
-        off += c.image.size();
-        add(c.fd, off, c.tail.data(), c.tail.size());
-        off += c.tail.size();
+        for (const entry_buffer* eb : {&c.image, &c.tail}) {
+            for (std::size_t i = 0; i < eb->blocks.size(); ++i) {
+                add(c.fd, off, eb->blocks[i].get(), eb->piece_size(i));
+                off += eb->piece_size(i);
+            }
+        }
         add(c.fd, off, b.journal.data(), b.journal.size());
         off += b.journal.size();
         add(c.fd, off, c.floor, sizeof c.floor);
@@ -867,11 +928,13 @@ const commit_batch* spool::prepare_batch() {
         c.size = off;
         b.cb.sync_fds.push_back(c.fd);
     }
-    if (_dir_dirty && (streamed || b.compaction_swap || !b.journal.empty())) {
+    if (_dir_dirty &&
+        (streamed || b.compaction_swap || !b.journal.empty() || release_awaits_dir_sync())) {
         // New message files' names must be durable before their 250s, a compaction's rename
         // before the new journal is relied on.
         b.cb.fsync_fds.push_back(_dir_fd);
         b.dir_synced = true;
+        b.releases_journal = _release && _release->old_journal_fd >= 0;
         _dir_dirty = false;
     }
     return &b.cb;
@@ -887,6 +950,8 @@ std::vector<spool::committed> spool::complete_batch(int res) {
 
     if (res == 0) {
         ++_m.batches_committed;
+        if (b->dir_synced && _release && _release->old_journal_fd >= 0 && b->releases_journal)
+            _release->rename_durable = true;
         for (record& r : b->records) {
             if (r.error) {
                 out.push_back({r.token, failure(r.error)});
@@ -937,8 +1002,7 @@ std::vector<spool::committed> spool::complete_batch(int res) {
             if (b->compaction_swap) {
                 swap_journal();
             } else {
-                _compaction->tail.insert(_compaction->tail.end(), b->journal.begin(),
-                                         b->journal.end());
+                _compaction->tail.append(b->journal.data(), b->journal.size());
             }
         }
         return out;
@@ -1337,11 +1401,11 @@ result<void> spool::compact_journal() {
 // next batch): a crash before leaves the old journal, complete, a crash after the new one.
 
 namespace {
-void put_entry(std::vector<char>& out, format::journal_type t, queue_id id, std::uint64_t a,
+void put_entry(entry_buffer& out, format::journal_type t, queue_id id, std::uint64_t a,
                std::uint64_t b) {
     char e[format::journal_entry_size];
     format::encode_journal(e, {t, id, a, b});
-    out.insert(out.end(), e, e + sizeof e);
+    out.append(e, sizeof e);
 }
 }  // namespace
 
@@ -1353,6 +1417,8 @@ void spool::maybe_compact() {
     }
     if (_journal_offset < _compact_at)
         return;
+    if (_release && _release->old_journal_fd >= 0)
+        return;  // the last one's journal is not released yet
     const int fd =
         ::openat(_dir_fd, journal_tmp_name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0) {
@@ -1410,7 +1476,7 @@ void spool::compaction_step() {
     if (c.seg < c.segs.size() || c.bucket < c.buckets)
         return;
     c.walked = true;
-    const std::uint64_t compacted = c.image.size() + c.tail.size();
+    const std::uint64_t compacted = c.image.size + c.tail.size;
     const std::uint64_t floor = std::max(_opt.journal_compact_bytes, std::uint64_t{1});
     if (_journal_offset < _opt.journal_compact_ratio * compacted) {
         // Mostly live state: not worth it; look again once the journal grew past the ratio.
@@ -1422,6 +1488,7 @@ void spool::compaction_step() {
 void spool::end_compaction(bool failed) {
     ::close(_compaction->fd);
     ::unlinkat(_dir_fd, journal_tmp_name, 0);
+    retire_blocks(*_compaction);
     _compaction.reset();
     if (failed) {
         ++_m.journal_compaction_failures;
@@ -1436,9 +1503,17 @@ void spool::swap_journal() {
         end_compaction(true);
         return;
     }
-    ::close(_journal_fd);
+    // The old journal is unlinked now but still open: closing it here would free all its extents
+    // in this loop iteration. Once the rename is durable, prepare_release() hands its close to
+    // the ring.
+    if (!_release)
+        _release = std::make_unique<release>();
+    _release->old_journal_fd = _journal_fd;
+    _release->old_journal_size = _journal_offset;
+    _release->rename_durable = false;
     _journal_fd = c.fd;
     _journal_offset = c.size;
+    retire_blocks(c);
     _compaction.reset();
     _dir_dirty = true;  // the rename is made durable by the next batch's directory fsync
     ++_m.journal_compactions;
@@ -1446,7 +1521,58 @@ void spool::swap_journal() {
                            _opt.journal_compact_ratio * _journal_offset);
 }
 
+void spool::retire_blocks(compaction& c) {
+    if (!_release)
+        _release = std::make_unique<release>();
+    for (entry_buffer* eb : {&c.image, &c.tail}) {
+        for (auto& blk : eb->blocks)
+            _release->blocks.push_back(std::move(blk));
+        eb->blocks.clear();
+    }
+}
+
+void spool::release_step() {
+    if (!_release)
+        return;
+    release& r = *_release;
+    for (std::size_t n = 0; n < release_blocks_per_step && !r.blocks.empty(); ++n)
+        r.blocks.pop_back();
+    if (r.blocks.empty() && r.old_journal_fd < 0)
+        _release.reset();
+}
+
+const release_op* spool::prepare_release() {
+    _oncore.check();
+    if (!_release || _release->old_journal_fd < 0 || !_release->rename_durable ||
+        _release->close_in_flight) {
+        return nullptr;
+    }
+    release& r = *_release;
+    r.close_in_flight = true;
+    r.op = release_op{r.old_journal_fd};
+    return &r.op;
+}
+
+void spool::complete_release(int) {
+    _oncore.check();
+    if (!_release || !_release->close_in_flight)
+        core::invariant_broken("spool: complete_release() without a close in flight");
+    // A failed close(2) still releases the descriptor: nothing to retry.
+    _release->old_journal_fd = -1;
+    _release->close_in_flight = false;
+    if (_release->blocks.empty())
+        _release.reset();
+}
+
+bool spool::release_in_flight() const {
+    return _release && _release->close_in_flight;
+}
+
 // ---------------------------------------------------------------- synchronous execution
+
+int execute_release_sync(const release_op& op) {
+    return ::close(op.fd) == 0 ? 0 : -errno;
+}
 
 int execute_batch_sync(const commit_batch& b) {
     for (const write_op& op : b.writes) {

@@ -56,6 +56,9 @@ struct server_config {
     // process exits within shutdown_timeout of the signal.
     std::chrono::seconds drain_grace{5};
     std::chrono::seconds shutdown_timeout{30};
+    // Started as root: the user to become once the listeners are bound and the spools open
+    // (daemon/privileges.h); empty = no switch.
+    std::string user;
 };
 
 // One certificate chain and its private key (PEM files); read when the daemon starts and on

@@ -121,6 +121,9 @@ class reactor {
     // or -errno; see the lifetime rule above.
     void cancel(completion* target, completion* c = nullptr);
     void read(int fd, void* buf, std::size_t len, completion* c);  // at the current offset
+    // Closes a file (never a socket: those are ring_fds) in an io-wq worker (IOSQE_ASYNC), so
+    // that what the last close of an unlinked file frees is freed off the loop.
+    void close_file_async(int fd, completion* c);
     void nop(completion* c);
 
     // Group commit: every write (vectored, positioned) then an fdatasync of every sync fd, then

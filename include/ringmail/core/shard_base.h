@@ -23,7 +23,13 @@
 
 namespace ringmail::core {
 
-enum class startup_state : int { pending = 0, ready = 1, failed = 2, stopped = 3 };
+// opened: start() succeeded and the shard waits at its start gate (shard_options::start_gate).
+enum class startup_state : int { pending = 0, ready = 1, failed = 2, stopped = 3, opened = 4 };
+
+// Values of a start gate.
+inline constexpr int start_gate_wait = 0;
+inline constexpr int start_gate_go = 1;
+inline constexpr int start_gate_stop = 2;
 
 struct shard_options {
     reactor_options ring;
@@ -36,6 +42,10 @@ struct shard_options {
     unsigned recv_buffer_size = 16384;
     // How long a drain may take before drained(late = true) is asked to give up what is left.
     std::chrono::milliseconds drain_timeout{30000};
+    // When set: once start() succeeded (listeners bound, spools open) the shard says `opened`
+    // and waits, serving nothing, until the gate is go (then it serves) or stop (then it returns,
+    // `stopped`). The daemon drops root in between (daemon/privileges.h).
+    std::atomic<int>* start_gate = nullptr;
 };
 
 class shard_base {

@@ -102,6 +102,9 @@ struct daemon_context {
     std::string suspensions_path;
     // admin.token_file's token; "" without one.
     std::string admin_token;
+    // With server.user: the shards wait here after start() while the main thread drops root
+    // (core::shard_options::start_gate); null without it.
+    std::unique_ptr<std::atomic<int>> start_gate;
 };
 
 // admin.token_file's token: the file's first line without surrounding blanks. nullopt with

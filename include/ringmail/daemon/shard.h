@@ -63,6 +63,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     std::int64_t unix_now() const noexcept override;
     bool relay_allowed(const core::endpoint& client) const noexcept override;
     void connection_closed(std::uint64_t id) override;
+    bool over_budget() const noexcept override;
     void input_held() noexcept override { _input_held = true; }
 
     // delivery::host
@@ -100,6 +101,10 @@ class shard final : public core::shard_base, public reception::host, public deli
         std::vector<core::write_request> stream_requests;
         void on_streamed(int res, std::uint32_t flags);
         core::member_completion<spool_slot, &spool_slot::on_streamed> stream_op{this};
+        // The journal a compaction replaced, closed on the ring (what it frees, off the loop).
+        bool release_in_flight = false;
+        void on_released(int res, std::uint32_t flags);
+        core::member_completion<spool_slot, &spool_slot::on_released> release_op{this};
     };
     // The engine's one wake-up.
     struct engine_timer final : core::timer {

@@ -49,8 +49,12 @@ class host {
     virtual std::int64_t unix_now() const noexcept = 0;
     // The connection has closed and nothing names it: destroy it after this call returns.
     virtual void connection_closed(std::uint64_t id) = 0;
-    // A connection stopped reading because the spool is over its budget of unwritten bytes:
-    // once it is not, the host calls resume_input() on its connections.
+    // The shard's spools together hold at least server.max_unwritten_bytes of message bytes not
+    // yet on disk: connections receiving message data stop reading (back-pressure).
+    virtual bool over_budget() const noexcept = 0;
+    // A connection stopped reading because of over_budget(): once it is not, the host calls
+    // resume_input() on its connections. A held connection's data timeout does not run (the
+    // wait is ours, not the client's); it starts afresh when reading resumes.
     virtual void input_held() noexcept = 0;
 
   protected:

@@ -82,7 +82,10 @@ class inbound_connection final : public core::stream_connection, private smtp::t
     // finishes it first. force: close now whatever the state (drain deadline passed).
     void shutdown(bool force);
     // The spool's budget freed: a connection that stopped reading for it reads again.
-    void resume_input() { pump(); }
+    void resume_input() {
+        if (_writer)
+            pump();  // only a connection in a message can have been held
+    }
     std::uint64_t id() const noexcept { return _id; }
 
   private:
@@ -119,6 +122,8 @@ class inbound_connection final : public core::stream_connection, private smtp::t
     void start_close(bool flush);
     void log_disconnect();
     bool in_transaction() const noexcept;
+    // Message data waits in the socket: the shard's spools are over their budget.
+    bool held_by_budget() const noexcept { return _writer && _host.over_budget(); }
 
     host& _host;
     const std::uint64_t _id;

@@ -70,7 +70,11 @@ class fake_host final : public host {
     }
     std::int64_t unix_now() const noexcept override { return 1700000000; }
     void connection_closed(std::uint64_t id) override { closed.push_back(id); }
+    bool over_budget() const noexcept override {
+        return force_over_budget || _spool->over_budget();
+    }
     void input_held() noexcept override { ++held; }
+    bool force_over_budget = false;
     int held = 0;
 
     // The shard's group commit: runs the pending batch (if any) and answers its connections.
@@ -264,6 +268,39 @@ TEST(inbound_connection, the_250_waits_for_the_group_commit) {
     EXPECT_TRUE(c.peer_closed());
     EXPECT_TRUE(c.spin([&] { return c.finished(); }));
     EXPECT_EQ(h.closed, std::vector<std::uint64_t>{1});
+}
+
+// Back-pressure is our wait, not the client's: a connection held for the spool's budget does
+// not time out in DATA, and reads (with a fresh data timeout) once the budget is free again.
+TEST(inbound_connection, input_held_for_the_budget_does_not_time_out) {
+    fake_host h;
+    auto l = plain_listener();
+    l.session.data_timeout = std::chrono::seconds(1);
+    client held(h, 1, l);
+    held.open_transaction();
+    h.force_over_budget = true;
+    held.send("Subject: t\r\n\r\nfirst line\r\n");
+    held.drain_socket(150);  // 1.5 s: past the data timeout
+    EXPECT_EQ(held.pending, "") << "a held connection timed out";
+    EXPECT_FALSE(held.finished());
+    EXPECT_GE(h.held, 1);
+
+    // Not held: the same timeout does end a silent client in DATA (the test's control).
+    h.force_over_budget = false;
+    held.conn->resume_input();
+    held.send("last line\r\n.\r\n");
+    held.drain_socket(5);
+    const auto ids = h.commit(live({&held}));
+    ASSERT_EQ(ids.size(), 1u);
+    EXPECT_EQ(held.reply().substr(0, 4), "250 ");
+    auto stored = h.spool().read(ids[0]);
+    ASSERT_TRUE(stored);
+    EXPECT_NE(std::string(stored->body).find("first line\r\nlast line\r\n"), std::string::npos);
+
+    client silent(h, 2, l);
+    silent.open_transaction();
+    silent.send("Subject: t\r\n");
+    EXPECT_EQ(silent.reply().substr(0, 4), "421 ");
 }
 
 std::shared_ptr<dkim::signer> test_signer() {

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace ringmail::spool {
@@ -330,6 +331,68 @@ TEST(compaction, incremental_walk_sees_everything_committed_meanwhile) {
     std::vector<recovered_message> rec;
     auto sp = open_recovered(dir, 0, &rec, opt);
     expect_recovered(rec, want);
+}
+
+// The journal a compaction replaced is closed only once the rename is durable: the batch after
+// the swap fsyncs the directory (an idle spool makes a batch of that fsync alone), then
+// prepare_release() hands out the old journal, unlinked, for its close off the loop; the next
+// compaction waits for that close.
+TEST(compaction, replaced_journal_is_released_after_the_rename_is_durable) {
+    test::temp_dir td;
+    const auto dir = td.shard(0);
+    options opt = small_options();
+    opt.journal_compact_ratio = 1;
+    auto sp = open_recovered(dir, 0, nullptr, opt);
+    const queue_id a = store_rcpts(*sp, 1, 2, 1);
+    commit(*sp);
+    auto grow = [&](int from) {
+        for (int i = 0; i < int(threshold / 40) + 1; ++i)
+            sp->record_attempt(a, std::uint32_t(from + i), 1700000000 + i);
+        const commit_batch* b = sp->prepare_batch();
+        ASSERT_NE(b, nullptr);
+        ASSERT_EQ(execute_batch_sync(*b), 0);
+        sp->complete_batch(0);
+    };
+    grow(0);
+    EXPECT_EQ(sp->prepare_release(), nullptr);
+    // The swap batch (the walk of one message takes one slice).
+    sp->record_rcpt(a, 1, outcome::bounced);
+    const commit_batch* b = sp->prepare_batch();
+    ASSERT_NE(b, nullptr);
+    ASSERT_EQ(execute_batch_sync(*b), 0);
+    sp->complete_batch(0);
+    ASSERT_EQ(sp->metrics().journal_compactions, 1u);
+    EXPECT_EQ(sp->prepare_release(), nullptr);  // the rename is not durable yet
+    // Idle: a batch of the directory fsync alone.
+    ASSERT_TRUE(sp->has_pending());
+    b = sp->prepare_batch();
+    ASSERT_NE(b, nullptr);
+    EXPECT_TRUE(b->writes.empty());
+    EXPECT_TRUE(b->sync_fds.empty());
+    ASSERT_EQ(b->fsync_fds.size(), 1u);
+    ASSERT_EQ(execute_batch_sync(*b), 0);
+    sp->complete_batch(0);
+    EXPECT_FALSE(sp->has_pending());
+    const release_op* r = sp->prepare_release();
+    ASSERT_NE(r, nullptr);
+    struct stat st {};
+    ASSERT_EQ(::fstat(r->fd, &st), 0);
+    EXPECT_EQ(st.st_nlink, 0u);  // the old journal, renamed over
+    EXPECT_TRUE(sp->release_in_flight());
+    EXPECT_EQ(sp->prepare_release(), nullptr);  // one at a time
+    // No new compaction while it is in flight.
+    grow(1000);
+    grow(2000);
+    EXPECT_EQ(sp->metrics().journal_compactions, 1u);
+    EXPECT_FALSE(std::filesystem::exists(dir / "journal.tmp"));
+    sp->complete_release(execute_release_sync(*r));
+    EXPECT_FALSE(sp->release_in_flight());
+    // Now the next one runs.
+    for (int i = 0; i < 4 && sp->metrics().journal_compactions == 1; ++i) {
+        sp->record_attempt(a, std::uint32_t(5000 + i), 1700005000 + i);
+        commit(*sp);
+    }
+    EXPECT_EQ(sp->metrics().journal_compactions, 2u);
 }
 
 }  // namespace

@@ -112,7 +112,11 @@ inline std::vector<spool::committed> commit(spool& sp) {
         return {};
     const int res = execute_batch_sync(*b);
     EXPECT_EQ(res, 0);
-    return sp.complete_batch(res);
+    auto out = sp.complete_batch(res);
+    // As the shard does: the journal a compaction replaced is closed "on the ring".
+    if (const release_op* r = sp.prepare_release())
+        sp.complete_release(execute_release_sync(*r));
+    return out;
 }
 
 inline std::unique_ptr<spool> open_recovered(const std::filesystem::path& dir, unsigned shard,
