@@ -19,6 +19,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
+# postfix_make (the private Postfix instance); this script's own functions follow and win.
+. "$ROOT/bench/compare/lib.sh"
 
 REPEAT=3
 HANDSHAKES=3000
@@ -236,71 +238,13 @@ start_sink() { # PORT -> SINK_PID
 
 # ----------------------------------------------------------------------------- Postfix
 
+# A private instance in $WORK/NAME (lib.sh's postfix_make) that offers STARTTLS with the
+# bench certificate. Sets CONF.
 make_postfix() { # NAME SMTPD_PORT SINK_PORT -> CONF
-  local name=$1 smtpd_port=$2 sink_port=$3
-  local conf="$WORK/$name" queue="$WORK/$name-queue" data="$WORK/$name-data"
-  mkdir -p "$conf" "$queue" "$data"
-  chown postfix "$data"
-  cat >"$conf/main.cf" <<EOF
-compatibility_level = 3.6
-config_directory = $conf
-queue_directory = $queue
-data_directory = $data
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-shlib_directory = /usr/lib/postfix
-meta_directory = /etc/postfix
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix-bench.test
-mydomain = postfix-bench.test
-myorigin = \$myhostname
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-mydestination =
-local_recipient_maps =
-local_transport = error:local delivery is disabled
-alias_maps =
-alias_database =
-relay_domains =
-relayhost = [127.0.0.1]:$sink_port
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtpd_recipient_restrictions =
-smtpd_peername_lookup = no
-smtp_tls_security_level = none
-smtpd_tls_security_level = may
-smtpd_tls_cert_file = $CERT
-smtpd_tls_key_file = $KEY
-smtpd_tls_loglevel = 0
-biff = no
-maillog_file_prefixes = $WORK
-maillog_file = $WORK/$name.maillog
-EOF
-  cat >"$conf/master.cf" <<EOF
-127.0.0.1:$smtpd_port inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
-  CONF=$conf
+  postfix_make "$WORK/$1" "$2" "$3"
+  /usr/sbin/postconf -c "$CONF" -e "smtpd_tls_security_level = may" \
+    "smtpd_tls_cert_file = $CERT" "smtpd_tls_key_file = $KEY" "smtpd_tls_loglevel = 0"
+  /usr/sbin/postconf -c "$CONF" -M "tlsmgr/unix = tlsmgr unix - - n 1000? 1 tlsmgr"
 }
 
 run_postfix() { # N -> HS MSG

@@ -1,5 +1,8 @@
 #include "ringmail/admin/json.h"
 
+#include "ringmail/core/hex.h"
+#include "ringmail/core/json_string.h"
+
 #include <fmt/format.h>
 
 #include <cctype>
@@ -9,33 +12,7 @@ namespace ringmail::admin {
 std::string json_string(std::string_view s) {
     std::string out;
     out.reserve(s.size() + 2);
-    out += '"';
-    for (const char c : s) {
-        const auto u = static_cast<unsigned char>(c);
-        switch (c) {
-            case '"':
-                out += "\\\"";
-                break;
-            case '\\':
-                out += "\\\\";
-                break;
-            case '\n':
-                out += "\\n";
-                break;
-            case '\r':
-                out += "\\r";
-                break;
-            case '\t':
-                out += "\\t";
-                break;
-            default:
-                if (u < 0x20 || u == 0x7f)
-                    out += fmt::format("\\u{:04x}", u);
-                else
-                    out += c;
-        }
-    }
-    out += '"';
+    core::append_json_string(out, s);
     return out;
 }
 
@@ -57,15 +34,7 @@ struct reader {
         }
         return false;
     }
-    static int hex(char c) {
-        if (c >= '0' && c <= '9')
-            return c - '0';
-        if (c >= 'a' && c <= 'f')
-            return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-            return c - 'A' + 10;
-        return -1;
-    }
+    static int hex(char c) { return core::hex_value(c); }
     static void utf8(std::string& out, unsigned cp) {
         if (cp < 0x80) {
             out += static_cast<char>(cp);

@@ -188,10 +188,13 @@ std::string answer(const http_request& req, const health& h) {
     if (path == "/healthz")
         return format_response(200, text_plain, "ok\n", req.keep_alive, head);
     if (path == "/readyz") {
+        // Every 503 says why in JSON, as the spool-failing answer does (server::handle).
         if (h.draining.load(std::memory_order_acquire))
-            return format_response(503, text_plain, "draining\n", req.keep_alive, head);
+            return format_response(503, "application/json", "{\"reason\":\"draining\"}\n",
+                                   req.keep_alive, head);
         if (!h.started.load(std::memory_order_acquire))
-            return format_response(503, text_plain, "starting\n", req.keep_alive, head);
+            return format_response(503, "application/json", "{\"reason\":\"starting\"}\n",
+                                   req.keep_alive, head);
         return format_response(200, text_plain, "ready\n", req.keep_alive, head);
     }
     return format_response(404, text_plain, "not found\n", req.keep_alive, head);

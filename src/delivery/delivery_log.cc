@@ -1,5 +1,6 @@
 #include "ringmail/delivery/delivery_log.h"
 
+#include "ringmail/core/json_string.h"
 #include "ringmail/core/log.h"
 
 #include <fmt/format.h>
@@ -32,86 +33,13 @@ std::string_view event_name(delivery_event e) noexcept {
 
 namespace {
 
-// Length of the well-formed UTF-8 sequence at s[i], or 0 (RFC 3629: no overlongs, no
-// surrogates, nothing past U+10FFFF).
-std::size_t utf8_sequence(std::string_view s, std::size_t i) {
-    const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
-    const unsigned char c = b(0);
-    const std::size_t left = s.size() - i;
-    const auto cont = [&](std::size_t k) { return (b(k) & 0xC0) == 0x80; };
-    if (c >= 0xC2 && c <= 0xDF)
-        return left >= 2 && cont(1) ? 2 : 0;
-    if (c >= 0xE0 && c <= 0xEF) {
-        if (left < 3 || !cont(1) || !cont(2))
-            return 0;
-        if (c == 0xE0 && b(1) < 0xA0)
-            return 0;
-        if (c == 0xED && b(1) >= 0xA0)
-            return 0;
-        return 3;
-    }
-    if (c >= 0xF0 && c <= 0xF4) {
-        if (left < 4 || !cont(1) || !cont(2) || !cont(3))
-            return 0;
-        if (c == 0xF0 && b(1) < 0x90)
-            return 0;
-        if (c == 0xF4 && b(1) >= 0x90)
-            return 0;
-        return 4;
-    }
-    return 0;
-}
-
-void json_string(std::string& out, std::string_view s) {
-    out += '"';
-    for (std::size_t i = 0; i < s.size();) {
-        const unsigned char c = static_cast<unsigned char>(s[i]);
-        if (c >= 0x80) {
-            const std::size_t n = utf8_sequence(s, i);
-            if (n == 0) {
-                out += "\\ufffd";
-                ++i;
-            } else {
-                out.append(s.substr(i, n));
-                i += n;
-            }
-            continue;
-        }
-        switch (c) {
-            case '"':
-                out += "\\\"";
-                break;
-            case '\\':
-                out += "\\\\";
-                break;
-            case '\n':
-                out += "\\n";
-                break;
-            case '\r':
-                out += "\\r";
-                break;
-            case '\t':
-                out += "\\t";
-                break;
-            default:
-                if (c < 0x20 || c == 0x7f) {
-                    fmt::format_to(std::back_inserter(out), "\\u{:04x}", c);
-                } else {
-                    out += static_cast<char>(c);
-                }
-        }
-        ++i;
-    }
-    out += '"';
-}
-
 void field(std::string& out, std::string_view name, std::string_view value) {
     if (value.empty())
         return;
     out += ",\"";
     out += name;
     out += "\":";
-    json_string(out, value);
+    core::append_json_string(out, value);
 }
 
 void field(std::string& out, std::string_view name, std::int64_t value) {
@@ -147,7 +75,7 @@ void format_delivery_record(const delivery_record& r, std::string& out) {
     field(out, "message_id", r.message_id);
     // The null sender is meaningful: always present.
     out += ",\"sender\":";
-    json_string(out, r.sender);
+    core::append_json_string(out, r.sender);
     if (r.type == delivery_event::reception) {
         field(out, "recipients", static_cast<std::int64_t>(r.recipients));
         field(out, "client_ip", r.client_ip);

@@ -134,7 +134,7 @@ class DrainTest(unittest.TestCase):
         self.assertTrue(flipped, "/readyz not 503 after SIGTERM:\n" + daemon.log_text())
         self.assertNotIn("closing the listeners", daemon.log_text(),
                          "the grace ended before readiness turned 503")
-        self.assertEqual(readyz(admin_port), (503, "draining\n"))
+        self.assertEqual(readyz(admin_port), (503, '{"reason":"draining"}\n'))
         self.assertEqual(healthz(admin_port), 200, "liveness stays 200 during the drain")
         self.assertTrue(greets(daemon.port), "a new connection was not served during the grace")
         self.assertTrue(harness.wait_until(lambda: notify.seen("STOPPING=1"), harness.scaled(5)),

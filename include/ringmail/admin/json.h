@@ -12,8 +12,8 @@
 
 namespace ringmail::admin {
 
-// `s` as a JSON string literal, quotes included (control characters as \u00XX; bytes >= 0x80
-// are passed through, so UTF-8 stays UTF-8).
+// `s` as a JSON string literal, quotes included (core::append_json_string: control characters
+// as \u00XX, UTF-8 kept, any other byte U+FFFD).
 std::string json_string(std::string_view s);
 
 // A flat object's members: strings unescaped, other scalars as their text ("12", "true",

@@ -159,13 +159,13 @@ TEST(admin_answer, readiness_follows_start_and_drain) {
     health h;
     const auto ready = req("GET", "/readyz");
     EXPECT_EQ(status_of(answer(ready, h)), 503);
-    EXPECT_EQ(body_of(answer(ready, h)), "starting\n");
+    EXPECT_EQ(body_of(answer(ready, h)), "{\"reason\":\"starting\"}\n");
     h.started = true;
     EXPECT_EQ(status_of(answer(ready, h)), 200);
     EXPECT_EQ(body_of(answer(ready, h)), "ready\n");
     h.draining = true;
     EXPECT_EQ(status_of(answer(ready, h)), 503);
-    EXPECT_EQ(body_of(answer(ready, h)), "draining\n");
+    EXPECT_EQ(body_of(answer(ready, h)), "{\"reason\":\"draining\"}\n");
     // Liveness stays 200 through a drain: the process must not be killed for draining.
     EXPECT_EQ(status_of(answer(req("GET", "/healthz"), h)), 200);
     EXPECT_EQ(body_of(answer(req("GET", "/healthz?x"), h)), "ok\n");
