@@ -35,18 +35,6 @@ struct reader {
         return false;
     }
     static int hex(char c) { return core::hex_value(c); }
-    static void utf8(std::string& out, unsigned cp) {
-        if (cp < 0x80) {
-            out += static_cast<char>(cp);
-        } else if (cp < 0x800) {
-            out += static_cast<char>(0xc0 | (cp >> 6));
-            out += static_cast<char>(0x80 | (cp & 0x3f));
-        } else {
-            out += static_cast<char>(0xe0 | (cp >> 12));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-            out += static_cast<char>(0x80 | (cp & 0x3f));
-        }
-    }
     std::optional<std::string> string() {
         ws();
         if (i >= s.size() || s[i] != '"')
@@ -97,8 +85,7 @@ struct reader {
                             return std::nullopt;
                         cp = cp * 16 + static_cast<unsigned>(h);
                     }
-                    // Surrogates are not needed by anything we read: a replacement char.
-                    utf8(out, (cp >= 0xd800 && cp <= 0xdfff) ? 0xfffd : cp);
+                    core::append_json_code_point(out, cp);
                     break;
                 }
                 default:

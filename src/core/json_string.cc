@@ -83,4 +83,19 @@ void append_json_string(std::string& out, std::string_view s) {
     out += '"';
 }
 
+void append_json_code_point(std::string& out, unsigned cp) {
+    if (cp >= 0xd800 && cp <= 0xdfff)
+        cp = 0xfffd;
+    if (cp < 0x80) {
+        out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+        out += static_cast<char>(0xc0 | (cp >> 6));
+        out += static_cast<char>(0x80 | (cp & 0x3f));
+    } else {
+        out += static_cast<char>(0xe0 | ((cp >> 12) & 0x0f));
+        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+        out += static_cast<char>(0x80 | (cp & 0x3f));
+    }
+}
+
 }  // namespace ringmail::core

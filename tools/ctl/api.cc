@@ -1,5 +1,7 @@
 #include "api.h"
 
+#include "ringmail/core/hex.h"
+#include "ringmail/core/json_string.h"
 #include "ringmail/core/socket.h"
 
 #include <fmt/format.h>
@@ -264,20 +266,18 @@ struct json_reader {
                 out += '\t';
             else if (e == 'r')
                 out += '\r';
-            else if (e == 'u' && i + 4 <= s.size()) {
-                const unsigned cp = static_cast<unsigned>(
-                    std::strtoul(std::string(s.substr(i, 4)).c_str(), nullptr, 16));
-                i += 4;
-                if (cp < 0x80) {
-                    out += static_cast<char>(cp);
-                } else if (cp < 0x800) {
-                    out += static_cast<char>(0xc0 | (cp >> 6));
-                    out += static_cast<char>(0x80 | (cp & 0x3f));
-                } else {
-                    out += static_cast<char>(0xe0 | (cp >> 12));
-                    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-                    out += static_cast<char>(0x80 | (cp & 0x3f));
+            else if (e == 'u') {
+                // Four hex digits exactly; anything else is a malformed answer.
+                if (i + 4 > s.size())
+                    return false;
+                unsigned cp = 0;
+                for (int k = 0; k < 4; ++k) {
+                    const int h = core::hex_value(s[i++]);
+                    if (h < 0)
+                        return false;
+                    cp = cp * 16 + static_cast<unsigned>(h);
                 }
+                core::append_json_code_point(out, cp);
             } else {
                 out += e;
             }

@@ -12,4 +12,8 @@ namespace ringmail::core {
 // Appends `s` as a JSON string literal, quotes included.
 void append_json_string(std::string& out, std::string_view s);
 
+// The code point of a JSON \uXXXX escape (0..0xFFFF) as UTF-8, for the readers of JSON; a lone
+// surrogate half (what we read never needs a pair) becomes U+FFFD.
+void append_json_code_point(std::string& out, unsigned cp);
+
 }  // namespace ringmail::core

@@ -34,5 +34,23 @@ TEST(json_string, table) {
         EXPECT_EQ(lit(c.in), c.want) << c.in;
 }
 
+TEST(json_string, code_points_of_escapes) {
+    struct {
+        unsigned cp;
+        std::string want;
+    } cases[] = {
+        {0x41, "A"},
+        {0xe9, "\xc3\xa9"},
+        {0x20ac, "\xe2\x82\xac"},
+        {0xd83d, "\xef\xbf\xbd"},  // a lone surrogate half: U+FFFD
+        {0xffff, "\xef\xbf\xbf"},
+    };
+    for (const auto& c : cases) {
+        std::string out;
+        append_json_code_point(out, c.cp);
+        EXPECT_EQ(out, c.want) << c.cp;
+    }
+}
+
 }  // namespace
 }  // namespace ringmail::core
