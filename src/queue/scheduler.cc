@@ -659,6 +659,21 @@ void scheduler::suspend_destination(std::uint64_t id, steady_time until) {
     d.suspended[c.slot] = std::max(d.suspended[c.slot], until);
 }
 
+bool scheduler::lift_destination(std::string_view key) {
+    _oncore.check();
+    bool found = false;
+    for (auto& [id, d] : _by_id) {
+        (void)id;
+        if (d->q.key() != key)
+            continue;
+        found = true;
+        d->suspended.clear();
+        if (d->q.counts().ready > 0)
+            note_runnable(*d);
+    }
+    return found;
+}
+
 void scheduler::connection_opened(std::uint64_t id, steady_time now) {
     _oncore.check();
     conn& c = find_conn(id);
