@@ -242,6 +242,44 @@ class TestSuspend(ShapingTestCase):
             self.assertNotIn("yahoo", f.read())
 
 
+    def test_a_set_is_listed_and_a_resume_restores_the_limits(self):
+        """A rule's `set` is in the store too (effect "set" with its rate) and a resume of
+        the provider brings its normal rate back at once: three messages go within the
+        timeout, where 1/min would let one through."""
+        admin_port = harness.free_port()
+        tables = {
+            "provider": [{"name": "yahoo", "domain_suffix": ["yahoo.test"],
+                          "max_message_rate": "100/s"}],
+            "shaping_rule": [{"provider": "yahoo", "match": r"\[TSS04\]", "action": "set",
+                              "duration": "1h", "max_message_rate": "1/min"}],
+            "admin": {"address": f"{harness.LOOPBACK}:{admin_port}"},
+        }
+
+        def api(method, path):
+            req = urllib.request.Request(f"http://{harness.LOOPBACK}:{admin_port}{path}",
+                                         method=method)
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read().decode())
+
+        tss04 = "421 4.7.0 [TSS04] Messages temporarily deferred"
+        d = self.start(tables, sink_kwargs={"reject_rcpts": {"bad@yahoo.test": tss04}})
+        send(d.port, ["bad@yahoo.test"])
+        self.assertTrue(harness.wait_until(lambda: "limited from source" in d.log_text(),
+                                           TIMEOUT), d.log_text()[-3000:])
+        self.assertTrue(harness.wait_until(
+            lambda: api("GET", "/api/v1/suspend")["suspensions"], TIMEOUT))
+        [entry] = api("GET", "/api/v1/suspend")["suspensions"]
+        self.assertEqual((entry["origin"], entry["kind"], entry["name"], entry["effect"]),
+                         ("rule", "provider", "yahoo", "set"))
+        self.assertAlmostEqual(entry["set_rate"], 1 / 60)
+        api("DELETE", "/api/v1/suspend?provider=yahoo")
+        self.assertEqual(api("GET", "/api/v1/suspend")["suspensions"], [])
+        send(d.port, ["e@yahoo.test"], n=3)
+        self.assertTrue(self.sink.wait_until(
+            lambda ts: sum(1 for t in ts if t.rcpts == ["e@yahoo.test"]) == 3, TIMEOUT),
+            d.log_text()[-3000:])
+
+
 class TestPools(ShapingTestCase):
     def test_two_to_one_weights_with_their_ehlo_names(self):
         tables = {
