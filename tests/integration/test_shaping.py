@@ -5,6 +5,9 @@ on no interface: the bind fails with EADDRNOTAVAIL; nothing is sent to it).
 
   a `421 4.7.0 [TSS04]` reply suspends the provider from that source for the (shortened)
       duration while another provider keeps flowing;
+  the rule's suspension (and a `set`) is in the admin's one store: listed by GET
+      /api/v1/suspend, counted by ringmail_suspensions, kept across a restart (an old
+      suspensions.shaping merged in), and lifted by an operator's DELETE;
   2:1 pool weights, each source with its own EHLO name, the source in the delivery log;
   a source that cannot bind is suspended with a log line and the others carry the traffic;
   a provider rate of 100/s holds within +-2% over 30 s at the sink (the one long test: the
