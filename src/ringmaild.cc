@@ -151,12 +151,18 @@ int serve(ringmail::config::settings cfg) {
     // /readyz says "starting" while the shards recover their spools.
     ringmail::admin::health health;
     admin_thread admin;
-    if (ctx->cfg.admin.enabled()) {
-        auto ep = ringmail::core::parse_endpoint(ctx->cfg.admin.address);
-        if (!ep) {
-            std::fprintf(stderr, "ringmaild: admin.address \"%s\": %s\n",
-                         ctx->cfg.admin.address.c_str(), ep.error().message().c_str());
-            return 1;
+    // Without admin.address the thread still runs, listening nowhere: it keeps the one
+    // suspension store the shaping rules write to.
+    {
+        std::optional<ringmail::core::endpoint> ep;
+        if (ctx->cfg.admin.enabled()) {
+            auto parsed = ringmail::core::parse_endpoint(ctx->cfg.admin.address);
+            if (!parsed) {
+                std::fprintf(stderr, "ringmaild: admin.address \"%s\": %s\n",
+                             ctx->cfg.admin.address.c_str(), parsed.error().message().c_str());
+                return 1;
+            }
+            ep = *parsed;
         }
         ringmail::admin::sources src;
         src.metrics =
@@ -172,7 +178,7 @@ int serve(ringmail::config::settings cfg) {
         // As SIGTERM: the main thread's signal wait takes it and drains as usual.
         src.drain = [] { ::kill(::getpid(), SIGTERM); };
         admin.server =
-            std::make_unique<ringmail::admin::server>(ctx->shards, *ep, health, std::move(src));
+            std::make_unique<ringmail::admin::server>(ctx->shards, ep, health, std::move(src));
         try {
             admin.thread = std::thread([s = admin.server.get()] { s->run(); });
         } catch (const std::system_error& e) {

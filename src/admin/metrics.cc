@@ -201,6 +201,11 @@ std::string render_metrics(const metrics_inputs& in) {
         line_i("ringmail_spool_free_bytes", "", in.spool_free_bytes);
     }
 
+    head(out, "ringmail_suspensions", "gauge",
+         "suspensions (and shaping rules' set overrides) in force, by origin");
+    line_u("ringmail_suspensions", "origin=\"operator\"", in.suspensions_operator);
+    line_u("ringmail_suspensions", "origin=\"rule\"", in.suspensions_rule);
+
     head(out, "ringmail_tls_handshakes_total", "counter",
          "TLS handshakes (inbound: STARTTLS and smtps; outbound: STARTTLS), by result");
     for (int d = 0; d < 2; ++d) {

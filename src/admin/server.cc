@@ -126,11 +126,16 @@ std::string lower(std::string_view s) {
 }
 
 std::string suspension_json(const queue::suspension& s) {
+    std::string set;
+    if (s.effect == queue::suspension_effect::set)
+        set = fmt::format(",\"set_rate\":{},\"set_connections\":{}", s.set_rate, s.set_connections);
     return fmt::format(
-        "{{\"kind\":\"{}\",\"domain\":{},\"source\":{},\"since\":{},\"until\":{},"
-        "\"reason\":{},\"origin\":{}}}",
-        queue::to_string(s.scope.kind), json_string(s.scope.name), json_string(s.scope.source),
-        s.since_unix, s.until_unix, json_string(s.reason), json_string(s.origin));
+        "{{\"kind\":\"{}\",\"name\":{},\"domain\":{},\"source\":{},\"since\":{},\"until\":{},"
+        "\"reason\":{},\"origin\":{},\"rule\":{},\"effect\":\"{}\"{}}}",
+        queue::to_string(s.scope.kind), json_string(s.scope.name), json_string(s.scope.name),
+        json_string(s.scope.source), s.since_unix, s.until_unix, json_string(s.reason),
+        json_string(s.origin), s.rule.empty() ? std::string("null") : json_string(s.rule),
+        queue::to_string(s.effect), set);
 }
 
 std::string destination_json(const destination_row& r, const queue::suspensions& susp,
@@ -309,7 +314,8 @@ class admin_connection final : public core::stream_connection {
     bool _waiting_keep = true;
 };
 
-server::server(unsigned thread_id, core::endpoint address, const health& h, sources src)
+server::server(unsigned thread_id, std::optional<core::endpoint> address, const health& h,
+               sources src)
     : core::shard_base(thread_id, admin_options()),
       _address(address),
       _health(h),
@@ -321,26 +327,33 @@ server::~server() {
 }
 
 bool server::start(std::string& why) {
-    auto fd = core::make_listener(_address, 64);
-    if (!fd) {
-        why = fmt::format("admin.address {}: {}", core::to_string(_address), fd.error().message());
-        return false;
+    if (_address) {
+        auto fd = core::make_listener(*_address, 64);
+        if (!fd) {
+            why = fmt::format("admin.address {}: {}", core::to_string(*_address),
+                              fd.error().message());
+            return false;
+        }
+        _listener = std::make_unique<core::acceptor>(
+            ring(), core::ring_fd::adopt(*fd), true, "admin " + core::to_string(*_address),
+            [this](core::ring_fd conn) { accepted(std::move(conn)); });
     }
-    _listener = std::make_unique<core::acceptor>(
-        ring(), core::ring_fd::adopt(*fd), true, "admin " + core::to_string(_address),
-        [this](core::ring_fd conn) { accepted(std::move(conn)); });
     ring().on_iteration_end([this] { _connections.reap(); });
     if (_src.mailbox != nullptr) {
         _src.mailbox->attach(ring(), _src.shards,
                              [this](unsigned, control_message&& m) { on_reply(std::move(m)); });
     }
+    // After the mailbox's drain: what the rules sent this iteration is written before sleeping.
+    ring().on_iteration_end([this] { store_changed_by_rules(); });
     return true;
 }
 
 void server::started() {
+    if (!_listener)
+        return;
     _listener->arm();
     log::info("admin endpoint on http://{} (/, /metrics, /api/v1, /healthz, /readyz){}",
-              core::to_string(_address), _src.token.empty() ? "" : ", bearer token required");
+              core::to_string(*_address), _src.token.empty() ? "" : ", bearer token required");
 }
 
 void server::accepted(core::ring_fd fd) {
@@ -365,6 +378,7 @@ void server::begin_drain() {
 }
 
 bool server::drained(bool) {
+    store_changed_by_rules();  // the shards are gone: what they sent last is written
     return _connections.empty() && (!_listener || _listener->done());
 }
 
@@ -383,7 +397,7 @@ struct server::pending {
     std::function<std::string(pending&)> finish;
 };
 
-bool server::ask_shards(std::uint64_t conn, const http_request& req, control_message m,
+bool server::ask_shards(std::uint64_t conn, bool keep_alive, control_message m,
                         std::function<std::string(pending&)> finish) {
     const std::uint64_t token = _next_token++;
     m.token = token;
@@ -398,7 +412,7 @@ bool server::ask_shards(std::uint64_t conn, const http_request& req, control_mes
     }
     auto p = std::make_unique<pending>();
     p->conn = conn;
-    p->keep_alive = req.keep_alive;
+    p->keep_alive = keep_alive;
     p->waiting = _src.shards;
     p->finish = std::move(finish);
     _pending.emplace(token, std::move(p));
@@ -412,6 +426,10 @@ bool server::ask_shards(std::uint64_t conn, const http_request& req, control_mes
 
 void server::on_reply(control_message&& m) {
     check_shard();
+    if (!m.reply && m.kind == request_kind::rule_effect) {
+        on_rule_effect(std::move(m.effect));
+        return;
+    }
     auto it = _pending.find(m.token);
     if (it == _pending.end() || !m.reply)
         return;
@@ -435,6 +453,44 @@ void server::on_reply(control_message&& m) {
     std::string out = done->finish(*done);
     if (auto* c = _connections.find(done->conn))
         c->deliver(std::move(out));
+}
+
+void server::on_rule_effect(queue::suspension s) {
+    _src.suspensions.expire(unix_now());
+    const std::string name = s.scope.name;
+    auto r = _src.suspensions.merge(std::move(s));
+    if (!r) {
+        log::warn("admin: the rule's suspension of {} is not stored: {}", log::sanitize(name),
+                  r.error().message());
+        return;
+    }
+    if (*r)
+        _rules_unsaved = _rules_unsent = true;
+}
+
+void server::store_changed_by_rules() {
+    if (_rules_unsaved) {
+        _rules_unsaved = false;
+        std::string why;
+        save_suspensions(why);  // a failure is logged; the copy in memory and the shards' hold
+    }
+    if (!_rules_unsent || _broadcast_out)
+        return;  // nothing new, or sent when the copy on its way is in
+    if (_src.mailbox == nullptr || _src.shards == 0 || draining()) {
+        _rules_unsent = false;
+        return;
+    }
+    control_message m;
+    m.kind = request_kind::suspensions;
+    m.suspensions = std::make_shared<const queue::suspensions>(_src.suspensions);
+    if (!ask_shards(0, false, std::move(m), [this](pending&) {
+            _broadcast_out = false;
+            store_changed_by_rules();
+            return std::string();
+        }))
+        return;  // a ring is full: the next iteration tries again
+    _broadcast_out = true;
+    _rules_unsent = false;
 }
 
 bool server::save_suspensions(std::string& why) {
@@ -498,6 +554,9 @@ std::optional<std::string> server::handle(std::uint64_t conn, const http_request
                                       static_cast<std::int64_t>(vfs.f_frsize);
             auto rows = merge_destinations(std::move(p.destinations));
             in.destinations = &rows;
+            _src.suspensions.expire(in.now_unix);
+            in.suspensions_operator = _src.suspensions.count(queue::origin_operator);
+            in.suspensions_rule = _src.suspensions.count(queue::origin_rule);
             return format_response(200, prometheus_text, render_metrics(in), p.keep_alive, head);
         };
         if (!have_shards) {
@@ -507,7 +566,7 @@ std::optional<std::string> server::handle(std::uint64_t conn, const http_request
         }
         control_message m;
         m.kind = request_kind::destinations;
-        if (!ask_shards(conn, req, std::move(m), render))
+        if (!ask_shards(conn, req.keep_alive, std::move(m), render))
             return json_error(503, "shards busy, try again", keep);
         return std::nullopt;
     }
@@ -531,7 +590,7 @@ std::optional<std::string> server::handle(std::uint64_t conn, const http_request
         control_message m;
         m.kind = request_kind::destinations;
         m.ages = true;
-        if (!ask_shards(conn, req, std::move(m), [this, limit, sort](pending& p) {
+        if (!ask_shards(conn, req.keep_alive, std::move(m), [this, limit, sort](pending& p) {
                 _src.suspensions.expire(unix_now());
                 auto rows = merge_destinations(std::move(p.destinations));
                 const std::int64_t t = unix_now();
@@ -597,7 +656,7 @@ std::optional<std::string> server::handle(std::uint64_t conn, const http_request
         control_message m;
         m.kind = request_kind::message;
         m.queue_id = *id;
-        if (!ask_shards(conn, req, std::move(m), [qid](pending& p) {
+        if (!ask_shards(conn, req.keep_alive, std::move(m), [qid](pending& p) {
                 const message_detail& d = p.message;
                 if (!d.found && d.jobs.empty())
                     return json_error(404, "no such message in the queue", p.keep_alive);
@@ -652,6 +711,7 @@ std::optional<std::string> server::handle(std::uint64_t conn, const http_request
         }
         std::string domain;
         queue::suspension s;
+        std::vector<queue::suspension> lifted;
         if (req.method == "POST") {
             auto obj = parse_flat_object(req.body);
             if (!obj)
@@ -673,16 +733,31 @@ std::optional<std::string> server::handle(std::uint64_t conn, const http_request
             s.since_unix = now;
             s.until_unix = now + dur.count();
             s.reason = o["reason"];
-            s.origin = "admin";
+            s.origin = std::string(queue::origin_operator);
             if (auto r = _src.suspensions.suspend(s); !r)
                 return json_error(409, fmt::format("cannot suspend: {}", r.error().message()),
                                   keep);
         } else if (req.method == "DELETE") {
+            // A domain's or a provider's entries, whoever set them (operators and rules).
             domain = lower(query_param(req.target, "domain"));
+            const std::string provider = lower(query_param(req.target, "provider"));
+            if (domain.empty() == provider.empty())
+                return json_error(400, "give either domain or provider", keep);
+            const bool by_provider = !provider.empty();
+            if (by_provider)
+                domain = provider;
             if (!valid_domain(domain))
-                return json_error(400, "domain: required, a domain name", keep);
-            if (_src.suspensions.resume_all(queue::suspension_kind::domain, domain) == 0)
-                return json_error(404, "that domain is not suspended", keep);
+                return json_error(
+                    400, by_provider ? "provider: a provider name" : "domain: a domain name", keep);
+            if (_src.suspensions.resume_all(
+                    by_provider ? queue::suspension_kind::provider : queue::suspension_kind::domain,
+                    domain, &lifted) == 0)
+                return json_error(
+                    404,
+                    by_provider ? "that provider is not suspended" : "that domain is not suspended",
+                    keep);
+            log::info("admin: {} {} resumed ({} entr{})", by_provider ? "provider" : "domain",
+                      log::sanitize(domain), lifted.size(), lifted.size() == 1 ? "y" : "ies");
         } else {
             return json_error(405, "method not allowed", keep, "Allow: GET, POST, DELETE\r\n");
         }
@@ -697,8 +772,9 @@ std::optional<std::string> server::handle(std::uint64_t conn, const http_request
         control_message m;
         m.kind = request_kind::suspensions;
         m.suspensions = std::make_shared<const queue::suspensions>(_src.suspensions);
+        m.lifted = std::move(lifted);
         // The answer waits until every shard has the new set: in force when it is read.
-        if (!ask_shards(conn, req, std::move(m),
+        if (!ask_shards(conn, req.keep_alive, std::move(m),
                         [done_body](pending& p) { return json_ok(done_body, p.keep_alive); }))
             return json_error(503, "shards busy, try again", keep);
         return std::nullopt;
@@ -736,7 +812,7 @@ std::optional<std::string> server::handle(std::uint64_t conn, const http_request
         }
         if (!have_shards)
             return json_error(503, "no shards", keep);
-        if (!ask_shards(conn, req, std::move(m), [flush](pending& p) {
+        if (!ask_shards(conn, req.keep_alive, std::move(m), [flush](pending& p) {
                 return json_ok(
                     fmt::format("{{\"{}\":{}}}", flush ? "flushed_jobs" : "bounced_recipients",
                                 p.affected),

@@ -249,27 +249,6 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
                           ec.message());
         return std::nullopt;
     }
-    if (ctx.delivery.shaping) {
-        // Suspensions survive a restart: those still in force apply before any shard starts.
-        // The rules' suspensions have a file of their own: the admin thread owns
-        // queue::suspensions::file_name (the operators' suspensions) and rewrites it whole.
-        const std::string path = (std::filesystem::path(cfg.server.spool_dir) /
-                                  (std::string(queue::suspensions::file_name) + ".shaping"))
-                                     .string();
-        const auto now_unix = static_cast<std::int64_t>(std::time(nullptr));
-        auto loaded = queue::suspensions::load_file(path, now_unix);
-        if (!loaded) {
-            why = fmt::format("{}: {}", path, loaded.error().message());
-            return std::nullopt;
-        }
-        const std::size_t n = queue::apply_suspensions(*ctx.delivery.shaping, *loaded, now_unix,
-                                                       std::chrono::steady_clock::now());
-        if (n > 0)
-            core::log::info("{} suspension(s) from {} still in force", n, path);
-        ctx.delivery.suspensions =
-            std::make_unique<daemon::suspension_keeper>(path, std::move(*loaded));
-        ctx.delivery.shaping->recorder = ctx.delivery.suspensions.get();
-    }
     ctx.spool_dirs.resize(ctx.shards);
     for (unsigned i = 0; i < ctx.shards; ++i)
         ctx.spool_dirs[i].push_back(i);
@@ -307,12 +286,32 @@ std::optional<daemon_context> make_context(config::settings cfg, std::string& wh
     ctx.suspensions_path =
         (fs::path(cfg.server.spool_dir) / std::string(queue::suspensions::file_name)).string();
     {
-        auto s = queue::suspensions::load_file(ctx.suspensions_path,
-                                               static_cast<std::int64_t>(std::time(nullptr)));
+        // One store: the operators' and the rules' suspensions. Older releases kept the rules'
+        // in a file of their own: read once, merged in, written, then removed.
+        const std::string legacy =
+            (fs::path(cfg.server.spool_dir) / std::string(queue::suspensions::legacy_file_name))
+                .string();
+        const auto now_unix = static_cast<std::int64_t>(std::time(nullptr));
+        std::size_t migrated = 0;
+        auto s =
+            queue::suspensions::load_and_migrate(ctx.suspensions_path, legacy, now_unix, migrated);
         if (!s) {
-            why = fmt::format("suspensions file {}: {} (fix or remove it)", ctx.suspensions_path,
-                              s.error().message());
+            why = fmt::format("suspensions file {} (or {}): {} (fix or remove it)",
+                              ctx.suspensions_path, legacy, s.error().message());
             return std::nullopt;
+        }
+        if (migrated > 0)
+            core::log::info("{} rule suspension(s) of {} moved into {}", migrated, legacy,
+                            ctx.suspensions_path);
+        if (ctx.delivery.shaping) {
+            // Those still in force apply to the shared limits before any shard starts.
+            const std::size_t n = queue::apply_suspensions(*ctx.delivery.shaping, *s, now_unix,
+                                                           std::chrono::steady_clock::now());
+            if (n > 0)
+                core::log::info("{} suspension(s) from {} still in force", n, ctx.suspensions_path);
+            ctx.delivery.recorder =
+                std::make_unique<admin::rule_recorder>(*ctx.admin_mailbox, ctx.shards);
+            ctx.delivery.shaping->recorder = ctx.delivery.recorder.get();
         }
         ctx.suspensions = std::make_shared<const queue::suspensions>(std::move(*s));
     }

@@ -208,6 +208,8 @@ bool shard::start(std::string& why) {
         _engine->reap();
     });
     reactor().on_iteration_end([this] { _events->flush(); });
+    if (auto* rec = _ctx.delivery.recorder.get())
+        reactor().on_iteration_end([this, rec] { rec->flush(id()); });
     arm_auth();
     return true;
 }
@@ -312,8 +314,13 @@ void shard::on_control(admin::control_message&& m) {
             break;
         }
         case admin::request_kind::suspensions:
+            // Lifted first: the new set then finds the destinations free to run.
+            if (!m.lifted.empty())
+                _engine->lift_suspensions(m.lifted);
             _engine->set_suspensions(m.suspensions);
             break;
+        case admin::request_kind::rule_effect:
+            return;  // the admin thread's own kind: never sent here
         case admin::request_kind::flush:
             r.affected = _engine->flush(m.key);
             break;

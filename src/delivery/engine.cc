@@ -416,6 +416,20 @@ void engine::set_suspensions(std::shared_ptr<const queue::suspensions> s) {
     _dirty = true;
 }
 
+void engine::lift_suspensions(std::span<const queue::suspension> lifted) {
+    _oncore.check();
+    // Every shard lifts the shared limiter (idempotent) before it looks at its destinations
+    // again, so none of them finds the old suspension still there.
+    const queue::shaping_context* sh = _settings.shaping;
+    if (sh != nullptr)
+        queue::lift_suspensions(*sh, lifted);
+    for (const auto& s : lifted) {
+        if (s.scope.kind == queue::suspension_kind::domain)
+            _sched.lift_destination(s.scope.name);
+    }
+    _dirty = true;
+}
+
 std::size_t engine::flush(std::string_view key) {
     _oncore.check();
     const std::size_t n = _sched.flush(key, _host.now());
@@ -1415,28 +1429,13 @@ bool engine::shape_reply(std::uint64_t cid, const conn& mc, const std::string& l
             case queue::rule_action::suspend:
                 if (e.scope < 0)
                     _sched.suspend_destination(cid, e.until);
-                if (sh->recorder) {
-                    queue::suspension rec;
-                    const bool provider = e.scope >= 0 && static_cast<std::size_t>(e.scope) <
-                                                              _settings.provider_names.size();
-                    rec.scope.kind = provider ? queue::suspension_kind::provider
-                                              : queue::suspension_kind::domain;
-                    rec.scope.name =
-                        provider ? _settings.provider_names[static_cast<std::size_t>(e.scope)]
-                                 : (e.scope < 0 ? mc.key : r.domain);
-                    rec.scope.source = std::string(source_name(mc.source));
-                    rec.since_unix = _host.unix_now();
-                    rec.until_unix =
-                        rec.since_unix +
-                        std::chrono::duration_cast<std::chrono::seconds>(r.duration).count();
-                    rec.reason = fmt::format("{}: {}", r.where, line);
-                    rec.origin = "shaping";
-                    sh->recorder->record(std::move(rec));
-                }
+                record_effect(mc, r, e.scope, line);
                 log::warn("shaping: {} suspended from source {} for {} ({}): {}", scope, src, dur,
                           r.where, log::sanitize(line));
                 break;
             case queue::rule_action::set:
+                if (e.scope >= 0)
+                    record_effect(mc, r, e.scope, line);
                 log::warn(
                     "shaping: {} limited from source {} for {} to {}{} then back by doubling "
                     "every quarter of it ({}): {}",
@@ -1449,6 +1448,35 @@ bool engine::shape_reply(std::uint64_t cid, const conn& mc, const std::string& l
         }
     }
     return bounce;
+}
+
+// A fired suspend or set, told to the store's keeper (the admin thread) with its scope as the
+// store names it: the provider, the rule's domain, or the destination itself (scope -1).
+void engine::record_effect(const conn& mc, const queue::rule_spec& r, int scope,
+                           std::string_view line) {
+    const queue::shaping_context* sh = _settings.shaping;
+    if (sh == nullptr || sh->recorder == nullptr)
+        return;
+    queue::suspension rec;
+    const bool provider =
+        scope >= 0 && static_cast<std::size_t>(scope) < _settings.provider_names.size();
+    rec.scope.kind = provider ? queue::suspension_kind::provider : queue::suspension_kind::domain;
+    rec.scope.name = provider ? _settings.provider_names[static_cast<std::size_t>(scope)]
+                              : (scope < 0 ? mc.key : r.domain);
+    rec.scope.source = std::string(source_name(mc.source));
+    rec.since_unix = _host.unix_now();
+    rec.until_unix = rec.since_unix +
+                     std::max<std::int64_t>(
+                         1, std::chrono::duration_cast<std::chrono::seconds>(r.duration).count());
+    rec.reason = std::string(line);
+    rec.origin = std::string(queue::origin_rule);
+    rec.rule = fmt::format("{} {}", r.where, r.match);
+    if (r.action == queue::rule_action::set) {
+        rec.effect = queue::suspension_effect::set;
+        rec.set_rate = r.set_rate;
+        rec.set_connections = r.set_connections;
+    }
+    sh->recorder->record(_host.shard_id(), std::move(rec));
 }
 
 void engine::on_closed(outbound::link& c) {

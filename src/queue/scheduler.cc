@@ -235,6 +235,22 @@ void scheduler::apply_suspension(dest& d) {
             _suspensions->find(suspension_kind::domain, d.q.key(), "", now_unix)) {
         d.suspended_until = _susp_now + std::chrono::seconds(s->until_unix - now_unix);
     }
+    // A "*" rule's suspension of one source on a domain no rule names (kept on the queue
+    // itself, see suspend_destination), as the store has it after a restart.
+    if (_cfg.shaping == nullptr || d.dscope >= 0)
+        return;
+    const auto& names = _cfg.shaping->source_names;
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        const suspension* s =
+            _suspensions->find(suspension_kind::domain, d.q.key(), names[i], now_unix);
+        if (s == nullptr || s->scope.source.empty())
+            continue;
+        const std::size_t slot = i + 1;
+        if (d.suspended.size() <= slot)
+            d.suspended.resize(slot + 1);
+        d.suspended[slot] = std::max(d.suspended[slot],
+                                     _susp_now + std::chrono::seconds(s->until_unix - now_unix));
+    }
 }
 
 void scheduler::set_suspensions(std::shared_ptr<const suspensions> s, steady_time now,
@@ -657,6 +673,21 @@ void scheduler::suspend_destination(std::uint64_t id, steady_time until) {
     if (d.suspended.size() <= c.slot)
         d.suspended.resize(c.slot + 1);
     d.suspended[c.slot] = std::max(d.suspended[c.slot], until);
+}
+
+bool scheduler::lift_destination(std::string_view key) {
+    _oncore.check();
+    bool found = false;
+    for (auto& [id, d] : _by_id) {
+        (void)id;
+        if (d->q.key() != key)
+            continue;
+        found = true;
+        d->suspended.clear();
+        if (d->q.counts().ready > 0)
+            note_runnable(*d);
+    }
+    return found;
 }
 
 void scheduler::connection_opened(std::uint64_t id, steady_time now) {

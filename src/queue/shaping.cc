@@ -312,6 +312,14 @@ void local_limiter::set_limits(int scope, unsigned slot, const rule_spec& r, int
     c->set_start.store(to_ns(now), std::memory_order_release);
 }
 
+void local_limiter::lift(int scope, unsigned slot) {
+    cell* c = at(scope, slot);
+    if (c == nullptr)
+        return;
+    c->suspended.store(std::numeric_limits<std::int64_t>::min(), std::memory_order_release);
+    c->set_start.store(std::numeric_limits<std::int64_t>::min(), std::memory_order_release);
+}
+
 bool local_limiter::effect_active(int scope, unsigned slot, int rule, steady_time now) const {
     const cell* c = at(scope, slot);
     if (c == nullptr)
@@ -458,36 +466,73 @@ void shaping_rules::on_reply(std::string_view line, int provider, int dscope, un
     }
 }
 
+namespace {
+
+// The limiter scope of a stored entry (-1: none it knows) and its slots: one source's, or
+// every slot for an entry of every source.
+int scope_of(const shaping_context& sh, const suspension& s) {
+    if (s.scope.kind == suspension_kind::domain)
+        return sh.rules.domain_scope(s.scope.name);
+    for (std::size_t i = 0; i < sh.provider_names.size(); ++i) {
+        if (sh.provider_names[i] == s.scope.name)
+            return static_cast<int>(i);
+    }
+    return -1;
+}
+
+template <typename F>
+void for_each_slot(const shaping_context& sh, const suspension& s, F&& f) {
+    if (s.scope.source.empty()) {
+        for (unsigned slot = 0; slot <= sh.sources; ++slot)
+            f(slot);
+        return;
+    }
+    for (std::size_t i = 0; i < sh.source_names.size(); ++i) {
+        if (sh.source_names[i] == s.scope.source)
+            f(static_cast<unsigned>(i + 1));
+    }
+}
+
+}  // namespace
+
 std::size_t apply_suspensions(const shaping_context& sh, const suspensions& store,
                               std::int64_t now_unix, steady_time now) {
     std::size_t applied = 0;
     for (const suspension& s : store.list()) {
         if (s.until_unix <= now_unix)
             continue;
-        int scope = -1;
-        if (s.scope.kind == suspension_kind::provider) {
-            for (std::size_t i = 0; i < sh.provider_names.size(); ++i) {
-                if (sh.provider_names[i] == s.scope.name)
-                    scope = static_cast<int>(i);
-            }
-        } else {
-            scope = sh.rules.domain_scope(s.scope.name);
-        }
+        const int scope = scope_of(sh, s);
         if (scope < 0)
             continue;
-        const steady_time until = now + std::chrono::seconds(s.until_unix - now_unix);
-        if (s.scope.source.empty()) {
-            for (unsigned slot = 0; slot <= sh.sources; ++slot)
-                sh.limits->suspend(scope, slot, until, -1);
+        if (s.effect == suspension_effect::set) {
+            rule_spec r;
+            r.action = rule_action::set;
+            r.duration = std::chrono::seconds(s.until_unix - s.since_unix);
+            r.set_rate = s.set_rate;
+            r.set_connections = s.set_connections;
+            const steady_time start = now - std::chrono::seconds(now_unix - s.since_unix);
+            for_each_slot(sh, s,
+                          [&](unsigned slot) { sh.limits->set_limits(scope, slot, r, -1, start); });
         } else {
-            for (std::size_t i = 0; i < sh.source_names.size(); ++i) {
-                if (sh.source_names[i] == s.scope.source)
-                    sh.limits->suspend(scope, static_cast<unsigned>(i + 1), until, -1);
-            }
+            const steady_time until = now + std::chrono::seconds(s.until_unix - now_unix);
+            for_each_slot(sh, s,
+                          [&](unsigned slot) { sh.limits->suspend(scope, slot, until, -1); });
         }
         ++applied;
     }
     return applied;
+}
+
+std::size_t lift_suspensions(const shaping_context& sh, std::span<const suspension> lifted) {
+    std::size_t n = 0;
+    for (const suspension& s : lifted) {
+        const int scope = scope_of(sh, s);
+        if (scope < 0)
+            continue;
+        for_each_slot(sh, s, [&](unsigned slot) { sh.limits->lift(scope, slot); });
+        ++n;
+    }
+    return n;
 }
 
 }  // namespace ringmail::queue

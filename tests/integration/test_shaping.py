@@ -5,6 +5,9 @@ on no interface: the bind fails with EADDRNOTAVAIL; nothing is sent to it).
 
   a `421 4.7.0 [TSS04]` reply suspends the provider from that source for the (shortened)
       duration while another provider keeps flowing;
+  the rule's suspension (and a `set`) is in the admin's one store: listed by GET
+      /api/v1/suspend, counted by ringmail_suspensions, kept across a restart (an old
+      suspensions.shaping merged in), and lifted by an operator's DELETE;
   2:1 pool weights, each source with its own EHLO name, the source in the delivery log;
   a source that cannot bind is suspended with a log line and the others carry the traffic;
   a provider rate of 100/s holds within +-2% over 30 s at the sink (the one long test: the
@@ -19,6 +22,7 @@ import subprocess
 import threading
 import time
 import unittest
+import urllib.request
 
 import harness
 
@@ -156,34 +160,127 @@ class TestSuspend(ShapingTestCase):
                 self.assertEqual(ip, IP1)
 
 
-    def test_a_suspension_survives_a_restart(self):
+    def test_a_suspension_is_listed_survives_a_restart_and_a_resume_lifts_it(self):
+        """The rule's suspension is in the one store: GET /api/v1/suspend lists it (origin
+        "rule"), /metrics counts it, spool_dir/suspensions keeps it across a restart (and an
+        old release's suspensions.shaping is merged in, then removed), and an operator's
+        DELETE lifts it long before its hour is over."""
+        admin_port = harness.free_port()
         tables = {
             "provider": [{"name": "yahoo", "domain_suffix": ["yahoo.test"]},
                          {"name": "other", "domain_suffix": ["other.test"]}],
             "shaping_rule": [{"provider": "yahoo", "match": r"\[TSS04\]", "action": "suspend",
                               "duration": "1h"}],
+            "admin": {"address": f"{harness.LOOPBACK}:{admin_port}"},
         }
+
+        def api(method, path):
+            req = urllib.request.Request(f"http://{harness.LOOPBACK}:{admin_port}{path}",
+                                         method=method)
+            with urllib.request.urlopen(req, timeout=10) as r:
+                text = r.read().decode()
+            return json.loads(text) if path != "/metrics" else text
+
+        def rule_entries():
+            return [e for e in api("GET", "/api/v1/suspend")["suspensions"]
+                    if e["origin"] == "rule"]
+
+        def gauge(origin):
+            for line in api("GET", "/metrics").splitlines():
+                if line.startswith(f'ringmail_suspensions{{origin="{origin}"}} '):
+                    return int(line.split()[1])
+            return None
+
         tss04 = "421 4.7.0 [TSS04] Messages temporarily deferred due to unexpected volume"
         d = self.start(tables, sink_kwargs={"reject_rcpts": {"bad@yahoo.test": tss04}})
         send(d.port, ["bad@yahoo.test"])
         self.assertTrue(harness.wait_until(lambda: "suspended from source" in d.log_text(),
                                            TIMEOUT), d.log_text()[-3000:])
         self.sink.set_rcpt_reply("bad@yahoo.test", None)
+        self.assertTrue(harness.wait_until(lambda: rule_entries(), TIMEOUT))
+        [entry] = rule_entries()
+        self.assertEqual((entry["kind"], entry["name"], entry["effect"]),
+                         ("provider", "yahoo", "suspend"))
+        self.assertEqual(entry["until"] - entry["since"], 3600)
+        self.assertIn("TSS04", entry["rule"])
+        self.assertIn("[TSS04]", entry["reason"])
+        self.assertEqual(gauge("rule"), 1)
+        self.assertEqual(gauge("operator"), 0)
+
         spool = self.daemon.config["server"]["spool_dir"]
-        path = os.path.join(spool, "suspensions.shaping")
-        self.assertTrue(harness.wait_until(lambda: os.path.exists(path), TIMEOUT))
+        path = os.path.join(spool, "suspensions")
+        legacy = os.path.join(spool, "suspensions.shaping")
         with open(path, encoding="utf-8") as f:
             stored = f.read()
         self.assertIn("yahoo", stored)
-        self.assertIn("shaping", stored)
+        self.assertIn("\trule\t", stored)
+        self.assertFalse(os.path.exists(legacy))
         d.stop()
+        # What an older release left: its rules' own file, read once and merged.
+        now = int(time.time())
+        with open(legacy, "w", encoding="utf-8") as f:
+            f.write("ringmail-suspensions 1\n"
+                    f"domain\tlegacy.test\t*\t{now}\t{now + 3600}\tshaping\tr: 421 old\n")
         d.start()
-        self.assertIn("1 suspension(s) from", d.log_text())
+        self.assertIn("1 rule suspension(s) of", d.log_text())  # the legacy file's
+        self.assertIn("1 suspension(s) from", d.log_text())  # yahoo's, in the limiter
+        self.assertFalse(os.path.exists(legacy))
+        names = sorted(e["name"] for e in rule_entries())
+        self.assertEqual(names, ["legacy.test", "yahoo"])
+        self.assertEqual(gauge("rule"), 2)
         send(d.port, ["c@yahoo.test", "d@other.test"])
         self.assertTrue(self.sink.wait_until(
             lambda ts: any(t.rcpts == ["d@other.test"] for t in ts), TIMEOUT))
         time.sleep(harness.scaled(2))
         self.assertFalse([t for t in self.sink.transactions() if t.rcpts == ["c@yahoo.test"]])
+
+        # An operator's resume of the provider lifts the rule's suspension at once.
+        self.assertEqual(api("DELETE", "/api/v1/suspend?provider=yahoo"), {"resumed": "yahoo"})
+        self.assertEqual([e["name"] for e in rule_entries()], ["legacy.test"])
+        self.assertTrue(self.sink.wait_until(
+            lambda ts: any(t.rcpts == ["c@yahoo.test"] for t in ts), TIMEOUT),
+            d.log_text()[-3000:])
+        self.assertEqual(gauge("rule"), 1)
+        with open(path, encoding="utf-8") as f:
+            self.assertNotIn("yahoo", f.read())
+
+
+    def test_a_set_is_listed_and_a_resume_restores_the_limits(self):
+        """A rule's `set` is in the store too (effect "set" with its rate) and a resume of
+        the provider brings its normal rate back at once: three messages go within the
+        timeout, where 1/min would let one through."""
+        admin_port = harness.free_port()
+        tables = {
+            "provider": [{"name": "yahoo", "domain_suffix": ["yahoo.test"],
+                          "max_message_rate": "100/s"}],
+            "shaping_rule": [{"provider": "yahoo", "match": r"\[TSS04\]", "action": "set",
+                              "duration": "1h", "max_message_rate": "1/min"}],
+            "admin": {"address": f"{harness.LOOPBACK}:{admin_port}"},
+        }
+
+        def api(method, path):
+            req = urllib.request.Request(f"http://{harness.LOOPBACK}:{admin_port}{path}",
+                                         method=method)
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read().decode())
+
+        tss04 = "421 4.7.0 [TSS04] Messages temporarily deferred"
+        d = self.start(tables, sink_kwargs={"reject_rcpts": {"bad@yahoo.test": tss04}})
+        send(d.port, ["bad@yahoo.test"])
+        self.assertTrue(harness.wait_until(lambda: "limited from source" in d.log_text(),
+                                           TIMEOUT), d.log_text()[-3000:])
+        self.assertTrue(harness.wait_until(
+            lambda: api("GET", "/api/v1/suspend")["suspensions"], TIMEOUT))
+        [entry] = api("GET", "/api/v1/suspend")["suspensions"]
+        self.assertEqual((entry["origin"], entry["kind"], entry["name"], entry["effect"]),
+                         ("rule", "provider", "yahoo", "set"))
+        self.assertAlmostEqual(entry["set_rate"], 1 / 60)
+        api("DELETE", "/api/v1/suspend?provider=yahoo")
+        self.assertEqual(api("GET", "/api/v1/suspend")["suspensions"], [])
+        send(d.port, ["e@yahoo.test"], n=3)
+        self.assertTrue(self.sink.wait_until(
+            lambda ts: sum(1 for t in ts if t.rcpts == ["e@yahoo.test"]) == 3, TIMEOUT),
+            d.log_text()[-3000:])
 
 
 class TestPools(ShapingTestCase):

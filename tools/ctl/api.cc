@@ -509,10 +509,25 @@ int cmd_suspend(const api_options& o, const std::string& domain, const std::stri
         auto j = parse_json(*body);
         if (!j)
             return 1;
-        std::printf("%-32s %-10s %-10s %s\n", "DOMAIN", "UNTIL", "BY", "REASON");
+        // Operators' and shaping rules' entries: BY is "operator" or the rule (its key and
+        // pattern); a rule's `set` shows the limits it lowered.
+        std::printf("%-8s %-28s %-10s %-16s %-10s %-24s %s\n", "KIND", "NAME", "SOURCE", "EFFECT",
+                    "UNTIL", "BY", "REASON");
         for (const auto& s : (*j)["suspensions"].a) {
-            std::printf("%-32s %-10s %-10s %s\n", cut(s["domain"].text(), 32).c_str(),
-                        when_text(s["until"]).c_str(), s["origin"].text().c_str(),
+            std::string effect = s["effect"].text();
+            if (effect == "set") {
+                if (s["set_rate"].num() > 0)
+                    effect += fmt::format(" {:g}/s", s["set_rate"].num());
+                if (s["set_connections"].num() > 0)
+                    effect += fmt::format(" {:g}c", s["set_connections"].num());
+            }
+            const std::string by =
+                s["origin"].text() == "rule" ? "rule " + s["rule"].text() : s["origin"].text();
+            const std::string source = s["source"].text();
+            std::printf("%-8s %-28s %-10s %-16s %-10s %-24s %s\n", s["kind"].text().c_str(),
+                        cut(s["domain"].text(), 28).c_str(),
+                        source.empty() ? "*" : cut(source, 10).c_str(), effect.c_str(),
+                        when_text(s["until"]).c_str(), cut(by, 24).c_str(),
                         s["reason"].text().c_str());
         }
         return 0;
@@ -533,15 +548,18 @@ int cmd_suspend(const api_options& o, const std::string& domain, const std::stri
     return 0;
 }
 
-int cmd_resume(const api_options& o, const std::string& domain) {
+int cmd_resume(const api_options& o, const std::string& name, bool provider) {
     int rc = 0;
-    auto body = call(o, "DELETE", "/api/v1/suspend?domain=" + url_encode(domain), "", rc);
+    auto body = call(
+        o, "DELETE",
+        std::string("/api/v1/suspend?") + (provider ? "provider=" : "domain=") + url_encode(name),
+        "", rc);
     if (!body)
         return rc;
     if (o.json)
         std::fputs(body->c_str(), stdout);
     else
-        std::printf("%s resumed\n", domain.c_str());
+        std::printf("%s resumed\n", name.c_str());
     return 0;
 }
 

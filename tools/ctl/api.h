@@ -53,7 +53,8 @@ int cmd_top(const api_options& o, double interval, unsigned iterations);
 int cmd_inspect(const api_options& o, const std::string& queue_id);
 int cmd_suspend(const api_options& o, const std::string& domain, const std::string& duration,
                 const std::string& reason);
-int cmd_resume(const api_options& o, const std::string& domain);
+// Ends every suspension (an operator's or a shaping rule's) of a domain, or of a provider.
+int cmd_resume(const api_options& o, const std::string& name, bool provider);
 int cmd_flush(const api_options& o, const std::string& domain);
 int cmd_bounce(const api_options& o, const std::string& target, const std::string& reason);
 int cmd_drain(const api_options& o);

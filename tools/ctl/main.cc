@@ -4,7 +4,8 @@
 //   dkim-record KEY_FILE SELECTOR [--domain D]
 //                        the DNS TXT record that publishes a DKIM key
 // and, speaking ringmaild's admin API ([--admin ADDR] [--token-file F] [--json]):
-//   queue, top, inspect QUEUE_ID, suspend [DOMAIN [--for 30m] [--reason R]], resume DOMAIN,
+//   queue, top, inspect QUEUE_ID, suspend [DOMAIN [--for 30m] [--reason R]],
+//   resume DOMAIN [--provider],
 //   flush [DOMAIN], bounce DOMAIN|QUEUE_ID [--reason R], drain, metrics
 //
 // Exit codes: 0 success, 2 usage error (CLI11 parse errors, bad arguments), 1 any other
@@ -77,8 +78,12 @@ int main(int argc, char** argv) {
     suspend->add_option("DOMAIN", target_domain, "destination domain");
     suspend->add_option("--for", duration, "how long (90s, 30m, 4h, 2d)")->capture_default_str();
     suspend->add_option("--reason", reason, "shown to other operators");
-    CLI::App* resume = app.add_subcommand("resume", "end DOMAIN's suspension");
-    resume->add_option("DOMAIN", target_domain, "destination domain")->required();
+    CLI::App* resume =
+        app.add_subcommand("resume", "end DOMAIN's suspensions, an operator's or a shaping rule's");
+    bool resume_provider = false;
+    resume->add_option("DOMAIN", target_domain, "destination domain (or provider: --provider)")
+        ->required();
+    resume->add_flag("--provider", resume_provider, "DOMAIN names a [[provider]]");
     CLI::App* flush = app.add_subcommand("flush", "retry deferred recipients now");
     flush->add_option("DOMAIN", target_domain, "only this destination");
     CLI::App* bounce =
@@ -116,7 +121,7 @@ int main(int argc, char** argv) {
     if (suspend->parsed())
         return ctl::cmd_suspend(api, target_domain, duration, reason);
     if (resume->parsed())
-        return ctl::cmd_resume(api, target_domain);
+        return ctl::cmd_resume(api, target_domain, resume_provider);
     if (flush->parsed())
         return ctl::cmd_flush(api, target_domain);
     if (bounce->parsed())

@@ -1,6 +1,7 @@
 // What the admin thread and the shards say to each other: the admin API's questions (the
 // queue, one message) and orders (suspensions changed, flush, bounce), one message per shard,
-// each answered by one reply with the same token.
+// each answered by one reply with the same token; and, the other way, what a shard's shaping
+// rule fired (rule_effect: a suspension or `set` for the store, never answered).
 //
 // They travel through an admin_mailbox (a core::mailbox over shards + 1 participants: the
 // admin thread is participant `shards`), so the admin thread never reads a shard's state: a
@@ -22,9 +23,10 @@ namespace ringmail::admin {
 enum class request_kind : std::uint8_t {
     destinations,  // the shard's destination queues
     message,       // what the shard knows of one queue id
-    suspensions,   // a new set of suspensions is in force (no reply data)
+    suspensions,   // a new set of suspensions is in force, `lifted` ended now (no reply data)
     flush,         // deferred jobs of `key` ("" = all) are ready now
     bounce,        // fail the queued jobs of `key`, or of `queue_id` when key is ""
+    rule_effect,   // shard -> admin: `effect` for the store (not a reply, none expected)
 };
 
 struct destination_row {
@@ -68,6 +70,8 @@ struct control_message {
     std::string reason;
     bool ages = false;  // destinations: also their oldest jobs' ages (a walk over the jobs)
     std::shared_ptr<const queue::suspensions> suspensions;
+    std::vector<queue::suspension> lifted;  // suspensions: resumed by an operator
+    queue::suspension effect;               // rule_effect
     // Reply.
     std::vector<destination_row> destinations;
     message_detail message;
@@ -75,5 +79,9 @@ struct control_message {
 };
 
 using admin_mailbox = core::mailbox<control_message, 256>;
+
+// Room a shard keeps in its ring to the admin thread for replies: rule_effect messages use the
+// ring only while more than this is free (a request is answered even when rules fire).
+inline constexpr std::size_t reply_reserve = 64 + 2;
 
 }  // namespace ringmail::admin

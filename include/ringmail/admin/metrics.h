@@ -24,6 +24,9 @@ struct metrics_inputs {
     std::int64_t spool_free_bytes = -1;  // -1: unknown (not shown)
     // Per destination over every shard (owner and lenders' shares summed); any order.
     const std::vector<destination_row>* destinations = nullptr;
+    // Entries of the suspension store in force, by origin (ringmail_suspensions).
+    std::size_t suspensions_operator = 0;
+    std::size_t suspensions_rule = 0;
 };
 
 inline constexpr std::size_t max_destinations = 100;

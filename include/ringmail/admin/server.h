@@ -4,8 +4,15 @@
 // page (/). Off the mail path: its own thread, ring and listener (a core::shard_base). It reads
 // the health atomics the main thread writes and the shards' published counters
 // (core::shard_metrics, relaxed loads); everything else it asks the shards through the
-// admin_mailbox (control.h) and answers when every shard replied. It holds the master copy of
-// the suspensions and writes their file (blocking I/O, on this thread only).
+// admin_mailbox (control.h) and answers when every shard replied.
+//
+// It owns the one suspension store (queue::suspensions): the operators' suspensions (the API)
+// and the shaping rules' suspensions and `set`s (rule_effect messages from the shards, see
+// rule_recorder.h), written to spool_dir/suspensions on every change (blocking I/O, on this
+// thread only; the rules' changes once per loop iteration) and sent to every shard as an
+// immutable copy (at most one such broadcast of the rules' changes in flight). A resume lifts
+// every entry of the domain or provider, whoever set it. Without an address (admin.address
+// "") it runs the same way with no listener: the store's keeper only.
 //
 // With a token (admin.token_file) every request but /healthz, /readyz and the status page's
 // HTML needs "Authorization: Bearer <token>" (compared in constant time); 401 otherwise.
@@ -70,8 +77,10 @@ class server final : public core::shard_base {
   public:
     static constexpr std::size_t max_connections = 64;
 
-    // `thread_id`: the shard id the admin thread takes (one no shard uses).
-    server(unsigned thread_id, core::endpoint address, const health& h, sources src = {});
+    // `thread_id`: the shard id the admin thread takes (one no shard uses). No address: no
+    // listener (the store's keeper only).
+    server(unsigned thread_id, std::optional<core::endpoint> address, const health& h,
+           sources src = {});
     ~server() override;
 
     const health& state() const noexcept { return _health; }
@@ -91,16 +100,24 @@ class server final : public core::shard_base {
 
     struct pending;
     // Sends `m` to every shard; false (nothing sent) when a ring is full.
-    bool ask_shards(std::uint64_t conn, const http_request& req, control_message m,
+    bool ask_shards(std::uint64_t conn, bool keep_alive, control_message m,
                     std::function<std::string(pending&)> finish);
     void on_reply(control_message&& m);
     bool save_suspensions(std::string& why);
+    // A shard's rule fired: into the store (written and sent at the end of the iteration).
+    void on_rule_effect(queue::suspension s);
+    void store_changed_by_rules();
 
-    const core::endpoint _address;
+    const std::optional<core::endpoint> _address;
     const health& _health;
     sources _src;
     std::unordered_map<std::uint64_t, std::unique_ptr<pending>> _pending;  // by token
     std::uint64_t _next_token = 1;
+    // Rule effects not yet written / not yet sent to the shards; a copy of the store for the
+    // rules' changes is on its way (at most one).
+    bool _rules_unsaved = false;
+    bool _rules_unsent = false;
+    bool _broadcast_out = false;
     std::unique_ptr<core::acceptor> _listener;
     core::connection_set<admin_connection> _connections;
 };

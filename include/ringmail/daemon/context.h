@@ -10,6 +10,7 @@
 #pragma once
 
 #include "ringmail/admin/control.h"
+#include "ringmail/admin/rule_recorder.h"
 #include "ringmail/auth/credential_store.h"
 #include "ringmail/auth/failure_limiter.h"
 #include "ringmail/auth/verifier.h"
@@ -18,7 +19,6 @@
 #include "ringmail/core/metrics.h"
 #include "ringmail/core/result.h"
 #include "ringmail/core/socket.h"
-#include "ringmail/daemon/suspension_keeper.h"
 #include "ringmail/delivery/messages.h"
 #include "ringmail/dkim/signer.h"
 #include "ringmail/queue/bounce_class.h"
@@ -60,8 +60,9 @@ struct delivery_shared {
     // Traffic shaping (issue 16): providers, pools, rules and their shared limits; null when
     // nothing of it is configured.
     std::unique_ptr<queue::shaping_context> shaping;
-    // The persisted suspensions (spool_dir/suspensions) the rules add to; with shaping only.
-    std::unique_ptr<daemon::suspension_keeper> suspensions;
+    // What the rules fire goes to the admin thread's suspension store through it (the
+    // shaping context's recorder); with shaping only.
+    std::unique_ptr<admin::rule_recorder> recorder;
     // Drain: a shard that has nothing in flight (no connection, nothing to send) says so here;
     // every shard stops only once all of them are quiet (see delivery::engine::idle).
     std::unique_ptr<std::atomic<bool>[]> quiet;
@@ -96,8 +97,8 @@ struct daemon_context {
     std::unique_ptr<core::shard_metrics[]> metrics;
     // The admin thread's rings to and from the shards (it is participant `shards`).
     std::unique_ptr<admin::admin_mailbox> admin_mailbox;
-    // The suspensions restored from spool_dir at start-up (the shards start with them; the
-    // admin thread holds the master copy after that).
+    // The suspensions restored from spool_dir at start-up, operators' and rules' (the shards
+    // start with them; the admin thread holds the master copy after that).
     std::shared_ptr<const queue::suspensions> suspensions;
     std::string suspensions_path;
     // admin.token_file's token; "" without one.

@@ -134,6 +134,9 @@ class engine final : private outbound::link_handler {
     const queue::scheduler& scheduler() const noexcept { return _sched; }
     // The operator's controls (the admin API, through the shard): see queue::scheduler.
     void set_suspensions(std::shared_ptr<const queue::suspensions> s);
+    // An operator resumed these entries (then set_suspensions without them): the rules'
+    // effects on their scopes end now, in the shared limiter and on this shard's own queues.
+    void lift_suspensions(std::span<const queue::suspension> lifted);
     std::size_t flush(std::string_view key);
     std::size_t bounce(std::string_view key, std::uint64_t queue_id, std::string_view reason);
     const origin_ledger& ledger() const noexcept { return _ledger; }
@@ -206,6 +209,7 @@ class engine final : private outbound::link_handler {
     std::span<const std::string> category_names() const noexcept;
     // Shaping: one reply of a connection through the rules; true when a bounce rule fired.
     bool shape_reply(std::uint64_t cid, const conn& mc, const std::string& line);
+    void record_effect(const conn& mc, const queue::rule_spec& r, int scope, std::string_view line);
     std::string_view source_name(int source) const;
     outbound::outbound_settings settings_for(std::string_view key, int provider = -1);
     void apply_source(conn& mc);

@@ -170,6 +170,9 @@ class scheduler {
     // A "*" rule fired on a destination of no provider and no rule domain: only its own
     // queue (this shard) stops for the source until `until`.
     void suspend_destination(std::uint64_t conn, steady_time until);
+    // An operator resumed `key` (a domain): the suspensions suspend_destination set on its
+    // queue end now, and its ready jobs may run. Whether such a queue is here.
+    bool lift_destination(std::string_view key);
     // The socket is gone (after close_connection, an idle timeout or a peer close). A job
     // still running on it must be reported first (job_failed).
     void connection_closed(std::uint64_t conn, steady_time now);

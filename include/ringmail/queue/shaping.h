@@ -179,6 +179,12 @@ class limiter {
     // A `set` from `now` for `duration`, then back to normal by doubling every quarter.
     virtual void set_limits(int scope, unsigned slot, const rule_spec& r, int rule,
                             steady_time now) = 0;
+    // An operator's resume: the suspension and the `set` of (scope, slot) end now (limits are
+    // normal at once). An implementation that cannot lift keeps them to their end.
+    virtual void lift(int scope, unsigned slot) {
+        (void)scope;
+        (void)slot;
+    }
     // Is `rule`'s own effect in force on (scope, slot)? Its matches then do not count.
     virtual bool effect_active(int scope, unsigned slot, int rule, steady_time now) const = 0;
     // A source that cannot bind (EADDRNOTAVAIL) is out until `until`.
@@ -208,6 +214,7 @@ class local_limiter final : public limiter {
     void suspend(int scope, unsigned slot, steady_time until, int rule) override;
     void set_limits(int scope, unsigned slot, const rule_spec& r, int rule,
                     steady_time now) override;
+    void lift(int scope, unsigned slot) override;
     bool effect_active(int scope, unsigned slot, int rule, steady_time now) const override;
     void suspend_source(unsigned slot, steady_time until) override;
     steady_time source_suspended_until(unsigned slot) const override;
@@ -272,13 +279,14 @@ struct egress_pool_spec {
     std::vector<std::uint32_t> weights;
 };
 
-// Where the suspensions the rules set are kept beyond this process: queue::suspensions, the one
-// store (persisted, listed by the admin API). Called on the shard that saw the reply, once per
-// fired rule (never per message); an implementation must not block on I/O there.
+// Where the suspensions and `set`s the rules fire are kept beyond this process:
+// queue::suspensions, the one store (the admin thread's: persisted, listed by the admin API,
+// lifted by an operator's resume). Called on shard `shard`, the one that saw the reply, once
+// per fired rule (never per message); an implementation must not block or lock there.
 class suspension_recorder {
   public:
     virtual ~suspension_recorder() = default;
-    virtual void record(suspension s) = 0;
+    virtual void record(unsigned shard, suspension s) = 0;
 };
 
 // Everything the schedulers share about shaping, built once (daemon::context) and read by
@@ -297,11 +305,15 @@ struct shaping_context {
     suspension_recorder* recorder = nullptr;  // null: suspensions last this process only
 };
 
-// The stored suspensions still in force (a restart, or set by an operator) applied to the
-// limiter: provider scopes and the domains rules name, for one source or every source.
-// Returns how many entries applied; the others (domains no rule names, unknown names) are left
-// to the store's other readers.
+// The stored suspensions and `set`s still in force (a restart, or set by an operator) applied
+// to the limiter: provider scopes and the domains rules name, for one source or every source
+// (a `set` from its original start, so its return continues where it was). Returns how many
+// entries applied; the others (domains no rule names, unknown names) are left to the store's
+// other readers.
 std::size_t apply_suspensions(const shaping_context& sh, const suspensions& store,
                               std::int64_t now_unix, steady_time now);
+// Entries an operator resumed, lifted in the limiter (limiter::lift on their scopes and
+// slots); how many named a scope it knows.
+std::size_t lift_suspensions(const shaping_context& sh, std::span<const suspension> lifted);
 
 }  // namespace ringmail::queue

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -156,6 +157,43 @@ TEST(sched_shaping, a_suspension_moves_traffic_to_the_other_source) {
     auto o = as<open_connection>(s.next_action(t0 + 30s));
     ASSERT_TRUE(o);
     EXPECT_EQ(o->source, 1);
+}
+
+// After a restart: a "*" rule's suspension of one source on a domain no rule names comes
+// back from the store onto the queue, so traffic goes to the other source; a resume
+// (lift_destination) ends it.
+TEST(sched_shaping, a_stored_per_source_domain_suspension_applies_to_its_queue) {
+    auto sh = shaping({}, {1, 1});
+    sh->source_names = {"ip1", "ip2"};
+    destination_policy pol;
+    pol.max_connections = 2;
+    scheduler s(config(sh.get(), pol));
+    auto store = std::make_shared<suspensions>();
+    suspension e;
+    e.scope = {suspension_kind::domain, "x.test", "ip1"};
+    e.since_unix = unix0 - 10;
+    e.until_unix = unix0 + 60;
+    e.origin = std::string(origin_rule);
+    ASSERT_TRUE(store->suspend(e));
+    s.set_suspensions(store, t0, unix0);
+    for (std::uint64_t i = 1; i <= 4; ++i)
+        ASSERT_TRUE(s.submit("x.test", job(i), t0));
+    auto open_two = [&] {
+        std::vector<int> sources;
+        for (int k = 0; k < 2; ++k) {
+            auto o = as<open_connection>(s.next_action(t0));
+            if (!o)
+                break;
+            sources.push_back(o->source);
+            s.connection_closed(o->conn, t0);  // the connect failed: the slot is free again
+        }
+        return sources;
+    };
+    EXPECT_EQ(open_two(), (std::vector<int>{1, 1}));  // never source 0 (ip1)
+    EXPECT_TRUE(s.lift_destination("x.test"));
+    EXPECT_FALSE(s.lift_destination("y.test"));
+    const auto after = open_two();
+    EXPECT_NE(std::find(after.begin(), after.end(), 0), after.end());
 }
 
 TEST(sched_shaping, idle_connections_of_a_suspended_source_close) {

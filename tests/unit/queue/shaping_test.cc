@@ -269,5 +269,69 @@ TEST(rules, a_bad_pattern_is_refused) {
     EXPECT_FALSE(why.empty());
 }
 
+TEST(limiter, lift_ends_a_suspension_and_a_set_now) {
+    provider_table t(std::vector<provider_spec>{
+        {.name = "p", .domain_suffix = {"p"}, .max_connections = 8, .message_rate = 100}});
+    local_limiter l(t, 0, {0});
+    l.suspend(0, 1, t0 + 60s, 0);
+    rule_spec r{.action = rule_action::set, .duration = 40s, .set_rate = 1, .set_connections = 1};
+    l.set_limits(0, 1, r, 1, t0);
+    l.suspend(0, 0, t0 + 60s, 0);
+    l.lift(0, 1);
+    EXPECT_LE(l.suspended_until(0, 1), t0);
+    EXPECT_EQ(l.max_connections(0, 1, t0 + 1s), 8u);  // normal at once, no gradual return
+    EXPECT_FALSE(l.effect_active(0, 1, 1, t0 + 1s));
+    EXPECT_EQ(l.suspended_until(0, 0), t0 + 60s);  // the other slot keeps its suspension
+    l.lift(5, 1);                                  // an unknown scope is ignored
+}
+
+// A restart: the store's rule entries go back into the limiter, a `set` from its original
+// start (its return goes on where it was), and an operator's resume lifts them.
+TEST(limiter, stored_entries_applied_and_lifted) {
+    shaping_context sh;
+    sh.providers = provider_table(std::vector<provider_spec>{
+        {.name = "yahoo", .domain_suffix = {"yahoo.test"}, .max_connections = 8}});
+    std::string why;
+    auto rs = shaping_rules::build(rules_for_test(), 1, 3, why);
+    ASSERT_TRUE(rs) << why;
+    sh.rules = std::move(*rs);
+    sh.sources = 2;
+    sh.source_names = {"ip1", "ip2"};
+    sh.provider_names = {"yahoo"};
+    sh.limits = std::make_unique<local_limiter>(sh.providers, sh.rules.domain_scopes(),
+                                                std::vector<std::uint32_t>{0, 0});
+    constexpr std::int64_t now_unix = 10'000;
+    suspensions store;
+    suspension susp;
+    susp.scope = {suspension_kind::provider, "yahoo", "ip2"};
+    susp.since_unix = now_unix - 10;
+    susp.until_unix = now_unix + 50;
+    susp.origin = std::string(origin_rule);
+    ASSERT_TRUE(store.suspend(susp));
+    suspension set;
+    set.scope = {suspension_kind::domain, "d.example", ""};
+    set.since_unix = now_unix - 30;
+    set.until_unix = now_unix + 10;  // 40 s in all, 30 s gone
+    set.origin = std::string(origin_rule);
+    set.effect = suspension_effect::set;
+    set.set_connections = 1;
+    ASSERT_TRUE(store.suspend(set));
+    suspension unknown = susp;
+    unknown.scope.name = "nobody";
+    ASSERT_TRUE(store.suspend(unknown));
+    EXPECT_EQ(apply_suspensions(sh, store, now_unix, t0), 2u);
+    EXPECT_EQ(sh.limits->suspended_until(0, 2), t0 + 50s);
+    EXPECT_LE(sh.limits->suspended_until(0, 1), t0);
+    const int ds = sh.rules.domain_scope("d.example");
+    for (unsigned slot = 0; slot <= 2; ++slot) {
+        EXPECT_EQ(sh.limits->max_connections(ds, slot, t0 + 9s), 1u);
+        EXPECT_EQ(sh.limits->max_connections(ds, slot, t0 + 11s), 2u);  // returning
+    }
+    const auto all = store.list();
+    EXPECT_EQ(lift_suspensions(sh, all), 2u);
+    EXPECT_LE(sh.limits->suspended_until(0, 2), t0);
+    EXPECT_EQ(sh.limits->max_connections(ds, 0, t0 + 1s), 0u);  // normal: unlimited
+}
+
 }  // namespace
 }  // namespace ringmail::queue
