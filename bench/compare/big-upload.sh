@@ -11,9 +11,10 @@
 # the file sent: every message must arrive byte-exact, exactly once.
 # Printed: ringmaild's peak RSS (VmHWM of /proc/PID/status at the end: reception, spool and
 # delivery together; the target is < 256 MiB), upload throughput (bytes / wall time of the
-# generator) and end-to-end throughput (until the sink has them all). Delivery reads the
-# spool through a shared mapping, so each delivery in flight adds up to one message to the
-# RSS: that is why C is small. --budget sets server.max_unwritten_bytes (default: its default).
+# generator) and end-to-end throughput (until the sink has them all), and the sampled peaks of
+# anonymous memory and of mapped spool pages apart. Delivery reads the spool through a shared
+# mapping and drops each body's pages once sent, so a delivery in flight holds about a MiB of
+# it. --budget sets server.max_unwritten_bytes (default: its default).
 # Binaries: RINGMAILD, RINGMAIL_BLAST, RINGMAIL_SINK (default build/...). Loopback only; the
 # temp dir (spool, dumps) goes away at exit. Needs about 2 x N x SIZE of free disk at worst.
 set -euo pipefail
