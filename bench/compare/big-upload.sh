@@ -11,9 +11,10 @@
 # the file sent: every message must arrive byte-exact, exactly once.
 # Printed: ringmaild's peak RSS (VmHWM of /proc/PID/status at the end: reception, spool and
 # delivery together; the target is < 256 MiB), upload throughput (bytes / wall time of the
-# generator) and end-to-end throughput (until the sink has them all). Delivery reads the
-# spool through a shared mapping, so each delivery in flight adds up to one message to the
-# RSS: that is why C is small. --budget sets server.max_unwritten_bytes (default: its default).
+# generator) and end-to-end throughput (until the sink has them all), and the sampled peaks of
+# anonymous memory and of mapped spool pages apart. Delivery reads the spool through a shared
+# mapping and drops each body's pages once sent, so a delivery in flight holds about a MiB of
+# it. --budget sets server.max_unwritten_bytes (default: its default).
 # Binaries: RINGMAILD, RINGMAIL_BLAST, RINGMAIL_SINK (default build/...). Loopback only; the
 # temp dir (spool, dumps) goes away at exit. Needs about 2 x N x SIZE of free disk at worst.
 set -euo pipefail
@@ -156,6 +157,22 @@ EOF
 CHECK_PID=$!
 PIDS+=("$CHECK_PID")
 
+# The sampler: the peaks of anonymous memory (heap: buffers, chunks) and of mapped spool pages
+# apart, every 100 ms; VmHWM alone cannot say which one made the peak.
+(
+  anon=0 file=0
+  while kill -0 "$DAEMON_PID" 2>/dev/null && [ ! -e "$WORK/stop-sampling" ]; do
+    read -r a f < <(awk '/^RssAnon:/ {a=$2} /^RssFile:/ {f=$2} END {print a+0, f+0}' \
+      "/proc/$DAEMON_PID/status" 2>/dev/null || echo "0 0")
+    [ "$a" -gt "$anon" ] && anon=$a
+    [ "$f" -gt "$file" ] && file=$f
+    echo "$anon $file" >"$WORK/sample.tmp" && mv "$WORK/sample.tmp" "$WORK/sample.out"
+    sleep 0.1
+  done
+) &
+SAMPLER_PID=$!
+PIDS+=("$SAMPLER_PID")
+
 T0=$(date +%s.%N)
 "$RINGMAIL_BLAST" --target "127.0.0.1:$PORT" --connections "$SESSIONS" --messages "$SESSIONS" \
   --per-connection 1 --message-file "$WORK/message.eml" --timeout 900s --no-progress --json \
@@ -165,18 +182,24 @@ T1=$(date +%s.%N)
 wait "$CHECK_PID" || true
 T2=$(date +%s.%N)
 PEAK_HWM=$(awk '/^VmHWM:/ {print $2}' "/proc/$DAEMON_PID/status")
+touch "$WORK/stop-sampling"
+wait "$SAMPLER_PID" 2>/dev/null || true
+read -r PEAK_ANON PEAK_FILE <"$WORK/sample.out" 2>/dev/null || { PEAK_ANON=0; PEAK_FILE=0; }
 read -r OK BAD <"$WORK/check.out" || { OK=0; BAD=0; }
 ACCEPTED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["messages"]["accepted"])' "$WORK/blast.json" 2>/dev/null || echo "?")
 
-python3 - "$SESSIONS" "$BYTES" "$T0" "$T1" "$T2" "$BASE_HWM" "$PEAK_HWM" "$OK" "$BAD" "$ACCEPTED" <<'EOF'
+python3 - "$SESSIONS" "$BYTES" "$T0" "$T1" "$T2" "$BASE_HWM" "$PEAK_HWM" "$OK" "$BAD" "$ACCEPTED" \
+  "$PEAK_ANON" "$PEAK_FILE" <<'EOF'
 import sys
-n, size, t0, t1, t2, base, peak, ok, bad, acc = sys.argv[1:]
+n, size, t0, t1, t2, base, peak, ok, bad, acc, anon, mapped = sys.argv[1:]
 n, size = int(n), int(size)
 t0, t1, t2 = float(t0), float(t1), float(t2)
 gib = n * size / (1 << 30)
 print(f"big-upload: {n} sessions x {size / (1 << 20):.1f} MiB = {gib:.1f} GiB, accepted {acc}")
 print(f"  ringmaild peak RSS (VmHWM): {int(peak) / 1024:.0f} MiB (idle {int(base) / 1024:.0f} MiB)"
       f" -> {'PASS' if int(peak) < 256 * 1024 else 'FAIL'} (< 256 MiB)")
+print(f"    sampled peaks every 100 ms: anonymous {int(anon) / 1024:.0f} MiB,"
+      f" mapped spool pages {int(mapped) / 1024:.0f} MiB")
 print(f"  upload: {t1 - t0:.1f} s, {n * size / (1 << 20) / (t1 - t0):.0f} MiB/s")
 print(f"  end to end: {t2 - t0:.1f} s, {n * size / (1 << 20) / (t2 - t0):.0f} MiB/s")
 print(f"  delivered byte-exact: {ok}/{n}, differing: {bad} -> {'PASS' if int(ok) == n and int(bad) == 0 else 'FAIL'}")

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <array>
+#include <sys/mman.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +31,7 @@ constexpr required_op required_ops[] = {
     {IORING_OP_WRITEV, "WRITEV"},     {IORING_OP_FSYNC, "FSYNC"},
     {IORING_OP_READ, "READ"},         {IORING_OP_POLL_ADD, "POLL_ADD"},
     {IORING_OP_SHUTDOWN, "SHUTDOWN"}, {IORING_OP_NOP, "NOP"},
+    {IORING_OP_MADVISE, "MADVISE"},
 };
 
 // One linked group-commit chain: a completion per SQE (so a short write is recognised by
@@ -332,6 +335,12 @@ void reactor::cancel(completion* target, completion* c) {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(target), IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data(sqe, c);
+}
+
+void reactor::drop_mapped_pages(const void* addr, std::size_t len) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_madvise(sqe, const_cast<void*>(addr), static_cast<off_t>(len), MADV_DONTNEED);
+    io_uring_sqe_set_data(sqe, nullptr);
 }
 
 void reactor::read(int fd, void* buf, std::size_t len, completion* c) {

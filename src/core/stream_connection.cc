@@ -23,6 +23,7 @@ void stream_connection::reset_state() {
     _owned.clear();
     _owned_off = 0;
     _pieces.clear();
+    _file_backed = {};
     _iov.clear();
     _iov_first = 0;
     _iov_ready = false;
@@ -87,7 +88,19 @@ void stream_connection::send(std::string& bytes) {
     pump();
 }
 
-void stream_connection::send_pieces(std::span<const std::string_view> pieces) {
+namespace {
+constexpr std::size_t page_size = 4096;
+// Bodies smaller than this are not worth an SQE; drops go a megabyte at a time.
+constexpr std::size_t drop_min = 256 << 10;
+constexpr std::size_t drop_step = 1 << 20;
+
+const char* page_down(const char* p) {
+    return reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) & ~(page_size - 1));
+}
+}  // namespace
+
+void stream_connection::send_pieces(std::span<const std::string_view> pieces,
+                                    std::string_view file_backed) {
     _oncore.check();
     if (_batch != batch::none)
         invariant_broken("stream_connection: a second batch while one is being sent");
@@ -95,7 +108,19 @@ void stream_connection::send_pieces(std::span<const std::string_view> pieces) {
         return;
     _batch = batch::pieces;
     _batch_plain = _transform == nullptr;
-    _pieces.assign(pieces.begin(), pieces.end());
+    _pieces.clear();
+    _file_backed = {};
+    for (auto p : pieces) {
+        if (p.empty())
+            continue;  // _iov mirrors _pieces one to one
+        if (file_backed.size() >= drop_min && p.data() == file_backed.data() &&
+            p.size() == file_backed.size()) {
+            _file_backed = p;
+            _file_backed_piece = _pieces.size();
+            _dropped_to = page_down(p.data());
+        }
+        _pieces.push_back(p);
+    }
     _piece = 0;
     _piece_off = 0;
     _iov_ready = false;
@@ -199,6 +224,11 @@ void stream_connection::on_send(int res, std::uint32_t) {
             iovec& v = _iov[_iov_first];
             v.iov_base = static_cast<char*>(v.iov_base) + n;
             v.iov_len -= n;
+        }
+        if (!_file_backed.empty() && _iov_first >= _file_backed_piece) {
+            drop_sent_pages(_iov_first == _file_backed_piece
+                                ? static_cast<const char*>(_iov[_iov_first].iov_base)
+                                : _file_backed.data() + _file_backed.size());
         }
     }
     pump();
@@ -328,9 +358,31 @@ void stream_connection::encode_batch() {
         }
         const std::size_t n = t->write(rest);
         _piece_off += n;
+        if (!_file_backed.empty() && _piece == _file_backed_piece)
+            drop_sent_pages(_pieces[_piece].data() + _piece_off);  // encoded: a copy is out
         if (n < rest.size())
             break;
     }
+}
+
+// The pages go back to the file (the page cache keeps them; a later read faults them in
+// again), never the bytes: this is only done to a shared mapping of a file.
+void stream_connection::drop_sent_pages(const char* sent_to) {
+    const char* end = _file_backed.data() + _file_backed.size();
+    const char* to;
+    if (sent_to >= end) {
+        to = page_down(end + page_size - 1);
+    } else if (sent_to >= _dropped_to + drop_step) {
+        to = page_down(sent_to);
+    } else {
+        return;
+    }
+    if (to > _dropped_to) {
+        _reactor.drop_mapped_pages(_dropped_to, static_cast<std::size_t>(to - _dropped_to));
+        _dropped_to = to;
+    }
+    if (sent_to >= end)
+        _file_backed = {};
 }
 
 void stream_connection::pump_output() {
@@ -394,10 +446,8 @@ void stream_connection::send_plain() {
     }
     if (!_iov_ready) {
         _iov.clear();
-        for (auto p : _pieces) {
-            if (!p.empty())
-                _iov.push_back(iovec{const_cast<char*>(p.data()), p.size()});
-        }
+        for (auto p : _pieces)
+            _iov.push_back(iovec{const_cast<char*>(p.data()), p.size()});
         _iov_first = 0;
         _iov_ready = true;
     }
@@ -422,6 +472,7 @@ void stream_connection::batch_done() {
     std::string().swap(_owned);
     _owned_off = 0;
     _pieces.clear();
+    _file_backed = {};
     _iov.clear();
     _iov_ready = false;
     on_sent();

@@ -1242,6 +1242,7 @@ void engine::start_job(conn& mc) {
     m.rcpts = rj.rcpts;
     m.added_headers = rj.view->added_headers;
     m.body = rj.view->body;
+    m.file_backed = true;  // views of the origin spool's mapping (messages.h)
     m.size = m.added_headers.size() + m.body.size();
     m.eight_bit = rj.view->eight_bit;
     m.smtputf8 = rj.view->smtputf8;

@@ -199,7 +199,7 @@ void outbound_connection::pump() {
         auto pieces = _session.begin_send();
         if (!pieces.empty()) {
             _pieces_out = true;
-            send_pieces(pieces);
+            send_pieces(pieces, _session.file_backed_body());
             if (closing())
                 return;
         }

@@ -96,6 +96,7 @@ void client_session::out_buffer::clear() {
     segments.clear();
     pieces.clear();
     has_body = false;
+    file_backed_body = {};
 }
 
 client_session::client_session(const client_config& config) : _config(config) {}
@@ -125,6 +126,10 @@ void client_session::send_borrowed(std::string_view bytes) {
     if (bytes.empty())
         return;
     _back->segments.push_back(segment{false, 0, 0, bytes});
+}
+
+std::string_view client_session::file_backed_body() const noexcept {
+    return _sending ? _front->file_backed_body : std::string_view{};
 }
 
 std::span<const std::string_view> client_session::begin_send() {
@@ -606,6 +611,8 @@ void client_session::send_body() {
         send_command("\r\n.");
     }
     _back->has_body = true;
+    if (_msg.file_backed)
+        _back->file_backed_body = _msg.body;
     _expected.push_back(expect{expect_kind::data_end});
 }
 

@@ -121,6 +121,10 @@ class reactor {
     // or -errno; see the lifetime rule above.
     void cancel(completion* target, completion* c = nullptr);
     void read(int fd, void* buf, std::size_t len, completion* c);  // at the current offset
+    // Drops the pages of [addr, addr + len) from this process (MADV_DONTNEED), nobody waiting.
+    // Only for a shared mapping of a file, whose pages stay in the file and come back on the
+    // next touch: on anonymous memory it would zero the bytes. addr page-aligned.
+    void drop_mapped_pages(const void* addr, std::size_t len);
     // Closes a file (never a socket: those are ring_fds) in an io-wq worker (IOSQE_ASYNC), so
     // that what the last close of an unlinked file frees is freed off the loop.
     void close_file_async(int fd, completion* c);

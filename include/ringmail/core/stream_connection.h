@@ -100,8 +100,12 @@ class stream_connection : private timer {
     // swapping buffers (`bytes` comes back empty, perhaps with the capacity of an earlier
     // batch, so that reply buffers are reused rather than allocated)...
     void send(std::string& bytes);
-    // ...or borrowed: the pieces must stay valid until on_sent().
-    void send_pieces(std::span<const std::string_view> pieces);
+    // ...or borrowed: the pieces must stay valid until on_sent(). `file_backed`: one of the
+    // pieces, a view of a shared read-only file mapping (a spooled body); once it is sent (or
+    // encoded), its pages are dropped from the process a megabyte at a time, so a connection
+    // delivering a 20 MiB message holds about a megabyte of it in RSS, not all of it.
+    void send_pieces(std::span<const std::string_view> pieces,
+                     std::string_view file_backed = {});
 
     // --- transform ---------------------------------------------------------------------
     // From now on every received byte goes through `t`, and so does every batch sent after
@@ -168,6 +172,7 @@ class stream_connection : private timer {
     void batch_done();
     void maybe_finish();
     void reset_state();
+    void drop_sent_pages(const char* sent_to);  // the file-backed piece is sent up to sent_to
 
     reactor& _reactor;
     buffer_ring& _buffers;
@@ -183,6 +188,9 @@ class stream_connection : private timer {
     std::vector<std::string_view> _pieces;
     std::size_t _piece = 0;
     std::size_t _piece_off = 0;
+    std::string_view _file_backed;      // see send_pieces()
+    std::size_t _file_backed_piece = 0;  // its index in _pieces (and in _iov once built)
+    const char* _dropped_to = nullptr;   // its pages below this are dropped
     std::vector<iovec> _iov;  // plaintext sendmsg over the pieces, advanced on partial sends
     std::size_t _iov_first = 0;
     msghdr _msg{};

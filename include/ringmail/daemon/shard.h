@@ -141,7 +141,8 @@ class shard final : public core::shard_base, public reception::host, public deli
     void arm_auth();
     void on_auth_ready(int res, std::uint32_t flags);
     bool any_batch_in_flight() const;
-    void resume_held_input();
+    std::uint64_t unwritten_bytes() const noexcept;
+    void apply_budget();
 
     const daemon_context& _ctx;
     std::function<queue::steady_time()> _now_source;
@@ -154,6 +155,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     lag_timer _lag_timer;
     core::connection_set<reception::inbound_connection> _connections;  // reaped per iteration
     bool _input_held = false;  // a connection stopped reading: the spool was over its budget
+    bool _holding_all = false;  // apply_budget() told every connection in a message to stop
 
     std::vector<std::shared_ptr<const tls::server_context>> _tls_contexts;  // per listener
     std::shared_ptr<const tls_credentials_set> _tls_seen;  // what _tls_contexts were built from

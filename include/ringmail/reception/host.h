@@ -53,7 +53,7 @@ class host {
     // yet on disk: connections receiving message data stop reading (back-pressure).
     virtual bool over_budget() const noexcept = 0;
     // A connection stopped reading because of over_budget(): once it is not, the host calls
-    // resume_input() on its connections. A held connection's data timeout does not run (the
+    // budget_changed() on its connections (it also does when it goes over: see the shard). A held connection's data timeout does not run (the
     // wait is ours, not the client's); it starts afresh when reading resumes.
     virtual void input_held() noexcept = 0;
 

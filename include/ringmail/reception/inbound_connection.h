@@ -81,10 +81,11 @@ class inbound_connection final : public core::stream_connection, private smtp::t
     // The daemon is stopping: idle sessions are told 421 now, a session inside a transaction
     // finishes it first. force: close now whatever the state (drain deadline passed).
     void shutdown(bool force);
-    // The spool's budget freed: a connection that stopped reading for it reads again.
-    void resume_input() {
+    // The shard went over its budget of unwritten bytes, or back under it: a connection in a
+    // message stops reading, or reads again.
+    void budget_changed() {
         if (_writer)
-            pump();  // only a connection in a message can have been held
+            pump();  // only a connection in a message is held
     }
     std::uint64_t id() const noexcept { return _id; }
 

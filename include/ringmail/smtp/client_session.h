@@ -94,6 +94,9 @@ struct outbound_message {
     std::string_view added_headers;  // CRLF-terminated header lines sent before the body
     // Transmission form: CRLF lines, dot-stuffed, without the final ".\r\n". Sent as is.
     std::string_view body;
+    // added_headers and body are views of a shared read-only file mapping (the spool's): the
+    // connection may drop the body's pages from the process once they are sent.
+    bool file_backed = false;
     std::uint64_t size = 0;  // for SIZE=
     bool eight_bit = false;
     bool smtputf8 = false;
@@ -132,6 +135,9 @@ class client_session {
     // message. Send them all, then call end_send(). Pieces stay valid until end_send(); output
     // produced meanwhile goes to a second buffer. Empty when there is nothing to send.
     std::span<const std::string_view> begin_send();
+    // The piece of the batch in hand that is a file-backed message body (outbound_message::
+    // file_backed), or empty.
+    std::string_view file_backed_body() const noexcept;
     void end_send();
 
     // Greeting and EHLO done, nothing outstanding: start_transaction() is allowed.
@@ -192,6 +198,7 @@ class client_session {
         std::vector<segment> segments;
         std::vector<std::string_view> pieces;
         bool has_body = false;
+        std::string_view file_backed_body;
         void clear();
     };
 

@@ -16,6 +16,10 @@
 #include <memory>
 #include <poll.h>
 #include <string>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <vector>
@@ -173,6 +177,71 @@ TEST(stream_connection, borrowed_pieces_larger_than_the_socket_buffer_go_out_who
     p.close();
     ASSERT_TRUE(f.spin([&] { return p.closed; }));
     ::close(b);
+}
+
+// Resident KiB of the mapping that starts at `base` (/proc/self/smaps), -1 if not found.
+long mapping_rss_kib(const void* base) {
+    std::ifstream smaps("/proc/self/smaps");
+    char want[32];
+    std::snprintf(want, sizeof want, "%lx-", reinterpret_cast<unsigned long>(base));
+    std::string line;
+    bool in = false;
+    while (std::getline(smaps, line)) {
+        if (line.rfind(want, 0) == 0) {
+            in = true;
+        } else if (in && line.rfind("Rss:", 0) == 0) {
+            return std::stol(line.substr(4));
+        }
+    }
+    return -1;
+}
+
+// A spooled body is a view of a shared file mapping: once sent, its pages leave the process
+// (the file keeps them), so a big delivery does not hold the whole message in RSS.
+TEST(stream_connection, a_file_backed_piece_leaves_the_process_once_sent) {
+    fixture f;
+    char path[] = "/tmp/ringmail-stream-XXXXXX";
+    const int file = ::mkstemp(path);
+    ASSERT_GE(file, 0);
+    ::unlink(path);
+    std::string content(3 << 20, '\0');
+    for (std::size_t i = 0; i < content.size(); ++i)
+        content[i] = static_cast<char>('a' + i % 23);
+    ASSERT_EQ(::write(file, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+    void* map = ::mmap(nullptr, content.size(), PROT_READ, MAP_SHARED, file, 0);
+    ASSERT_NE(map, MAP_FAILED);
+    // The body starts inside a page, as a record's does.
+    std::string_view body(static_cast<const char*>(map) + 100, content.size() - 200);
+    volatile char sum = 0;
+    for (std::size_t i = 0; i < content.size(); i += 4096)
+        sum = static_cast<char>(sum + static_cast<const char*>(map)[i]);
+    EXPECT_GE(mapping_rss_kib(map), 3000);
+
+    const fd_pair fds = socket_pair();
+    const int b = fds.b;
+    probe p(*f.r, *f.buffers);
+    p.attach(ring_fd::adopt(fds.a));
+    std::string head = "DATA\r\n", tail = ".\r\n";
+    std::vector<std::string_view> pieces{head, body, tail};
+    p.send_pieces(pieces, body);
+    std::string got;
+    ASSERT_TRUE(f.spin([&] {
+        char buf[65536];
+        ssize_t n = ::recv(b, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0)
+            got.append(buf, static_cast<std::size_t>(n));
+        return p.sent == 1 && got.size() == head.size() + body.size() + tail.size();
+    }));
+    EXPECT_TRUE(got == head + content.substr(100, content.size() - 200) + tail);
+    f.r->run_once(std::chrono::milliseconds(10));  // the last drop completes
+    EXPECT_LE(mapping_rss_kib(map), 8) << "the sent body's pages are still resident";
+    // The bytes themselves are untouched: the file gives them back.
+    EXPECT_TRUE(std::string_view(static_cast<const char*>(map), content.size()) == content);
+    p.close();
+    ASSERT_TRUE(f.spin([&] { return p.closed; }));
+    ::close(b);
+    ::munmap(map, content.size());
+    ::close(file);
 }
 
 TEST(stream_connection, close_cuts_a_send_the_peer_does_not_read) {

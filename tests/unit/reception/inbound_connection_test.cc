@@ -287,7 +287,7 @@ TEST(inbound_connection, input_held_for_the_budget_does_not_time_out) {
 
     // Not held: the same timeout does end a silent client in DATA (the test's control).
     h.force_over_budget = false;
-    held.conn->resume_input();
+    held.conn->budget_changed();
     held.send("last line\r\n.\r\n");
     held.drain_socket(5);
     const auto ids = h.commit(live({&held}));
