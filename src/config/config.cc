@@ -1365,6 +1365,27 @@ const field<admin_config> admin_fields[] = {
      [](table_reader& r, std::string_view k, admin_config& a) { read_string(r, k, a.token_file); }},
 };
 
+const field<cluster_config> cluster_fields[] = {
+    {{"cluster", "redis", "\"ip:port\"", "\"\"",
+      "Redis shared by every node: provider rates, connection limits and suspensions hold "
+      "across them; \"\" = this node alone"},
+     [](table_reader& r, std::string_view k, cluster_config& c) {
+         std::string text;
+         if (const toml::node* n = read_string(r, k, text)) {
+             if (text.empty()) {
+                 c.redis.clear();
+             } else if (auto a = canonical_ip_port(text)) {
+                 c.redis = *a;
+             } else {
+                 r.ctx().fail(*n, r.key(k),
+                              fmt::format(R"(expected "" or "ip:port" (an IP address: names are )"
+                                          R"(not resolved), got {})",
+                                          shown(text)));
+             }
+         }
+     }},
+};
+
 // The defaults of a section: its fields' default texts read like a file of their own. They
 // are part of the program, so a default that does not read is a bug.
 template <typename S>
@@ -1633,6 +1654,7 @@ std::span<const key_spec> schema() {
         add(egress_pool_fields);
         add(provider_fields);
         add(shaping_rule_fields);
+        add(cluster_fields);
         return v;
     }();
     return all;
@@ -1851,6 +1873,7 @@ parsed_config parse_config(std::string_view toml_text, std::string_view source_n
         }
     }
     read_section<auth_config>(ctx, section(r, "auth"), "auth", auth_fields, c.auth);
+    read_section<cluster_config>(ctx, section(r, "cluster"), "cluster", cluster_fields, c.cluster);
     std::map<std::string, std::string> domains_seen;
     read_array_of_tables<domain_config>(
         ctx, r, "domain", domain_fields, c.domains, [&](table_reader& dr, domain_config& d) {
