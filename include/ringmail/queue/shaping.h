@@ -214,6 +214,15 @@ class local_limiter final : public limiter {
 
     std::uint32_t connections(int provider, unsigned slot) const override;
 
+    // The limits in force on (scope, slot), a `set` included: messages per second and burst
+    // (0: no rate), new connections per second (0: none). For a limiter that keeps the
+    // counts elsewhere (cluster::shard_limiter, which leaves the rules' state here).
+    double message_rate(int scope, unsigned slot, steady_time now) const noexcept;
+    std::uint32_t message_burst(int scope) const noexcept;
+    double connection_rate(int provider) const noexcept;
+    std::size_t scopes() const noexcept { return _scopes; }
+    std::size_t slots() const noexcept { return _slots; }
+
   private:
     struct cell;
     struct source_cell;
