@@ -1241,7 +1241,10 @@ void engine::close(std::uint64_t cid) {
     auto it = _conns.find(cid);
     if (it == _conns.end())
         return;
-    if (it->second.c && !park(it->second)) {
+    // A provider's connection is not parked: its slot (a counter, or a lease in Redis) goes
+    // back below, and an open session holding none would pass the provider's limit.
+    const bool provider = _settings.shaping != nullptr && _sched.provider_of(cid) >= 0;
+    if (it->second.c && (provider || !park(it->second))) {
         it->second.c->stop(false);  // QUIT; on_closed reports it
         return;
     }
@@ -1339,7 +1342,7 @@ void engine::on_failed(outbound::link& c, const smtp::server_reply& why) {
         // connection is withdrawn without counting an attempt, so the jobs go out from the
         // pool's other sources.
         const auto until = _host.now() + _settings.shaping->unbindable_for;
-        _settings.shaping->limits->suspend_source(static_cast<unsigned>(mc.source + 1), until);
+        _sched.limits()->suspend_source(static_cast<unsigned>(mc.source + 1), until);
         log::warn(
             "egress source {} ({}) cannot bind: {}; suspended for {}, traffic moves to the "
             "pool's other sources",
@@ -1391,7 +1394,7 @@ bool engine::shape_reply(std::uint64_t cid, const conn& mc, const std::string& l
     const auto now = _host.now();
     _effects.clear();
     sh->rules.on_reply(line, _sched.provider_of(cid), _sched.domain_scope_of(cid),
-                       _sched.slot_of(cid), now, *sh->limits, _effects, _rule_scratch);
+                       _sched.slot_of(cid), now, *_sched.limits(), _effects, _rule_scratch);
     bool bounce = false;
     for (const auto& e : _effects) {
         const queue::rule_spec& r = sh->rules[static_cast<std::size_t>(e.rule)];
