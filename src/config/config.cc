@@ -1343,21 +1343,28 @@ const field<auth_config> auth_fields[] = {
      }},
 };
 
+// "" (off) or an "ip:port" kept in its canonical form; `note` follows "ip:port" in the error.
+void read_optional_ip_port(table_reader& r, std::string_view k, std::string& out,
+                           std::string_view note) {
+    std::string text;
+    const toml::node* n = read_string(r, k, text);
+    if (n == nullptr)
+        return;
+    if (text.empty()) {
+        out.clear();
+    } else if (auto c = canonical_ip_port(text)) {
+        out = *c;
+    } else {
+        r.ctx().fail(*n, r.key(k),
+                     fmt::format(R"(expected "" or "ip:port"{}, got {})", note, shown(text)));
+    }
+}
+
 const field<admin_config> admin_fields[] = {
     {{"admin", "address", "\"ip:port\"", "\"127.0.0.1:8025\"",
       "the admin HTTP endpoint; \"\" disables it"},
      [](table_reader& r, std::string_view k, admin_config& a) {
-         std::string text;
-         if (const toml::node* n = read_string(r, k, text)) {
-             if (text.empty()) {
-                 a.address.clear();
-             } else if (auto c = canonical_ip_port(text)) {
-                 a.address = *c;
-             } else {
-                 r.ctx().fail(*n, r.key(k),
-                              fmt::format(R"(expected "" or "ip:port", got {})", shown(text)));
-             }
-         }
+         read_optional_ip_port(r, k, a.address, "");
      }},
     {{"admin", "token_file", "path", "\"\"",
       "file holding the bearer token every admin request but /healthz and /readyz must send; "
@@ -1370,19 +1377,7 @@ const field<cluster_config> cluster_fields[] = {
       "Redis shared by every node: provider rates, connection limits and suspensions hold "
       "across them; \"\" = this node alone"},
      [](table_reader& r, std::string_view k, cluster_config& c) {
-         std::string text;
-         if (const toml::node* n = read_string(r, k, text)) {
-             if (text.empty()) {
-                 c.redis.clear();
-             } else if (auto a = canonical_ip_port(text)) {
-                 c.redis = *a;
-             } else {
-                 r.ctx().fail(*n, r.key(k),
-                              fmt::format(R"(expected "" or "ip:port" (an IP address: names are )"
-                                          R"(not resolved), got {})",
-                                          shown(text)));
-             }
-         }
+         read_optional_ip_port(r, k, c.redis, " (an IP address: names are not resolved)");
      }},
 };
 
