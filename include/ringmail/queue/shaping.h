@@ -10,8 +10,9 @@
 //   host matching an MX suffix). Immutable.
 // - limiter: the interface the scheduler asks for connection slots, message and connection
 //   tokens, suspensions and rule effects. local_limiter keeps them in fixed arrays of atomics
-//   built at start-up (no lock, no allocation after construction): one process. A
-//   cluster-backed implementation (Redis, wip/bounces) replaces it behind the same interface.
+//   built at start-up (no lock, no allocation after construction): one process. With
+//   [cluster] redis each shard's scheduler asks a cluster::shard_limiter instead, which keeps
+//   the shared counts in Redis and reads the limits in force (and the rules' state) here.
 // - shaping_rules: the [[shaping_rule]] table compiled once into one core::regex_set; a reply is
 //   matched in one pass, triggers count matches per (rule, source) in a shared ring of the
 //   last N match times.
