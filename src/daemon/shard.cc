@@ -221,8 +221,14 @@ bool shard::start(std::string& why) {
 
 bool shard::start_cluster(delivery::engine_settings& settings, std::string& why) {
     const queue::shaping_context* sh = _ctx.delivery.shaping.get();
-    if (!_ctx.cfg.cluster.enabled() || sh == nullptr)
-        return true;  // without [[provider]] or rules there is nothing to share
+    if (!_ctx.cfg.cluster.enabled())
+        return true;
+    if (sh == nullptr) {
+        if (id() == 0)
+            log::info("cluster.redis {}: no [[provider]] or [[shaping_rule]], nothing to share",
+                      _ctx.cfg.cluster.redis);
+        return true;
+    }
     auto* local = dynamic_cast<queue::local_limiter*>(sh->limits.get());
     auto server = core::parse_endpoint(_ctx.cfg.cluster.redis);
     if (local == nullptr || !server) {

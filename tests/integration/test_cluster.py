@@ -6,6 +6,7 @@ sink on 127.0.0.1 that records when each message arrived and how many connection
 
   the combined rate of the three nodes at the sink is 50/s within 5% over 20 s of steady state;
   never more than 2 connections at once from all nodes together while Redis is up;
+  a rule's suspension on one node holds on the other within a second;
   Redis killed mid-run and started again: delivery never stops (each node falls back to the
   local limits divided by the participants it last counted, at least one connection each,
   and says so in its log and /metrics), and every message arrives exactly once.
@@ -15,6 +16,7 @@ Skipped when redis-server is not installed. RINGMAIL_CLUSTER_MESSAGES changes th
 
 import os
 import shutil
+import smtplib
 import subprocess
 import threading
 import time
@@ -95,6 +97,14 @@ class Redis:
             self.proc.wait()
 
 
+def send(port, rcpts):
+    with smtplib.SMTP(harness.LOOPBACK, port, timeout=30) as s:
+        for r in rcpts:
+            msg = (f"From: s@origin.test\r\nTo: {r}\r\nSubject: cluster\r\n"
+                   f"Message-ID: <{time.time_ns()}@origin.test>\r\n\r\nbody\r\n")
+            s.sendmail("s@origin.test", [r], msg.encode())
+
+
 def metric(node, name):
     try:
         with urllib.request.urlopen(f"http://{node.admin}/metrics", timeout=5) as r:
@@ -109,18 +119,17 @@ def metric(node, name):
 
 @unittest.skipUnless(REDIS, "redis-server not installed")
 class TestCluster(unittest.TestCase):
-    def test_three_nodes_share_rate_and_connections_through_redis(self):
-        total = int(os.environ.get("RINGMAIL_CLUSTER_MESSAGES", "1500"))
+    def start_cluster(self, count, provider, rules=(), sink_kwargs=None):
+        """dnsmasq, the sink, redis-server and `count` nodes sharing [[provider]] `provider`."""
         dns = harness.Dnsmasq(mx=[("cluster.test", "mx.test", 10)], hosts=[("mx.test", SINK_IP)])
         self.addCleanup(dns.close)
-        sink = CountingSink(SINK_IP, harness.free_port(SINK_IP))
+        sink = CountingSink(SINK_IP, harness.free_port(SINK_IP), **(sink_kwargs or {}))
         self.addCleanup(sink.close)
         redis = Redis()
         redis.start()
         self.addCleanup(redis.kill)
-
         nodes = []
-        for i in range(NODES):
+        for i in range(count):
             work = harness.temp_dir()
             self.addCleanup(shutil.rmtree, work, True)
             cfg = harness.make_config(
@@ -130,11 +139,9 @@ class TestCluster(unittest.TestCase):
                                   "connect_timeout": "5s", "idle_timeout": "1s",
                                   "retry_schedule": ["1s", "2s"]})
             cfg["dns"] = {"servers": [dns.server]}
-            cfg["provider"] = [{"name": "bulk", "domain_suffix": ["cluster.test"],
-                                "max_message_rate": f"{RATE}/s",
-                                "max_connections": CONNECTIONS,
-                                # Connections turn over, so that every node gets its turn.
-                                "max_messages_per_connection": 20}]
+            cfg["provider"] = [dict(provider, name="bulk", domain_suffix=["cluster.test"])]
+            if rules:
+                cfg["shaping_rule"] = list(rules)
             cfg["cluster"] = {"redis": f"127.0.0.1:{redis.port}"}
             admin = f"127.0.0.1:{harness.free_port()}"
             cfg["admin"] = {"address": admin}
@@ -143,10 +150,42 @@ class TestCluster(unittest.TestCase):
             self.addCleanup(node.stop)
             node.start()
             nodes.append(node)
-        # Every node counts the three participants before the mail comes.
+        # Every node counts the participants before the mail comes.
         self.assertTrue(harness.wait_until(
-            lambda: all(metric(n, "ringmail_cluster_participants") == NODES for n in nodes),
+            lambda: all(metric(n, "ringmail_cluster_participants") == count for n in nodes),
             TIMEOUT), [n.log_text()[-2000:] for n in nodes])
+        return sink, redis, nodes
+
+    def test_a_suspension_on_one_node_stops_the_others_within_a_second(self):
+        duration = 4
+        tss04 = "421 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred"
+        sink, _, nodes = self.start_cluster(
+            2, {}, rules=[{"provider": "bulk", "match": r"\[TSS04\]", "action": "suspend",
+                           "duration": f"{duration}s"}],
+            sink_kwargs={"reject_rcpts": {"bad@cluster.test": tss04}})
+        a, b = nodes
+        send(a.port, ["bad@cluster.test"])
+        self.assertTrue(harness.wait_until(lambda: "suspended from source" in a.log_text(),
+                                           TIMEOUT), a.log_text()[-3000:])
+        suspended_at = time.monotonic()
+        sink.set_rcpt_reply("bad@cluster.test", None)
+        # Within a second the other node knows: what it gets then waits for the end.
+        time.sleep(1.0)
+        send(b.port, [f"x{k}@cluster.test" for k in range(5)])
+        self.assertTrue(harness.wait_until(
+            lambda: len([r for _, r in sink.snapshot()[1] if r.startswith("x")]) == 5,
+            TIMEOUT + duration))
+        first = min(t for t, r in sink.snapshot()[1] if r.startswith("x"))
+        print(f"the other node's first delivery {first - suspended_at:.2f} s after the "
+              f"suspension ({duration} s)")
+        self.assertGreaterEqual(first - suspended_at, duration - 0.5)
+
+    def test_three_nodes_share_rate_and_connections_through_redis(self):
+        total = int(os.environ.get("RINGMAIL_CLUSTER_MESSAGES", "1500"))
+        sink, redis, nodes = self.start_cluster(
+            NODES, {"max_message_rate": f"{RATE}/s", "max_connections": CONNECTIONS,
+                    # Connections turn over, so that every node gets its turn.
+                    "max_messages_per_connection": 20})
         for n in nodes:
             self.assertIn("in use for shared limits", n.log_text())
 
