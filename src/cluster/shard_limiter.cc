@@ -25,6 +25,9 @@ constexpr auto ask_bound = 2s;
 // A lease refused (the other nodes hold every slot): asked again after this. Their releases
 // cannot wake us, as with local_limiter's counters held by other shards.
 constexpr auto lease_retry = 100ms;
+// In shard_limiter::cell::in_use: a connection whose lease (taken by attach_provider) is on its
+// way. Lease ids count up from 1.
+constexpr std::uint64_t attaching = std::numeric_limits<std::uint64_t>::max();
 
 }  // namespace
 
@@ -213,11 +216,31 @@ take_result shard_limiter::acquire_connection(int provider, unsigned slot, stead
 }
 
 void shard_limiter::attach_provider(int provider, unsigned slot) {
-    // Opened before its provider was known (learned from its MX hosts): counted here now, as
-    // local_limiter does, but not in Redis (it would have to pass the limit there too).
-    _local.attach_provider(provider, slot);
-    if (cell* c = at(provider, slot))
-        c->in_use.push_back(0);
+    // Opened before its provider was known (learned from its MX hosts; its source was counted
+    // then): counted now whatever the limit, as local_limiter does, and in Redis too, so that
+    // the other nodes see it.
+    cell* c = at(provider, slot);
+    if (c == nullptr || _local.max_connections(provider, slot, _reactor.now()) == 0) {
+        _local.attach_provider(provider, slot);
+        if (c != nullptr)
+            c->in_use.push_back(0);
+        return;
+    }
+    c->in_use.push_back(attaching);
+    ++_calling;
+    _cluster.lease(c->key, std::numeric_limits<std::uint32_t>::max(),
+                   [this, c, provider, slot](std::uint64_t id) {
+                       auto it = std::find(c->in_use.begin(), c->in_use.end(), attaching);
+                       if (it == c->in_use.end()) {
+                           _cluster.release(id);  // closed meanwhile
+                           return;
+                       }
+                       if (id == 0) {
+                           _local.attach_provider(provider, slot);  // counted here at least
+                       }
+                       *it = id;
+                   });
+    --_calling;
 }
 
 void shard_limiter::release_connection(int provider, unsigned slot) {
@@ -233,7 +256,8 @@ void shard_limiter::release_connection(int provider, unsigned slot) {
         return;
     }
     _local.release_connection(-1, slot);
-    _cluster.release(lease);
+    if (lease != attaching)
+        _cluster.release(lease);  // else the lease is given back when it comes
 }
 
 std::uint32_t shard_limiter::max_connections(int provider, unsigned slot, steady_time now) const {

@@ -11,8 +11,9 @@
 // - acquire_connection takes a connection lease (a member of Redis's sorted set per key) that
 //   was asked for earlier: the first try answers "retry shortly" and asks; the lease, when
 //   granted, is kept for the scheduler's next try (a spare unused for 2 s goes back).
-//   release_connection gives it back (ZREM). The connection rate is a GCRA key too. The
-//   egress source's own connection limit stays this node's (local_limiter).
+//   release_connection gives it back (ZREM); attach_provider (a provider learned from the MX
+//   hosts after the connection opened) takes one whatever the limit. The connection rate is a
+//   GCRA key too. The egress source's own connection limit stays this node's (local_limiter).
 // - suspend publishes a rule's suspension to Redis as well; the others' are read from the
 //   limiter's poll (every 500 ms) into this shard's cells.
 // - Everything else (set overrides, rules' effects, unbindable sources) is the node's shared
@@ -93,7 +94,7 @@ class shard_limiter final : public queue::limiter, private core::timer {
         bool leasing = false;
         queue::steady_time next_lease{};
         // One entry per connection counted here: its lease, or 0 for one counted by the
-        // local limiter alone (no connection limit, or its provider learned after it opened).
+        // local limiter alone (no connection limit); entries are interchangeable.
         std::vector<std::uint64_t> in_use;
         queue::steady_time remote_suspended{};
     };

@@ -138,6 +138,38 @@ TEST_F(fixture, ConnectionsAreLeasesKeptForTheNextTryAndGivenBack) {
     EXPECT_EQ(a.cl.leases_held() + b.cl.leases_held(), 0u);
 }
 
+TEST_F(fixture, AConnectionWhoseProviderIsLearnedLaterCountsInRedis) {
+    const auto table = providers(0, 1);
+    node a(*this, table, "a");
+    node b(*this, table, "b");
+    ASSERT_TRUE(spin([&] { return !a.cl.degraded() && !b.cl.degraded(); }));
+    // Opened without a provider (its MX hosts not known yet), then attached: over the limit
+    // if need be, and seen by the other node.
+    ASSERT_TRUE(a.lim.acquire_connection(-1, 0, r->now()).ok);
+    a.lim.attach_provider(0, 0);
+    EXPECT_EQ(a.lim.connections(0, 0), 1u);
+    ASSERT_TRUE(spin([&] { return a.cl.leases_held() == 1; }));
+    const int w = b.wakes;
+    EXPECT_FALSE(b.lim.acquire_connection(0, 0, r->now()).ok);
+    ASSERT_TRUE(spin([&] { return b.wakes > w; }));
+    EXPECT_FALSE(b.lim.acquire_connection(0, 0, r->now()).ok);
+    a.lim.release_connection(0, 0);
+    EXPECT_EQ(a.cl.leases_held(), 0u);
+    ASSERT_TRUE(spin([&] { return a.cl.client().pending() == 0; }));
+    bool got = false;
+    ASSERT_TRUE(spin([&] {
+        got = got || b.lim.acquire_connection(0, 0, r->now()).ok;
+        return got;
+    }));
+    b.lim.release_connection(0, 0);
+    // Closed before its lease came: the lease goes back when it comes.
+    ASSERT_TRUE(a.lim.acquire_connection(-1, 0, r->now()).ok);
+    a.lim.attach_provider(0, 0);
+    a.lim.release_connection(0, 0);
+    ASSERT_TRUE(spin([&] { return a.cl.client().pending() == 0; }));
+    EXPECT_EQ(a.cl.leases_held(), 0u);
+}
+
 TEST_F(fixture, ARulesSuspensionReachesTheOtherNode) {
     const auto table = providers(10, 0);
     node a(*this, table, "a");
