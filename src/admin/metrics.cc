@@ -241,6 +241,24 @@ std::string render_metrics(const metrics_inputs& in) {
                        seconds(static_cast<double>(s[i].loop_lag_ns.get()) / 1e9));
     }
 
+    head(out, "ringmail_cluster_fallbacks_total", "counter",
+         "times a shard lost Redis ([cluster] redis) and fell back to local limits divided by "
+         "the participants it last counted");
+    line_i("ringmail_cluster_fallbacks_total", "",
+           sum_i(s, [](const auto& m) { return m.cluster_fallbacks.get(); }));
+    head(out, "ringmail_cluster_degraded", "gauge",
+         "shards deciding on local limits now because Redis is unreachable");
+    line_i("ringmail_cluster_degraded", "",
+           sum_i(s, [](const auto& m) { return m.cluster_degraded.get(); }));
+
+    head(out, "ringmail_cluster_participants", "gauge",
+         "shards of every node sharing the limits through Redis, as last counted (0: no "
+         "[cluster])");
+    std::int64_t participants = 0;
+    for (const auto& m : s)
+        participants = std::max(participants, m.cluster_nodes.get());
+    line_i("ringmail_cluster_participants", "", participants);
+
     head(out, "ringmail_destination_queue_recipients", "gauge",
          "recipients queued per destination (the 100 largest)");
     if (in.destinations != nullptr) {

@@ -16,14 +16,17 @@ namespace {
 
 // GCRA. KEYS[1]: the key's theoretical arrival time (us, Redis clock). ARGV[1]: emission
 // interval T (us); ARGV[2]: burst tolerance tau = T * (burst - 1) (us). Returns {1, 0} when
-// allowed, {0, wait_us} when not.
+// allowed, {0, wait_us} when not. As queue::gcra_cell does, an ask late by at most one
+// interval counts from its due time: the asker's timer, its loop and the round trip make every
+// ask a little late, and those delays must not add up to a lower rate (any window still holds
+// at most one message more than the rate gives it).
 constexpr std::string_view gcra_script = R"lua(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local T = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
+if now - tat > T then tat = now end
 if now < tat - tau then return {0, tat - tau - now} end
 local new = tat + T
 redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.floor((new - now) / 1000) + 1000)
@@ -112,6 +115,7 @@ void cluster_limiter::stop() {
                 {"ZREM", _o.prefix + "conn:" + l.key, fmt::format("{}:{}", _o.node_id, id)}, {});
     }
     _leases.clear();
+    _held.clear();
     _client.stop();
 }
 
@@ -154,6 +158,10 @@ void cluster_limiter::load_scripts() {
                     }
                     heartbeat();
                     poll_suspensions();
+                    // Leases taken locally meanwhile go into Redis before new asks are
+                    // granted over them (this connection answers in order).
+                    _last_renew = _reactor.now();
+                    renew();
                 }
             });
         if (!ok)
@@ -236,7 +244,8 @@ void cluster_limiter::acquire(std::string_view key_in, rate_limit r,
 bool cluster_limiter::local_lease(const std::string& key, std::uint32_t max) {
     ++_local_decisions;
     const std::uint32_t share = std::max<std::uint32_t>(1, max / std::max(1u, _nodes));
-    auto& held = _local_conns[key];
+    // Redis's leases held here count too: they stay open through the outage.
+    auto& held = _held[key];
     if (held >= share)
         return false;
     ++held;
@@ -276,6 +285,7 @@ void cluster_limiter::lease(std::string_view key_in, std::uint32_t max,
                  return;
              }
              _leases[id] = lease_state{key, max, false};
+             ++_held[key];
              cb(id);
          });
 }
@@ -284,11 +294,10 @@ void cluster_limiter::release(std::uint64_t id) {
     auto it = _leases.find(id);
     if (it == _leases.end())
         return;
-    if (it->second.local) {
-        auto c = _local_conns.find(it->second.key);
-        if (c != _local_conns.end() && c->second > 0 && --c->second == 0)
-            _local_conns.erase(c);
-    } else if (_client.up()) {
+    auto c = _held.find(it->second.key);
+    if (c != _held.end() && c->second > 0 && --c->second == 0)
+        _held.erase(c);
+    if (!it->second.local && _client.up()) {
         _client.call(
             {"ZREM", _o.prefix + "conn:" + it->second.key, fmt::format("{}:{}", _o.node_id, id)},
             {});
@@ -300,8 +309,28 @@ void cluster_limiter::renew() {
     if (degraded())
         return;
     for (auto& [id, l] : _leases) {
-        if (l.local)
-            continue;  // taken while Redis was away: counted locally until released
+        if (l.local) {
+            // Taken while Redis was away: put into Redis now if there is room (the
+            // connection then counts for every node); else it stays counted here, over the
+            // limit, until its connection closes.
+            eval(lease_op, {_o.prefix + "conn:" + l.key},
+                 {std::to_string(l.max), std::to_string(_o.lease_ttl.count()),
+                  fmt::format("{}:{}", _o.node_id, id)},
+                 [this, id, key = l.key](const resp_value& v) {
+                     if (v.type != resp_value::kind::integer || v.integer != 1)
+                         return;
+                     auto it = _leases.find(id);
+                     if (it == _leases.end()) {
+                         // Released meanwhile: not held over its ttl.
+                         _client.call({"ZREM", _o.prefix + "conn:" + key,
+                                       fmt::format("{}:{}", _o.node_id, id)},
+                                      {});
+                         return;
+                     }
+                     it->second.local = false;
+                 });
+            continue;
+        }
         eval(lease_op, {_o.prefix + "conn:" + l.key},
              {std::to_string(l.max), std::to_string(_o.lease_ttl.count()),
               fmt::format("{}:{}", _o.node_id, id)},
@@ -335,6 +364,8 @@ void cluster_limiter::poll_suspensions() {
         for (std::size_t i = 1; i + 1 < v.elements.size(); i += 2)
             fresh[v.elements[i].str] = v.elements[i + 1].integer;
         _suspended.swap(fresh);
+        if (_on_poll)
+            _on_poll();
     });
 }
 
@@ -352,15 +383,25 @@ void cluster_limiter::suspend(std::string_view key, std::chrono::milliseconds d)
          [](const resp_value&) {});
 }
 
+void cluster_limiter::lift(std::string_view key) {
+    _suspended.erase(std::string(key));
+    if (!degraded())
+        _client.call({"HDEL", _o.prefix + "suspended", std::string(key)}, {});
+}
+
 bool cluster_limiter::suspended(std::string_view key) const {
+    return suspended_for(key).count() > 0;
+}
+
+std::chrono::milliseconds cluster_limiter::suspended_for(std::string_view key) const {
     auto it = _suspended.find(std::string(key));
     if (it == _suspended.end())
-        return false;
+        return std::chrono::milliseconds(0);
     const std::int64_t now_ms =
         _redis_now_ms +
         std::chrono::duration_cast<std::chrono::milliseconds>(_reactor.now() - _redis_now_at)
             .count();
-    return it->second > now_ms;
+    return std::chrono::milliseconds(std::max<std::int64_t>(0, it->second - now_ms));
 }
 
 void cluster_limiter::on_expire() {

@@ -1343,26 +1343,42 @@ const field<auth_config> auth_fields[] = {
      }},
 };
 
+// "" (off) or an "ip:port" kept in its canonical form; `note` follows "ip:port" in the error.
+void read_optional_ip_port(table_reader& r, std::string_view k, std::string& out,
+                           std::string_view note) {
+    std::string text;
+    const toml::node* n = read_string(r, k, text);
+    if (n == nullptr)
+        return;
+    if (text.empty()) {
+        out.clear();
+    } else if (auto c = canonical_ip_port(text)) {
+        out = *c;
+    } else {
+        r.ctx().fail(*n, r.key(k),
+                     fmt::format(R"(expected "" or "ip:port"{}, got {})", note, shown(text)));
+    }
+}
+
 const field<admin_config> admin_fields[] = {
     {{"admin", "address", "\"ip:port\"", "\"127.0.0.1:8025\"",
       "the admin HTTP endpoint; \"\" disables it"},
      [](table_reader& r, std::string_view k, admin_config& a) {
-         std::string text;
-         if (const toml::node* n = read_string(r, k, text)) {
-             if (text.empty()) {
-                 a.address.clear();
-             } else if (auto c = canonical_ip_port(text)) {
-                 a.address = *c;
-             } else {
-                 r.ctx().fail(*n, r.key(k),
-                              fmt::format(R"(expected "" or "ip:port", got {})", shown(text)));
-             }
-         }
+         read_optional_ip_port(r, k, a.address, "");
      }},
     {{"admin", "token_file", "path", "\"\"",
       "file holding the bearer token every admin request but /healthz and /readyz must send; "
       "required when address is not loopback"},
      [](table_reader& r, std::string_view k, admin_config& a) { read_string(r, k, a.token_file); }},
+};
+
+const field<cluster_config> cluster_fields[] = {
+    {{"cluster", "redis", "\"ip:port\"", "\"\"",
+      "Redis shared by every node: provider rates, connection limits and suspensions hold "
+      "across them; \"\" = this node alone"},
+     [](table_reader& r, std::string_view k, cluster_config& c) {
+         read_optional_ip_port(r, k, c.redis, " (an IP address: names are not resolved)");
+     }},
 };
 
 // The defaults of a section: its fields' default texts read like a file of their own. They
@@ -1633,6 +1649,7 @@ std::span<const key_spec> schema() {
         add(egress_pool_fields);
         add(provider_fields);
         add(shaping_rule_fields);
+        add(cluster_fields);
         return v;
     }();
     return all;
@@ -1851,6 +1868,7 @@ parsed_config parse_config(std::string_view toml_text, std::string_view source_n
         }
     }
     read_section<auth_config>(ctx, section(r, "auth"), "auth", auth_fields, c.auth);
+    read_section<cluster_config>(ctx, section(r, "cluster"), "cluster", cluster_fields, c.cluster);
     std::map<std::string, std::string> domains_seen;
     read_array_of_tables<domain_config>(
         ctx, r, "domain", domain_fields, c.domains, [&](table_reader& dr, domain_config& d) {

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <unistd.h>
 
 namespace ringmail::daemon {
 
@@ -89,6 +90,8 @@ shard::shard(unsigned id, const daemon_context& ctx)
 shard::~shard() {
     _connections.clear();
     _engine.reset();
+    _cluster_limits.reset();
+    _cluster.reset();
     _network.reset();
     _events.reset();
     _listeners.clear();
@@ -163,11 +166,15 @@ bool shard::start(std::string& why) {
     }
     _network = std::make_unique<outbound::ring_network>(reactor(), buffers(), std::move(*resolver),
                                                         _ctx.cfg.delivery.tls_ca_file, metrics());
-    auto settings = delivery::make_settings(_ctx.cfg, id(), _ctx.shards,
-                                            _ctx.delivery.gauges.get(), _ctx.delivery.shaping.get());
+    auto settings = delivery::make_settings(_ctx.cfg, id(), _ctx.shards, _ctx.delivery.gauges.get(),
+                                            _ctx.delivery.shaping.get());
+    if (!start_cluster(settings, why))
+        return false;
     settings.bounces = _ctx.delivery.bounces;
     settings.bounce_counts = &_ctx.delivery.bounce_counts[id()];
     _engine = std::make_unique<delivery::engine>(*this, *_network, std::move(settings));
+    if (_cluster_limits)
+        _cluster_limits->set_wake([this] { _engine->wake(); });
     _ctx.delivery.mailbox->attach(reactor(), id(),
                                   [this](unsigned from, delivery::shard_message&& m) {
                                       _engine->receive(from, std::move(m));
@@ -214,6 +221,35 @@ bool shard::start(std::string& why) {
     return true;
 }
 
+bool shard::start_cluster(delivery::engine_settings& settings, std::string& why) {
+    const queue::shaping_context* sh = _ctx.delivery.shaping.get();
+    if (!_ctx.cfg.cluster.enabled())
+        return true;
+    if (sh == nullptr) {
+        if (id() == 0)
+            log::info("cluster.redis {}: no [[provider]] or [[shaping_rule]], nothing to share",
+                      _ctx.cfg.cluster.redis);
+        return true;
+    }
+    auto* local = dynamic_cast<queue::local_limiter*>(sh->limits.get());
+    auto server = core::parse_endpoint(_ctx.cfg.cluster.redis);
+    if (local == nullptr || !server) {
+        why = fmt::format("cluster.redis: {} cannot be used", _ctx.cfg.cluster.redis);
+        return false;
+    }
+    cluster::cluster_options o;
+    o.redis.server = *server;
+    // Unique per node and shard: each shard is one participant, with its own heartbeat and
+    // leases, so the fallback divides the limits by the shards of every node.
+    o.node_id = fmt::format("{}:{}:{}", _ctx.cfg.server.hostname, ::getpid(), id());
+    _cluster = std::make_unique<cluster::cluster_limiter>(reactor(), buffers(), std::move(o));
+    _cluster_limits = std::make_unique<cluster::shard_limiter>(
+        reactor(), *_cluster, *local, cluster::scope_names(*sh), cluster::slot_names(*sh));
+    settings.scheduler.limits = _cluster_limits.get();
+    _cluster->start();
+    return true;
+}
+
 void shard::started() {
     for (auto& l : _listeners)
         l->arm();
@@ -248,6 +284,11 @@ void shard::publish_gauges() {
         bytes += sm.segments_live * spool::options{}.segment_size + sm.journal_bytes;
     }
     m.spool_bytes.set(static_cast<std::int64_t>(bytes));
+    if (_cluster) {
+        m.cluster_fallbacks.set(static_cast<std::int64_t>(_cluster->fallbacks()));
+        m.cluster_degraded.set(_cluster->degraded() ? 1 : 0);
+        m.cluster_nodes.set(_cluster->nodes());
+    }
 }
 
 void shard::on_control(admin::control_message&& m) {
@@ -455,7 +496,12 @@ void shard::apply_budget() {
 }
 
 bool shard::settling() {
-    return any_batch_in_flight() || !_connections.empty();
+    if (_cluster && !_cluster_stopping) {
+        // The leases go back while the ring still runs (what does not get out expires).
+        _cluster_stopping = true;
+        _cluster->stop();
+    }
+    return any_batch_in_flight() || !_connections.empty() || (_cluster && !_cluster->stopped());
 }
 
 void shard::begin_drain() {

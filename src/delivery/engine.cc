@@ -420,9 +420,11 @@ void engine::lift_suspensions(std::span<const queue::suspension> lifted) {
     _oncore.check();
     // Every shard lifts the shared limiter (idempotent) before it looks at its destinations
     // again, so none of them finds the old suspension still there.
+    // With [cluster] the scheduler's limiter is this shard's cluster::shard_limiter: it lifts
+    // the node's local state too, and takes the suspension out of Redis.
     const queue::shaping_context* sh = _settings.shaping;
     if (sh != nullptr)
-        queue::lift_suspensions(*sh, lifted);
+        queue::lift_suspensions(*sh, lifted, _sched.limits());
     for (const auto& s : lifted) {
         if (s.scope.kind == queue::suspension_kind::domain)
             _sched.lift_destination(s.scope.name);
@@ -1256,7 +1258,10 @@ void engine::close(std::uint64_t cid) {
     auto it = _conns.find(cid);
     if (it == _conns.end())
         return;
-    if (it->second.c && !park(it->second)) {
+    // A provider's connection is not parked: its slot (a counter, or a lease in Redis) goes
+    // back below, and an open session holding none would pass the provider's limit.
+    const bool provider = _settings.shaping != nullptr && _sched.provider_of(cid) >= 0;
+    if (it->second.c && (provider || !park(it->second))) {
         it->second.c->stop(false);  // QUIT; on_closed reports it
         return;
     }
@@ -1354,7 +1359,7 @@ void engine::on_failed(outbound::link& c, const smtp::server_reply& why) {
         // connection is withdrawn without counting an attempt, so the jobs go out from the
         // pool's other sources.
         const auto until = _host.now() + _settings.shaping->unbindable_for;
-        _settings.shaping->limits->suspend_source(static_cast<unsigned>(mc.source + 1), until);
+        _sched.limits()->suspend_source(static_cast<unsigned>(mc.source + 1), until);
         log::warn(
             "egress source {} ({}) cannot bind: {}; suspended for {}, traffic moves to the "
             "pool's other sources",
@@ -1406,7 +1411,7 @@ bool engine::shape_reply(std::uint64_t cid, const conn& mc, const std::string& l
     const auto now = _host.now();
     _effects.clear();
     sh->rules.on_reply(line, _sched.provider_of(cid), _sched.domain_scope_of(cid),
-                       _sched.slot_of(cid), now, *sh->limits, _effects, _rule_scratch);
+                       _sched.slot_of(cid), now, *_sched.limits(), _effects, _rule_scratch);
     bool bounce = false;
     for (const auto& e : _effects) {
         const queue::rule_spec& r = sh->rules[static_cast<std::size_t>(e.rule)];

@@ -66,7 +66,9 @@ scheduler::scheduler(scheduler_config config) : _cfg(std::move(config)), _rng(_c
     if (_cfg.gauges && _cfg.gauges->shards() != _cfg.shards)
         core::invariant_broken("scheduler: spare gauges sized for another shard count");
     if (_cfg.shaping) {
-        if (!_cfg.shaping->limits)
+        if (!_cfg.limits)
+            _cfg.limits = _cfg.shaping->limits.get();
+        if (!_cfg.limits)
             core::invariant_broken("scheduler: shaping without a limiter");
         for (const auto& p : _cfg.shaping->pools)
             _wrr.emplace_back(p.weights);
@@ -100,12 +102,11 @@ std::uint32_t scheduler::messages_per_conn(const dest& d) const {
 
 // The latest end of any suspension that keeps d from using `slot` (<= now: none).
 steady_time scheduler::blocked_until(const dest& d, unsigned slot) const {
-    const shaping_context& sh = *_cfg.shaping;
-    steady_time t = sh.limits->source_suspended_until(slot);
+    steady_time t = _cfg.limits->source_suspended_until(slot);
     if (d.provider >= 0)
-        t = std::max(t, sh.limits->suspended_until(d.provider, slot));
+        t = std::max(t, _cfg.limits->suspended_until(d.provider, slot));
     if (d.dscope >= 0)
-        t = std::max(t, sh.limits->suspended_until(d.dscope, slot));
+        t = std::max(t, _cfg.limits->suspended_until(d.dscope, slot));
     if (slot < d.suspended.size())
         t = std::max(t, d.suspended[slot]);
     return t;
@@ -133,7 +134,7 @@ bool scheduler::may_send(dest& d, std::uint64_t cid, steady_time now,
         return false;
     }
     if (_cfg.shaping) {
-        limiter& lim = *_cfg.shaping->limits;
+        limiter& lim = *_cfg.limits;
         if (d.provider >= 0) {
             auto t = lim.take_message(d.provider, c.slot, now);
             if (!t.ok) {
@@ -159,7 +160,7 @@ std::optional<int> scheduler::pick_source(dest& d, steady_time now,
             when = t;
     };
     const shaping_context& sh = *_cfg.shaping;
-    limiter& lim = *sh.limits;
+    limiter& lim = *_cfg.limits;
     auto try_slot = [&](unsigned slot) -> bool {
         const steady_time b = blocked_until(d, slot);
         if (b > now) {
@@ -594,8 +595,7 @@ action scheduler::next_action(steady_time now) {
             }
             if (!d.slots->try_acquire()) {
                 if (_cfg.shaping)
-                    _cfg.shaping->limits->release_connection(d.provider,
-                                                             static_cast<unsigned>(source + 1));
+                    _cfg.limits->release_connection(d.provider, static_cast<unsigned>(source + 1));
                 consider(now + _cfg.slot_poll);
                 continue;
             }
@@ -649,7 +649,7 @@ void scheduler::learn_provider(std::uint64_t id, int provider) {
         _learned[d.q.key()] = provider;
     }
     if (c.shaped && c.provider < 0) {
-        _cfg.shaping->limits->attach_provider(provider, c.slot);
+        _cfg.limits->attach_provider(provider, c.slot);
         c.provider = provider;
     }
 }
@@ -713,7 +713,7 @@ void scheduler::connection_opened(std::uint64_t id, steady_time now) {
 void scheduler::release_conn(std::unordered_map<std::uint64_t, conn>::iterator it) {
     dest& d = *it->second.d;
     if (it->second.shaped)
-        _cfg.shaping->limits->release_connection(it->second.provider, it->second.slot);
+        _cfg.limits->release_connection(it->second.provider, it->second.slot);
     // Slot first: a borrower's last release must precede its lease_return.
     d.slots->release();
     d.q.connection_gone();
@@ -916,8 +916,8 @@ void scheduler::publish_spare() {
 bool scheduler::provider_room(const dest& d, steady_time now) const {
     const shaping_context& sh = *_cfg.shaping;
     auto room = [&](unsigned slot) {
-        const std::uint32_t cap = sh.limits->max_connections(d.provider, slot, now);
-        return cap == 0 || sh.limits->connections(d.provider, slot) < cap;
+        const std::uint32_t cap = _cfg.limits->max_connections(d.provider, slot, now);
+        return cap == 0 || _cfg.limits->connections(d.provider, slot) < cap;
     };
     if (d.pool < 0 || static_cast<std::size_t>(d.pool) >= sh.pools.size())
         return room(0);

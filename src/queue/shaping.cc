@@ -198,6 +198,23 @@ double local_limiter::message_rate(int provider, const cell& c, steady_time now)
     return returning_value(normal, s.rate, s.start, s.duration, now);
 }
 
+double local_limiter::message_rate(int scope, unsigned slot, steady_time now) const noexcept {
+    const cell* c = at(scope, slot);
+    return c == nullptr ? 0.0 : message_rate(scope, *c, now);
+}
+
+std::uint32_t local_limiter::message_burst(int scope) const noexcept {
+    return scope >= 0 && static_cast<std::size_t>(scope) < _providers.size()
+               ? _providers[static_cast<std::size_t>(scope)].message_burst
+               : 1;
+}
+
+double local_limiter::connection_rate(int provider) const noexcept {
+    return provider >= 0 && static_cast<std::size_t>(provider) < _providers.size()
+               ? _providers[static_cast<std::size_t>(provider)].connection_rate
+               : 0.0;
+}
+
 std::uint32_t local_limiter::max_connections(int provider, unsigned slot, steady_time now) const {
     const cell* c = at(provider, slot);
     if (c == nullptr)
@@ -523,13 +540,15 @@ std::size_t apply_suspensions(const shaping_context& sh, const suspensions& stor
     return applied;
 }
 
-std::size_t lift_suspensions(const shaping_context& sh, std::span<const suspension> lifted) {
+std::size_t lift_suspensions(const shaping_context& sh, std::span<const suspension> lifted,
+                             limiter* through) {
+    limiter& l = through != nullptr ? *through : *sh.limits;
     std::size_t n = 0;
     for (const suspension& s : lifted) {
         const int scope = scope_of(sh, s);
         if (scope < 0)
             continue;
-        for_each_slot(sh, s, [&](unsigned slot) { sh.limits->lift(scope, slot); });
+        for_each_slot(sh, s, [&](unsigned slot) { l.lift(scope, slot); });
         ++n;
     }
     return n;

@@ -49,6 +49,8 @@ BAD = [
     ("bad network", '"127.0.0.0/8", "::1/128"', '"127.0.0.0/99"', "allow_networks"),
     ("bad duration", '"1m", "5m", "1h"', '"1m", "five minutes"', "retry_schedule"),
     ("bad lifetime", 'max_lifetime = "5d"', 'max_lifetime = "forever"', "max_lifetime"),
+    ("redis by name", "[admin]\n", '[cluster]\nredis = "redis.example:6379"\n\n[admin]\n',
+     "cluster.redis"),
 ]
 
 

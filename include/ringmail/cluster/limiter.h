@@ -76,7 +76,14 @@ class cluster_limiter : private core::timer {
 
     // Every node stops new attempts to `key` for `d` (seen by the others within 1 s).
     void suspend(std::string_view key, std::chrono::milliseconds d);
+    // An operator's resume: `key` is not suspended here from now, nor in Redis once the HDEL
+    // is answered (a poll answered in between may bring it back here for one poll interval).
+    void lift(std::string_view key);
     bool suspended(std::string_view key) const;
+    // How long `key` stays suspended (0: not suspended).
+    std::chrono::milliseconds suspended_for(std::string_view key) const;
+    // Called after each poll of the suspensions (on this shard's thread).
+    void set_on_poll(std::function<void()> f) { _on_poll = std::move(f); }
 
     bool degraded() const noexcept { return !_client.up() || !_scripts_loaded; }
     unsigned nodes() const noexcept { return _nodes; }
@@ -108,6 +115,7 @@ class cluster_limiter : private core::timer {
 
     core::reactor& _reactor;
     cluster_options _o;
+    std::function<void()> _on_poll;
     redis_client _client;
     bool _scripts_loaded = false;
     bool _stopping = false;
@@ -118,7 +126,8 @@ class cluster_limiter : private core::timer {
     std::uint64_t _local_decisions = 0;
     std::uint64_t _next_lease = 1;
     std::unordered_map<std::uint64_t, lease_state> _leases;
-    std::unordered_map<std::string, std::uint32_t> _local_conns;  // fallback: held per key
+    // Leases held per key, Redis's and local ones: the fallback's share counts both.
+    std::unordered_map<std::string, std::uint32_t> _held;
     std::unordered_map<std::string, local_rate> _local_rates;
     std::unordered_map<std::string, std::int64_t> _suspended;  // key -> until (Redis ms)
     std::int64_t _redis_now_ms = 0;                            // from the last poll

@@ -239,6 +239,12 @@ struct admin_config {
     bool loopback() const noexcept;
 };
 
+// [cluster]: limits and suspensions shared by every node through one Redis.
+struct cluster_config {
+    std::string redis;  // canonical "ip:port"; empty = this node alone (local limits)
+    bool enabled() const noexcept { return !redis.empty(); }
+};
+
 struct settings {
     server_config server;
     std::vector<listener_config> listen;  // at least one, addresses distinct
@@ -247,6 +253,7 @@ struct settings {
     dns_config dns;
     admin_config admin;
     auth_config auth;
+    cluster_config cluster;
     std::vector<domain_config> domains;  // [[domain]], names distinct
     std::vector<dkim_config> dkim;       // [[dkim]], (domain, selector) pairs distinct
     std::vector<egress_source_config> egress_sources;  // [[egress_source]], names distinct

@@ -132,6 +132,12 @@ struct alignas(64) shard_metrics {
 
     // The event loop: how late a 250 ms timer fired, last measured (nanoseconds).
     gauge loop_lag_ns;
+
+    // [cluster] redis: times this shard fell back to local limits (a running total), whether
+    // it is on them now, and the participants (shards of every node) it last counted.
+    gauge cluster_fallbacks;
+    gauge cluster_degraded;
+    gauge cluster_nodes;
 };
 
 }  // namespace ringmail::core

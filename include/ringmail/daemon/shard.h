@@ -11,6 +11,8 @@
 #pragma once
 
 #include "ringmail/auth/failure_limiter.h"
+#include "ringmail/cluster/limiter.h"
+#include "ringmail/cluster/shard_limiter.h"
 #include "ringmail/core/acceptor.h"
 #include "ringmail/core/connection_set.h"
 #include "ringmail/core/member_completion.h"
@@ -138,6 +140,8 @@ class shard final : public core::shard_base, public reception::host, public deli
     bool refresh_tls(std::string& why);
     // Builds this shard's DKIM signer from the published keys if they changed.
     bool refresh_dkim(std::string& why);
+    // [cluster] redis: this shard's Redis connection and the scheduler's limiter over it.
+    bool start_cluster(delivery::engine_settings& settings, std::string& why);
     void arm_auth();
     void on_auth_ready(int res, std::uint32_t flags);
     bool any_batch_in_flight() const;
@@ -150,6 +154,9 @@ class shard final : public core::shard_base, public reception::host, public deli
     std::vector<std::unique_ptr<spool_slot>> _spools;  // stable addresses: ops point at them
     std::unique_ptr<delivery::delivery_log> _events;
     std::unique_ptr<outbound::ring_network> _network;
+    std::unique_ptr<cluster::cluster_limiter> _cluster;       // null without [cluster] redis
+    std::unique_ptr<cluster::shard_limiter> _cluster_limits;  // (or without shaping)
+    bool _cluster_stopping = false;
     std::unique_ptr<delivery::engine> _engine;
     engine_timer _engine_timer;
     lag_timer _lag_timer;

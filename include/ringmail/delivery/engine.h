@@ -123,6 +123,9 @@ class engine final : private outbound::link_handler {
     void receive(unsigned from, shard_message&& m);
     // The wake-up asked with host::wake_at.
     void on_timer();
+    // Something the scheduler waits for came (a limiter's grant from Redis): it decides again
+    // at the end of this loop iteration.
+    void wake() noexcept { _dirty = true; }
     // End of each loop iteration: run the scheduler, flush messages, destroy closed links.
     void reap();
 

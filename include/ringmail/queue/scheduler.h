@@ -20,8 +20,8 @@
 #include "ringmail/queue/domain_policy.h"
 #include "ringmail/queue/handoff.h"
 #include "ringmail/queue/retry.h"
-#include "ringmail/queue/suspensions.h"
 #include "ringmail/queue/shaping.h"
+#include "ringmail/queue/suspensions.h"
 
 #include <chrono>
 #include <cstddef>
@@ -62,6 +62,9 @@ struct scheduler_config {
     std::chrono::milliseconds slot_poll{50};
     // Traffic shaping (issue 16): providers, egress pools, shared limits, rules. Null: none.
     const shaping_context* shaping = nullptr;
+    // The limiter this shard asks (with shaping): null = shaping->limits, shared by every
+    // shard; the daemon gives each shard its own cluster::shard_limiter with [cluster] redis.
+    limiter* limits = nullptr;
 };
 
 // --- what the daemon does next ---
@@ -165,6 +168,8 @@ class scheduler {
     void learn_provider(std::uint64_t conn, int provider);
     // The provider and source slot of a connection (for rules and logs).
     int provider_of(std::uint64_t conn) const;
+    // The shaping limiter this shard asks (null without shaping).
+    limiter* limits() const noexcept { return _cfg.limits; }
     int domain_scope_of(std::uint64_t conn) const;
     unsigned slot_of(std::uint64_t conn) const;
     // A "*" rule fired on a destination of no provider and no rule domain: only its own

@@ -10,8 +10,9 @@
 //   host matching an MX suffix). Immutable.
 // - limiter: the interface the scheduler asks for connection slots, message and connection
 //   tokens, suspensions and rule effects. local_limiter keeps them in fixed arrays of atomics
-//   built at start-up (no lock, no allocation after construction): one process. A
-//   cluster-backed implementation (Redis, wip/bounces) replaces it behind the same interface.
+//   built at start-up (no lock, no allocation after construction): one process. With
+//   [cluster] redis each shard's scheduler asks a cluster::shard_limiter instead, which keeps
+//   the shared counts in Redis and reads the limits in force (and the rules' state) here.
 // - shaping_rules: the [[shaping_rule]] table compiled once into one core::regex_set; a reply is
 //   matched in one pass, triggers count matches per (rule, source) in a shared ring of the
 //   last N match times.
@@ -221,6 +222,15 @@ class local_limiter final : public limiter {
 
     std::uint32_t connections(int provider, unsigned slot) const override;
 
+    // The limits in force on (scope, slot), a `set` included: messages per second and burst
+    // (0: no rate), new connections per second (0: none). For a limiter that keeps the
+    // counts elsewhere (cluster::shard_limiter, which leaves the rules' state here).
+    double message_rate(int scope, unsigned slot, steady_time now) const noexcept;
+    std::uint32_t message_burst(int scope) const noexcept;
+    double connection_rate(int provider) const noexcept;
+    std::size_t scopes() const noexcept { return _scopes; }
+    std::size_t slots() const noexcept { return _slots; }
+
   private:
     struct cell;
     struct source_cell;
@@ -313,7 +323,8 @@ struct shaping_context {
 std::size_t apply_suspensions(const shaping_context& sh, const suspensions& store,
                               std::int64_t now_unix, steady_time now);
 // Entries an operator resumed, lifted in the limiter (limiter::lift on their scopes and
-// slots); how many named a scope it knows.
-std::size_t lift_suspensions(const shaping_context& sh, std::span<const suspension> lifted);
+// slots: `through`, or the context's own); how many named a scope it knows.
+std::size_t lift_suspensions(const shaping_context& sh, std::span<const suspension> lifted,
+                             limiter* through = nullptr);
 
 }  // namespace ringmail::queue

@@ -270,6 +270,16 @@ const bad_case bad_cases[] = {
     {"admin_v6_public_without_token", section("admin", "address = \"[::]:8025\""),
      "admin.token_file: \"[::]:8025\" is not a loopback address: set admin.token_file"},
 
+    // [cluster]
+    {"cluster_name", section("cluster", "redis = \"redis.example:6379\""),
+     "cluster.redis: expected \"\" or \"ip:port\" (an IP address: names are not resolved), "
+     "got \"redis.example:6379\""},
+    {"cluster_no_port", section("cluster", "redis = \"127.0.0.1\""),
+     "cluster.redis: expected \"\" or \"ip:port\""},
+    {"cluster_type", section("cluster", "redis = 6379"),
+     "cluster.redis: expected a string, got an integer"},
+    {"cluster_unknown", section("cluster", "prefix = \"x\""), "cluster.prefix: unknown key"},
+
     // the file as a whole
     {"top_unknown_key", with_listener("foo = 1\n"), "foo: unknown key"},
     {"top_unknown_table", with_listener("[foo]\nx = 1\n"), "foo: unknown table"},
@@ -426,6 +436,20 @@ TEST(config, defaults_applied) {
     EXPECT_TRUE(c.dns.servers.empty());
     EXPECT_EQ(c.admin.address, "127.0.0.1:8025");
     EXPECT_TRUE(c.admin.enabled());
+    EXPECT_FALSE(c.cluster.enabled());
+}
+
+TEST(config, cluster_redis_is_canonicalised) {
+    auto r = parse_config(section("cluster", "redis = \"127.0.0.1:6379\""), "t");
+    ASSERT_TRUE(r) << r.error;
+    EXPECT_EQ(r->cluster.redis, "127.0.0.1:6379");
+    EXPECT_TRUE(r->cluster.enabled());
+    r = parse_config(section("cluster", "redis = \"[0:0::1]:6379\""), "t");
+    ASSERT_TRUE(r) << r.error;
+    EXPECT_EQ(r->cluster.redis, "[::1]:6379");
+    r = parse_config(section("cluster", "redis = \"\""), "t");
+    ASSERT_TRUE(r) << r.error;
+    EXPECT_FALSE(r->cluster.enabled());
 }
 
 TEST(config, values_read_and_canonicalised) {
