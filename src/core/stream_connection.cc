@@ -484,9 +484,13 @@ void stream_connection::pump_recv() {
     bool want = !_closing && !_input_ended;
     if (want) {
         if (_transform) {
-            // Ciphertext is read while the transform has room, whatever the protocol wants;
-            // what it cannot take waits in _wire_in with the recv stopped.
-            want = _wire_in.empty() && _transform->input_room() > 0 && !_failure_reported;
+            // Ciphertext is read while the transform has room; what it cannot take waits in
+            // _wire_in with the recv stopped. Once the handshake is done, only while the
+            // protocol wants input too: a connection held by back-pressure (the spool's
+            // budget) leaves the bytes in its socket, not up to the transform's bound (256
+            // KiB for TLS) in memory, as a plain connection does.
+            want = _wire_in.empty() && _transform->input_room() > 0 && !_failure_reported &&
+                   (!_transform->established() || wants_input());
         } else {
             want = wants_input();
         }

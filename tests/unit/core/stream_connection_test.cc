@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -333,9 +334,10 @@ TEST(stream_connection, the_deadline_fires_once) {
 // output.
 class shout final : public byte_transform {
   public:
+    explicit shout(std::size_t room = 64) : _room(room) {}
     void feed(std::string_view wire) override { _in.append(wire); }
     std::size_t input_room() const noexcept override {
-        return _in.size() < 64 ? 64 - _in.size() : 0;
+        return _in.size() < _room ? _room - _in.size() : 0;
     }
     void on_eof() override {}
     void step() override {
@@ -366,6 +368,7 @@ class shout final : public byte_transform {
     const std::string& error() const noexcept override { return _error; }
 
   private:
+    std::size_t _room;
     std::string _in, _out, _error;
     bool _up = false;
 };
@@ -394,6 +397,39 @@ TEST(stream_connection, a_transform_between_socket_and_protocol) {
     p.close(true);
     ASSERT_TRUE(f.spin([&] { return p.closed; }));
     EXPECT_EQ(read_spinning(f, b, 5), "<bye>");
+    ::close(b);
+}
+
+// Back-pressure holds through a transform too: once it is established, a protocol that takes
+// no input stops the reading of the socket, however much room the transform has.
+TEST(stream_connection, a_protocol_that_takes_no_input_stops_the_transform_reading) {
+    fixture f;
+    const fd_pair fds = socket_pair();
+    const int a = fds.a;
+    const int b = fds.b;
+    probe p(*f.r, *f.buffers);
+    p.attach(ring_fd::adopt(a));
+    p.start_transform(std::make_unique<shout>(1 << 20));
+    ASSERT_EQ(::write(b, "!", 1), 1);
+    ASSERT_TRUE(f.spin([&] { return p.ready; }));
+    EXPECT_EQ(read_spinning(f, b, 7), "<hello>");
+    p.open_input = false;
+    p.update_input();
+    const std::string data(128 << 10, 'q');
+    ASSERT_EQ(::write(b, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    for (int i = 0; i < 20; ++i)
+        f.r->run_once(std::chrono::milliseconds(5));
+    int queued = 0;
+    ASSERT_EQ(::ioctl(a, FIONREAD, &queued), 0);
+    EXPECT_GE(queued, static_cast<int>(data.size()) - 2 * 4096)
+        << "the connection read on although its protocol takes no input";
+    EXPECT_EQ(p.received, "");
+    p.open_input = true;
+    p.update_input();
+    ASSERT_TRUE(f.spin([&] { return p.received.size() == data.size(); }));
+    EXPECT_EQ(p.received, std::string(data.size(), 'Q'));
+    p.close();
+    ASSERT_TRUE(f.spin([&] { return p.closed; }));
     ::close(b);
 }
 
