@@ -91,9 +91,10 @@ void redis_client::answer_all(std::string_view why) {
 }
 
 void redis_client::broken(std::string_view why) {
-    if (_up) {
+    if (_up || !_down_reported) {
         log::warn("redis {}: {}; reconnecting", core::to_string(_o.server), why);
         _up = false;
+        _down_reported = true;
         if (_on_state)
             _on_state(false);
     }
@@ -110,6 +111,7 @@ void redis_client::on_connected(int res) {
     }
     clear_deadline();
     _up = true;
+    _down_reported = false;
     _backoff = _o.backoff_min;
     log::info("redis {}: connected", core::to_string(_o.server));
     update_input();

@@ -83,6 +83,9 @@ class redis_client final : private core::stream_connection {
     std::string _out;               // encoded, not yet handed to the socket
     std::string _batch;
     bool _up = false;
+    // The first failure is logged and reported even when the client was never up (a Redis
+    // unreachable at start-up must be said once); then again only after a success.
+    bool _down_reported = false;
     bool _stopping = false;
     bool _waiting_backoff = false;
     std::chrono::milliseconds _backoff;
