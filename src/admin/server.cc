@@ -132,7 +132,9 @@ std::string suspension_json(const queue::suspension& s) {
     return fmt::format(
         "{{\"kind\":\"{}\",\"name\":{},\"domain\":{},\"source\":{},\"since\":{},\"until\":{},"
         "\"reason\":{},\"origin\":{},\"rule\":{},\"effect\":\"{}\"{}}}",
-        queue::to_string(s.scope.kind), json_string(s.scope.name), json_string(s.scope.name),
+        queue::to_string(s.scope.kind), json_string(s.scope.name),
+        s.scope.kind == queue::suspension_kind::domain ? json_string(s.scope.name)
+                                                       : std::string("null"),
         json_string(s.scope.source), s.since_unix, s.until_unix, json_string(s.reason),
         json_string(s.origin), s.rule.empty() ? std::string("null") : json_string(s.rule),
         queue::to_string(s.effect), set);

@@ -214,6 +214,9 @@ class AdminTest(unittest.TestCase):
             out = subprocess.run(base + ["--json", "suspend"], capture_output=True, text=True,
                                  timeout=30)
             self.assertEqual(json.loads(out.stdout)["suspensions"][0]["domain"], "a.test")
+            out = subprocess.run(base + ["suspend"], capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertIn("a.test", out.stdout)  # the listing's NAME column
             out = subprocess.run(base + ["inspect", held], capture_output=True, text=True,
                                  timeout=30)
             self.assertIn("held@a.test", out.stdout)

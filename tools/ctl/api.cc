@@ -525,7 +525,7 @@ int cmd_suspend(const api_options& o, const std::string& domain, const std::stri
                 s["origin"].text() == "rule" ? "rule " + s["rule"].text() : s["origin"].text();
             const std::string source = s["source"].text();
             std::printf("%-8s %-28s %-10s %-16s %-10s %-24s %s\n", s["kind"].text().c_str(),
-                        cut(s["domain"].text(), 28).c_str(),
+                        cut(s["name"].text(), 28).c_str(),
                         source.empty() ? "*" : cut(source, 10).c_str(), effect.c_str(),
                         when_text(s["until"]).c_str(), cut(by, 24).c_str(),
                         s["reason"].text().c_str());
