@@ -231,9 +231,8 @@ bool shard::start_cluster(delivery::engine_settings& settings, std::string& why)
                       _ctx.cfg.cluster.redis);
         return true;
     }
-    auto* local = dynamic_cast<queue::local_limiter*>(sh->limits.get());
     auto server = core::parse_endpoint(_ctx.cfg.cluster.redis);
-    if (local == nullptr || !server) {
+    if (!server) {  // the config reader checked it: not reached
         why = fmt::format("cluster.redis: {} cannot be used", _ctx.cfg.cluster.redis);
         return false;
     }
@@ -244,7 +243,7 @@ bool shard::start_cluster(delivery::engine_settings& settings, std::string& why)
     o.node_id = fmt::format("{}:{}:{}", _ctx.cfg.server.hostname, ::getpid(), id());
     _cluster = std::make_unique<cluster::cluster_limiter>(reactor(), buffers(), std::move(o));
     _cluster_limits = std::make_unique<cluster::shard_limiter>(
-        reactor(), *_cluster, *local, cluster::scope_names(*sh), cluster::slot_names(*sh));
+        reactor(), *_cluster, *sh->limits, cluster::scope_names(*sh), cluster::slot_names(*sh));
     settings.scheduler.limits = _cluster_limits.get();
     _cluster->start();
     return true;

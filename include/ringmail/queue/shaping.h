@@ -307,7 +307,9 @@ struct shaping_context {
     std::vector<egress_pool_spec> pools;
     int default_pool = -1;    // -1: connections of destinations without a pinned pool bind none
     std::size_t sources = 0;  // egress sources; slot = source + 1
-    std::unique_ptr<limiter> limits;
+    // The node's limiter, shared by its shards; with [cluster] each shard's
+    // cluster::shard_limiter keeps the rules' state here.
+    std::unique_ptr<local_limiter> limits;
     // A source that cannot bind is out for this long, then tried again.
     std::chrono::milliseconds unbindable_for{std::chrono::minutes(5)};
     std::vector<std::string> source_names;    // by source index
