@@ -201,6 +201,14 @@ class TestSuspend(ShapingTestCase):
         [entry] = rule_entries()
         self.assertEqual((entry["kind"], entry["name"], entry["effect"]),
                          ("provider", "yahoo", "suspend"))
+        self.assertIsNone(entry["domain"])  # a provider is named by "name" only
+        ctl = os.environ.get("RINGMAILCTL")
+        if ctl:  # its listing's NAME column comes from "name", so a provider shows there too
+            out = subprocess.run([ctl, "--admin", f"{harness.LOOPBACK}:{admin_port}", "suspend"],
+                                 capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            [row] = [l for l in out.stdout.splitlines() if l.startswith("provider")]
+            self.assertEqual(row.split()[1], "yahoo", out.stdout)
         self.assertEqual(entry["until"] - entry["since"], 3600)
         self.assertIn("TSS04", entry["rule"])
         self.assertIn("[TSS04]", entry["reason"])
