@@ -36,8 +36,8 @@ void redis_client::stop() {
     clear_deadline();
     flush();  // what is encoded goes out before the FIN (lease releases)
     answer_all("stopped");
-    if (_up) {
-        _up = false;
+    if (_link == link::up) {
+        _link = link::unknown;
         if (_on_state)
             _on_state(false);
     }
@@ -59,7 +59,7 @@ void redis_client::connect_now() {
 }
 
 bool redis_client::call(std::vector<std::string> args, callback cb) {
-    if (!_up || _pending.size() >= _o.max_pipeline || closing())
+    if (_link != link::up || _pending.size() >= _o.max_pipeline || closing())
         return false;
     encode_command(_out, args);
     _pending.push_back(std::move(cb));
@@ -91,10 +91,9 @@ void redis_client::answer_all(std::string_view why) {
 }
 
 void redis_client::broken(std::string_view why) {
-    if (_up || !_down_reported) {
+    if (_link != link::down) {
         log::warn("redis {}: {}; reconnecting", core::to_string(_o.server), why);
-        _up = false;
-        _down_reported = true;
+        _link = link::down;
         if (_on_state)
             _on_state(false);
     }
@@ -110,8 +109,7 @@ void redis_client::on_connected(int res) {
         return;
     }
     clear_deadline();
-    _up = true;
-    _down_reported = false;
+    _link = link::up;
     _backoff = _o.backoff_min;
     log::info("redis {}: connected", core::to_string(_o.server));
     update_input();
@@ -137,7 +135,7 @@ void redis_client::on_received(std::string_view bytes) {
     }
     if (_pending.empty())
         clear_deadline();
-    else if (_up)
+    else if (_link == link::up)
         set_deadline(ring().now() + _o.reply_timeout);
 }
 
@@ -161,7 +159,8 @@ void redis_client::on_backoff() {
 }
 
 void redis_client::on_closed() {
-    _up = false;
+    if (_link == link::up)
+        _link = link::unknown;
     if (_stopping)
         return;
     ++_reconnects;

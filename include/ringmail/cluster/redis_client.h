@@ -44,7 +44,7 @@ class redis_client final : private core::stream_connection {
     void start();
     // Closes; pending commands get the error value. finished() once the socket is gone.
     void stop();
-    bool up() const noexcept { return _up; }
+    bool up() const noexcept { return _link == link::up; }
     bool stopped() const noexcept { return _stopping && !has_socket(); }
     std::size_t pending() const noexcept { return _pending.size(); }
     std::uint64_t reconnects() const noexcept { return _reconnects; }
@@ -82,10 +82,11 @@ class redis_client final : private core::stream_connection {
     std::deque<callback> _pending;  // sent or queued, in order
     std::string _out;               // encoded, not yet handed to the socket
     std::string _batch;
-    bool _up = false;
-    // The first failure is logged and reported even when the client was never up (a Redis
-    // unreachable at start-up must be said once); then again only after a success.
-    bool _down_reported = false;
+    // `down` once a failure was logged and reported. The first failure is, even when the
+    // client was never up (a Redis unreachable at start-up must be said once); then again only
+    // after a success.
+    enum class link : std::uint8_t { unknown, up, down };
+    link _link = link::unknown;
     bool _stopping = false;
     bool _waiting_backoff = false;
     std::chrono::milliseconds _backoff;
