@@ -25,7 +25,8 @@
 # after it stopped, the MTA stopped first) must have counted exactly N. A row with a failed
 # check in any run prints "fail", never a figure. `sync` runs before every row.
 # Binaries: RINGMAILD, RINGMAIL_BLAST (defaults: this tree's build/); BENCH_TIMEOUT bounds
-# each load and each wait for the sink (default 900 s). Everything stays on 127.0.0.1; all
+# each load and each wait for the sink (default 900 s). BENCH_TMP=/dev/shm puts
+# ringmaild's spool on tmpfs, which takes the disk out of its row (see lib.sh). Everything stays on 127.0.0.1; all
 # processes and temp dirs go away at exit. Prints progress on stderr, the table on stdout;
 # exits 1 if any run failed a check.
 set -euo pipefail
