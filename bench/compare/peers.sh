@@ -25,10 +25,10 @@
 # after it stopped, the MTA stopped first) must have counted exactly N. A row with a failed
 # check in any run prints "fail", never a figure. `sync` runs before every row.
 # Binaries: RINGMAILD, RINGMAIL_BLAST (defaults: this tree's build/); BENCH_TIMEOUT bounds
-# each load and each wait for the sink (default 900 s). BENCH_TMP=/dev/shm puts
-# ringmaild's spool on tmpfs, which takes the disk out of its row (see lib.sh). Everything stays on 127.0.0.1; all
-# processes and temp dirs go away at exit. Prints progress on stderr, the table on stdout;
-# exits 1 if any run failed a check.
+# each load and each wait for the sink (default 900 s); BENCH_TMP=/dev/shm puts ringmaild's
+# spool on tmpfs, which takes the disk out of its row (see lib.sh). Everything stays on
+# 127.0.0.1; all processes and temp dirs go away at exit. Prints progress on stderr, the table
+# on stdout; exits 1 if any run failed a check.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -52,7 +52,7 @@ while [ $# -gt 0 ]; do
   --repeat) REPEAT=$2; shift 2 ;;
   --rate) RATE=$2; shift 2 ;;
   --only) ONLY=$2; shift 2 ;;
-  -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
   *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
