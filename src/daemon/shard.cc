@@ -603,9 +603,16 @@ void shard::flush_commits() {
         }
         if (slot->in_flight || reactor().now() < slot->retry_at)
             continue;
-        const spool::commit_batch* b = slot->sp->prepare_batch();
-        if (b == nullptr)
+        // Draining: whatever is pending goes now, so the shard can stop.
+        const spool::commit_batch* b =
+            slot->sp->prepare_batch(draining() ? std::nullopt : std::optional(reactor().now()));
+        if (b == nullptr) {
+            // Journal entries held for a later batch: wake the loop when they are due (the
+            // retry pause, if any, still comes first).
+            if (auto due = slot->sp->journal_due())
+                reactor().arm(*slot, std::max(*due, slot->retry_at));
             continue;
+        }
         slot->requests.clear();
         for (const auto& w : b->writes) {
             slot->requests.push_back(core::write_request{w.fd, w.offset, w.iov.data(),

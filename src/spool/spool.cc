@@ -791,8 +791,17 @@ bool spool::release_awaits_dir_sync() const {
     return _release && _release->old_journal_fd >= 0 && !_release->rename_durable && _dir_dirty;
 }
 
-const commit_batch* spool::prepare_batch() {
+std::optional<spool::clock::time_point> spool::journal_due() const {
     _oncore.check();
+    if (_pending->journal.empty() || !_journal_since)
+        return std::nullopt;
+    return *_journal_since + _opt.journal_delay;
+}
+
+const commit_batch* spool::prepare_batch(std::optional<clock::time_point> now) {
+    _oncore.check();
+    if (now && !_pending->journal.empty() && !_journal_since)
+        _journal_since = *now;
     if (_inflight)
         return nullptr;
     // Between batches: a slice of the compaction's walk (it runs while idle too), or of the
@@ -801,9 +810,24 @@ const commit_batch* spool::prepare_batch() {
     maybe_compact();
     if (!has_pending())
         return nullptr;
+    // Journal entries wait to be carried by a batch until due: a batch that carries some pays a
+    // second fdatasync (of the journal), and under load most batches would. A compaction's swap
+    // batch carries them at once (its tail must end with everything committed before).
+    const bool swap_ready = _compaction && _compaction->walked && !_compaction->in_batch;
+    const bool hold_journal = now && !_pending->journal.empty() && !swap_ready &&
+                              *now - *_journal_since < _opt.journal_delay &&
+                              _pending->journal.size() < _opt.journal_batch_bytes;
+    if (hold_journal && _pending->records.empty() && !release_awaits_dir_sync())
+        return nullptr;
     _inflight = std::move(_pending);
     _pending = std::make_unique<batch>();
     batch& b = *_inflight;
+    if (hold_journal) {
+        _pending->journal = std::exchange(b.journal, {});
+        _pending->dones = std::exchange(b.dones, {});
+    } else {
+        _journal_since.reset();
+    }
     // A streamed record whose file still has stream writes in flight waits for the next batch:
     // its fdatasync must come after them. So do streamed records past max_streamed_per_batch
     // (each is 3 writes and a sync of its own: the chain must fit the ring).

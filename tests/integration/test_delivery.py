@@ -247,6 +247,21 @@ class RestartTest(DeliveryTestCase):
         self.assertEqual(self.dsns(), [])
         self.daemon.stop()
 
+    def test_outcome_is_durable_soon_on_an_idle_shard(self):
+        # Delivery outcomes wait up to 20 ms for a batch (spool::options::journal_delay); with
+        # no more traffic the shard's timer must commit them, so a kill -9 a while after the
+        # delivery does not deliver again.
+        self.start()
+        marker = b"<idle-outcome@origin.test>"
+        self.send(SENDER, ["a@dest.test"], message("idle-outcome@origin.test", "idle outcome"))
+        self.wait("the message was not delivered", lambda: self.with_marker(marker))
+        time.sleep(1)
+        self.daemon.kill()
+        self.daemon.start()
+        time.sleep(QUIET_PERIOD)
+        self.assertEqual(len(self.with_marker(marker)), 1, "delivered again after kill -9")
+        self.daemon.stop()
+
 
 class ConnectionReuseTest(DeliveryTestCase):
     MESSAGES = 50

@@ -5,7 +5,9 @@
 // per-message path: finished messages and journal entries join a pending commit_batch that the
 // reactor submits to io_uring (linked writes, then fdatasync) and reports with complete_batch().
 // At most one batch is in flight; everything finished meanwhile waits for the next (group
-// commit). Plain synchronous syscalls are used only off the per-message path: open/recover,
+// commit). Journal entries (delivery outcomes) wait up to options::journal_delay for a batch:
+// nothing is acknowledged on their strength, and a batch carrying them costs a second
+// fdatasync. Plain synchronous syscalls are used only off the per-message path: open/recover,
 // creating a segment (open + mmap + fsync of the directory, once per segment_size bytes),
 // unlinking reclaimed segments, and journal compaction.
 //
@@ -56,6 +58,7 @@
 #include "ringmail/mail/envelope.h"
 #include "ringmail/spool/errc.h"
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -90,6 +93,10 @@ struct options {
     std::size_t journal_compact_slice = 32768;   // buckets (or done entries) walked per batch
     std::uint64_t stream_threshold = 256 << 10;  // body bytes held in memory before streaming
     std::uint64_t unwritten_budget = 32 << 20;   // unwritten bytes past which over_budget()
+    // Delivery outcomes wait this long (or until this many bytes) before a batch takes them:
+    // each batch that carries journal entries costs a second fdatasync. See "group commit".
+    std::chrono::milliseconds journal_delay{20};
+    std::size_t journal_batch_bytes = 256 << 10;
 };
 
 struct write_op {
@@ -181,7 +188,10 @@ class spool {
     result<queue_id> finish(writer_id, std::string_view added_headers, std::uint64_t token);
     void abort(writer_id);
 
-    // Delivery outcomes, journaled with the next batch. Unknown ids are ignored.
+    // Delivery outcomes, journaled by a batch within options::journal_delay (sooner once
+    // journal_batch_bytes are waiting). Unknown ids are ignored. Nothing is acknowledged on the
+    // strength of these entries, so a crash in that window only repeats work: a delivery, a
+    // retry count, a notice (at least once, never lost).
     void record_rcpt(queue_id, std::uint32_t rcpt_index, outcome);
     void record_attempt(queue_id, std::uint32_t attempts, std::int64_t next_attempt_unix);
     // Every recipient final: once this entry is committed the message is gone and its segment
@@ -190,7 +200,12 @@ class spool {
 
     // Group commit.
     bool has_pending() const;
-    const commit_batch* prepare_batch();  // nullptr if nothing pending or a batch is in flight
+    // nullptr if nothing is ready or a batch is in flight. With `now`, journal entries go only
+    // once due (journal_due()); without it every pending entry is due (tests, shutdown).
+    using clock = std::chrono::steady_clock;
+    const commit_batch* prepare_batch(std::optional<clock::time_point> now = std::nullopt);
+    // When the journal entries waiting for a batch become due; nullopt if none wait.
+    std::optional<clock::time_point> journal_due() const;
     struct committed {
         std::uint64_t token;
         result<queue_id> id;
@@ -260,6 +275,8 @@ class spool {
     int _lock_fd;
     int _journal_fd = -1;
     std::uint64_t _journal_offset = 0;
+    // When the oldest journal entry waiting in _pending was first seen by prepare_batch(now).
+    std::optional<std::chrono::steady_clock::time_point> _journal_since;
     bool _recovered = false;
     std::uint64_t _compact_at = 0;  // committed journal size at which compaction is considered
 

@@ -189,6 +189,86 @@ TEST(spool, journal_entries_share_the_batch_with_records) {
     sp->complete_batch(0);
 }
 
+// With a clock, journal entries wait until options::journal_delay passed since prepare_batch()
+// first saw them (or journal_batch_bytes wait): batches meanwhile carry records alone, with one
+// fdatasync, and the entries stay pending, in order, until a batch carries them.
+TEST(spool, journal_entries_wait_until_due) {
+    test::temp_dir td;
+    options opt;
+    opt.journal_delay = std::chrono::milliseconds(20);
+    opt.journal_batch_bytes = 200;  // five 40-byte entries
+    auto sp = open_recovered(td.shard(0), 0, nullptr, opt);
+    const queue_id a = store(*sp, 1, 100, 1);
+    commit(*sp);
+    const auto t0 = spool::clock::time_point(std::chrono::seconds(1000));
+    using std::chrono::milliseconds;
+
+    EXPECT_EQ(sp->journal_due(), std::nullopt);
+    sp->record_rcpt(a, 0, outcome::delivered);
+    EXPECT_TRUE(sp->has_pending());
+    EXPECT_EQ(sp->prepare_batch(t0), nullptr);  // journal alone, not due: no batch
+    EXPECT_EQ(sp->journal_due(), t0 + milliseconds(20));
+    EXPECT_TRUE(sp->has_pending());
+
+    // A record arrives: its batch goes without the journal.
+    store(*sp, 2, 100, 2);
+    const commit_batch* b = sp->prepare_batch(t0 + milliseconds(5));
+    ASSERT_NE(b, nullptr);
+    ASSERT_EQ(b->writes.size(), 1u);
+    ASSERT_EQ(b->sync_fds.size(), 1u);
+    EXPECT_EQ(b->sync_fds[0], b->writes[0].fd);
+    ASSERT_EQ(execute_batch_sync(*b), 0);
+    ASSERT_EQ(sp->complete_batch(0).size(), 1u);
+    EXPECT_EQ(sp->journal_due(), t0 + milliseconds(20));  // still the first entry's time
+
+    sp->record_rcpt(a, 1, outcome::bounced);
+    EXPECT_EQ(sp->prepare_batch(t0 + milliseconds(19)), nullptr);
+    // Due: a batch of the journal alone, both entries in order.
+    b = sp->prepare_batch(t0 + milliseconds(20));
+    ASSERT_NE(b, nullptr);
+    ASSERT_EQ(b->writes.size(), 1u);
+    ASSERT_EQ(b->sync_fds.size(), 1u);
+    std::string bytes;
+    for (const auto& v : b->writes[0].iov)
+        bytes.append(static_cast<const char*>(v.iov_base), v.iov_len);
+    ASSERT_EQ(bytes.size(), 80u);
+    EXPECT_EQ(sp->journal_due(), std::nullopt);
+    ASSERT_EQ(execute_batch_sync(*b), 0);
+    sp->complete_batch(0);
+    EXPECT_FALSE(sp->has_pending());
+
+    // journal_batch_bytes waiting make the entries due at once; so does a call without a clock.
+    for (std::uint32_t i = 0; i < 5; ++i)
+        sp->record_attempt(a, i + 1, 1700000300 + i);
+    b = sp->prepare_batch(t0 + milliseconds(30));
+    ASSERT_NE(b, nullptr);
+    ASSERT_EQ(execute_batch_sync(*b), 0);
+    sp->complete_batch(0);
+    sp->record_done(a);
+    EXPECT_EQ(sp->prepare_batch(t0 + milliseconds(31)), nullptr);
+    b = sp->prepare_batch();
+    ASSERT_NE(b, nullptr);
+    ASSERT_EQ(execute_batch_sync(*b), 0);
+    sp->complete_batch(0);
+    EXPECT_FALSE(sp->has_pending());
+
+    // A failed batch gives its entries back: they wait again, then go first.
+    const queue_id c = store(*sp, 3, 100, 3);
+    commit(*sp);
+    sp->record_done(c);
+    b = sp->prepare_batch();
+    ASSERT_NE(b, nullptr);
+    sp->complete_batch(-EIO);
+    EXPECT_TRUE(sp->has_pending());
+    EXPECT_EQ(sp->prepare_batch(t0 + milliseconds(40)), nullptr);
+    EXPECT_EQ(sp->journal_due(), t0 + milliseconds(60));
+    b = sp->prepare_batch(t0 + milliseconds(60));
+    ASSERT_NE(b, nullptr);
+    ASSERT_EQ(execute_batch_sync(*b), 0);
+    sp->complete_batch(0);
+    EXPECT_FALSE(sp->has_pending());
+}
+
 TEST(spool, max_message_size_enforced) {
     test::temp_dir td;
     options opt;
