@@ -798,6 +798,13 @@ std::optional<spool::clock::time_point> spool::journal_due() const {
     return *_journal_since + _opt.journal_delay;
 }
 
+bool spool::holds_journal_only() const {
+    _oncore.check();
+    return _journal_since && !_pending->journal.empty() && _pending->records.empty() &&
+           !(_compaction && _compaction->walked && !_compaction->in_batch) &&
+           !release_awaits_dir_sync();
+}
+
 const commit_batch* spool::prepare_batch(std::optional<clock::time_point> now) {
     _oncore.check();
     if (now && !_pending->journal.empty() && !_journal_since)

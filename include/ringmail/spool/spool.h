@@ -206,6 +206,9 @@ class spool {
     const commit_batch* prepare_batch(std::optional<clock::time_point> now = std::nullopt);
     // When the journal entries waiting for a batch become due; nullopt if none wait.
     std::optional<clock::time_point> journal_due() const;
+    // What is pending is journal entries alone, held until journal_due(): prepare_batch(now)
+    // gives nothing before then, so its caller's timer for that time is all it needs.
+    bool holds_journal_only() const;
     struct committed {
         std::uint64_t token;
         result<queue_id> id;

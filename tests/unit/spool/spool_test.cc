@@ -209,9 +209,11 @@ TEST(spool, journal_entries_wait_until_due) {
     EXPECT_EQ(sp->prepare_batch(t0), nullptr);  // journal alone, not due: no batch
     EXPECT_EQ(sp->journal_due(), t0 + milliseconds(20));
     EXPECT_TRUE(sp->has_pending());
+    EXPECT_TRUE(sp->holds_journal_only());
 
     // A record arrives: its batch goes without the journal.
     store(*sp, 2, 100, 2);
+    EXPECT_FALSE(sp->holds_journal_only());
     const commit_batch* b = sp->prepare_batch(t0 + milliseconds(5));
     ASSERT_NE(b, nullptr);
     ASSERT_EQ(b->writes.size(), 1u);
@@ -221,6 +223,7 @@ TEST(spool, journal_entries_wait_until_due) {
     ASSERT_EQ(sp->complete_batch(0).size(), 1u);
     EXPECT_EQ(sp->journal_due(), t0 + milliseconds(20));  // still the first entry's time
 
+    EXPECT_TRUE(sp->holds_journal_only());
     sp->record_rcpt(a, 1, outcome::bounced);
     EXPECT_EQ(sp->prepare_batch(t0 + milliseconds(19)), nullptr);
     // Due: a batch of the journal alone, both entries in order.
@@ -233,6 +236,7 @@ TEST(spool, journal_entries_wait_until_due) {
         bytes.append(static_cast<const char*>(v.iov_base), v.iov_len);
     ASSERT_EQ(bytes.size(), 80u);
     EXPECT_EQ(sp->journal_due(), std::nullopt);
+    EXPECT_FALSE(sp->holds_journal_only());
     ASSERT_EQ(execute_batch_sync(*b), 0);
     sp->complete_batch(0);
     EXPECT_FALSE(sp->has_pending());
