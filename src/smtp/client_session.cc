@@ -69,6 +69,15 @@ void parse_auth_mechanisms(std::string_view list, peer_capabilities& caps) {
     }
 }
 
+// A transaction refused before anything was sent: every recipient without its own reason
+// gets the transaction's.
+void refuse(transaction_result& tx, server_reply why) {
+    for (server_reply& rcpt : tx.rcpts) {
+        if (rcpt.code == 0)
+            rcpt = why;
+    }
+    tx.mail = std::move(why);
+}
 std::uint64_t parse_size(std::string_view s) {
     std::uint64_t v = 0;
     for (char c : s) {
@@ -95,7 +104,7 @@ void client_session::out_buffer::clear() {
     commands.clear();
     segments.clear();
     pieces.clear();
-    has_body = false;
+    body_of = 0;
     file_backed_body = {};
 }
 
@@ -150,7 +159,7 @@ std::span<const std::string_view> client_session::begin_send() {
 void client_session::end_send() {
     if (!_sending)
         return;
-    if (_front->has_body)
+    if (_front->body_of != 0 && _front->body_of == _serial)
         _body_sent = true;
     _front->clear();
     _sending = false;
@@ -159,7 +168,12 @@ void client_session::end_send() {
 // --- state --------------------------------------------------------------------------------
 
 bool client_session::ready() const {
-    return _state == state::idle && !_quit_requested && !_result.has_value();
+    return _state == state::idle && !_quit_requested && _results.empty();
+}
+
+bool client_session::can_pipeline() const {
+    return _caps.pipelining && _state == state::transaction && _tx && !_next && !_quit_requested &&
+           _expected_head < _expected.size() && _expected.back().kind == expect_kind::data_end;
 }
 
 std::chrono::seconds client_session::current_timeout() const {
@@ -199,27 +213,38 @@ std::chrono::seconds client_session::current_timeout() const {
 
 void client_session::fail(server_reply reason) {
     _failed = true;
-    if (_tx) {
-        // Every answer still missing becomes transient: the message is retried elsewhere/later.
-        server_reply pending =
-            reason.transient()
-                ? reason
-                : make_reply(451, "4.4.0", "session failed: " + reason.to_string(), reason.local);
-        if (_tx->mail.code == 0)
-            _tx->mail = pending;
-        for (server_reply& r : _tx->rcpts) {
+    // Every answer still missing becomes transient: the message is retried elsewhere/later.
+    const server_reply pending =
+        reason.transient()
+            ? reason
+            : make_reply(451, "4.4.0", "session failed: " + reason.to_string(), reason.local);
+    auto settle = [&](transaction_result& tx) {
+        if (tx.mail.code == 0)
+            tx.mail = pending;
+        for (server_reply& r : tx.rcpts) {
             if (r.code == 0)
                 r = pending;
         }
-        if (_tx->data.code == 0)
-            _tx->data = pending;
-        _tx->accepted_any = false;
-        for (std::size_t i = 0; i < _tx->rcpts.size(); ++i) {
-            if (_tx->delivered(i))
-                _tx->accepted_any = true;
+        if (tx.data.code == 0)
+            tx.data = pending;
+        tx.accepted_any = false;
+        for (std::size_t i = 0; i < tx.rcpts.size(); ++i) {
+            if (tx.delivered(i))
+                tx.accepted_any = true;
         }
-        _result = std::move(_tx);
+        _results.push_back(std::move(tx));
+    };
+    if (_tx) {
+        settle(*_tx);
         _tx.reset();
+    }
+    if (_next) {
+        if (_next->refused) {
+            _results.push_back(std::move(_next->tx));
+        } else {
+            settle(_next->tx);
+        }
+        _next.reset();
     }
     _last_error = std::move(reason);
     _expected.clear();
@@ -477,103 +502,120 @@ void client_session::on_auth(server_reply& reply) {
 
 // --- transaction --------------------------------------------------------------------------
 
+std::optional<server_reply> client_session::local_refusal(const outbound_message& m,
+                                                          transaction_result& tx) const {
+    if (m.smtputf8 && !_caps.smtputf8)
+        return make_reply(553, "5.6.7", "the receiving server does not support SMTPUTF8");
+    if (_caps.size && _caps.max_size > 0 && m.size > _caps.max_size)
+        return make_reply(552, "5.3.4", "message size exceeds the receiving server's limit");
+    if (!sendable_address(m.mail_from))
+        return make_reply(501, "5.1.7", "sender address cannot be sent");
+    bool any_sendable = false;
+    for (std::size_t i = 0; i < m.rcpts.size(); ++i) {
+        if (sendable_address(m.rcpts[i])) {
+            any_sendable = true;
+        } else {
+            tx.rcpts[i] = make_reply(501, "5.1.3", "recipient address cannot be sent");
+        }
+    }
+    if (!any_sendable)
+        return make_reply(501, "5.1.3", "no recipient address can be sent");
+    if (m.eight_bit && !_caps.eight_bit_mime && has_8bit_octets(m)) {
+        // RFC 6152 section 3: never 8-bit octets to a server that did not announce 8BITMIME;
+        // ringmail does not downgrade MIME, so the message goes back to its sender.
+        return make_reply(554, "5.6.3",
+                          "8-bit message and the receiving server does not support 8BITMIME");
+    }
+    return std::nullopt;
+}
+
 void client_session::start_transaction(const outbound_message& message) {
-    check_invariant(ready(), "start_transaction while not ready");
     check_invariant(!message.rcpts.empty(), "transaction without recipients");
+    if (!ready()) {
+        check_invariant(can_pipeline(), "start_transaction while not ready");
+        start_pipelined(message);
+        return;
+    }
     _msg = message;
     _tx.emplace();
     _tx->rcpts.resize(message.rcpts.size());
     _next_rcpt = 0;
     _body_sent = false;
+    ++_serial;
     _expected.clear();
     _expected_head = 0;
 
-    auto refuse_locally = [&](server_reply r) {
-        for (server_reply& rcpt : _tx->rcpts) {
-            if (rcpt.code == 0)
-                rcpt = r;
-        }
-        _tx->mail = std::move(r);
-        _result = std::move(_tx);
+    if (auto why = local_refusal(message, *_tx)) {
+        refuse(*_tx, std::move(*why));
+        _results.push_back(std::move(*_tx));
         _tx.reset();
-    };
-    if (message.smtputf8 && !_caps.smtputf8) {
-        refuse_locally(make_reply(553, "5.6.7", "the receiving server does not support SMTPUTF8"));
         return;
     }
-    if (_caps.size && _caps.max_size > 0 && message.size > _caps.max_size) {
-        refuse_locally(
-            make_reply(552, "5.3.4", "message size exceeds the receiving server's limit"));
-        return;
-    }
-    if (!sendable_address(message.mail_from)) {
-        refuse_locally(make_reply(501, "5.1.7", "sender address cannot be sent"));
-        return;
-    }
-    bool any_sendable = false;
-    for (std::size_t i = 0; i < message.rcpts.size(); ++i) {
-        if (sendable_address(message.rcpts[i])) {
-            any_sendable = true;
-        } else {
-            _tx->rcpts[i] = make_reply(501, "5.1.3", "recipient address cannot be sent");
-        }
-    }
-    if (!any_sendable) {
-        refuse_locally(make_reply(501, "5.1.3", "no recipient address can be sent"));
-        return;
-    }
-    if (message.eight_bit && !_caps.eight_bit_mime && has_8bit_octets(message)) {
-        // RFC 6152 section 3: never 8-bit octets to a server that did not announce 8BITMIME;
-        // ringmail does not downgrade MIME, so the message goes back to its sender.
-        refuse_locally(make_reply(554, "5.6.3",
-                                  "8-bit message and the receiving server does not support "
-                                  "8BITMIME"));
-        return;
-    }
-
     _state = state::transaction;
-    append_mail_command();
-    _expected.push_back(expect{expect_kind::mail});
     if (_caps.pipelining) {
-        for (std::uint32_t i = 0; i < message.rcpts.size(); ++i) {
-            if (_tx->rcpts[i].code == 0)
-                send_rcpt(i);
-        }
-        send_command("DATA");
-        _expected.push_back(expect{expect_kind::data});
+        send_pipelined_flight(message, *_tx, _expected);
+    } else {
+        append_mail_command(message);
+        _expected.push_back(expect{expect_kind::mail});
     }
 }
 
-void client_session::append_mail_command() {
+void client_session::start_pipelined(const outbound_message& message) {
+    _next.emplace();
+    _next->msg = message;
+    _next->tx.rcpts.resize(message.rcpts.size());
+    if (auto why = local_refusal(message, _next->tx)) {
+        // Its result waits for the current transaction's, so results keep their order.
+        refuse(_next->tx, std::move(*why));
+        _next->refused = true;
+        return;
+    }
+    send_pipelined_flight(message, _next->tx, _next->expected);
+}
+
+void client_session::send_pipelined_flight(const outbound_message& m, const transaction_result& tx,
+                                           std::vector<expect>& into) {
+    append_mail_command(m);
+    into.push_back(expect{expect_kind::mail});
+    for (std::uint32_t i = 0; i < m.rcpts.size(); ++i) {
+        if (tx.rcpts[i].code == 0)
+            send_rcpt(m, i, into);
+    }
+    send_command("DATA");
+    into.push_back(expect{expect_kind::data});
+}
+
+void client_session::append_mail_command(const outbound_message& m) {
     std::string params;
     if (_caps.size)
-        params += " SIZE=" + std::to_string(_msg.size);
-    if (_msg.eight_bit && _caps.eight_bit_mime)
+        params += " SIZE=" + std::to_string(m.size);
+    if (m.eight_bit && _caps.eight_bit_mime)
         params += " BODY=8BITMIME";
-    if (_msg.smtputf8)
+    if (m.smtputf8)
         params += " SMTPUTF8";
     if (_caps.dsn) {
-        if (_msg.ret == mail::dsn_ret::full)
+        if (m.ret == mail::dsn_ret::full)
             params += " RET=FULL";
-        else if (_msg.ret == mail::dsn_ret::headers)
+        else if (m.ret == mail::dsn_ret::headers)
             params += " RET=HDRS";
-        if (!_msg.envid.empty())
-            params.append(" ENVID=").append(_msg.envid);
+        if (!m.envid.empty())
+            params.append(" ENVID=").append(m.envid);
     }
-    send_command("MAIL FROM:<", _msg.mail_from, ">" + params);
+    send_command("MAIL FROM:<", m.mail_from, ">" + params);
 }
 
-void client_session::send_rcpt(std::uint32_t index) {
+void client_session::send_rcpt(const outbound_message& m, std::uint32_t index,
+                               std::vector<expect>& into) {
     std::string params = ">";
-    if (_caps.dsn && index < _msg.rcpt_dsn.size()) {
-        const mail::rcpt_dsn& d = _msg.rcpt_dsn[index];
+    if (_caps.dsn && index < m.rcpt_dsn.size()) {
+        const mail::rcpt_dsn& d = m.rcpt_dsn[index];
         if (d.notify != 0)
             params.append(" NOTIFY=").append(format_notify(d.notify));
         if (!d.orcpt.empty())
             params.append(" ORCPT=").append(d.orcpt);
     }
-    send_command("RCPT TO:<", _msg.rcpts[index], params);
-    _expected.push_back(expect{expect_kind::rcpt, index});
+    send_command("RCPT TO:<", m.rcpts[index], params);
+    into.push_back(expect{expect_kind::rcpt, index});
 }
 
 bool client_session::any_rcpt_accepted() const {
@@ -590,7 +632,7 @@ void client_session::send_next_rcpt_or_data() {
     while (_next_rcpt < _msg.rcpts.size() && _tx->rcpts[_next_rcpt].code != 0)
         ++_next_rcpt;
     if (_next_rcpt < _msg.rcpts.size()) {
-        send_rcpt(_next_rcpt++);
+        send_rcpt(_msg, _next_rcpt++, _expected);
         return;
     }
     if (any_rcpt_accepted()) {
@@ -610,7 +652,7 @@ void client_session::send_body() {
     } else {
         send_command("\r\n.");
     }
-    _back->has_body = true;
+    _back->body_of = _serial;
     if (_msg.file_backed)
         _back->file_backed_body = _msg.body;
     _expected.push_back(expect{expect_kind::data_end});
@@ -683,21 +725,44 @@ void client_session::finish_transaction(bool need_rset) {
         if (tx.delivered(i))
             tx.accepted_any = true;
     }
-    _result = std::move(_tx);
+    _results.push_back(std::move(tx));
     _tx.reset();
     _expected.clear();
     _expected_head = 0;
     if (need_rset) {
+        // Only a transaction that ended before its data can need one, and nothing is
+        // pipelined behind such a transaction.
+        check_invariant(!_next, "RSET with a transaction pipelined behind");
         send_command("RSET");
         _state = state::rset;
-    } else {
-        become_idle();
+        return;
     }
+    if (!_next) {
+        become_idle();
+        return;
+    }
+    if (_next->refused) {
+        _results.push_back(std::move(_next->tx));
+        _next.reset();
+        become_idle();
+        return;
+    }
+    // The pipelined transaction becomes the current one; its replies are the next to come.
+    _msg = _next->msg;
+    _tx.emplace(std::move(_next->tx));
+    _expected = std::move(_next->expected);
+    _expected_head = 0;
+    _next_rcpt = 0;
+    _body_sent = false;
+    ++_serial;
+    _next.reset();
 }
 
 std::optional<transaction_result> client_session::take_result() {
-    std::optional<transaction_result> r = std::move(_result);
-    _result.reset();
+    if (_results.empty())
+        return std::nullopt;
+    std::optional<transaction_result> r = std::move(_results.front());
+    _results.erase(_results.begin());
     return r;
 }
 

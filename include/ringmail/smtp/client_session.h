@@ -11,6 +11,13 @@
 // Decisions:
 // - PIPELINING (RFC 2920) when offered: MAIL, every RCPT and DATA go in one flight; otherwise
 //   lock-step, and DATA is not sent when no RCPT was accepted.
+// - With PIPELINING, the next transaction may follow the message data in the same flight
+//   (RFC 2920 3.1: the message content may be the first "command" of a group): once the 354
+//   is in and the data queued, can_pipeline() says start_transaction() may be called again,
+//   and that transaction's MAIL, RCPTs and DATA go out behind the final dot. One transaction
+//   at most waits behind the current one; results come out in the order the transactions
+//   were started, whatever happens to either (a local refusal of the second waits for the
+//   first's result; a failed session gives both their transient outcomes).
 // - A message declared 8BITMIME to a peer without 8BITMIME (RFC 6152 section 3): when its
 //   content is in fact 7-bit it is sent without BODY=; when it holds 8-bit octets the
 //   transaction fails locally with 554 5.6.3 (bounced: no MIME downgrade is done).
@@ -142,8 +149,14 @@ class client_session {
 
     // Greeting and EHLO done, nothing outstanding: start_transaction() is allowed.
     bool ready() const;
+    // A transaction is running with its data queued, PIPELINING is on and nothing waits behind
+    // it yet: start_transaction() is allowed too, and pipelines the next transaction.
+    bool can_pipeline() const;
     void start_transaction(const outbound_message& message);
+    // Results in the order the transactions were started (two at most are held).
     std::optional<transaction_result> take_result();
+    // A transaction was started and its result not yet produced.
+    bool transaction_open() const { return _tx.has_value() || _next.has_value(); }
 
     // Graceful QUIT, sent as soon as the session is idle (after the current transaction).
     void quit();
@@ -197,7 +210,7 @@ class client_session {
         std::string commands;
         std::vector<segment> segments;
         std::vector<std::string_view> pieces;
-        bool has_body = false;
+        std::uint64_t body_of = 0;  // serial of the transaction whose body is in it; 0: none
         std::string_view file_backed_body;
         void clear();
     };
@@ -215,8 +228,17 @@ class client_session {
     void send_borrowed(std::string_view bytes);
     void send_next_rcpt_or_data();
     void send_body();
-    void send_rcpt(std::uint32_t index);
-    void append_mail_command();
+    void send_rcpt(const outbound_message& m, std::uint32_t index, std::vector<expect>& into);
+    void append_mail_command(const outbound_message& m);
+    // MAIL, the RCPTs not refused already and DATA, in one flight; their expectations go to
+    // `into`.
+    void send_pipelined_flight(const outbound_message& m, const transaction_result& tx,
+                               std::vector<expect>& into);
+    // Why `m` cannot be sent to this peer at all (tx.rcpts then hold 501s of unsendable
+    // addresses where the reason is per recipient); nullopt: it can.
+    std::optional<server_reply> local_refusal(const outbound_message& m,
+                                              transaction_result& tx) const;
+    void start_pipelined(const outbound_message& message);
     void finish_transaction(bool need_rset);
     void become_idle();
     void fail(server_reply reason);
@@ -236,11 +258,21 @@ class client_session {
     // Current transaction.
     outbound_message _msg;
     std::optional<transaction_result> _tx;
-    std::optional<transaction_result> _result;
     std::vector<expect> _expected;  // replies awaited, oldest first (pipelined flight)
     std::size_t _expected_head = 0;
     std::uint32_t _next_rcpt = 0;  // lock-step: next RCPT to send
-    bool _body_sent = false;       // the body pieces left in end_send()
+    std::uint64_t _serial = 0;     // of the current transaction, counted from 1
+    bool _body_sent = false;       // its body pieces left in end_send()
+
+    // The transaction pipelined behind the current one.
+    struct pipelined {
+        outbound_message msg;
+        transaction_result tx;
+        std::vector<expect> expected;  // its flight's replies, after the current one's
+        bool refused = false;          // failed locally (nothing sent): tx is its result
+    };
+    std::optional<pipelined> _next;
+    std::vector<transaction_result> _results;  // produced, not taken; oldest first (2 at most)
 
     out_buffer _buffers[2];
     out_buffer* _back = &_buffers[0];   // gathers new output

@@ -185,6 +185,257 @@ TEST(client_session, several_transactions_on_one_session) {
     EXPECT_FALSE(h.s.failed());
 }
 
+// --- the next transaction behind the message data (RFC 2920 3.1) -------------------------
+
+// A second message, with storage of its own (the session borrows it until its result).
+struct second_message {
+    std::vector<std::string> rcpts{"n@example.net"};
+    std::string body = "Subject: two\r\n\r\nsecond\r\n";
+    std::uint64_t size = 0;
+    outbound_message message() {
+        outbound_message m;
+        m.mail_from = "s@example.com";
+        m.rcpts = rcpts;
+        m.body = body;
+        m.size = size != 0 ? size : body.size();
+        return m;
+    }
+};
+
+// The first transaction up to its 354: its data is queued, not yet sent.
+void first_until_354(harness& h) {
+    h.connect(ehlo_pipelining);
+    h.s.start_transaction(h.message());
+    h.drain();
+    EXPECT_FALSE(h.s.can_pipeline());  // no data queued yet
+    h.s.receive("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+}
+
+TEST(client_session, next_transaction_rides_behind_the_data_in_one_flight) {
+    harness h;
+    second_message two;
+    first_until_354(h);
+    ASSERT_TRUE(h.s.can_pipeline());
+    EXPECT_FALSE(h.s.ready());
+    h.s.start_transaction(two.message());
+    EXPECT_FALSE(h.s.can_pipeline());  // one waits behind the current one at most
+    std::string size = std::to_string(two.body.size());
+    EXPECT_EQ(h.drain(), h.body_bytes() + "MAIL FROM:<s@example.com> SIZE=" + size +
+                             "\r\nRCPT TO:<n@example.net>\r\nDATA\r\n");
+    // Headers and body borrowed, then the dot and the next flight as one owned piece.
+    ASSERT_EQ(h.last_pieces.size(), 3u);
+    EXPECT_EQ(h.last_pieces[1].data(), h.body.data());
+    EXPECT_EQ(h.s.current_timeout(), 17s);  // the first's final reply is awaited
+    // The server answers the dot and the next flight together.
+    h.s.receive("250 2.0.0 first queued\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    auto r1 = h.s.take_result();
+    ASSERT_TRUE(r1);
+    EXPECT_EQ(r1->rcpts.size(), 2u);
+    EXPECT_TRUE(r1->delivered(0) && r1->delivered(1));
+    EXPECT_EQ(r1->data.text, "first queued");
+    EXPECT_FALSE(h.s.take_result());
+    EXPECT_TRUE(h.s.transaction_open());
+    ASSERT_TRUE(h.s.can_pipeline());  // the second's data is queued now
+    EXPECT_EQ(h.s.current_timeout(), 16s);
+    EXPECT_EQ(h.drain(), two.body + ".\r\n");
+    EXPECT_EQ(h.s.current_timeout(), 17s);
+    h.s.receive("250 2.0.0 second queued\r\n");
+    auto r2 = h.s.take_result();
+    ASSERT_TRUE(r2);
+    ASSERT_EQ(r2->rcpts.size(), 1u);
+    EXPECT_TRUE(r2->delivered(0));
+    EXPECT_EQ(r2->data.text, "second queued");
+    EXPECT_FALSE(h.s.transaction_open());
+    EXPECT_TRUE(h.s.ready());
+    EXPECT_EQ(h.drain(), "");
+}
+
+TEST(client_session, no_next_transaction_in_lock_step) {
+    harness h;
+    h.connect(ehlo_plain);
+    h.s.start_transaction(h.message());
+    h.s.receive("250 ok\r\n");
+    h.drain();
+    h.s.receive("250 ok\r\n");
+    h.drain();
+    h.s.receive("250 ok\r\n");
+    h.drain();
+    h.s.receive("354 go\r\n");
+    EXPECT_FALSE(h.s.can_pipeline());
+    client_config no_pipe = test_config();
+    no_pipe.pipelining = false;
+    harness off(no_pipe);
+    off.connect(ehlo_pipelining);
+    off.s.start_transaction(off.message());
+    off.s.receive("250 ok\r\n");
+    off.drain();
+    off.s.receive("250 ok\r\n");
+    off.drain();
+    off.s.receive("250 ok\r\n");
+    off.drain();
+    off.s.receive("354 go\r\n");
+    EXPECT_FALSE(off.s.can_pipeline());
+}
+
+struct second_case {
+    const char* name;
+    std::string_view replies;  // to the first's dot and the second's flight
+    int first_code;            // the first's final reply
+    int second_code;           // what decides the second's recipient
+    std::string_view then;     // sent next
+};
+class second_refused : public testing::TestWithParam<second_case> {};
+
+TEST_P(second_refused, each_transaction_gets_its_own_replies) {
+    const second_case& c = GetParam();
+    harness h;
+    second_message two;
+    first_until_354(h);
+    h.s.start_transaction(two.message());
+    h.drain();
+    h.s.receive(c.replies);
+    auto r1 = h.s.take_result();
+    ASSERT_TRUE(r1) << c.name;
+    EXPECT_EQ(r1->outcome(0).code, c.first_code) << c.name;
+    auto r2 = h.s.take_result();
+    ASSERT_TRUE(r2) << c.name;
+    EXPECT_EQ(r2->outcome(0).code, c.second_code) << c.name;
+    EXPECT_FALSE(r2->delivered(0));
+    EXPECT_EQ(h.drain(), c.then) << c.name;
+    EXPECT_FALSE(h.s.failed());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    cases, second_refused,
+    testing::Values(second_case{"mail_refused",
+                                "250 ok\r\n550 5.7.1 no\r\n503 5.5.1 no rcpt\r\n554 no\r\n", 250,
+                                550, "RSET\r\n"},
+                    second_case{"rcpt_refused", "250 ok\r\n250 ok\r\n450 4.2.0 later\r\n554 no\r\n",
+                                250, 450, "RSET\r\n"},
+                    second_case{"first_failed_second_refused",
+                                "554 5.6.0 content\r\n250 ok\r\n550 5.1.1 unknown\r\n554 no\r\n",
+                                554, 550, "RSET\r\n"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(client_session, first_failed_second_goes_on) {
+    harness h;
+    second_message two;
+    first_until_354(h);
+    h.s.start_transaction(two.message());
+    h.drain();
+    h.s.receive("552 5.3.4 too big\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    auto r1 = h.s.take_result();
+    ASSERT_TRUE(r1);
+    EXPECT_TRUE(r1->permanent(0) && r1->permanent(1));
+    EXPECT_EQ(h.drain(), two.body + ".\r\n");
+    h.s.receive("250 ok\r\n");
+    auto r2 = h.s.take_result();
+    ASSERT_TRUE(r2);
+    EXPECT_TRUE(r2->delivered(0));
+    EXPECT_TRUE(h.s.ready());
+}
+
+TEST(client_session, second_refused_locally_waits_for_the_first_result) {
+    harness h;
+    second_message two;
+    two.size = 2000000;  // over the peer's SIZE 1000000
+    first_until_354(h);
+    h.s.start_transaction(two.message());
+    EXPECT_FALSE(h.s.take_result());       // the first comes out first
+    EXPECT_EQ(h.drain(), h.body_bytes());  // nothing of the second goes out
+    EXPECT_FALSE(h.s.can_pipeline());
+    h.s.receive("250 ok\r\n");
+    auto r1 = h.s.take_result();
+    ASSERT_TRUE(r1);
+    EXPECT_TRUE(r1->delivered(0));
+    auto r2 = h.s.take_result();
+    ASSERT_TRUE(r2);
+    EXPECT_EQ(r2->outcome(0).code, 552);
+    EXPECT_TRUE(h.s.ready());
+    EXPECT_EQ(h.drain(), "");
+}
+
+TEST(client_session, failure_gives_both_transactions_transient_outcomes_in_order) {
+    for (bool refused_locally : {false, true}) {
+        SCOPED_TRACE(refused_locally);
+        harness h;
+        second_message two;
+        if (refused_locally)
+            two.size = 2000000;
+        first_until_354(h);
+        h.s.start_transaction(two.message());
+        h.drain();
+        h.s.on_connection_lost();
+        EXPECT_TRUE(h.s.failed());
+        auto r1 = h.s.take_result();
+        ASSERT_TRUE(r1);
+        EXPECT_EQ(r1->rcpts.size(), 2u);
+        EXPECT_TRUE(r1->temporary(0) && r1->temporary(1));
+        auto r2 = h.s.take_result();
+        ASSERT_TRUE(r2);
+        ASSERT_EQ(r2->rcpts.size(), 1u);
+        EXPECT_EQ(r2->outcome(0).code, refused_locally ? 552 : 451);
+        EXPECT_FALSE(h.s.take_result());
+    }
+    // A 421 after the first's dot: the second gets it too.
+    harness h;
+    second_message two;
+    first_until_354(h);
+    h.s.start_transaction(two.message());
+    h.drain();
+    h.s.receive("250 ok\r\n421 4.3.2 going down\r\n");
+    auto r1 = h.s.take_result();
+    ASSERT_TRUE(r1);
+    EXPECT_TRUE(r1->delivered(0));
+    auto r2 = h.s.take_result();
+    ASSERT_TRUE(r2);
+    EXPECT_EQ(r2->outcome(0).code, 421);
+}
+
+TEST(client_session, quit_after_both_pipelined_transactions) {
+    harness h;
+    second_message two;
+    first_until_354(h);
+    h.s.start_transaction(two.message());
+    h.s.quit();
+    h.drain();
+    h.s.receive("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    EXPECT_FALSE(h.s.can_pipeline());  // quitting: nothing more is started
+    EXPECT_EQ(h.drain(), two.body + ".\r\n");
+    h.s.receive("250 ok\r\n");
+    EXPECT_EQ(h.drain(), "QUIT\r\n");
+    EXPECT_TRUE(h.s.take_result());
+    EXPECT_TRUE(h.s.take_result());
+    h.s.receive("221 bye\r\n");
+    EXPECT_TRUE(h.s.closed());
+    EXPECT_FALSE(h.s.failed());
+}
+
+TEST(client_session, pipelined_replies_byte_by_byte) {
+    const std::string replies =
+        "250 a\r\n250 b\r\n250 c\r\n354 go\r\n250 one\r\n250 d\r\n250 e\r\n"
+        "354 go\r\n250 two\r\n";
+    harness h;
+    second_message two;
+    h.connect(ehlo_pipelining);
+    h.s.start_transaction(h.message());
+    std::vector<std::string> texts;
+    bool second_started = false;
+    for (char ch : replies) {
+        h.s.receive(std::string_view(&ch, 1));
+        if (!second_started && h.s.can_pipeline()) {
+            h.s.start_transaction(two.message());
+            second_started = true;
+        }
+        while (auto r = h.s.take_result())
+            texts.push_back(r->data.text);
+        h.drain();
+    }
+    EXPECT_TRUE(second_started);
+    EXPECT_EQ(texts, (std::vector<std::string>{"one", "two"}));
+    EXPECT_TRUE(h.s.ready());
+}
+
 struct mail_refused_case {
     bool pipelining;
     std::string_view reply;
