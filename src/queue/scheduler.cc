@@ -52,10 +52,12 @@ struct scheduler::conn {
     conn_state st = conn_state::connecting;
     std::uint32_t messages = 0;
     std::uint64_t job = 0;
+    std::uint64_t next = 0;  // a job pipelined behind `job` (pipeline_job), 0 = none
     std::uint64_t epoch = 0;
     unsigned slot = 0;    // shaping: egress source + 1, 0 = none
     int provider = -1;    // shaping: the provider its slots were taken for
     bool shaped = false;  // holds limiter slots
+    bool broken = false;  // a job failed on it: it closes once every job is reported
 };
 
 scheduler::scheduler(scheduler_config config) : _cfg(std::move(config)), _rng(_cfg.seed) {
@@ -249,8 +251,8 @@ void scheduler::apply_suspension(dest& d) {
         const std::size_t slot = i + 1;
         if (d.suspended.size() <= slot)
             d.suspended.resize(slot + 1);
-        d.suspended[slot] = std::max(d.suspended[slot],
-                                     _susp_now + std::chrono::seconds(s->until_unix - now_unix));
+        d.suspended[slot] =
+            std::max(d.suspended[slot], _susp_now + std::chrono::seconds(s->until_unix - now_unix));
     }
 }
 
@@ -600,7 +602,7 @@ action scheduler::next_action(steady_time now) {
                 continue;
             }
             std::uint64_t cid = _next_conn++;
-            conn c{&d, conn_state::connecting, 0, 0, 0};
+            conn c{&d, conn_state::connecting, 0, 0, 0, 0};
             c.slot = static_cast<unsigned>(source + 1);
             c.provider = d.provider;
             c.shaped = _cfg.shaping != nullptr;
@@ -841,15 +843,17 @@ void scheduler::complete(std::uint64_t conn_id, std::uint64_t job_id,
     if (rit == _running.end() || rit->second.conn != conn_id)
         core::invariant_broken("scheduler: complete on a job not running on that connection");
     conn& c = find_conn(conn_id);
-    if (c.st != conn_state::busy || c.job != job_id)
+    if (c.st != conn_state::busy || (c.job != job_id && c.next != job_id))
         core::invariant_broken("scheduler: complete on a connection not running that job");
     dest& d = *rit->second.d;
     delivery_job job = std::move(rit->second.job);
     _running.erase(rit);
     d.q.job_finished();
     ++c.messages;
-    c.job = 0;
+    drop_job(c, job_id);
     finish_job(d, std::move(job), results, nullptr, now, now_unix);
+    if (c.job != 0)
+        return;  // the pipelined one still runs
 
     c.st = conn_state::idle;
     ++c.epoch;
@@ -873,9 +877,44 @@ void scheduler::job_failed(std::uint64_t conn_id, std::uint64_t job_id, const at
     delivery_job job = std::move(rit->second.job);
     _running.erase(rit);
     d.q.job_finished();
-    c.job = 0;
-    c.st = conn_state::closing;
+    drop_job(c, job_id);
+    c.broken = true;
+    if (c.job == 0)
+        c.st = conn_state::closing;  // else: the other job is reported next
     finish_job(d, std::move(job), {}, &why, now, now_unix);
+}
+
+void scheduler::drop_job(conn& c, std::uint64_t job_id) {
+    if (c.job == job_id) {
+        c.job = c.next;
+        c.next = 0;
+    } else if (c.next == job_id) {
+        c.next = 0;
+    }
+}
+
+std::optional<run_job> scheduler::pipeline_job(std::uint64_t conn_id, steady_time now) {
+    _oncore.check();
+    conn& c = find_conn(conn_id);
+    if (c.st != conn_state::busy || c.job == 0 || c.next != 0 || c.broken)
+        return std::nullopt;
+    dest& d = *c.d;
+    if (d.q.counts().ready == 0)
+        return std::nullopt;
+    if (d.suspended_until && now < *d.suspended_until)
+        return std::nullopt;
+    // The running job counts: this one would be message number messages + 2.
+    if (c.messages + 2 > messages_per_conn(d))
+        return std::nullopt;
+    std::optional<steady_time> when;
+    if (!may_send(d, conn_id, now, when))
+        return std::nullopt;  // the destination's turn comes through next_action then
+    c.next = _next_job++;
+    delivery_job job = *d.q.pop_ready();
+    --_ready;
+    d.q.job_started();
+    _running.emplace(c.next, running{job, &d, conn_id});
+    return run_job{conn_id, c.next, std::move(job)};
 }
 
 void scheduler::maybe_retire(dest& d) {

@@ -182,9 +182,17 @@ class scheduler {
     // still running on it must be reported first (job_failed).
     void connection_closed(std::uint64_t conn, steady_time now);
 
-    // Job outcomes. complete() makes the connection idle again (or closes it when it has sent
-    // max_messages_per_connection); job_failed() means the connection broke: every recipient
-    // is deferred with `why`, and the daemon must call connection_closed() next.
+    // The job running on `conn` has its data on the way and the session can pipeline the next
+    // transaction behind it (RFC 2920): a second job for the same connection when its
+    // destination has one ready that may be sent now (suspensions, rates and
+    // max_messages_per_connection as for an idle connection), else nullopt. The connection
+    // runs both; they finish in any order.
+    std::optional<run_job> pipeline_job(std::uint64_t conn, steady_time now);
+
+    // Job outcomes. complete() makes the connection idle again when no other job runs on it
+    // (or closes it when it has sent max_messages_per_connection); job_failed() means the
+    // connection broke: every recipient is deferred with `why`, and once every job on it is
+    // reported the daemon must call connection_closed().
     void complete(std::uint64_t conn, std::uint64_t job, std::span<const rcpt_result> results,
                   steady_time now, std::int64_t now_unix);
     void job_failed(std::uint64_t conn, std::uint64_t job, const attempt_reply& why,
@@ -250,6 +258,7 @@ class scheduler {
     void finish_job(dest& d, delivery_job job, std::span<const rcpt_result> results,
                     const attempt_reply* all, steady_time now, std::int64_t now_unix);
     void release_conn(std::unordered_map<std::uint64_t, conn>::iterator it);
+    void drop_job(conn& c, std::uint64_t job_id);  // c.job or c.next is done
     void maybe_retire(dest& d);
     void maybe_lend(steady_time now);
     void publish_spare();

@@ -149,6 +149,106 @@ TEST(scheduler, closes_a_connection_after_max_messages) {
     EXPECT_NE(o2.conn, o.conn);
 }
 
+TEST(scheduler, a_busy_connection_takes_one_job_pipelined_behind_its_own) {
+    destination_policy p;
+    p.max_connections = 1;
+    scheduler s(config(p));
+    for (std::uint64_t i = 1; i <= 4; ++i)
+        ASSERT_TRUE(s.submit("x.test", job(i), t0));
+    auto o = expect<open_connection>(s.next_action(t0));
+    EXPECT_FALSE(s.pipeline_job(o.conn, t0));  // not running anything yet
+    s.connection_opened(o.conn, t0);
+    auto r1 = expect<run_job>(s.next_action(t0));
+    auto r2 = s.pipeline_job(o.conn, t0);
+    ASSERT_TRUE(r2);
+    EXPECT_EQ(r2->conn, o.conn);
+    EXPECT_EQ(r2->detail.queue_id, 2u);
+    EXPECT_NE(r2->job, r1.job);
+    EXPECT_FALSE(s.pipeline_job(o.conn, t0));  // one behind at most
+    EXPECT_EQ(s.counts().in_flight, 2u);
+    EXPECT_EQ(s.counts().ready, 2u);
+    rcpt_result ok{0, rcpt_status::delivered, nullptr};
+    s.complete(o.conn, r1.job, {&ok, 1}, t0, unix0);
+    // The connection is still busy with the second: nothing runs on it from next_action.
+    expect<wait>(s.next_action(t0));
+    auto r3 = s.pipeline_job(o.conn, t0);
+    ASSERT_TRUE(r3);
+    EXPECT_EQ(r3->detail.queue_id, 3u);
+    // Out of order is fine too.
+    s.complete(o.conn, r3->job, {&ok, 1}, t0, unix0);
+    s.complete(o.conn, r2->job, {&ok, 1}, t0, unix0);
+    auto r4 = expect<run_job>(s.next_action(t0));  // idle again
+    EXPECT_EQ(r4.detail.queue_id, 4u);
+    EXPECT_FALSE(s.pipeline_job(o.conn, t0));  // nothing ready
+    s.complete(o.conn, r4.job, {&ok, 1}, t0, unix0);
+    EXPECT_EQ(notices(s).size(), 4u);
+    EXPECT_EQ(s.counts().in_flight, 0u);
+}
+
+TEST(scheduler, pipelining_keeps_max_messages_per_connection) {
+    destination_policy p;
+    p.max_messages_per_connection = 3;
+    p.max_connections = 1;
+    scheduler s(config(p));
+    for (std::uint64_t i = 1; i <= 5; ++i)
+        ASSERT_TRUE(s.submit("x.test", job(i), t0));
+    auto o = expect<open_connection>(s.next_action(t0));
+    s.connection_opened(o.conn, t0);
+    rcpt_result ok{0, rcpt_status::delivered, nullptr};
+    auto r1 = expect<run_job>(s.next_action(t0));
+    auto r2 = s.pipeline_job(o.conn, t0);
+    ASSERT_TRUE(r2);
+    s.complete(o.conn, r1.job, {&ok, 1}, t0, unix0);
+    auto r3 = s.pipeline_job(o.conn, t0);  // message 3 of 3
+    ASSERT_TRUE(r3);
+    s.complete(o.conn, r2->job, {&ok, 1}, t0, unix0);
+    EXPECT_FALSE(s.pipeline_job(o.conn, t0));  // would be the fourth
+    s.complete(o.conn, r3->job, {&ok, 1}, t0, unix0);
+    auto c = expect<close_connection>(s.next_action(t0));
+    EXPECT_EQ(c.conn, o.conn);
+}
+
+TEST(scheduler, pipelining_keeps_the_rate_and_suspensions) {
+    domain_override slow;
+    slow.name = "slow.test";
+    slow.rate = 1.0;
+    scheduler s(config({}, {slow}));
+    for (std::uint64_t i = 1; i <= 3; ++i)
+        ASSERT_TRUE(s.submit("slow.test", job(i), t0));
+    auto o = expect<open_connection>(s.next_action(t0));
+    s.connection_opened(o.conn, t0);
+    expect<run_job>(s.next_action(t0));
+    EXPECT_FALSE(s.pipeline_job(o.conn, t0));  // the bucket is empty
+    EXPECT_TRUE(s.pipeline_job(o.conn, t0 + 1s));
+}
+
+TEST(scheduler, both_jobs_of_a_broken_pipelined_connection_are_reported_then_it_closes) {
+    scheduler s(config());
+    for (std::uint64_t i = 1; i <= 3; ++i)
+        ASSERT_TRUE(s.submit("x.test", job(i), t0));
+    auto o = expect<open_connection>(s.next_action(t0));
+    s.connection_opened(o.conn, t0);
+    auto r1 = expect<run_job>(s.next_action(t0));
+    auto r2 = s.pipeline_job(o.conn, t0);
+    ASSERT_TRUE(r2);
+    attempt_reply why;
+    why.code = 421;
+    why.enhanced = "4.4.2";
+    why.text = "lost";
+    s.job_failed(o.conn, r1.job, why, t0, unix0);
+    EXPECT_FALSE(s.pipeline_job(o.conn, t0));  // broken: nothing more on it
+    s.job_failed(o.conn, r2->job, why, t0, unix0);
+    s.connection_closed(o.conn, t0);
+    auto n = notices(s);
+    ASSERT_EQ(n.size(), 2u);
+    for (const auto& x : n) {
+        ASSERT_EQ(x.status.size(), 1u);
+        EXPECT_EQ(x.status[0], rcpt_status::deferred);
+    }
+    EXPECT_EQ(s.counts().connections, 0u);
+    EXPECT_EQ(s.counts().in_flight, 0u);
+}
+
 TEST(scheduler, rate_limit_paces_job_starts) {
     domain_override slow;
     slow.name = "slow.test";
