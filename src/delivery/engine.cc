@@ -1181,15 +1181,14 @@ void engine::run_job(queue::run_job& a) {
         _conns.erase(it);
         return;
     }
-    auto vit = _views.find(j.job.queue_id);
-    if (vit == _views.end() || !mc.c || mc.c->finished()) {
-        queue::attempt_reply why{
-            .code = 451,
-            .enhanced = vit == _views.end() ? "4.3.0" : "4.4.2",
-            .text = vit == _views.end() ? "message not available" : "connection lost",
-            .remote_mta = mc.c ? mc.c->target().host : "",
-            .category = vit == _views.end() ? queue::bounce_class::transient_failure
-                                            : queue::bounce_class::bad_connection};
+    const bool held = prepare_job(j);
+    if (!held || !mc.c || mc.c->finished()) {
+        queue::attempt_reply why{.code = 451,
+                                 .enhanced = !held ? "4.3.0" : "4.4.2",
+                                 .text = !held ? "message not available" : "connection lost",
+                                 .remote_mta = mc.c ? mc.c->target().host : "",
+                                 .category = !held ? queue::bounce_class::transient_failure
+                                                   : queue::bounce_class::bad_connection};
         _sched.job_failed(a.conn, a.job, why, _host.now(), _host.unix_now());
         if (mc.c && !mc.c->finished()) {
             mc.c->stop(true);  // on_closed reports connection_closed
@@ -1201,6 +1200,17 @@ void engine::run_job(queue::run_job& a) {
         }
         return;
     }
+    mc.job = std::move(j);
+    // A session still finishing its last transaction (an RSET after refused recipients) takes
+    // the job when it is ready: on_ready. Closing it would throw a good session away.
+    if (mc.c->ready())
+        start_job(mc, *mc.job);
+}
+
+bool engine::prepare_job(running_job& j) {
+    auto vit = _views.find(j.job.queue_id);
+    if (vit == _views.end())
+        return false;
     j.view = vit->second.view;
     for (auto r : j.job.rcpts) {
         j.rcpts.push_back(r < j.view->rcpts.size() ? j.view->rcpts[r] : std::string());
@@ -1208,11 +1218,7 @@ void engine::run_job(queue::run_job& a) {
             j.rcpt_dsn.push_back(r < j.view->rcpt_dsn.size() ? j.view->rcpt_dsn[r]
                                                              : mail::rcpt_dsn{});
     }
-    mc.job = std::move(j);
-    // A session still finishing its last transaction (an RSET after refused recipients) takes
-    // the job when it is ready: on_ready. Closing it would throw a good session away.
-    if (mc.c->ready())
-        start_job(mc);
+    return true;
 }
 
 void engine::send_notice(spool::spool& sp, const queue::bounce_request& b) {
@@ -1236,8 +1242,7 @@ void engine::send_notice(spool::spool& sp, const queue::bounce_request& b) {
     }
 }
 
-void engine::start_job(conn& mc) {
-    running_job& rj = *mc.job;
+void engine::start_job(conn& mc, running_job& rj) {
     rj.started = true;
     smtp::outbound_message m;
     m.mail_from = rj.view->mail_from;
@@ -1285,12 +1290,46 @@ void engine::on_ready(outbound::link& c) {
         _sched.connection_opened(c.id(), _host.now());
     }
     if (mc.job && !mc.job->started) {
-        start_job(mc);
+        start_job(mc, *mc.job);
         return;
     }
     _dirty = true;
     if (!_running)
         run();
+}
+
+// The session can take the next transaction behind the running one's data: when the
+// destination has a job ready that may go now, it rides in the same flight (one send instead
+// of two, and the server's replies to both in one read).
+void engine::on_pipeline(outbound::link& c) {
+    auto it = _conns.find(c.id());
+    if (it == _conns.end() || it->second.c.get() != &c || _draining)
+        return;
+    conn& mc = it->second;
+    if (!mc.job || !mc.job->started || mc.next)
+        return;
+    auto a = _sched.pipeline_job(c.id(), _host.now());
+    if (!a)
+        return;
+    running_job j;
+    j.id = a->job;
+    j.job = std::move(a->detail);
+    if (!prepare_job(j)) {
+        // Not held here: its recipients wait for their retry; the session is fine.
+        queue::attempt_reply why{.code = 451,
+                                 .enhanced = "4.3.0",
+                                 .text = "message not available",
+                                 .remote_mta = c.target().host,
+                                 .category = queue::bounce_class::transient_failure};
+        std::vector<queue::rcpt_result> results;
+        for (auto r : j.job.rcpts)
+            results.push_back(queue::rcpt_result{r, queue::rcpt_status::deferred, &why});
+        _sched.complete(c.id(), j.id, results, _host.now(), _host.unix_now());
+        _dirty = true;
+        return;
+    }
+    mc.next = std::move(j);
+    start_job(mc, *mc.next);
 }
 
 void engine::on_transaction(outbound::link& c, const smtp::transaction_result& r) {
@@ -1299,7 +1338,8 @@ void engine::on_transaction(outbound::link& c, const smtp::transaction_result& r
         return;
     conn& mc = it->second;
     running_job j = std::move(*mc.job);
-    mc.job.reset();
+    mc.job = std::move(mc.next);  // results come in start order
+    mc.next.reset();
     const auto& t = c.target();
     std::vector<queue::attempt_reply> replies;
     replies.reserve(j.rcpts.size());
@@ -1507,6 +1547,10 @@ void engine::on_closed(outbound::link& c) {
                                  .category = queue::bounce_class::bad_connection};
         _sched.job_failed(c.id(), mc.job->id, why, now, _host.unix_now());
         mc.job.reset();
+        if (mc.next) {
+            _sched.job_failed(c.id(), mc.next->id, why, now, _host.unix_now());
+            mc.next.reset();
+        }
     }
     _sched.connection_closed(c.id(), now);
     _dead.push_back(std::move(mc.c));

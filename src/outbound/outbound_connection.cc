@@ -79,8 +79,10 @@ void outbound_connection::connect() {
 void outbound_connection::start(const smtp::outbound_message& m) {
     _busy = true;
     _idle = false;
+    _offered = false;
     _session.start_transaction(m);
-    pump();
+    if (!_offering)
+        pump();
 }
 
 void outbound_connection::stop(bool force) {
@@ -178,8 +180,9 @@ void outbound_connection::start_handshake() {
 void outbound_connection::pump() {
     if (closing() || connecting() || !has_socket())
         return;
-    if (auto r = _session.take_result()) {
-        _busy = false;
+    while (auto r = _session.take_result()) {
+        _busy = _session.transaction_open();
+        _offered = false;
         ++_transactions;
         _handler.on_transaction(*this, *r);
         if (closing())
@@ -193,6 +196,17 @@ void outbound_connection::pump() {
         _session.quit();
         set_deadline(ring().now() + _session.current_timeout() + 1s);
         _idle = false;
+    }
+    // Before the data goes out: the next transaction may join its send (one transaction
+    // runs, so the limit allows the next only when two more fit).
+    if (!_offered && !_stopping && _session.can_pipeline() &&
+        (_settings.max_transactions == 0 || _transactions + 2 <= _settings.max_transactions)) {
+        _offered = true;
+        _offering = true;
+        _handler.on_pipeline(*this);
+        _offering = false;
+        if (closing())
+            return;
     }
     // One batch at a time: the session's pieces, then end_send() when they are on the wire.
     if (!sending() && !_pieces_out) {

@@ -163,7 +163,8 @@ class engine final : private outbound::link_handler {
         std::unique_ptr<outbound::link> c;
         std::optional<queue::attempt_reply> dns_failure;  // permanent: every job fails with it
         std::optional<running_job> job;
-        bool opened = false;  // connection_opened reported
+        std::optional<running_job> next;  // pipelined behind `job` (RFC 2920), started
+        bool opened = false;              // connection_opened reported
         smtp::server_reply last_error;
         int source = -1;  // egress source index (shaping), -1 = none
     };
@@ -202,7 +203,10 @@ class engine final : private outbound::link_handler {
     void on_route(std::uint64_t cid, const result<dns::route>& r);
     void connect_next(std::uint64_t cid, conn& mc);
     void run_job(queue::run_job& a);
-    void start_job(conn& mc);
+    // The job's addresses and DSN parameters from its message; false: the message is not
+    // held here (a bug upstream; the job then fails like a broken connection's).
+    bool prepare_job(running_job& j);
+    void start_job(conn& mc, running_job& j);
     void close(std::uint64_t cid);
     void finish_pseudo(std::uint64_t cid, conn& mc, running_job& j);
     void connection_failed(std::uint64_t cid, conn& mc, queue::attempt_reply why);
@@ -223,6 +227,7 @@ class engine final : private outbound::link_handler {
 
     // link_handler
     void on_ready(outbound::link& c) override;
+    void on_pipeline(outbound::link& c) override;
     void on_transaction(outbound::link& c, const smtp::transaction_result& r) override;
     void on_failed(outbound::link& c, const smtp::server_reply& why) override;
     void on_closed(outbound::link& c) override;

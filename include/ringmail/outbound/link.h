@@ -1,5 +1,6 @@
 // The SMTP client side as the delivery engine sees it: a link is one SMTP client session to
-// one address (connect, greeting, EHLO, STARTTLS, then transactions one at a time), and the
+// one address (connect, greeting, EHLO, STARTTLS, then transactions one at a time, or two
+// when the next is pipelined behind the current one's data), and the
 // network makes links and resolves routes. The daemon's are outbound_connection and
 // ring_network (io_uring sockets, c-ares); the engine's unit tests give fakes of both.
 //
@@ -50,7 +51,8 @@ class link {
     // Opens the connection; everything after it is an event (a failure too, even one that
     // happens inside this call: the caller holds the link before it connects).
     virtual void connect() = 0;
-    // One transaction (only when ready()); the message's views must outlive it.
+    // One transaction (when ready(), or inside link_handler::on_pipeline); the message's
+    // views must outlive its result.
     virtual void start(const smtp::outbound_message& m) = 0;
     // Finish what is in flight, then QUIT (force: close now).
     virtual void stop(bool force) = 0;
@@ -76,6 +78,11 @@ class link_handler {
     // The session is usable and idle: first after EHLO (and STARTTLS), then after each
     // transaction.
     virtual void on_ready(link& c) = 0;
+    // The running transaction's data is about to go out and the next transaction may follow
+    // it in the same flight (RFC 2920): start() may be called inside this call, once. Asked
+    // once per transaction; a handler with nothing to send does nothing.
+    virtual void on_pipeline(link&) {}
+    // Results in the order the transactions were started.
     virtual void on_transaction(link& c, const smtp::transaction_result& r) = 0;
     // The link cannot be used (any more). Called at most once, before on_closed.
     virtual void on_failed(link& c, const smtp::server_reply& why) = 0;

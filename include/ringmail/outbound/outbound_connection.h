@@ -5,7 +5,9 @@
 //
 // Owned by one shard; its handler (the delivery engine) decides what it sends.
 // It runs one transaction at a time on a persistent session (EHLO once, PIPELINING when
-// offered). Failures are events, never exceptions: a refused connect, a refused greeting or
+// offered); with PIPELINING the handler is offered to start the next behind the current one's
+// data (link_handler::on_pipeline), so that the dot and the next MAIL, RCPTs and DATA leave in
+// one send. Failures are events, never exceptions: a refused connect, a refused greeting or
 // EHLO, a failed TLS handshake with TLS required, a timeout or a peer that goes away all end in
 // on_failed() (established() says whether the session ever became usable; a job that was
 // running gets transient outcomes through the session), then on_closed() once nothing is in
@@ -97,6 +99,8 @@ class outbound_connection final : public core::stream_connection, public link {
     bool _established = false;
     bool _busy = false;
     bool _reported_failure = false;
+    bool _offered = false;   // on_pipeline was called for the running transaction
+    bool _offering = false;  // inside on_pipeline: start() leaves the sending to pump()
     bool _stopping = false;
     bool _idle = false;  // the deadline is the idle timeout rather than a reply's
 };

@@ -45,9 +45,12 @@ class fake_link final : public outbound::link {
     // link
     void connect() override { connected = true; }
     void start(const smtp::outbound_message& m) override {
-        if (!_ready)
+        if (!_ready && !_offering)
             ADD_FAILURE() << "start() on a link that is not ready";
+        if (_offering && ++_taken > 1)
+            ADD_FAILURE() << "start() twice inside one on_pipeline";
         _ready = false;
+        ++open_transactions;
         sent.push_back({std::string(m.mail_from),
                         std::vector<std::string>(m.rcpts.begin(), m.rcpts.end()),
                         std::string(m.added_headers) + std::string(m.body)});
@@ -81,7 +84,17 @@ class fake_link final : public outbound::link {
         _h.on_failed(*this, smtp::make_reply(code, enhanced, text, why));
         close();
     }
-    // Replies per recipient of the running transaction (the DATA reply 250 when any got 250).
+    // The running transaction's data is queued: the engine may pipeline the next (true: it
+    // did).
+    bool offer_pipeline() {
+        const int before = open_transactions;
+        _offering = true;
+        _taken = 0;
+        _h.on_pipeline(*this);
+        _offering = false;
+        return open_transactions > before;
+    }
+    // Replies per recipient of the oldest transaction (the DATA reply 250 when any got 250).
     void answer(const std::vector<smtp::server_reply>& rcpt_replies, bool then_ready = true) {
         smtp::transaction_result r;
         r.mail = smtp::make_reply(250, "2.1.0", "ok");
@@ -90,10 +103,11 @@ class fake_link final : public outbound::link {
             r.accepted_any = r.accepted_any || x.positive();
         r.data = r.accepted_any ? smtp::make_reply(250, "2.0.0", "queued")
                                 : smtp::make_reply(554, "5.5.1", "no valid recipients");
-        in_transaction = false;
+        --open_transactions;
+        in_transaction = open_transactions > 0;
         ++_transactions;
         _h.on_transaction(*this, r);
-        if (then_ready && !stopped) {
+        if (then_ready && !stopped && open_transactions == 0) {
             _ready = true;
             _h.on_ready(*this);
         }
@@ -115,8 +129,11 @@ class fake_link final : public outbound::link {
     bool stopped = false;
     bool forced = false;
     bool in_transaction = false;
+    int open_transactions = 0;
 
   private:
+    bool _offering = false;
+    int _taken = 0;
     outbound::link_handler& _h;
     std::uint64_t _id;
     outbound::outbound_target _target;
@@ -560,6 +577,80 @@ TEST(engine, a_job_waits_for_a_link_still_in_rset_instead_of_closing_it) {
     ASSERT_EQ(l.sent.size(), 2u);
     EXPECT_EQ(l.sent[1].rcpts, std::vector<std::string>{"b@x.test"});
     EXPECT_EQ(f.net.made, 1u);
+}
+
+TEST(engine, the_next_job_is_pipelined_behind_the_running_one) {
+    fixture f(one_connection_toml);
+    f.receive("s@origin.test", {"a@x.test"}, "one");
+    f.receive("s@origin.test", {"b@x.test"}, "two");
+    f.receive("s@origin.test", {"c@x.test"}, "three");
+    auto& l = f.last_link();
+    l.greet();
+    f.settle();
+    ASSERT_EQ(l.sent.size(), 1u);
+    ASSERT_TRUE(l.offer_pipeline());  // the second rides behind the first's data
+    ASSERT_EQ(l.sent.size(), 2u);
+    EXPECT_EQ(l.sent[1].rcpts, std::vector<std::string>{"b@x.test"});
+    EXPECT_FALSE(l.offer_pipeline());  // one behind at most
+    l.answer({ok()});                  // the first's result: the second is running now
+    f.settle();
+    EXPECT_EQ(f.live_messages(), 2u);
+    EXPECT_EQ(l.sent.size(), 2u);  // not idle: nothing started the ordinary way
+    ASSERT_TRUE(l.offer_pipeline());
+    ASSERT_EQ(l.sent.size(), 3u);
+    EXPECT_EQ(l.sent[2].rcpts, std::vector<std::string>{"c@x.test"});
+    l.answer({later()});  // the second deferred
+    l.answer({ok()});
+    f.settle();
+    EXPECT_EQ(f.live_messages(), 1u);  // b@ waits for its retry
+    EXPECT_EQ(f.net.made, 1u);
+    EXPECT_FALSE(l.offer_pipeline());  // nothing ready
+    f.advance(70s);
+    ASSERT_EQ(l.sent.size(), 4u);
+    EXPECT_EQ(l.sent[3].rcpts, std::vector<std::string>{"b@x.test"});
+    l.answer({ok()});
+    f.settle();
+    EXPECT_EQ(f.live_messages(), 0u);
+    EXPECT_TRUE(f.dsns().empty());
+}
+
+TEST(engine, a_connection_lost_with_a_pipelined_job_defers_both) {
+    fixture f(one_connection_toml);
+    f.receive("s@origin.test", {"a@x.test"}, "one");
+    f.receive("s@origin.test", {"b@x.test"}, "two");
+    auto& l = f.last_link();
+    l.greet();
+    f.settle();
+    ASSERT_TRUE(l.offer_pipeline());
+    l.close();
+    f.settle();
+    EXPECT_EQ(f.live_messages(), 2u);
+    f.advance(70s);
+    ASSERT_EQ(f.net.made, 2u);
+    auto& l2 = f.last_link();
+    l2.greet();
+    f.settle();
+    ASSERT_TRUE(l2.offer_pipeline());
+    ASSERT_EQ(l2.sent.size(), 2u);
+    l2.answer({ok()});
+    l2.answer({ok()});
+    f.settle();
+    EXPECT_EQ(f.live_messages(), 0u);
+}
+
+TEST(engine, drain_pipelines_nothing) {
+    fixture f(one_connection_toml);
+    f.receive("s@origin.test", {"a@x.test"}, "one");
+    f.receive("s@origin.test", {"b@x.test"}, "two");
+    auto& l = f.last_link();
+    l.greet();
+    f.settle();
+    f.e->begin_drain(false);
+    EXPECT_FALSE(l.offer_pipeline());
+    l.answer({ok()});
+    f.settle();
+    EXPECT_TRUE(l.stopped);
+    EXPECT_EQ(l.sent.size(), 1u);
 }
 
 TEST(engine, a_refused_greeting_tries_the_next_mx_then_defers_with_451) {

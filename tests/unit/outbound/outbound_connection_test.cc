@@ -1,6 +1,7 @@
 // outbound::outbound_connection against the real reactor and a scripted SMTP server on
 // loopback: a transaction and its QUIT, a refused connect, a refused greeting, a server that
-// goes away after 354 and one that never answers the final dot. Each failure is reported once
+// goes away after 354 and one that never answers the final dot, and the next transaction
+// pipelined behind a message's data. Each failure is reported once
 // (on_failed) before on_closed, and a running transaction gets transient outcomes.
 #include "ringmail/outbound/outbound_connection.h"
 
@@ -31,15 +32,20 @@ struct events final : link_handler {
     std::vector<smtp::server_reply> failures;
     int closed = 0;
     std::function<void(link&)> on_ready_hook;
+    std::function<void(link&)> on_pipeline_hook;
+    int offers = 0;
 
     void on_ready(link& c) override {
         ++ready;
         if (on_ready_hook)
             on_ready_hook(c);
     }
-    void on_transaction(link&, const smtp::transaction_result& r) override {
-        results.push_back(r);
+    void on_pipeline(link& c) override {
+        ++offers;
+        if (on_pipeline_hook)
+            on_pipeline_hook(c);
     }
+    void on_transaction(link&, const smtp::transaction_result& r) override { results.push_back(r); }
     void on_failed(link&, const smtp::server_reply& why) override {
         EXPECT_EQ(closed, 0) << "on_failed comes before on_closed";
         failures.push_back(why);
@@ -124,9 +130,8 @@ struct fixture {
     void open(std::uint16_t port) {
         auto ep = core::parse_endpoint("127.0.0.1:" + std::to_string(port));
         ASSERT_TRUE(ep);
-        conn = std::make_unique<outbound_connection>(ev, *r, *buffers, 1,
-                                                     outbound_target{*ep, "mx.test", "127.0.0.1"},
-                                                     settings);
+        conn = std::make_unique<outbound_connection>(
+            ev, *r, *buffers, 1, outbound_target{*ep, "mx.test", "127.0.0.1"}, settings);
         conn->connect();
     }
     bool spin(const std::function<bool()>& done) {
@@ -195,6 +200,70 @@ TEST(outbound_connection, runs_a_transaction_then_quits) {
     ASSERT_TRUE(f.spin([&] { return f.ev.closed == 1; }));
     EXPECT_TRUE(f.ev.failures.empty());
     EXPECT_TRUE(f.conn->finished());
+}
+
+TEST(outbound_connection, the_next_transaction_follows_the_dot_before_its_reply) {
+    fixture f;
+    f.establish();
+    message one;
+    message two;
+    two.rcpts = {"n@dest.test"};
+    two.m.rcpts = two.rcpts;
+    two.m.mail_from = "second@client.test";
+    int started = 0;
+    f.ev.on_pipeline_hook = [&](link& c) {
+        if (started++ == 0)
+            c.start(two.m);
+    };
+    f.conn->start(one.m);
+    ASSERT_TRUE(f.wait_for("DATA\r\n"));
+    EXPECT_EQ(f.ev.offers, 0);  // no data queued yet
+    f.srv.in.clear();
+    f.srv.say("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    // The server holds back its reply to the dot, and still gets the next MAIL: it left with
+    // the data.
+    ASSERT_TRUE(f.wait_for("RCPT TO:<n@dest.test>\r\nDATA\r\n"));
+    EXPECT_EQ(f.ev.offers, 1);
+    EXPECT_NE(f.srv.in.find("..dot-stuffed\r\n.\r\nMAIL FROM:<second@client.test>"),
+              std::string::npos);
+    EXPECT_TRUE(f.ev.results.empty());
+    f.srv.in.clear();
+    f.srv.say("250 2.0.0 first\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    ASSERT_TRUE(f.wait_for("\r\n.\r\n"));
+    ASSERT_EQ(f.ev.results.size(), 1u);
+    EXPECT_EQ(f.ev.results[0].data.text, "first");
+    EXPECT_EQ(f.ev.offers, 2);  // asked again for the second, declined
+    EXPECT_FALSE(f.conn->ready());
+    EXPECT_EQ(f.ev.ready, 1);
+    f.srv.say("250 2.0.0 second\r\n");
+    ASSERT_TRUE(f.spin([&] { return f.ev.ready == 2; }));
+    ASSERT_EQ(f.ev.results.size(), 2u);
+    EXPECT_EQ(f.ev.results[1].data.text, "second");
+    EXPECT_TRUE(f.ev.results[1].delivered(0));
+    EXPECT_EQ(f.conn->transactions(), 2u);
+    EXPECT_TRUE(f.conn->ready());
+}
+
+TEST(outbound_connection, a_server_gone_with_two_transactions_gives_both_outcomes) {
+    fixture f;
+    f.establish();
+    message one;
+    message two;
+    f.ev.on_pipeline_hook = [&](link& c) {
+        if (f.ev.offers == 1)
+            c.start(two.m);
+    };
+    f.conn->start(one.m);
+    ASSERT_TRUE(f.wait_for("DATA\r\n"));
+    f.srv.in.clear();
+    f.srv.say("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    ASSERT_TRUE(f.wait_for("DATA\r\n"));
+    f.srv.reset();
+    ASSERT_TRUE(f.spin([&] { return f.ev.closed == 1; }));
+    ASSERT_EQ(f.ev.results.size(), 2u);
+    for (const auto& r : f.ev.results)
+        EXPECT_TRUE(r.temporary(0) && r.temporary(1));
+    EXPECT_EQ(f.ev.failures.size(), 1u);
 }
 
 TEST(outbound_connection, a_refused_connect_fails_once_then_closes) {
