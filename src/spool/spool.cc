@@ -310,6 +310,8 @@ spool::~spool() {
         ::close(_compaction->fd);  // journal.tmp is removed by the next recovery
     if (_release && _release->old_journal_fd >= 0 && !_release->close_in_flight)
         ::close(_release->old_journal_fd);
+    for (int fd : _unlinked_fds)
+        ::close(fd);
     ::close(_dir_fd);
     ::close(_lock_fd);
 }
@@ -450,11 +452,16 @@ void spool::maybe_reclaim(segment* s) {
     }
     if (s->map)
         ::munmap(s->map, s->capacity);
-    ::close(s->fd);
-    // A failed unlink leaves a file whose messages are all journaled done (or that holds no
-    // valid record): recovery deletes it.
+    // Unlinked while open, the file keeps its extents until its last close, which the ring
+    // runs off the loop (prepare_release): unlinking a closed 64 MiB file frees them here, a
+    // stall of tens of ms for every connection of the shard. A failed unlink leaves a file
+    // whose messages are all journaled done (or that holds no valid record): recovery deletes
+    // it.
     ::unlinkat(_dir_fd,
                file_name(s->message_file ? message_prefix : segment_prefix, s->seq).c_str(), 0);
+    if (s->fd >= 0)
+        _unlinked_fds.push_back(s->fd);
+    s->fd = -1;
     ++_m.segments_reclaimed;
     _segments.erase(s->key);
 }
@@ -1574,9 +1581,15 @@ void spool::release_step() {
 
 const release_op* spool::prepare_release() {
     _oncore.check();
-    if (!_release || _release->old_journal_fd < 0 || !_release->rename_durable ||
-        _release->close_in_flight) {
+    if (_unlinked_in_flight || (_release && _release->close_in_flight))
         return nullptr;
+    if (!_release || _release->old_journal_fd < 0 || !_release->rename_durable) {
+        if (_unlinked_fds.empty())
+            return nullptr;
+        _unlinked_op = release_op{_unlinked_fds.back()};
+        _unlinked_fds.pop_back();
+        _unlinked_in_flight = true;
+        return &_unlinked_op;
     }
     release& r = *_release;
     r.close_in_flight = true;
@@ -1586,6 +1599,10 @@ const release_op* spool::prepare_release() {
 
 void spool::complete_release(int) {
     _oncore.check();
+    if (_unlinked_in_flight) {
+        _unlinked_in_flight = false;  // a failed close(2) still releases the descriptor
+        return;
+    }
     if (!_release || !_release->close_in_flight)
         core::invariant_broken("spool: complete_release() without a close in flight");
     // A failed close(2) still releases the descriptor: nothing to retry.
@@ -1596,7 +1613,7 @@ void spool::complete_release(int) {
 }
 
 bool spool::release_in_flight() const {
-    return _release && _release->close_in_flight;
+    return _unlinked_in_flight || (_release && _release->close_in_flight);
 }
 
 // ---------------------------------------------------------------- synchronous execution

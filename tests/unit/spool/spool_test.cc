@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <map>
 #include <set>
+#include <sys/stat.h>
 
 namespace ringmail::spool {
 namespace {
@@ -377,13 +378,31 @@ TEST(spool, sealed_segment_reclaimed_when_all_done) {
     EXPECT_EQ(sp->read(a).error(), make_error_code(errc::unknown_queue_id));
 
     sp->record_done(b);
-    commit(*sp);
+    const commit_batch* batch = sp->prepare_batch();
+    ASSERT_NE(batch, nullptr);
+    ASSERT_EQ(execute_batch_sync(*batch), 0);
+    sp->complete_batch(0);
     const auto after = test::segment_files(td.shard(0));
     ASSERT_EQ(after.size(), 1u);
     EXPECT_EQ(after[0], before[1]);
     EXPECT_EQ(sp->metrics().segments_reclaimed, 1u);
     EXPECT_TRUE(sp->read(c).has_value());
     EXPECT_EQ(sp->metrics().messages_live, 1u);
+
+    // Unlinked but still open: its last close (which frees its extents) is the ring's, off
+    // the loop, one at a time.
+    const release_op* r = sp->prepare_release();
+    ASSERT_NE(r, nullptr);
+    EXPECT_TRUE(sp->release_in_flight());
+    EXPECT_EQ(sp->prepare_release(), nullptr);
+    struct stat st {};
+    ASSERT_EQ(::fstat(r->fd, &st), 0);
+    EXPECT_EQ(st.st_nlink, 0u);
+    EXPECT_GE(st.st_size, 6000);  // both records still in it until the close
+    EXPECT_EQ(execute_release_sync(*r), 0);
+    sp->complete_release(0);
+    EXPECT_FALSE(sp->release_in_flight());
+    EXPECT_EQ(sp->prepare_release(), nullptr);
 }
 
 TEST(spool, failed_batch_fails_tokens_and_next_goes_to_fresh_segment) {

@@ -113,7 +113,8 @@ inline std::vector<spool::committed> commit(spool& sp) {
     const int res = execute_batch_sync(*b);
     EXPECT_EQ(res, 0);
     auto out = sp.complete_batch(res);
-    // As the shard does: the journal a compaction replaced is closed "on the ring".
+    // As the shard does: the journal a compaction replaced, or a reclaimed segment, is closed
+    // "on the ring".
     if (const release_op* r = sp.prepare_release())
         sp.complete_release(execute_release_sync(*r));
     return out;
