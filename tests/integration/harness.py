@@ -461,9 +461,11 @@ class SmtpSink:
         max_line: int = 1 << 20,
         tls_context: Any = None,
         dsn: bool = False,
+        greeting_delay: float = 0.0,
     ) -> None:
         """tls_context: an ssl.SSLContext (server side): STARTTLS is offered and served.
-        dsn: offer DSN (RFC 3461) in EHLO; the parameters are recorded, never acted on."""
+        dsn: offer DSN (RFC 3461) in EHLO; the parameters are recorded, never acted on.
+        greeting_delay: seconds each connection waits for its 220 (a slow server)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -482,12 +484,14 @@ class SmtpSink:
         self.max_line = max_line
         self.tls_context = tls_context
         self.dsn = dsn
+        self.greeting_delay = greeting_delay
         self._rcpt_attempts: dict[str, int] = {}
 
         self._cond = threading.Condition()
         self._transactions: list[Transaction] = []
         self._attempts = 0
         self._connections = 0
+        self._behind_data = 0
         self._errors: list[str] = []
         self._stopping = False
         self._conns: set[socket.socket] = set()
@@ -517,6 +521,13 @@ class SmtpSink:
     def connections(self) -> int:
         with self._cond:
             return self._connections
+
+    @property
+    def behind_data(self) -> int:
+        """MAIL commands that arrived with the previous message's final dot, before its
+        reply (a client pipelining the next transaction behind the data, RFC 2920 3.1)."""
+        with self._cond:
+            return self._behind_data
 
     def rcpt_attempts(self, address: str) -> int:
         with self._cond:
@@ -626,6 +637,8 @@ class SmtpSink:
         rcpts: list[str] = []
         rcpt_params: list[list[str]] = []
         try:
+            if self.greeting_delay > 0:
+                time.sleep(self.greeting_delay)
             conn.sendall(f"220 {self.hostname} ESMTP test sink\r\n".encode())
             while True:
                 out = bytearray()
@@ -702,6 +715,9 @@ class SmtpSink:
                         raw = self._read_data(conn, buf)
                         if raw is None:
                             return
+                        if buf[:10].upper() == b"MAIL FROM:":
+                            with self._cond:
+                                self._behind_data += 1
                         out += self._finish(mail, rcpts, raw, helo, peer, in_tls, rcpt_params)
                         mail, rcpts, rcpt_params = None, [], []
                     elif verb == b"RSET":

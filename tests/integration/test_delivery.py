@@ -1,6 +1,7 @@
 """Outbound delivery through a smarthost: retries after 4xx, partial outcomes, RFC 3464
 bounces (and none for the null sender), expiry, a smarthost that comes up late, restart with
-a half-delivered message, and connection reuse in the pool.
+a half-delivered message, connection reuse in the pool and the next message pipelined behind
+the last one's data.
 
 Every test runs its own ringmaild against its own Python sink (harness.SmtpSink) with a
 one-second retry schedule, so each retry happens within a few seconds."""
@@ -224,6 +225,36 @@ class SmarthostDownTest(DeliveryTestCase):
         self.assertEqual(self.sink.count(), 5)
         # The refused connections deferred the messages (no transaction was ever started).
         self.assertRegex(self.daemon.log_text(), r"unavailable \(421 .*\): \d+ message\(s\) deferred")
+        self.daemon.stop()
+
+
+class PipeliningTest(DeliveryTestCase):
+    MESSAGES = 20
+
+    def test_next_message_rides_behind_the_data(self):
+        """A backlog on one connection: each next MAIL goes out with the previous dot (RFC
+        2920 3.1), and every message still arrives exactly once."""
+        # The sink's greeting takes long enough for every message to queue behind the first
+        # connection (the only one allowed: the smarthost takes delivery.max_connections).
+        self.start(shards=1, sink_kwargs={"greeting_delay": harness.scaled(2)},
+                   delivery_options={"max_connections": 1})
+        mids = [f"pipe{i}@origin.test" for i in range(self.MESSAGES)]
+        with smtplib.SMTP(harness.LOOPBACK, self.daemon.port, timeout=30) as s:
+            s.ehlo("client.test")
+            for mid in mids:
+                self.assertEqual(s.sendmail(SENDER, ["pipe@dest.test"],
+                                            message(mid, "pipelined")), {})
+        markers = [f"<{m}>".encode() for m in mids]
+        self.wait("not all messages arrived", lambda: all(self.with_marker(m) for m in markers))
+        time.sleep(QUIET_PERIOD)
+        for m in markers:
+            self.assertEqual(len(self.with_marker(m)), 1, f"{m!r} delivered more than once")
+        self.assertEqual(self.sink.count(), self.MESSAGES)
+        self.assertEqual(self.sink.errors(), [])
+        harness.log(f"pipelining: {self.sink.behind_data} of {self.MESSAGES} MAILs behind the "
+                    f"previous dot, {self.sink.connections} connection(s)")
+        self.assertEqual(self.sink.connections, 1)
+        self.assertGreaterEqual(self.sink.behind_data, self.MESSAGES // 2)
         self.daemon.stop()
 
 
