@@ -78,6 +78,16 @@ void refuse(transaction_result& tx, server_reply why) {
     }
     tx.mail = std::move(why);
 }
+
+// accepted_any from the final outcomes.
+void settle_accepted(transaction_result& tx) {
+    tx.accepted_any = false;
+    for (std::size_t i = 0; i < tx.rcpts.size(); ++i) {
+        if (tx.delivered(i))
+            tx.accepted_any = true;
+    }
+}
+
 std::uint64_t parse_size(std::string_view s) {
     std::uint64_t v = 0;
     for (char c : s) {
@@ -227,11 +237,7 @@ void client_session::fail(server_reply reason) {
         }
         if (tx.data.code == 0)
             tx.data = pending;
-        tx.accepted_any = false;
-        for (std::size_t i = 0; i < tx.rcpts.size(); ++i) {
-            if (tx.delivered(i))
-                tx.accepted_any = true;
-        }
+        settle_accepted(tx);
         _results.push_back(std::move(tx));
     };
     if (_tx) {
@@ -562,6 +568,7 @@ void client_session::start_transaction(const outbound_message& message) {
 
 void client_session::start_pipelined(const outbound_message& message) {
     _next.emplace();
+    _next->expected = std::move(_spare_expected);  // its capacity: no allocation per message
     _next->msg = message;
     _next->tx.rcpts.resize(message.rcpts.size());
     if (auto why = local_refusal(message, _next->tx)) {
@@ -720,11 +727,7 @@ void client_session::finish_transaction(bool need_rset) {
         if (r.code == 0)
             r = tx.mail;  // never sent: MAIL was refused
     }
-    tx.accepted_any = false;
-    for (std::size_t i = 0; i < tx.rcpts.size(); ++i) {
-        if (tx.delivered(i))
-            tx.accepted_any = true;
-    }
+    settle_accepted(tx);
     _results.push_back(std::move(tx));
     _tx.reset();
     _expected.clear();
@@ -750,6 +753,8 @@ void client_session::finish_transaction(bool need_rset) {
     // The pipelined transaction becomes the current one; its replies are the next to come.
     _msg = _next->msg;
     _tx.emplace(std::move(_next->tx));
+    _spare_expected = std::move(_expected);
+    _spare_expected.clear();
     _expected = std::move(_next->expected);
     _expected_head = 0;
     _next_rcpt = 0;

@@ -272,6 +272,7 @@ class client_session {
         bool refused = false;          // failed locally (nothing sent): tx is its result
     };
     std::optional<pipelined> _next;
+    std::vector<expect> _spare_expected;       // the last promoted flight's buffer, for the next
     std::vector<transaction_result> _results;  // produced, not taken; oldest first (2 at most)
 
     out_buffer _buffers[2];
