@@ -204,7 +204,7 @@ class engine final : private outbound::link_handler {
     void connect_next(std::uint64_t cid, conn& mc);
     void run_job(queue::run_job& a);
     // The job's addresses and DSN parameters from its message; false: the message is not
-    // held here (a bug upstream; the job then fails like a broken connection's).
+    // held here (a bug upstream; the caller defers the job).
     bool prepare_job(running_job& j);
     void start_job(conn& mc, running_job& j);
     void close(std::uint64_t cid);
