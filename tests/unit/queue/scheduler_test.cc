@@ -208,7 +208,7 @@ TEST(scheduler, pipelining_keeps_max_messages_per_connection) {
     EXPECT_EQ(c.conn, o.conn);
 }
 
-TEST(scheduler, pipelining_keeps_the_rate_and_suspensions) {
+TEST(scheduler, pipelining_keeps_the_rate) {
     domain_override slow;
     slow.name = "slow.test";
     slow.rate = 1.0;
