@@ -7,12 +7,12 @@
 
 #include <algorithm>
 #include <array>
-#include <sys/mman.h>
-
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
+#include <sys/mman.h>
 
 namespace ringmail::core {
 
@@ -31,7 +31,7 @@ constexpr required_op required_ops[] = {
     {IORING_OP_WRITEV, "WRITEV"},     {IORING_OP_FSYNC, "FSYNC"},
     {IORING_OP_READ, "READ"},         {IORING_OP_POLL_ADD, "POLL_ADD"},
     {IORING_OP_SHUTDOWN, "SHUTDOWN"}, {IORING_OP_NOP, "NOP"},
-    {IORING_OP_MADVISE, "MADVISE"},
+    {IORING_OP_MADVISE, "MADVISE"},   {IORING_OP_FALLOCATE, "FALLOCATE"},
 };
 
 // One linked group-commit chain: a completion per SQE (so a short write is recognised by
@@ -353,6 +353,13 @@ void reactor::close_file_async(int fd, completion* c) {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_close(sqe, fd);
     sqe->flags |= IOSQE_ASYNC;
+    io_uring_sqe_set_data(sqe, c);
+}
+
+void reactor::punch_hole_async(int fd, std::uint64_t offset, std::uint64_t length, completion* c) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_fallocate(sqe, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                            static_cast<off_t>(offset), static_cast<off_t>(length));
     io_uring_sqe_set_data(sqe, c);
 }
 

@@ -73,9 +73,13 @@ void shard::spool_slot::on_streamed(int res, std::uint32_t) {
 void shard::spool_slot::on_released(int res, std::uint32_t) {
     owner->check_shard();
     release_in_flight = false;
-    if (res < 0) {
-        log::warn("spool {}: closing the replaced journal: {}", sp->dir().string(),
-                  std::strerror(-res));
+    if (res < 0 && release_is_punch) {
+        // The spool closes the file whole instead; a filesystem without holes says so for
+        // every file, so only debug.
+        log::debug("spool {}: punching a released file's extents: {}", sp->dir().string(),
+                   std::strerror(-res));
+    } else if (res < 0) {
+        log::warn("spool {}: closing a released file: {}", sp->dir().string(), std::strerror(-res));
     }
     sp->complete_release(res);
 }
@@ -598,7 +602,13 @@ void shard::flush_commits() {
         if (!slot->release_in_flight) {
             if (const spool::release_op* p = slot->sp->prepare_release()) {
                 slot->release_in_flight = true;
-                reactor().close_file_async(p->fd, &slot->release_op);
+                slot->release_is_punch = p->punch_length > 0;
+                if (p->punch_length > 0) {
+                    reactor().punch_hole_async(p->fd, p->punch_offset, p->punch_length,
+                                               &slot->release_op);
+                } else {
+                    reactor().close_file_async(p->fd, &slot->release_op);
+                }
             }
         }
         if (slot->in_flight || reactor().now() < slot->retry_at)

@@ -310,8 +310,10 @@ spool::~spool() {
         ::close(_compaction->fd);  // journal.tmp is removed by the next recovery
     if (_release && _release->old_journal_fd >= 0 && !_release->close_in_flight)
         ::close(_release->old_journal_fd);
-    for (int fd : _unlinked_fds)
-        ::close(fd);
+    for (const unlinked_file& u : _unlinked_files)
+        ::close(u.fd);
+    if (_unlinking.fd >= 0 && !_unlinked_in_flight)
+        ::close(_unlinking.fd);
     ::close(_dir_fd);
     ::close(_lock_fd);
 }
@@ -459,8 +461,16 @@ void spool::maybe_reclaim(segment* s) {
     // it.
     ::unlinkat(_dir_fd,
                file_name(s->message_file ? message_prefix : segment_prefix, s->seq).c_str(), 0);
-    if (s->fd >= 0)
-        _unlinked_fds.push_back(s->fd);
+    if (s->fd >= 0) {
+        // Its size, for the holes: an lseek asks the inode, no I/O (unknown: it goes whole).
+        // Rounded up to whole steps, so every hole is aligned and frees whole blocks, the
+        // last one's too (a hole past the end is allowed: the size is kept).
+        const off_t size = ::lseek(s->fd, 0, SEEK_END);
+        const std::uint64_t step = _opt.release_punch_bytes;
+        const std::uint64_t left =
+            size > 0 && step > 0 ? (std::uint64_t(size) + step - 1) / step * step : 0;
+        _unlinked_files.push_back(unlinked_file{s->fd, left});
+    }
     s->fd = -1;
     ++_m.segments_reclaimed;
     _segments.erase(s->key);
@@ -1584,10 +1594,19 @@ const release_op* spool::prepare_release() {
     if (_unlinked_in_flight || (_release && _release->close_in_flight))
         return nullptr;
     if (!_release || _release->old_journal_fd < 0 || !_release->rename_durable) {
-        if (_unlinked_fds.empty())
-            return nullptr;
-        _unlinked_op = release_op{_unlinked_fds.back()};
-        _unlinked_fds.pop_back();
+        if (_unlinking.fd < 0) {
+            if (_unlinked_files.empty())
+                return nullptr;
+            _unlinking = _unlinked_files.back();
+            _unlinked_files.pop_back();
+        }
+        const std::uint64_t step = _opt.release_punch_bytes;
+        if (step > 0 && _unlinking.left > 0) {
+            const std::uint64_t n = std::min(_unlinking.left, step);
+            _unlinked_op = release_op{_unlinking.fd, _unlinking.left - n, n};
+        } else {
+            _unlinked_op = release_op{_unlinking.fd};
+        }
         _unlinked_in_flight = true;
         return &_unlinked_op;
     }
@@ -1597,10 +1616,17 @@ const release_op* spool::prepare_release() {
     return &r.op;
 }
 
-void spool::complete_release(int) {
+void spool::complete_release(int res) {
     _oncore.check();
     if (_unlinked_in_flight) {
-        _unlinked_in_flight = false;  // a failed close(2) still releases the descriptor
+        _unlinked_in_flight = false;
+        if (_unlinked_op.punch_length == 0) {
+            _unlinking = unlinked_file{};  // a failed close(2) still releases the descriptor
+        } else {
+            // A failed punch (EOPNOTSUPP: no holes on this filesystem) leaves the rest to the
+            // close.
+            _unlinking.left = res < 0 ? 0 : _unlinked_op.punch_offset;
+        }
         return;
     }
     if (!_release || !_release->close_in_flight)
@@ -1619,6 +1645,13 @@ bool spool::release_in_flight() const {
 // ---------------------------------------------------------------- synchronous execution
 
 int execute_release_sync(const release_op& op) {
+    if (op.punch_length > 0) {
+        return ::fallocate(op.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                           static_cast<off_t>(op.punch_offset),
+                           static_cast<off_t>(op.punch_length)) == 0
+                   ? 0
+                   : -errno;
+    }
     return ::close(op.fd) == 0 ? 0 : -errno;
 }
 

@@ -128,6 +128,9 @@ class reactor {
     // Closes a file (never a socket: those are ring_fds) in an io-wq worker (IOSQE_ASYNC), so
     // that what the last close of an unlinked file frees is freed off the loop.
     void close_file_async(int fd, completion* c);
+    // Punches a hole in a file (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE; the kernel runs it
+    // in an io-wq worker): an unlinked file's extents freed a slice at a time.
+    void punch_hole_async(int fd, std::uint64_t offset, std::uint64_t length, completion* c);
     void nop(completion* c);
 
     // Group commit: every write (vectored, positioned) then an fdatasync of every sync fd, then

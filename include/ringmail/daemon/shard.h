@@ -103,8 +103,10 @@ class shard final : public core::shard_base, public reception::host, public deli
         std::vector<core::write_request> stream_requests;
         void on_streamed(int res, std::uint32_t flags);
         core::member_completion<spool_slot, &spool_slot::on_streamed> stream_op{this};
-        // The journal a compaction replaced, closed on the ring (what it frees, off the loop).
+        // A released file's step on the ring (spool::release_op: a hole or the close), so that
+        // what it frees is freed off the loop.
         bool release_in_flight = false;
+        bool release_is_punch = false;
         void on_released(int res, std::uint32_t flags);
         core::member_completion<spool_slot, &spool_slot::on_released> release_op{this};
     };
@@ -161,7 +163,7 @@ class shard final : public core::shard_base, public reception::host, public deli
     engine_timer _engine_timer;
     lag_timer _lag_timer;
     core::connection_set<reception::inbound_connection> _connections;  // reaped per iteration
-    bool _input_held = false;  // a connection stopped reading: the spool was over its budget
+    bool _input_held = false;   // a connection stopped reading: the spool was over its budget
     bool _holding_all = false;  // apply_budget() told every connection in a message to stop
 
     std::vector<std::shared_ptr<const tls::server_context>> _tls_contexts;  // per listener

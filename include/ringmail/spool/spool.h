@@ -9,8 +9,9 @@
 // nothing is acknowledged on their strength, and a batch carrying them costs a second
 // fdatasync. Plain synchronous syscalls are used only off the per-message path: open/recover,
 // creating a segment (open + mmap + fsync of the directory, once per segment_size bytes),
-// unlinking reclaimed segments (while still open: their last close, which frees their extents,
-// is handed to the ring through prepare_release), and journal compaction.
+// unlinking reclaimed segments (while still open: their extents are freed on the ring through
+// prepare_release, in holes of options::release_punch_bytes and then the last close), and
+// journal compaction.
 //
 // Journal compaction rewrites the journal from the in-memory state (floor entry, per-recipient
 // outcomes and attempts of live messages, done entries of messages whose segment file still
@@ -98,6 +99,8 @@ struct options {
     // each batch that carries journal entries costs a second fdatasync. See "group commit".
     std::chrono::milliseconds journal_delay{20};
     std::size_t journal_batch_bytes = 256 << 10;
+    // A reclaimed file's extents are freed this many bytes at a time (0: all at its close).
+    std::uint64_t release_punch_bytes = 1 << 20;
 };
 
 struct write_op {
@@ -117,10 +120,16 @@ struct commit_batch {
 // pwritev loop + fdatasync, for tests and start-up. Returns 0 or -errno.
 int execute_batch_sync(const commit_batch&);
 
-// A file to close off the loop (IORING_OP_CLOSE run by an io-wq worker): its last reference, an
-// unlinked file whose extents the close frees. Its result does not matter to durability.
+// One step of releasing a file off the loop, run by an io-wq worker: a hole punched in it
+// (FALLOC_FL_PUNCH_HOLE, when punch_length > 0) or its close. The file is unlinked and this is
+// its last reference, so the close frees whatever extents are left. Freeing all of a 64 MiB
+// segment at its close held ext4's block group (mounted with discard) for 40-160 ms, and every
+// fdatasync of both shards waited meanwhile; in 1 MiB holes each step holds it for a moment
+// (issue 18). Its result does not matter to durability.
 struct release_op {
     int fd = -1;
+    std::uint64_t punch_offset = 0;
+    std::uint64_t punch_length = 0;  // 0: close
 };
 int execute_release_sync(const release_op&);
 
@@ -227,10 +236,12 @@ class spool {
     bool stream_in_flight() const { return _stream != nullptr; }
     std::uint64_t unwritten_bytes() const { return _unwritten; }
 
-    // A file to close on the ring, then complete_release(res) (any res): the journal a runtime
-    // compaction replaced, once the rename is durable, or a reclaimed segment (unlinked, still
-    // open). nullptr if none, or one in flight. The owner waits for one in flight before
-    // destroying the spool.
+    // A step to run on the ring, then complete_release(res) (any res): the close of the journal
+    // a runtime compaction replaced, once the rename is durable, or, for a reclaimed segment or
+    // message file (unlinked, still open), a hole from its end backwards, release_punch_bytes at
+    // a time, then its close (at once if a punch fails: the filesystem may not punch holes).
+    // nullptr if none, or one in flight. The owner waits for one in flight before destroying
+    // the spool.
     const release_op* prepare_release();
     void complete_release(int res);
     bool release_in_flight() const;
@@ -305,10 +316,15 @@ class spool {
     std::unique_ptr<stream_batch> _stream;    // in flight
     std::unique_ptr<compaction> _compaction;  // a runtime compaction under way
     std::unique_ptr<release> _release;        // what the last one left, released in slices
-    // Reclaimed segment and message files, unlinked but still open: their last close frees
-    // their extents (tens of ms for 64 MiB on ext4 with discard), so it runs on the ring,
-    // one at a time, through prepare_release like the replaced journal's.
-    std::vector<int> _unlinked_fds;
+    // Reclaimed segment and message files, unlinked but still open: their extents are freed
+    // on the ring, one file and one step at a time, through prepare_release (release_op says
+    // why in steps). `left`: the bytes from offset 0 not yet punched.
+    struct unlinked_file {
+        int fd = -1;
+        std::uint64_t left = 0;
+    };
+    std::vector<unlinked_file> _unlinked_files;  // waiting
+    unlinked_file _unlinking;                    // being released (fd -1: none)
     release_op _unlinked_op;
     bool _unlinked_in_flight = false;
     std::uint64_t _next_stream = 1;  // next message-<N> file number

@@ -362,6 +362,7 @@ TEST(spool, sealed_segment_reclaimed_when_all_done) {
     test::temp_dir td;
     options opt;
     opt.segment_size = 8192;
+    opt.release_punch_bytes = 4096;
     auto sp = open_recovered(td.shard(0), 0, nullptr, opt);
     const queue_id a = store(*sp, 1, 3000, 1);
     const queue_id b = store(*sp, 2, 3000, 2);
@@ -389,16 +390,63 @@ TEST(spool, sealed_segment_reclaimed_when_all_done) {
     EXPECT_TRUE(sp->read(c).has_value());
     EXPECT_EQ(sp->metrics().messages_live, 1u);
 
-    // Unlinked but still open: its last close (which frees its extents) is the ring's, off
-    // the loop, one at a time.
+    // Unlinked but still open: its extents are freed on the ring, off the loop, one step at a
+    // time: holes of release_punch_bytes from its end backwards, then the close.
     const release_op* r = sp->prepare_release();
     ASSERT_NE(r, nullptr);
     EXPECT_TRUE(sp->release_in_flight());
     EXPECT_EQ(sp->prepare_release(), nullptr);
+    const int fd = r->fd;
     struct stat st {};
-    ASSERT_EQ(::fstat(r->fd, &st), 0);
+    ASSERT_EQ(::fstat(fd, &st), 0);
     EXPECT_EQ(st.st_nlink, 0u);
-    EXPECT_GE(st.st_size, 6000);  // both records still in it until the close
+    ASSERT_GE(st.st_size, 6000);  // both records still in it until the close
+    // Whole steps from the rounded-up end, so that every hole frees whole blocks.
+    std::uint64_t end = (std::uint64_t(st.st_size) + 4095) / 4096 * 4096;
+    int punches = 0;
+    while (r->punch_length > 0) {
+        EXPECT_EQ(r->fd, fd);
+        EXPECT_EQ(r->punch_offset + r->punch_length, end);
+        EXPECT_EQ(r->punch_length, 4096u);
+        end = r->punch_offset;
+        ASSERT_EQ(execute_release_sync(*r), 0);
+        sp->complete_release(0);
+        ++punches;
+        r = sp->prepare_release();
+        ASSERT_NE(r, nullptr);
+    }
+    EXPECT_EQ(end, 0u);
+    EXPECT_EQ(punches, int((std::uint64_t(st.st_size) + 4095) / 4096));
+    ASSERT_EQ(::fstat(fd, &st), 0);
+    EXPECT_EQ(st.st_blocks, 0);  // every extent freed before the close
+    EXPECT_EQ(execute_release_sync(*r), 0);
+    sp->complete_release(0);
+    EXPECT_FALSE(sp->release_in_flight());
+    EXPECT_EQ(sp->prepare_release(), nullptr);
+}
+
+// A filesystem that cannot punch holes: the first failed punch sends the file to its close.
+TEST(spool, reclaimed_file_closed_whole_when_punch_fails) {
+    test::temp_dir td;
+    options opt;
+    opt.segment_size = 8192;
+    opt.release_punch_bytes = 1024;
+    auto sp = open_recovered(td.shard(0), 0, nullptr, opt);
+    const queue_id a = store(*sp, 1, 3000, 1);
+    const queue_id b = store(*sp, 2, 3000, 2);
+    store(*sp, 3, 3000, 3);  // rotates: a and b's segment is sealed
+    commit(*sp);
+    sp->record_done(a);
+    sp->record_done(b);
+    commit(*sp);
+    ASSERT_EQ(sp->metrics().segments_reclaimed, 1u);
+    const release_op* r = sp->prepare_release();
+    ASSERT_NE(r, nullptr);
+    ASSERT_GT(r->punch_length, 0u);
+    sp->complete_release(-EOPNOTSUPP);
+    r = sp->prepare_release();
+    ASSERT_NE(r, nullptr);
+    EXPECT_EQ(r->punch_length, 0u);  // the close
     EXPECT_EQ(execute_release_sync(*r), 0);
     sp->complete_release(0);
     EXPECT_FALSE(sp->release_in_flight());
