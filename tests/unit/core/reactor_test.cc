@@ -12,6 +12,7 @@
 #include <functional>
 #include <string>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <utility>
 #include <vector>
@@ -238,6 +239,42 @@ TEST(reactor, write_chain_writes_and_fdatasyncs) {
     r->write_chain({}, {}, &empty);
     ASSERT_TRUE(spin(*r, [&] { return !empty.events.empty(); }));
     EXPECT_EQ(empty.events[0].first, 0);
+}
+
+// A released file's extents go a hole at a time (spool::release_op), then the close.
+TEST(reactor, punch_hole_frees_extents_and_keeps_the_size) {
+    auto r = make_reactor();
+    ASSERT_TRUE(r);
+    temp_file a;
+    ASSERT_GE(a.fd, 0);
+    const std::string block(1 << 16, 'x');
+    for (int i = 0; i < 4; ++i)
+        ASSERT_EQ(::write(a.fd, block.data(), block.size()), ssize_t(block.size()));
+    ASSERT_EQ(::fsync(a.fd), 0);
+    struct stat before {};
+    ASSERT_EQ(::fstat(a.fd, &before), 0);
+    recorder done;
+    r->punch_hole_async(a.fd, 1 << 16, 2 << 16, &done);
+    ASSERT_TRUE(spin(*r, [&] { return !done.events.empty(); }));
+    if (done.events[0].first == -EOPNOTSUPP)
+        GTEST_SKIP() << "this filesystem cannot punch holes (the spool then closes files whole)";
+    ASSERT_EQ(done.events[0].first, 0) << std::strerror(-done.events[0].first);
+    struct stat after {};
+    ASSERT_EQ(::fstat(a.fd, &after), 0);
+    EXPECT_EQ(after.st_size, before.st_size);
+    EXPECT_LE(after.st_blocks, before.st_blocks - (2 << 16) / 512);
+    char got[2] = {};
+    ASSERT_EQ(::pread(a.fd, got, 2, (1 << 16) - 1), 2);
+    EXPECT_EQ(got[0], 'x');
+    EXPECT_EQ(got[1], '\0');  // the hole reads as zeros
+    ASSERT_EQ(::pread(a.fd, got, 1, 3 << 16), 1);
+    EXPECT_EQ(got[0], 'x');
+
+    recorder closed;
+    r->close_file_async(a.fd, &closed);
+    ASSERT_TRUE(spin(*r, [&] { return !closed.events.empty(); }));
+    EXPECT_EQ(closed.events[0].first, 0);
+    a.fd = -1;
 }
 
 TEST(reactor, write_chain_reports_the_first_failure) {
