@@ -284,8 +284,9 @@ struct spool::release {
     std::vector<std::unique_ptr<char[]>> blocks;
     int old_journal_fd = -1;
     std::uint64_t old_journal_size = 0;
+    std::uint64_t left = 0;  // of the old journal, bytes from offset 0 not yet punched
     bool rename_durable = false;
-    bool close_in_flight = false;
+    bool close_in_flight = false;  // a step (a hole or the close) on the ring
     release_op op;
 };
 
@@ -466,10 +467,7 @@ void spool::maybe_reclaim(segment* s) {
         // Rounded up to whole steps, so every hole is aligned and frees whole blocks, the
         // last one's too (a hole past the end is allowed: the size is kept).
         const off_t size = ::lseek(s->fd, 0, SEEK_END);
-        const std::uint64_t step = _opt.release_punch_bytes;
-        const std::uint64_t left =
-            size > 0 && step > 0 ? (std::uint64_t(size) + step - 1) / step * step : 0;
-        _unlinked_files.push_back(unlinked_file{s->fd, left});
+        _unlinked_files.push_back(unlinked_file{s->fd, whole_steps(size > 0 ? size : 0)});
     }
     s->fd = -1;
     ++_m.segments_reclaimed;
@@ -1558,6 +1556,7 @@ void spool::swap_journal() {
         _release = std::make_unique<release>();
     _release->old_journal_fd = _journal_fd;
     _release->old_journal_size = _journal_offset;
+    _release->left = whole_steps(_journal_offset);
     _release->rename_durable = false;
     _journal_fd = c.fd;
     _journal_offset = c.size;
@@ -1600,20 +1599,27 @@ const release_op* spool::prepare_release() {
             _unlinking = _unlinked_files.back();
             _unlinked_files.pop_back();
         }
-        const std::uint64_t step = _opt.release_punch_bytes;
-        if (step > 0 && _unlinking.left > 0) {
-            const std::uint64_t n = std::min(_unlinking.left, step);
-            _unlinked_op = release_op{_unlinking.fd, _unlinking.left - n, n};
-        } else {
-            _unlinked_op = release_op{_unlinking.fd};
-        }
+        _unlinked_op = next_release_step(_unlinking.fd, _unlinking.left);
         _unlinked_in_flight = true;
         return &_unlinked_op;
     }
     release& r = *_release;
     r.close_in_flight = true;
-    r.op = release_op{r.old_journal_fd};
+    r.op = next_release_step(r.old_journal_fd, r.left);
     return &r.op;
+}
+
+std::uint64_t spool::whole_steps(std::uint64_t size) const {
+    const std::uint64_t step = _opt.release_punch_bytes;
+    return step > 0 ? (size + step - 1) / step * step : 0;
+}
+
+release_op spool::next_release_step(int fd, std::uint64_t left) const {
+    const std::uint64_t step = _opt.release_punch_bytes;
+    if (step == 0 || left == 0)
+        return release_op{fd};
+    const std::uint64_t n = std::min(left, step);
+    return release_op{fd, left - n, n};
 }
 
 void spool::complete_release(int res) {
@@ -1631,6 +1637,11 @@ void spool::complete_release(int res) {
     }
     if (!_release || !_release->close_in_flight)
         core::invariant_broken("spool: complete_release() without a close in flight");
+    if (_release->op.punch_length > 0) {
+        _release->left = res < 0 ? 0 : _release->op.punch_offset;  // as for a reclaimed file
+        _release->close_in_flight = false;
+        return;
+    }
     // A failed close(2) still releases the descriptor: nothing to retry.
     _release->old_journal_fd = -1;
     _release->close_in_flight = false;

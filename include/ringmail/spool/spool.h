@@ -25,9 +25,10 @@
 // and its completion renames journal.tmp over journal (the next batch fsyncs the directory; an
 // idle shard makes a batch of that fsync alone). Nothing big happens in one loop iteration: the
 // image and tail grow in 1 MiB blocks (no reallocating copy), the blocks are freed 4 per batch
-// afterwards, and the replaced journal, unlinked but still open, is closed on the ring by an
-// io-wq worker once the rename is durable (prepare_release / complete_release): its last close
-// frees all its extents, tens of ms for 80 MB on ext4. The next compaction waits for that
+// afterwards, and the replaced journal, unlinked but still open, is released on the ring by an
+// io-wq worker once the rename is durable (prepare_release / complete_release): holes of
+// release_punch_bytes, then its close, as for a reclaimed segment (a close that freed all of
+// 80 MB at once took tens of ms and held up the fdatasyncs). The next compaction waits for that
 // close. A failed runtime compaction leaves the old journal in use and is retried after another
 // journal_compact_bytes.
 //
@@ -99,7 +100,8 @@ struct options {
     // each batch that carries journal entries costs a second fdatasync. See "group commit".
     std::chrono::milliseconds journal_delay{20};
     std::size_t journal_batch_bytes = 256 << 10;
-    // A reclaimed file's extents are freed this many bytes at a time (0: all at its close).
+    // A released file's extents (a reclaimed segment, a replaced journal) are freed this many bytes
+    // at a time (0: all at its close).
     std::uint64_t release_punch_bytes = 1 << 20;
 };
 
@@ -236,10 +238,10 @@ class spool {
     bool stream_in_flight() const { return _stream != nullptr; }
     std::uint64_t unwritten_bytes() const { return _unwritten; }
 
-    // A step to run on the ring, then complete_release(res) (any res): the close of the journal
-    // a runtime compaction replaced, once the rename is durable, or, for a reclaimed segment or
-    // message file (unlinked, still open), a hole from its end backwards, release_punch_bytes at
-    // a time, then its close (at once if a punch fails: the filesystem may not punch holes).
+    // A step to run on the ring, then complete_release(res) (any res), for the journal a
+    // runtime compaction replaced (once the rename is durable) or a reclaimed segment or message
+    // file (each unlinked, still open): a hole from its end backwards, release_punch_bytes at a
+    // time, then its close (at once if a punch fails: the filesystem may not punch holes).
     // nullptr if none, or one in flight. The owner waits for one in flight before destroying
     // the spool.
     const release_op* prepare_release();
@@ -280,6 +282,10 @@ class spool {
     void swap_journal();
     void retire_blocks(compaction&);
     void release_step();
+    // A file's size rounded up to whole release_punch_bytes (0 when holes are off), and the
+    // step after `left` bytes remain: a hole ending there, or the close.
+    std::uint64_t whole_steps(std::uint64_t size) const;
+    release_op next_release_step(int fd, std::uint64_t left) const;
     bool release_awaits_dir_sync() const;
     result<stored_message> decode_at(const location&) const;
 

@@ -342,6 +342,7 @@ TEST(compaction, replaced_journal_is_released_after_the_rename_is_durable) {
     const auto dir = td.shard(0);
     options opt = small_options();
     opt.journal_compact_ratio = 1;
+    opt.release_punch_bytes = 4096;
     auto sp = open_recovered(dir, 0, nullptr, opt);
     const queue_id a = store_rcpts(*sp, 1, 2, 1);
     commit(*sp);
@@ -385,6 +386,23 @@ TEST(compaction, replaced_journal_is_released_after_the_rename_is_durable) {
     grow(2000);
     EXPECT_EQ(sp->metrics().journal_compactions, 1u);
     EXPECT_FALSE(std::filesystem::exists(dir / "journal.tmp"));
+    // Its extents go in holes from the end, then the close.
+    const int fd = r->fd;
+    std::uint64_t end = (std::uint64_t(st.st_size) + opt.release_punch_bytes - 1) /
+                        opt.release_punch_bytes * opt.release_punch_bytes;
+    while (r->punch_length > 0) {
+        EXPECT_EQ(r->fd, fd);
+        EXPECT_EQ(r->punch_offset + r->punch_length, end);
+        end = r->punch_offset;
+        sp->complete_release(execute_release_sync(*r));
+        EXPECT_FALSE(sp->release_in_flight());
+        EXPECT_EQ(sp->metrics().journal_compactions, 1u);  // still waiting for the close
+        r = sp->prepare_release();
+        ASSERT_NE(r, nullptr);
+    }
+    EXPECT_EQ(end, 0u);
+    ASSERT_EQ(::fstat(fd, &st), 0);
+    EXPECT_EQ(st.st_blocks, 0);
     sp->complete_release(execute_release_sync(*r));
     EXPECT_FALSE(sp->release_in_flight());
     // Now the next one runs.
