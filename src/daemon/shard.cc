@@ -72,8 +72,9 @@ void shard::spool_slot::on_streamed(int res, std::uint32_t) {
 
 void shard::spool_slot::on_released(int res, std::uint32_t) {
     owner->check_shard();
-    release_in_flight = false;
-    if (res < 0 && release_is_punch) {
+    const bool punch = release_step->punch_length > 0;
+    release_step = nullptr;
+    if (res < 0 && punch) {
         // The spool closes the file whole instead; a filesystem without holes says so for
         // every file, so only debug.
         log::debug("spool {}: punching a released file's extents: {}", sp->dir().string(),
@@ -454,7 +455,8 @@ void shard::on_wake() {
 
 bool shard::any_batch_in_flight() const {
     for (const auto& s : _spools) {
-        if (s->in_flight || s->stream_in_flight || s->release_in_flight || s->sp->has_pending())
+        if (s->in_flight || s->stream_in_flight || s->release_step != nullptr ||
+            s->sp->has_pending())
             return true;
     }
     return false;
@@ -599,10 +601,9 @@ void shard::flush_commits() {
                 reactor().write_chain(slot->stream_requests, {}, &slot->stream_op);
             }
         }
-        if (!slot->release_in_flight) {
+        if (slot->release_step == nullptr) {
             if (const spool::release_op* p = slot->sp->prepare_release()) {
-                slot->release_in_flight = true;
-                slot->release_is_punch = p->punch_length > 0;
+                slot->release_step = p;
                 if (p->punch_length > 0) {
                     reactor().punch_hole_async(p->fd, p->punch_offset, p->punch_length,
                                                &slot->release_op);

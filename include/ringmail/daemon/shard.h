@@ -104,9 +104,8 @@ class shard final : public core::shard_base, public reception::host, public deli
         void on_streamed(int res, std::uint32_t flags);
         core::member_completion<spool_slot, &spool_slot::on_streamed> stream_op{this};
         // A released file's step on the ring (spool::release_op: a hole or the close), so that
-        // what it frees is freed off the loop.
-        bool release_in_flight = false;
-        bool release_is_punch = false;
+        // what it frees is freed off the loop; the spool's, valid until complete_release().
+        const spool::release_op* release_step = nullptr;
         void on_released(int res, std::uint32_t flags);
         core::member_completion<spool_slot, &spool_slot::on_released> release_op{this};
     };
