@@ -1,7 +1,8 @@
 """Integration test harness: real processes on loopback, Python 3.11 stdlib only.
 
 What it gives a test:
-  - free_port(), temp_dir(): loopback ports and temporary directories (removed at exit);
+  - free_port(), temp_dir(): loopback ports (each handed out once among the tests running
+    side by side) and temporary directories (removed at exit);
   - Ringmaild: writes a TOML config (contract keys, DESIGN.md), starts build/src/ringmaild
     (path from $RINGMAILD), waits until it greets, stops it with SIGTERM or kill -9;
   - SmtpSink: an SMTP server written here, independent of ringmail's code, that records
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import fcntl
 import dataclasses
 import os
 import re
@@ -109,11 +111,52 @@ def temp_dir(prefix: str = "ringmail-it-") -> str:
     return d
 
 
-def free_port(host: str = LOOPBACK) -> int:
+def _bind_once(host: str, port: int) -> int:
+    """The port bound (the kernel's choice for 0), 0 if it cannot be bound."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        try:
+            s.bind((host, port))
+        except OSError:
+            return 0
         return s.getsockname()[1]
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port for a daemon this test starts. The integration tests run side by side, and a
+    port that bind(0) found free can be found free again by another test before this one's
+    daemon binds it. So, with $RINGMAIL_TEST_PORT_FILE set (meson sets it), ports come from
+    one counter shared by every test of the build tree, under flock: each one is handed out
+    once per 20,000 (until the counter wraps), from below the kernel's ephemeral range, where
+    no outgoing connection takes them either."""
+    path = os.environ.get("RINGMAIL_TEST_PORT_FILE")
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 0
+    low, high = ephemeral_low - 20000, ephemeral_low
+    if not path or low < 1024:
+        return _bind_once(host, 0)
+    with open(path, "a+", encoding="ascii") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        try:
+            port = int(f.read().strip() or "0")
+        except ValueError:
+            port = 0
+        if not low <= port < high:
+            port = low + os.getpid() % (high - low)
+        for _ in range(high - low):
+            candidate, port = port, (low if port + 1 >= high else port + 1)
+            if _bind_once(host, candidate):
+                break
+        else:
+            raise RuntimeError(f"no free port in {low}-{high - 1} on {host}")
+        f.seek(0)
+        f.truncate()
+        f.write(str(port))
+    return candidate
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
