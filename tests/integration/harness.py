@@ -371,7 +371,15 @@ class Ringmaild:
                             s.recv(512)
                         except OSError:
                             pass
-                        return
+                        # One shard greeting is not the daemon ready: the others may still
+                        # be opening their spools (seen: 10 s under the parallel suite's
+                        # disk load), and SIGHUP or SIGTERM are only handled once all are.
+                        # The main thread's "ready" line says they are (at log_level info,
+                        # the only level the tests run at).
+                        if self._ready_line_by(deadline):
+                            return
+                        last_error = "a shard greets, but no \"ringmaild ... ready\" line"
+                        break
                     last_error = f"greeting {greeting!r}"
             except OSError as e:
                 last_error = str(e)
@@ -381,6 +389,16 @@ class Ringmaild:
             f"ringmaild did not greet on {self.address} within {timeout:.0f}s "
             f"({last_error}):\n" + self.log_text()
         )
+
+    _READY_LINE = re.compile(r"info: ringmaild \S+ ready: ")
+
+    def _ready_line_by(self, deadline: float) -> bool:
+        while True:
+            if self._READY_LINE.search(self.log_text()):
+                return True
+            if self.proc.poll() is not None or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
