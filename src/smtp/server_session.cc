@@ -1,6 +1,7 @@
 #include "ringmail/smtp/server_session.h"
 
 #include "ringmail/core/ascii.h"
+#include "ringmail/core/byte_scan.h"
 #include "ringmail/core/panic.h"
 #include "ringmail/smtp/address.h"
 #include "ringmail/smtp/errc.h"
@@ -884,26 +885,28 @@ std::size_t server_session::scan_line(const char* b, std::size_t i, std::size_t 
         _scan = scan::mid_line;
         return i;
     }
-    const char* cr = static_cast<const char*>(std::memchr(b + i, '\r', n - i));
-    std::size_t stop = cr ? static_cast<std::size_t>(cr - b) : n;
-    if (const void* lf = std::memchr(b + i, '\n', stop - i)) {
-        std::size_t k = static_cast<const char*>(lf) - b;
-        note_line_bytes(k - i + 1);
-        if (std::memchr(b + i, '\0', k - i) != nullptr)
-            fail_content(content_error::nul);
-        fail_content(content_error::bare_cr_lf);
-        return k + 1;
+    // One pass to the next CR, LF or NUL. A CRLF followed by anything but "." stays in this
+    // loop: the line_start state only matters for a dot, and most lines have none.
+    for (;;) {
+        const std::size_t k = i + core::find_cr_lf_nul(b + i, n - i);
+        note_line_bytes(k - i);
+        if (k == n)
+            return n;
+        if (b[k] == '\r') {
+            if (k + 2 < n && b[k + 1] == '\n' && b[k + 2] != '.') {
+                _line_length = 0;
+                i = k + 2;
+                continue;
+            }
+            _scan = scan::cr;
+            return k + 1;
+        }
+        // A bare LF; or a NUL, line content but never an end: a receiver that drops it would
+        // see "\r\n\0.\r\n" as the end of data, so it is refused like a bare CR or LF.
+        fail_content(b[k] == '\n' ? content_error::bare_cr_lf : content_error::nul);
+        note_line_bytes(1);
+        i = k + 1;
     }
-    // A NUL is line content, never an end, but a receiver that drops it would see
-    // "\r\n\0.\r\n" as the end of data: refused like a bare CR or LF.
-    if (std::memchr(b + i, '\0', stop - i) != nullptr)
-        fail_content(content_error::nul);
-    note_line_bytes(stop - i);
-    if (cr) {
-        _scan = scan::cr;
-        return stop + 1;
-    }
-    return stop;
 }
 
 std::size_t server_session::scan_bdat(std::string_view s) {
