@@ -85,6 +85,32 @@ TEST(crc32c, portable_matches_dispatch_at_every_alignment_and_length) {
     }
 }
 
+// Long inputs go through three streams at once (blocks of 2048 and 256 octets, joined by
+// shifts): every length around those block edges, at every alignment, in pieces too.
+TEST(crc32c, three_streams_match_portable_around_block_edges) {
+    std::string s;
+    for (int i = 0; i < 20000; ++i)
+        s.push_back(char((i * 2654435761u) >> 13));
+    std::vector<std::size_t> lengths;
+    for (std::size_t edge : {768u, 3 * 768u, 6144u, 6144u + 768u, 2 * 6144u + 3 * 768u}) {
+        for (std::size_t d = 0; d <= 17; ++d) {
+            lengths.push_back(edge - d);
+            lengths.push_back(edge + d);
+        }
+    }
+    lengths.push_back(s.size() - 8);
+    for (std::size_t off = 0; off < 9; ++off) {
+        for (std::size_t len : lengths) {
+            ASSERT_EQ(crc32c(s.data() + off, len), crc32c_portable(s.data() + off, len))
+                << off << " " << len;
+        }
+    }
+    const std::uint32_t whole = crc32c_portable(s.data(), s.size());
+    for (std::size_t cut : {1u, 767u, 6145u, 13000u}) {
+        EXPECT_EQ(crc32c(s.data() + cut, s.size() - cut, crc32c(s.data(), cut)), whole) << cut;
+    }
+}
+
 TEST(crc32c, detects_single_bit_flip) {
     std::string s(4096, 'a');
     const std::uint32_t good = crc32c(s);
