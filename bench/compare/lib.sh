@@ -150,17 +150,19 @@ smtp_sink_count() {
   tr '\r' '\n' <"$1" | sed -n 's/.*mesg=\([0-9]*\).*/\1/p' | sort -n | tail -1
 }
 
-# smtp_sink_watch LOG N OUT [SECONDS]: in the background (sets WATCH_PID), polls the sink's
-# counter every 2 ms and writes to OUT the wall-clock time (seconds since the epoch, as
+# smtp_sink_watch LOG N OUT [SECONDS [PID]]: in the background (sets WATCH_PID), polls the
+# sink's counter every 2 ms and writes to OUT the wall-clock time (seconds since the epoch, as
 # $EPOCHREALTIME) at which it first saw N messages, or "timeout" after SECONDS (default
-# BENCH_TIMEOUT). Returns once the watcher polls (a Python start-up on a loaded machine can
-# take a good part of a second: started late, it would report the time it first looked).
+# BENCH_TIMEOUT). With the sink's PID, also writes then to OUT.sched the first two fields of
+# its /proc/PID/schedstat (ns on a CPU, ns runnable but waiting for one; see sink_sched). Returns
+# once the watcher polls (a Python start-up on a loaded machine can take a good part of a
+# second: started late, it would report the time it first looked).
 smtp_sink_watch() {
   local i
-  rm -f "$3" "$3.ready"
-  python3 - "$1" "$2" "$3" "${4:-$BENCH_TIMEOUT}" <<'EOF' &
+  rm -f "$3" "$3.ready" "$3.sched"
+  python3 - "$1" "$2" "$3" "${4:-$BENCH_TIMEOUT}" "${5:-}" <<'EOF' &
 import os, re, sys, time
-log, n, out, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+log, n, out, limit, pid = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]
 pat = re.compile(rb"mesg=(\d+)")
 deadline = time.monotonic() + limit
 fd = os.open(log, os.O_RDONLY)
@@ -172,6 +174,12 @@ while time.monotonic() < deadline:
     got = [int(m) for m in pat.findall(tail)]
     if got and max(got) >= n:
         result = "%.6f" % time.time()
+        if pid:
+            try:
+                with open("/proc/%s/schedstat" % pid) as f, open(out + ".sched", "w") as o:
+                    o.write(" ".join(f.read().split()[:2]) + "\n")
+            except OSError:
+                pass
         break
     time.sleep(0.002)
 with open(out, "w") as f:
@@ -186,6 +194,19 @@ EOF
   done
   log "  the sink's watcher did not start"
   return 1
+}
+
+# sink_sched PID: the sink's ns on a CPU and ns runnable but waiting for one, so far
+# (/proc/PID/schedstat); "- -" when unreadable. Over a run, waiting/(wall time) is the share of
+# it in which the sink had work but no CPU: on a machine the sink shares with the loader and
+# the MTA, this is what keeps an end-to-end figure under the harness-alone one.
+sink_sched() {
+  local run wait rest
+  if read -r run wait rest <"/proc/$1/schedstat" 2>/dev/null; then
+    echo "$run $wait"
+  else
+    echo "- -"
+  fi
 }
 
 # smtp_sink_stop_check PID LOG N: stops the sink and checks that it counted exactly N
