@@ -51,6 +51,7 @@ std::uint32_t update_portable(std::uint32_t c, const unsigned char* p, std::size
     return c;
 }
 
+#if defined(__x86_64__)
 // shift(c): the register after c runs through `len` zero bytes; linear in c, so it is the XOR
 // of four byte tables. It joins CRCs computed side by side: crc(A||B) = shift_|B|(crc(A)) ^
 // crc_from_zero(B).
@@ -87,7 +88,6 @@ constexpr shift_op make_shift(std::size_t len) {
     return op;
 }
 
-#if defined(__x86_64__)
 // The crc32 instruction takes 3 cycles but starts one per cycle: three streams over three
 // consecutive blocks keep it busy, and the shifts join them. Blocks are a multiple of 8 bytes
 // (and of 4, which make_shift needs).
@@ -98,7 +98,7 @@ constexpr shift_op shift_big2 = make_shift(2 * big_block);
 constexpr shift_op shift_small = make_shift(small_block);
 constexpr shift_op shift_small2 = make_shift(2 * small_block);
 
-__attribute__((target("sse4.2"))) inline std::uint64_t load64(const unsigned char* p) noexcept {
+inline std::uint64_t load64(const unsigned char* p) noexcept {
     std::uint64_t v;
     std::memcpy(&v, p, 8);
     return v;
