@@ -153,10 +153,13 @@ smtp_sink_count() {
 # smtp_sink_watch LOG N OUT [SECONDS [PID]]: in the background (sets WATCH_PID), polls the
 # sink's counter every 2 ms and writes to OUT the wall-clock time (seconds since the epoch, as
 # $EPOCHREALTIME) at which it first saw N messages, or "timeout" after SECONDS (default
-# BENCH_TIMEOUT). With the sink's PID, also writes then to OUT.sched the first two fields of
-# its /proc/PID/schedstat (ns on a CPU, ns runnable but waiting for one; see sink_sched). Returns
-# once the watcher polls (a Python start-up on a loaded machine can take a good part of a
-# second: started late, it would report the time it first looked).
+# BENCH_TIMEOUT). With the sink's PID, OUT.sched gets the first two fields of its
+# /proc/PID/schedstat (ns on a CPU, ns runnable but waiting for one) as the watcher starts and
+# again when it sees N: over the run, waiting/(wall time) is the share in which the sink had
+# work but no CPU (on a machine it shares with the loader and the MTA, what keeps an end-to-end
+# figure under the harness-alone one). Returns once the watcher polls (a Python start-up on a
+# loaded machine can take a good part of a second: started late, it would report the time it
+# first looked).
 smtp_sink_watch() {
   local i
   rm -f "$3" "$3.ready" "$3.sched"
@@ -166,6 +169,16 @@ log, n, out, limit, pid = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.
 pat = re.compile(rb"mesg=(\d+)")
 deadline = time.monotonic() + limit
 fd = os.open(log, os.O_RDONLY)
+
+def sched():
+    if pid:
+        try:
+            with open("/proc/%s/schedstat" % pid) as f, open(out + ".sched", "a") as o:
+                o.write(" ".join(f.read().split()[:2]) + "\n")
+        except OSError:
+            pass
+
+sched()
 open(out + ".ready", "w").close()
 result = "timeout"
 while time.monotonic() < deadline:
@@ -174,12 +187,7 @@ while time.monotonic() < deadline:
     got = [int(m) for m in pat.findall(tail)]
     if got and max(got) >= n:
         result = "%.6f" % time.time()
-        if pid:
-            try:
-                with open("/proc/%s/schedstat" % pid) as f, open(out + ".sched", "w") as o:
-                    o.write(" ".join(f.read().split()[:2]) + "\n")
-            except OSError:
-                pass
+        sched()
         break
     time.sleep(0.002)
 with open(out, "w") as f:
@@ -194,19 +202,6 @@ EOF
   done
   log "  the sink's watcher did not start"
   return 1
-}
-
-# sink_sched PID: the sink's ns on a CPU and ns runnable but waiting for one, so far
-# (/proc/PID/schedstat); "- -" when unreadable. Over a run, waiting/(wall time) is the share of
-# it in which the sink had work but no CPU: on a machine the sink shares with the loader and
-# the MTA, this is what keeps an end-to-end figure under the harness-alone one.
-sink_sched() {
-  local run wait rest
-  if read -r run wait rest <"/proc/$1/schedstat" 2>/dev/null; then
-    echo "$run $wait"
-  else
-    echo "- -"
-  fi
 }
 
 # smtp_sink_stop_check PID LOG N: stops the sink and checks that it counted exactly N

@@ -101,8 +101,7 @@ BLAST_ARGS=(--pipelining)
 # P99 (ms), ACH (achieved messages/s) and BEHIND; "fail" where a check failed. Whatever it
 # started is stopped before it returns, so no run loads the next one.
 run_row() {
-  local row=$1 i=$2 sink_port port dir sink_log json seen ok=0 mta="" sched_run=- sched_wait=-
-  local end_run=- end_wait=-
+  local row=$1 i=$2 sink_port port dir sink_log json seen ok=0 mta="" sched run0 wait0 run1 wait1
   ACC=fail DEL=fail P50=- P99=- ACH=- BEHIND=- SINK_CPU=- SINK_WAIT=-
   dir="$WORK/$row$i"
   mkdir -p "$dir"
@@ -127,7 +126,6 @@ run_row() {
   esac
   if [ "$ok" = 1 ]; then
     smtp_sink_watch "$sink_log" "$MESSAGES" "$dir/seen" "$((2 * BENCH_TIMEOUT))" "$SINK_PID" || ok=0
-    read -r sched_run sched_wait <<<"$(sink_sched "$SINK_PID")"
   fi
   if [ "$ok" = 1 ]; then
     if [ "$LOADER" = blast ]; then
@@ -155,12 +153,13 @@ run_row() {
   [ "$ok" = 1 ] || return 0
   ACC=$(fcalc "round($SECS, 4)")
   DEL=$(fcalc "round($seen - $LOAD_T0, 4)")
-  [ -s "$dir/seen.sched" ] && read -r end_run end_wait <"$dir/seen.sched"
-  if [ "$sched_run" != - ] && [ "$end_run" != - ]; then
-    # From just before the load to the Nth message (the watcher starts first: its own start-up
-    # is not in the window).
-    SINK_CPU=$(fcalc "round(100 * ($end_run - $sched_run) / 1e9 / $DEL, 1)")
-    SINK_WAIT=$(fcalc "round(100 * ($end_wait - $sched_wait) / 1e9 / $DEL, 1)")
+  # The watcher's readings as it started (just before the load) and at the Nth message.
+  mapfile -t sched <"$dir/seen.sched" 2>/dev/null || sched=()
+  if [ "${#sched[@]}" = 2 ]; then
+    read -r run0 wait0 <<<"${sched[0]}"
+    read -r run1 wait1 <<<"${sched[1]}"
+    SINK_CPU=$(fcalc "round(100 * ($run1 - $run0) / 1e9 / $DEL, 1)")
+    SINK_WAIT=$(fcalc "round(100 * ($wait1 - $wait0) / 1e9 / $DEL, 1)")
   fi
   if [ "$LOADER" = blast ]; then
     P50=$(fcalc "round($(json_get "$json" latency_us.p50) / 1000, 3)")
