@@ -367,10 +367,14 @@ class TestRate(ShapingTestCase):
         print(f"rate at the sink: {measured:.2f}/s over {times[-1] - times[0]:.2f} s "
               f"({n} messages)")
         self.assertLessEqual(abs(measured - rate) / rate, 0.02, measured)
-        # No burst: in no half second do more messages arrive than the rate allows (51 at an
-        # even 100/s), give or take the sink's jitter. Gaps alone cannot say it on a loaded
-        # machine: one late arrival makes the next gap short, but a window no fuller than by
-        # one; a bucket that let ten through at once would fill one by ten.
+        # No burst (the bucket's burst is one): no two messages closer than the interval, minus
+        # the sink's own jitter. A late arrival at the sink makes the next gap short; on a
+        # loaded machine (four integration tests side by side) about 1% of the gaps are, so 3%
+        # may be. A bucket of two would make half the gaps short, one of five each second 4%.
+        gaps = sorted(b - a for a, b in zip(times, times[1:]))
+        self.assertGreater(gaps[len(gaps) * 3 // 100], 0.5 / rate, gaps[:20])
+        # And no half second fuller than the rate allows (51 at an even 100/s), give or take
+        # that jitter: a burst of seven, even once, fails here.
         window, first, most = 0.5, 0, 0
         for i, t in enumerate(times):
             while times[first] <= t - window:
