@@ -59,7 +59,6 @@ server_reply make_reply(int code, std::string_view enhanced, std::string_view te
     r.code = code;
     r.enhanced = std::string(enhanced);
     r.text = std::string(text);
-    r.lines.emplace_back(r.enhanced.empty() ? r.text : r.enhanced + " " + r.text);
     return r;
 }
 
@@ -106,33 +105,39 @@ void reply_parser::finish_line() {
         return;
     }
     int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
-    if (!_current.lines.empty() && code != _current.code) {
+    if (_count > 0 && code != _current.code) {
         fail();
         return;
     }
-    if (_current.lines.size() >= max_reply_lines) {
+    if (_count >= max_reply_lines) {
         fail();
         return;
     }
     _current.code = code;
     bool last = line.size() == 3 || line[3] == ' ';
-    std::string text(line.size() > 4 ? line.substr(4) : std::string_view{});
+    std::string_view raw = line.size() > 4 ? line.substr(4) : std::string_view{};
+    std::string* text = &_first;
+    if (_count > 0) {
+        if (_count == 1)
+            _current.lines.push_back(_first);
+        text = &_current.lines.emplace_back();
+    }
+    text->assign(raw);
     // Control characters never reach logs or bounces.
-    for (char& c : text) {
+    for (char& c : *text) {
         auto u = static_cast<unsigned char>(c);
         if ((u < 0x20 && c != '\t') || u == 0x7f)
             c = ' ';
     }
-    _current.lines.push_back(std::move(text));
+    ++_count;
     _line.clear();
     if (!last)
         return;
 
-    const std::string& first = _current.lines.front();
+    const std::string_view first = _first;
     if (std::size_t n = enhanced_length(first, code); n > 0)
         _current.enhanced = first.substr(0, n);
-    for (const std::string& l : _current.lines) {
-        std::string_view t = l;
+    auto add_text = [this](std::string_view t) {
         if (!_current.enhanced.empty() && t.starts_with(_current.enhanced) &&
             (t.size() == _current.enhanced.size() || t[_current.enhanced.size()] == ' ')) {
             t.remove_prefix(std::min(t.size(), _current.enhanced.size() + 1));
@@ -140,6 +145,12 @@ void reply_parser::finish_line() {
         if (!_current.text.empty())
             _current.text += '\n';
         _current.text.append(t);
+    };
+    if (_current.lines.empty()) {
+        add_text(first);
+    } else {
+        for (const std::string& l : _current.lines)
+            add_text(l);
     }
     _complete = true;
 }
@@ -147,6 +158,7 @@ void reply_parser::finish_line() {
 server_reply reply_parser::take() {
     server_reply r = std::move(_current);
     _current = server_reply{};
+    _count = 0;
     _complete = false;
     return r;
 }

@@ -10,7 +10,7 @@
 #include "ringmail/smtp/reply_parser.h"
 
 #include "fuzz_check.h"
-
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -30,8 +30,14 @@ struct outcome {
 
 void check_reply(const server_reply& r) {
     check(r.code >= 200 && r.code <= 599, "reply code within 200..599");
-    check(!r.lines.empty() && r.lines.size() <= reply_parser::max_reply_lines,
-          "1..max_reply_lines lines");
+    // A one-line reply keeps no line vector (its text is all in enhanced + text).
+    check(r.lines.size() != 1 && r.lines.size() <= reply_parser::max_reply_lines,
+          "no lines (one-line reply) or 2..max_reply_lines lines");
+    check(r.text.size() <= reply_parser::max_line_length * std::max<std::size_t>(1, r.lines.size()),
+          "text within its lines' length");
+    for (unsigned char c : r.text)
+        check((c >= 0x20 || c == '\t' || (c == '\n' && !r.lines.empty())) && c != 0x7f,
+              "no control characters in the text but the line breaks");
     for (const std::string& l : r.lines) {
         check(l.size() <= reply_parser::max_line_length, "line within max_line_length");
         for (unsigned char c : l)

@@ -35,10 +35,13 @@ enum class local_failure : std::uint8_t {
 
 // One complete reply.
 struct server_reply {
-    int code = 0;                    // 200..599
-    std::string enhanced;            // RFC 3463 "x.y.z" from the first line, "" when absent
-    std::string text;                // every line's text (enhanced code stripped), joined with '\n'
-    std::vector<std::string> lines;  // every line's text as sent (for EHLO keywords)
+    int code = 0;          // 200..599
+    std::string enhanced;  // RFC 3463 "x.y.z" from the first line, "" when absent
+    std::string text;      // every line's text (enhanced code stripped), joined with '\n'
+    // Every line's text as sent, when the reply has more than one (EHLO keywords); empty for a
+    // one-line reply, which is all in `enhanced` and `text`. (Most replies are one line, and a
+    // vector of copies of them was two allocations per reply on the delivery path.)
+    std::vector<std::string> lines;
     local_failure local = local_failure::none;
 
     bool positive() const { return code >= 200 && code < 300; }
@@ -65,13 +68,17 @@ class reply_parser {
     server_reply take();
     bool failed() const { return _failed; }
     // Bytes of an incomplete reply are buffered: the server sent something unfinished.
-    bool mid_reply() const { return !_line.empty() || !_current.lines.empty(); }
+    bool mid_reply() const { return !_line.empty() || _count > 0; }
 
   private:
     void finish_line();
     void fail();
 
     std::string _line;
+    // The first line's text of the reply being read: it goes to `lines` only once a second
+    // line comes. Kept by the parser, so its buffer is reused from reply to reply.
+    std::string _first;
+    std::size_t _count = 0;  // lines of the reply being read
     server_reply _current;
     bool _complete = false;
     bool _failed = false;

@@ -1157,33 +1157,5 @@ TEST(client_session, starttls_then_auth_then_mail_byte_by_byte) {
     EXPECT_TRUE(h.drain().starts_with("MAIL FROM:<a@example.com>"));
 }
 
-TEST(reply_parser, enhanced_codes_and_lf_lines) {
-    reply_parser p;
-    std::string_view in = "550-5.1.1 first\n550 5.1.1 second\r\n";
-    EXPECT_EQ(p.feed(in), in.size());
-    ASSERT_TRUE(p.has_reply());
-    server_reply r = p.take();
-    EXPECT_EQ(r.code, 550);
-    EXPECT_EQ(r.enhanced, "5.1.1");
-    EXPECT_EQ(r.text, "first\nsecond");
-    EXPECT_EQ(r.to_string(), "550 5.1.1 first second");
-
-    reply_parser q;
-    std::string_view two = "250 4.1.1 wrong class\r\n250 next\r\n";
-    std::size_t n = q.feed(two);
-    EXPECT_EQ(n, two.find('\n') + 1);  // stops after one reply
-    server_reply a = q.take();
-    EXPECT_EQ(a.enhanced, "");  // class 4 under a 2xx code is not an enhanced code
-    EXPECT_EQ(a.text, "4.1.1 wrong class");
-    q.feed(two.substr(n));
-    EXPECT_EQ(q.take().text, "next");
-
-    reply_parser c;
-    c.feed(
-        "250 a\x01"
-        "b\r\n");
-    EXPECT_EQ(c.take().text, "a b");  // control characters never pass
-}
-
 }  // namespace
 }  // namespace ringmail::smtp
