@@ -297,6 +297,14 @@ void write_line(level l, fmt::string_view format, fmt::format_args args) noexcep
 }
 
 std::string sanitize(std::string_view peer_text, std::size_t max_len) {
+    // Most text is plain: then it is copied as it is, in a string of its own size (inline for
+    // 15 octets or fewer), not into a buffer reserved for four octets per character.
+    auto is_plain = [](char ch) {
+        const auto c = static_cast<unsigned char>(ch);
+        return c >= 0x20 && c < 0x7f && c != '\\';
+    };
+    if (peer_text.size() <= max_len && std::all_of(peer_text.begin(), peer_text.end(), is_plain))
+        return std::string(peer_text);
     std::string out;
     out.reserve(std::min(peer_text.size() * 4, max_len) + 3);
     for (const char ch : peer_text) {
