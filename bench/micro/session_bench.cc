@@ -52,7 +52,7 @@ void bm_session_pipelined(benchmark::State& state) {
         for (std::size_t pos = 0; pos < stream.size(); pos += read_size) {
             s.receive(std::string_view(stream).substr(pos, read_size));
             while (s.awaiting_commit())
-                s.on_commit(std::string("Q1"));
+                s.on_commit(std::string_view("Q1"));
             out.clear();
             s.take_output(out);
         }

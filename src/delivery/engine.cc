@@ -462,11 +462,11 @@ void engine::add_committed(spool::spool& sp, spool::queue_id id) {
     }
     auto view = make_view(*m);
     if (_host.events().enabled()) {
-        std::string qid = spool::format_queue_id(id);
+        const spool::queue_id_text qid = spool::format_queue_id(id);
         delivery_record r;
         r.type = delivery_event::reception;
         r.time_ms = _host.unix_now_ms();
-        r.queue_id = qid;
+        r.queue_id = qid.view();
         r.message_id = view->message_id;
         r.sender = m->env.mail_from;
         r.recipients = static_cast<std::uint32_t>(m->env.rcpt_to.size());
@@ -689,7 +689,7 @@ void engine::log_notice(const queue::job_notice& n) {
     auto vit = _views.find(n.queue_id);
     const message_view* v = vit == _views.end() ? nullptr : vit->second.view.get();
     delivery_log& events = _host.events();
-    const std::string id = spool::format_queue_id(n.queue_id);
+    const spool::queue_id_text id = spool::format_queue_id(n.queue_id);
     const std::int64_t now_ms = _host.unix_now_ms();
     for (std::size_t i = 0; i < n.rcpts.size(); ++i) {
         const std::uint16_t r = n.rcpts[i];
@@ -754,7 +754,7 @@ void engine::log_notice(const queue::job_notice& n) {
                 break;
         }
         rec.time_ms = now_ms;
-        rec.queue_id = id;
+        rec.queue_id = id.view();
         if (v) {
             rec.message_id = v->message_id;
             rec.sender = v->mail_from;

@@ -350,9 +350,10 @@ void inbound_connection::on_committed(const result<spool::queue_id>& id) {
         return;
     if (id) {
         const auto& env = _session->current_envelope();
-        log::info("{}: from=<{}>, nrcpt={}, client={} (queued)", spool::format_queue_id(*id),
-                  log::sanitize(env.mail_from), env.rcpt_to.size(), _peer_text);
-        _session->on_commit(result<std::string>(spool::format_queue_id(*id)));
+        const spool::queue_id_text qid = spool::format_queue_id(*id);
+        log::info("{}: from=<{}>, nrcpt={}, client={} (queued)", qid, log::sanitize(env.mail_from),
+                  env.rcpt_to.size(), _peer_text);
+        _session->on_commit(result<std::string_view>(qid.view()));
     } else {
         log::warn("connection {}: commit failed: {}", _id, id.error().message());
         _session->on_commit(failure(id.error()));

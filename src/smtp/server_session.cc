@@ -1018,10 +1018,18 @@ void server_session::reset_transaction() {
 
 // --- events from the daemon --------------------------------------------------------------
 
-void server_session::on_commit(result<std::string> queue_id) {
+void server_session::on_commit(result<std::string_view> queue_id) {
     if (queue_id) {
-        std::string text = "Ok: queued as " + *queue_id;
-        on_commit_reply(250, "2.0.0", text);
+        // Composed in place: a queue id is 16 digits, and this reply is made once a message.
+        constexpr std::string_view prefix = "Ok: queued as ";
+        char buf[64];
+        if (prefix.size() + queue_id->size() <= sizeof buf) {
+            std::memcpy(buf, prefix.data(), prefix.size());
+            std::memcpy(buf + prefix.size(), queue_id->data(), queue_id->size());
+            on_commit_reply(250, "2.0.0", std::string_view(buf, prefix.size() + queue_id->size()));
+        } else {
+            on_commit_reply(250, "2.0.0", std::string(prefix) + std::string(*queue_id));
+        }
     } else {
         const canned_reply r = storage_reply(queue_id.error());
         on_commit_reply(r.code, r.enhanced, r.text);

@@ -173,10 +173,12 @@ struct entry_buffer {
 
 }  // namespace
 
-std::string format_queue_id(queue_id id) {
-    char buf[17];
-    std::snprintf(buf, sizeof buf, "%016llX", static_cast<unsigned long long>(id));
-    return buf;
+queue_id_text format_queue_id(queue_id id) {
+    static constexpr char hex[] = "0123456789ABCDEF";
+    queue_id_text t;
+    for (int i = 15; i >= 0; --i, id >>= 4)
+        t.digits[i] = hex[id & 0xf];
+    return t;
 }
 
 struct spool::segment {

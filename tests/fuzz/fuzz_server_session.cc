@@ -187,7 +187,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             if (rng & 16) {
                 s.on_commit(ringmail::sys_failure(28));
             } else {
-                s.on_commit(std::string("Q") + std::to_string(++queue));
+                s.on_commit(std::string_view(std::string("Q") + std::to_string(++queue)));
             }
         }
         if (s.awaiting_auth() && (rng & 0xc00) != 0) {
@@ -226,7 +226,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         s.on_peer_closed();
     }
     if (s.awaiting_commit())
-        s.on_commit(std::string("late"));
+        s.on_commit(std::string_view("late"));
     s.on_auth_result(ringmail::smtp::auth_step::success("after close"));  // ignored when closed
     out.clear();
     s.take_output(out);

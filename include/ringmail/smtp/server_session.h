@@ -165,7 +165,7 @@ class server_session {
     void receive(std::string_view bytes);  // any split; replies in order
     // After sink.commit(): 250 with the queue id, or 452 4.3.1 / 451 4.3.0; then resumes the
     // buffered pipelined input. May be called from inside sink.commit().
-    void on_commit(result<std::string> queue_id);
+    void on_commit(result<std::string_view> queue_id);
     // The same with any final reply (a sink injecting 4xx/5xx): 2xx counts as accepted.
     void on_commit_reply(unsigned code, std::string_view enhanced, std::string_view text);
     // 421 4.4.2 and close (while wants_tls(): close without a reply, the handshake owns the

@@ -61,6 +61,8 @@
 #include "ringmail/mail/envelope.h"
 #include "ringmail/spool/errc.h"
 
+#include <fmt/core.h>
+
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -82,8 +84,16 @@ inline constexpr unsigned queue_id_shard_bits = 12;
 inline constexpr unsigned queue_id_index_bits = 20;
 inline constexpr unsigned max_shards = 1u << queue_id_shard_bits;
 
-// 16 uppercase hex digits.
-std::string format_queue_id(queue_id);
+// A queue id as text: 16 uppercase hex digits, held in place (it names a message in every log
+// line and reply about it, several times per message: no allocation for that). Formats with fmt
+// and converts to std::string_view; std::string(id.view()) where a string must own it.
+struct queue_id_text {
+    char digits[16];
+    std::string_view view() const { return {digits, sizeof digits}; }
+    operator std::string_view() const { return view(); }
+    friend bool operator==(const queue_id_text& a, std::string_view b) { return a.view() == b; }
+};
+queue_id_text format_queue_id(queue_id);
 inline unsigned queue_id_shard(queue_id id) {
     return unsigned(id >> 52);
 }
@@ -339,3 +349,11 @@ class spool {
 };
 
 }  // namespace ringmail::spool
+
+template <>
+struct fmt::formatter<ringmail::spool::queue_id_text> : fmt::formatter<std::string_view> {
+    template <typename Context>
+    auto format(const ringmail::spool::queue_id_text& id, Context& ctx) const {
+        return fmt::formatter<std::string_view>::format(id.view(), ctx);
+    }
+};

@@ -49,7 +49,7 @@ class fake_sink final : public transaction_sink {
         messages.push_back(content);
         ++commits;
         if (session && commit_inline)
-            session->on_commit(std::string("Q") + std::to_string(commits));
+            session->on_commit(std::string_view(std::string("Q") + std::to_string(commits)));
     }
     void abort() override {
         if (!open)
@@ -196,7 +196,7 @@ outcome run(const server_config& cfg, std::string_view input, split mode, unsign
     auto collect = [&] {
         for (;;) {
             if (s.awaiting_commit()) {
-                s.on_commit(std::string("Q") + std::to_string(++queued));
+                s.on_commit(std::string_view(std::string("Q") + std::to_string(++queued)));
             } else if (s.awaiting_auth()) {
                 ASSERT_TRUE(auth.deferred.has_value());
                 s.on_auth_result(*std::exchange(auth.deferred, std::nullopt));
@@ -728,9 +728,9 @@ TEST(server_session, pipelined_replies_come_in_one_buffer_in_order) {
               envelope_out.substr(greeting.size()) + "354 End data with <CR><LF>.<CR><LF>\r\n");
     out.clear();
     EXPECT_FALSE(s.has_output());
-    s.on_commit(std::string("A"));
+    s.on_commit(std::string_view("A"));
     EXPECT_TRUE(s.awaiting_commit());
-    s.on_commit(std::string("B"));
+    s.on_commit(std::string_view("B"));
     EXPECT_FALSE(s.awaiting_commit());
     s.take_output(out);
     EXPECT_EQ(out,
@@ -754,7 +754,7 @@ TEST(server_session, input_is_bounded_while_awaiting_commit) {
         more += "NOOP\r\n";
     s.receive(more);
     EXPECT_TRUE(s.input_full());
-    s.on_commit(std::string("Q"));
+    s.on_commit(std::string_view("Q"));
     EXPECT_FALSE(s.input_full());
     std::string out;
     s.take_output(out);
@@ -872,7 +872,7 @@ TEST(server_session, peer_close_aborts_transaction) {
     server_session s2(cfg, peer_info{"192.0.2.1", false}, sink2);
     s2.receive(envelope_in + "DATA\r\nm\r\n.\r\n");
     s2.on_peer_closed();
-    s2.on_commit(std::string("Q"));
+    s2.on_commit(std::string_view("Q"));
     EXPECT_EQ(sink2.log, "begin a@x.test -> b@local.test [ESMTP]\ncommit\n");
     EXPECT_EQ(s2.stats().messages_accepted, 1u);
 }

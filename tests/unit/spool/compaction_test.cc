@@ -57,7 +57,7 @@ void expect_recovered(const std::vector<recovered_message>& rec,
                       const std::map<queue_id, expected_state>& want) {
     ASSERT_EQ(rec.size(), want.size());
     for (const auto& r : rec) {
-        SCOPED_TRACE(format_queue_id(r.msg.id));
+        SCOPED_TRACE(format_queue_id(r.msg.id).view());
         auto it = want.find(r.msg.id);
         ASSERT_NE(it, want.end());
         EXPECT_EQ(r.rcpt_done, it->second.rcpt_done);
@@ -146,7 +146,7 @@ TEST(compaction, journal_shrinks_and_recovery_sees_the_same_live_state) {
         // Queue ids never repeat after compaction and restart.
         for (int i = 0; i < 3; ++i) {
             const queue_id id = store(*sp, 900 + restart * 3 + i, 50, 0);
-            EXPECT_TRUE(seen.insert(id).second) << format_queue_id(id);
+            EXPECT_TRUE(seen.insert(id).second) << format_queue_id(id).view();
         }
         commit(*sp);
         for (int i = 0; i < 3; ++i)
@@ -180,7 +180,7 @@ TEST(compaction, everything_done_keeps_ids_unique_through_the_floor) {
     auto sp = open_recovered(dir, 3, &rec, small_options());
     EXPECT_TRUE(rec.empty());
     const queue_id id = store(*sp, 1, 50, 0);
-    EXPECT_TRUE(seen.insert(id).second) << format_queue_id(id);
+    EXPECT_TRUE(seen.insert(id).second) << format_queue_id(id).view();
     EXPECT_GT(id, *std::prev(seen.end(), 2));
 }
 

@@ -297,7 +297,7 @@ TEST(recovery, sequence_survives_in_the_journal_without_any_segment_file) {
         SCOPED_TRACE(round);
         auto sp = open_recovered(td.shard(0), 0);
         const queue_id id = store(*sp, round, 50, 0);
-        EXPECT_TRUE(seen.insert(id).second) << format_queue_id(id);
+        EXPECT_TRUE(seen.insert(id).second) << format_queue_id(id).view();
         commit(*sp);
         sp->record_done(id);
         commit(*sp);
@@ -328,7 +328,7 @@ TEST(recovery, queue_ids_never_repeat_across_restarts) {
         std::vector<queue_id> mine;
         for (int i = 0; i < 3; ++i) {
             const queue_id id = store(*sp, i, 50, i);
-            EXPECT_TRUE(seen.insert(id).second) << format_queue_id(id);
+            EXPECT_TRUE(seen.insert(id).second) << format_queue_id(id).view();
             EXPECT_EQ(queue_id_shard(id), 5u);
             mine.push_back(id);
         }
