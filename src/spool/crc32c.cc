@@ -63,17 +63,8 @@ struct shift_op {
     }
 };
 
-constexpr shift_op make_shift(std::size_t len) {
-    // Each bit's image through len zero bytes (4 at a time with the slicing tables), then
-    // every byte value of every position as the XOR of its bits' images.
-    std::array<std::uint32_t, 32> bit{};
-    for (std::size_t b = 0; b < 32; ++b) {
-        std::uint32_t c = std::uint32_t(1) << b;
-        for (std::size_t k = 0; k < len / 4; ++k)
-            c = tables[3][c & 0xFF] ^ tables[2][(c >> 8) & 0xFF] ^ tables[1][(c >> 16) & 0xFF] ^
-                tables[0][c >> 24];
-        bit[b] = c;
-    }
+// Every byte value of every position as the XOR of its bits' images.
+constexpr shift_op from_bits(const std::array<std::uint32_t, 32>& bit) {
     shift_op op;
     for (std::size_t pos = 0; pos < 4; ++pos) {
         for (std::uint32_t v = 0; v < 256; ++v) {
@@ -88,15 +79,38 @@ constexpr shift_op make_shift(std::size_t len) {
     return op;
 }
 
+constexpr shift_op make_shift(std::size_t len) {
+    // Each bit's image through len zero bytes (4 at a time with the slicing tables).
+    std::array<std::uint32_t, 32> bit{};
+    for (std::size_t b = 0; b < 32; ++b) {
+        std::uint32_t c = std::uint32_t(1) << b;
+        for (std::size_t k = 0; k < len / 4; ++k)
+            c = tables[3][c & 0xFF] ^ tables[2][(c >> 8) & 0xFF] ^ tables[1][(c >> 16) & 0xFF] ^
+                tables[0][c >> 24];
+        bit[b] = c;
+    }
+    return from_bits(bit);
+}
+
+// The shift over twice as many zero bytes: the same map applied twice (shifts are linear). A
+// long shift so costs the constant evaluation no more than a short one (clang stops one that
+// runs too many steps, and make_shift(4096) did).
+constexpr shift_op twice(const shift_op& s) {
+    std::array<std::uint32_t, 32> bit{};
+    for (std::size_t b = 0; b < 32; ++b)
+        bit[b] = s(s(std::uint32_t(1) << b));
+    return from_bits(bit);
+}
+
 // The crc32 instruction takes 3 cycles but starts one per cycle: three streams over three
 // consecutive blocks keep it busy, and the shifts join them. Blocks are a multiple of 8 bytes
 // (and of 4, which make_shift needs).
 constexpr std::size_t big_block = 2048;
 constexpr std::size_t small_block = 256;
 constexpr shift_op shift_big = make_shift(big_block);
-constexpr shift_op shift_big2 = make_shift(2 * big_block);
+constexpr shift_op shift_big2 = twice(shift_big);
 constexpr shift_op shift_small = make_shift(small_block);
-constexpr shift_op shift_small2 = make_shift(2 * small_block);
+constexpr shift_op shift_small2 = twice(shift_small);
 
 inline std::uint64_t load64(const unsigned char* p) noexcept {
     std::uint64_t v;
