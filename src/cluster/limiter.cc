@@ -316,7 +316,8 @@ void cluster_limiter::renew() {
             eval(lease_op, {_o.prefix + "conn:" + l.key},
                  {std::to_string(l.max), std::to_string(_o.lease_ttl.count()),
                   fmt::format("{}:{}", _o.node_id, id)},
-                 [this, id, key = l.key](const resp_value& v) {
+                 // init-captures: clang 14 cannot capture a structured binding
+                 [this, id = id, key = l.key](const resp_value& v) {
                      if (v.type != resp_value::kind::integer || v.integer != 1)
                          return;
                      auto it = _leases.find(id);

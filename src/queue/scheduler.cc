@@ -351,8 +351,8 @@ std::vector<destination_info> scheduler::destinations(bool ages) const {
 std::vector<std::pair<std::string, delivery_job>> scheduler::jobs_of(std::uint64_t queue_id) const {
     _oncore.check();
     std::vector<std::pair<std::string, delivery_job>> out;
-    for (const auto& [id, d] : _by_id) {
-        (void)id;
+    for (const auto& entry : _by_id) {
+        const auto& d = entry.second;  // not a structured binding: clang 14 cannot capture one
         d->q.for_each_job([&](const delivery_job& j) {
             if (j.queue_id == queue_id)
                 out.emplace_back(d->q.key(), j);

@@ -55,7 +55,7 @@ struct rate_decision {
     bool local = false;  // taken without Redis (fallback)
 };
 
-class cluster_limiter : private core::timer {
+class cluster_limiter final : private core::timer {
   public:
     cluster_limiter(core::reactor& r, core::buffer_ring& buffers, cluster_options o);
     ~cluster_limiter();

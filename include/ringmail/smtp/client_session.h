@@ -266,6 +266,9 @@ class client_session {
 
     // The transaction pipelined behind the current one.
     struct pipelined {
+        // Declared, not implicit: clang takes the implicit one of a nested class with default
+        // member initializers as unusable inside the enclosing class (std::optional<pipelined>).
+        pipelined() noexcept {}
         outbound_message msg;
         transaction_result tx;
         std::vector<expect> expected;  // its flight's replies, after the current one's
