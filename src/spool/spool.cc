@@ -1,5 +1,6 @@
 #include "ringmail/spool/spool.h"
 
+#include "ringmail/core/hex.h"
 #include "ringmail/core/panic.h"
 #include "ringmail/spool/crc32c.h"
 
@@ -174,10 +175,9 @@ struct entry_buffer {
 }  // namespace
 
 queue_id_text format_queue_id(queue_id id) {
-    static constexpr char hex[] = "0123456789ABCDEF";
     queue_id_text t;
     for (int i = 15; i >= 0; --i, id >>= 4)
-        t.digits[i] = hex[id & 0xf];
+        t.digits[i] = core::hex_upper[id & 0xf];
     return t;
 }
 
